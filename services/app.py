@@ -1,0 +1,43 @@
+"""Build the Ray Serve application from a catalog: one engine deployment per model, one router.
+
+This is also the import path KubeRay's serveConfigV2 names (`services.app:build_app`), with the
+catalog handed in as application args, so clusters and local runs build the same graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from services.catalog import Catalog, parse_catalog
+from services.settings import Settings
+
+
+def _engine_application(entry: Any, cache_dir: str) -> Application:
+    from services.engine.deployment import EngineDeployment
+
+    options = entry.deployment.to_serve_options()
+    if entry.env:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(entry.env)}
+    deployment = serve.deployment(EngineDeployment).options(name=entry.deployment_name, **options)
+    return deployment.bind(entry.model_dump(mode="json"), cache_dir)
+
+
+def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
+    from services.router.app import Router
+
+    engines = [_engine_application(entry, str(cache_dir)) for entry in catalog.models]
+    router = serve.deployment(Router).options(name="Router", **catalog.router.deployment.to_serve_options())
+    return router.bind(catalog.model_dump(mode="json"), app_name, *engines)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application-builder entry point: `args` is `{"catalog": {...}}` from serveConfigV2."""
+    settings = Settings()
+    catalog = parse_catalog(args.get("catalog"), "serveConfigV2 args.catalog")
+    cache_dir = Path(args.get("cache_dir") or os.environ.get("SLMSERVE_CACHE_DIR") or settings.cache_dir)
+    return build_application(catalog, app_name=args.get("app_name", settings.app_name), cache_dir=cache_dir)

@@ -1,0 +1,197 @@
+"""The model catalog: the one validated description of what is served and how.
+
+The same file drives `slmserve serve`, the Ray Serve application and the Helm chart's
+serveConfigV2. Each entry names a model, where its weights come from, the engine arguments
+handed to vLLM untouched, and the Ray Serve deployment options of its engine replicas.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used, with a message fit for a person."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve's autoscaling knobs (the subset worth exposing; names as Ray spells them)."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: int | None = Field(None, ge=0)
+    target_ongoing_requests: float = Field(8, gt=0)
+    upscale_delay_s: float = Field(30, ge=0)
+    downscale_delay_s: float = Field(600, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ActorOptions(_Strict):
+    num_cpus: float = Field(1, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    memory: int | None = Field(None, ge=0, description="bytes")
+    resources: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+
+
+class DeploymentOptions(_Strict):
+    """Ray Serve options for one deployment: fixed replicas or autoscaling, never both."""
+
+    num_replicas: int | None = Field(None, ge=1)
+    autoscaling_config: AutoscalingConfig | None = None
+    max_ongoing_requests: int = Field(64, ge=1)
+    ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    health_check_period_s: float = Field(10, gt=0)
+    health_check_timeout_s: float = Field(30, gt=0)
+    graceful_shutdown_timeout_s: float = Field(20, ge=0)
+
+    @model_validator(mode="after")
+    def _one_scaling_mode(self) -> DeploymentOptions:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set num_replicas or autoscaling_config, not both")
+        if self.num_replicas is None and self.autoscaling_config is None:
+            self.num_replicas = 1
+        return self
+
+    def to_serve_options(self) -> dict[str, Any]:
+        options = self.model_dump(exclude_none=True)
+        actor = options["ray_actor_options"]
+        if not actor.get("resources"):
+            actor.pop("resources", None)
+        return options
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
+
+
+class ModelEntry(_Strict):
+    name: str = Field(description="the served model name clients put in `model`")
+    aliases: list[str] = Field(default_factory=list)
+    source: str = Field(description="Hugging Face id, local directory, or embedded://NAME")
+    task: Literal["generate"] = "generate"
+    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"])
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments")
+    deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
+
+    @field_validator("name", "aliases")
+    @classmethod
+    def _valid_names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if not _NAME.match(name):
+                raise ValueError(f"invalid model name {name!r}")
+        return value
+
+    @field_validator("source")
+    @classmethod
+    def _known_embedded(cls, value: str) -> str:
+        if value.startswith(EMBEDDED_PREFIX):
+            embedded = value.removeprefix(EMBEDDED_PREFIX)
+            if embedded not in EMBEDDED_MODELS:
+                raise ValueError(
+                    f"unknown embedded model {embedded!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
+                )
+        if not value:
+            raise ValueError("source must not be empty")
+        return value
+
+    @field_validator("engine_args")
+    @classmethod
+    def _no_model_in_engine_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for owned in ("model", "served_model_name"):
+            if owned in value:
+                raise ValueError(f"{owned!r} is set by the catalog entry itself, not in engine_args")
+        return value
+
+    @property
+    def deployment_name(self) -> str:
+        """Ray Serve deployment names allow neither '/' nor '#'."""
+        return "engine-" + re.sub(r"[^A-Za-z0-9._-]+", "-", self.name)
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self.engine_args.get("max_model_len")
+
+
+class RouterOptions(_Strict):
+    deployment: DeploymentOptions = Field(
+        default_factory=lambda: DeploymentOptions(
+            max_ongoing_requests=1024, ray_actor_options=ActorOptions(num_cpus=0.5)
+        )
+    )
+
+
+class Catalog(_Strict):
+    version: Literal[1] = 1
+    description: str = ""
+    router: RouterOptions = Field(default_factory=RouterOptions)
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Catalog:
+        seen: dict[str, str] = {}
+        for entry in self.models:
+            for name in entry.names:
+                if name in seen:
+                    raise ValueError(f"model name {name!r} is used by both {seen[name]!r} and {entry.name!r}")
+                seen[name] = entry.name
+        deployment_names = [entry.deployment_name for entry in self.models]
+        if len(set(deployment_names)) != len(deployment_names):
+            raise ValueError("two model names map to the same deployment name")
+        return self
+
+    def resolve(self, name: str) -> ModelEntry | None:
+        """The entry serving `name` (a served name or an alias)."""
+        for entry in self.models:
+            if name in entry.names:
+                return entry
+        return None
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_catalog(data: Any, origin: str = "catalog") -> Catalog:
+    if not isinstance(data, dict):
+        raise CatalogError(f"{origin}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as error:
+        raise CatalogError(f"{origin} is invalid:\n{_format_errors(error)}") from None
+
+
+def load_catalog(path: Path) -> Catalog:
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise CatalogError(f"cannot read catalog {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise CatalogError(f"{path} is not valid YAML: {error}") from None
+    return parse_catalog(data, str(path))

@@ -1,0 +1,1 @@
+"""Engine deployments: one Ray Serve deployment per catalog model, each hosting a vLLM engine."""

@@ -1,0 +1,128 @@
+"""Every import of vLLM internals lives here, so one module absorbs vLLM's moves between
+releases (0.24 on the GPU machine, 0.32 on CPU/CI). Names fall back from the newest layout
+to older ones; nothing else in slmserve imports `vllm` directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import warnings
+from typing import Any
+
+
+def _first(*candidates: tuple[str, str]) -> Any:
+    """The first `module:attribute` pair that imports, newest layout first."""
+    errors = []
+    for module_name, attribute in candidates:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module(module_name)
+            return getattr(module, attribute)
+        except (ImportError, AttributeError) as error:
+            errors.append(f"{module_name}.{attribute}: {error}")
+    raise ImportError("no supported vLLM layout found:\n  " + "\n  ".join(errors))
+
+
+def vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
+ChatCompletionRequest = _first(
+    ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
+    ("vllm.entrypoints.openai.protocol", "ChatCompletionRequest"),
+)
+CompletionRequest = _first(
+    ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
+    ("vllm.entrypoints.openai.protocol", "CompletionRequest"),
+)
+ErrorResponse = _first(
+    ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),
+    ("vllm.entrypoints.openai.protocol", "ErrorResponse"),
+)
+try:  # vLLM >= 0.2x raises typed client errors; older releases raised ValueError alone
+    from vllm.exceptions import VLLMClientError as _VLLMClientError
+
+    CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError, _VLLMClientError)
+except ImportError:
+    CLIENT_ERRORS = (ValueError, TypeError, OverflowError)
+
+
+def error_from_exception(serving: Any, error: Exception) -> Any:
+    """vLLM's own mapping of an exception to an ErrorResponse (status, param)."""
+    try:
+        return serving.create_error_response(error)
+    except TypeError:  # releases whose create_error_response takes only a message
+        return serving.create_error_response(str(error))
+
+
+_make_arg_parser = _first(
+    ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
+    ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),
+)
+_FlexibleArgumentParser = _first(
+    ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
+    ("vllm.utils", "FlexibleArgumentParser"),
+)
+_init_app_state = _first(
+    ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
+    ("vllm.entrypoints.openai.api_server", "init_app_state"),
+)
+_build_engine_client = _first(
+    ("vllm.entrypoints.launchers.api_server.entry", "build_async_engine_client_from_engine_args"),
+    ("vllm.entrypoints.openai.api_server", "build_async_engine_client_from_engine_args"),
+)
+
+
+def engine_namespace(model: str, served_names: list[str], engine_args: dict[str, Any]) -> argparse.Namespace:
+    """`vllm serve`'s own parsed arguments, with the catalog's engine_args laid over its defaults.
+
+    Using vLLM's parser keeps every frontend default (chat template handling, tool parsing, ...)
+    exactly as bare `vllm serve` has it. Unknown keys are refused, so a typo never goes silent.
+    """
+    namespace = _make_arg_parser(_FlexibleArgumentParser()).parse_args(["--model", model])
+    unknown = sorted(key for key in engine_args if not hasattr(namespace, key))
+    if unknown:
+        raise ValueError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
+    for key, value in engine_args.items():
+        setattr(namespace, key, value)
+    namespace.served_model_name = served_names
+    return namespace
+
+
+class ServingStack:
+    """A started AsyncLLM plus vLLM's OpenAI serving objects for it."""
+
+    def __init__(self, namespace: argparse.Namespace) -> None:
+        self.namespace = namespace
+        self._exit_stack = contextlib.AsyncExitStack()
+        self.engine: Any = None
+        self.chat: Any = None
+        self.completion: Any = None
+
+    async def start(self) -> None:
+        from starlette.datastructures import State
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        engine_args = AsyncEngineArgs.from_cli_args(self.namespace)
+        self.engine = await self._exit_stack.enter_async_context(_build_engine_client(engine_args))
+        state = State()
+        supported_tasks = await self.engine.get_supported_tasks()
+        await _init_app_state(self.engine, state, self.namespace, supported_tasks)
+        self.chat = getattr(state, "openai_serving_chat", None)
+        self.completion = getattr(state, "openai_serving_completion", None)
+
+    async def shutdown(self) -> None:
+        await self._exit_stack.aclose()
+
+    def num_unfinished_requests(self) -> int:
+        """Requests the engine still holds (running or waiting); 0 when idle."""
+        return self.engine.output_processor.get_num_unfinished_requests()
+
+    async def check_health(self) -> None:
+        """Raises if the engine core died (vLLM's own liveness check)."""
+        await self.engine.check_health()

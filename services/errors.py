@@ -1,0 +1,49 @@
+"""OpenAI-style error bodies: `{"error": {"message", "type", "param", "code"}}`, one shape for
+every error slmserve returns, whether the router or vLLM found the problem."""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "server_error")
+
+
+def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_json(status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:
+    return json.dumps(error_body(status, message, param=param, code=code)).encode()
+
+
+def from_vllm_error(error: Any) -> tuple[int, bytes]:
+    """vLLM's ErrorResponse (code = HTTP status as int) -> our status and body."""
+    info = error.error
+    try:
+        status = HTTPStatus(int(info.code)).value
+    except (TypeError, ValueError):
+        status = 400
+    return status, error_json(status, info.message, param=info.param)
+
+
+def sse_error_event(status: int, message: str, *, code: str | None = None) -> str:
+    """An error delivered inside an already-started stream, as OpenAI's SSE streams carry it."""
+    return f"data: {json.dumps(error_body(status, message, code=code))}\n\n"

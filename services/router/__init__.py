@@ -1,0 +1,1 @@
+"""The HTTP ingress: OpenAI routes, model -> engine handle, SSE pass-through, errors, health."""

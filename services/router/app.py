@@ -1,0 +1,201 @@
+"""The router deployment: FastAPI on Ray Serve, the platform's only HTTP ingress.
+
+Hot path per request: read the body, json-parse it once, look the model up, one streaming
+handle call to the engine deployment, then pass vLLM's SSE chunks through unbuffered. No
+re-serialisation of chunks, no blocking calls on the event loop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services import __version__
+from services.catalog import Catalog, ModelEntry
+from services.errors import error_body, sse_error_event
+from services.router.readiness import Readiness
+
+logger = logging.getLogger("slmserve.router")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+RETRY_AFTER_S = "5"
+app = FastAPI(title="slmserve", version=__version__, docs_url=None, redoc_url=None)
+
+
+class APIError(Exception):
+    """Raised anywhere in a handler; rendered as an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+
+def _error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
+
+
+@app.exception_handler(APIError)
+async def _api_error(_: Request, error: APIError) -> JSONResponse:
+    return _error_response(error.status, error.message, param=error.param, code=error.code, headers=error.headers)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+    message = "route not found" if error.status_code == 404 else str(error.detail)
+    return _error_response(error.status_code, message)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+    return _error_response(400, str(error.errors()[0].get("msg", "invalid request")))
+
+
+def _request_id(request: Request) -> str:
+    """Ray Serve's proxy takes the client's X-Request-Id (or makes one), logs it in its access
+    log and echoes it in the response; reuse that id so vLLM's ids and logs match it."""
+    context = serve.context._get_serve_request_context()
+    return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object")
+    return body
+
+
+def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "slmserve",
+        "root": entry.source,
+        "aliases": entry.aliases,
+        "max_model_len": entry.max_model_len,
+        "modalities": entry.modalities,
+    }
+
+
+async def _sse(stream: Any, request_id: str) -> AsyncIterator[str]:
+    """Pass chunks through; if the engine replica dies mid-stream, end with an error event."""
+    try:
+        async for chunk in stream:
+            yield chunk
+    except Exception as error:
+        logger.warning("stream %s broke: %s", request_id, error)
+        yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
+                              code="replica_failed")
+        yield "data: [DONE]\n\n"
+
+
+@serve.ingress(app)
+class Router:
+    def __init__(self, catalog: dict[str, Any], app_name: str, *engines: DeploymentHandle) -> None:
+        self.catalog = Catalog.model_validate(catalog)
+        self.created = int(time.time())
+        self.handles = {entry.name: handle for entry, handle in zip(self.catalog.models, engines, strict=True)}
+        self.readiness = Readiness(app_name, [entry.deployment_name for entry in self.catalog.models])
+
+    def _ensure_polling(self) -> None:
+        self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
+
+    def _entry_for(self, body: dict[str, Any]) -> ModelEntry:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise APIError(400, "`model` is required and must be a string", param="model")
+        entry = self.catalog.resolve(model)
+        if entry is None:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        if not self.readiness.is_ready(entry.deployment_name):
+            raise APIError(503, f"model `{entry.name}` is still loading; retry shortly",
+                           code="model_not_ready", headers={"Retry-After": RETRY_AFTER_S})
+        return entry
+
+    async def _forward(self, route: str, request: Request) -> Response:
+        self._ensure_polling()
+        body = await _json_body(request)
+        entry = self._entry_for(body)
+        request_id = _request_id(request)
+        stream = self.handles[entry.name].options(stream=True).generate.remote(route, body, request_id)
+        try:
+            status, payload = await stream.__anext__()
+        except Exception as error:  # replica died or was torn down before answering
+            logger.warning("engine call %s failed: %s", request_id, error)
+            raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
+                           code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
+        if payload is not None:
+            stream.cancel()
+            return Response(payload, status_code=status, media_type="application/json")
+        return StreamingResponse(_sse(stream, request_id), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._forward("chat", request)
+
+    @app.post("/v1/completions")
+    async def completions(self, request: Request) -> Response:
+        return await self._forward("completions", request)
+
+    @app.get("/v1/models")
+    async def list_models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(entry, self.created) for entry in self.catalog.models]}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(self, model: str) -> dict[str, Any]:
+        entry = self.catalog.resolve(model)
+        if entry is None:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        return _model_card(entry, self.created)
+
+    @app.get("/v1/health/live")
+    async def live(self) -> dict[str, str]:
+        self._ensure_polling()
+        return {"status": "live"}
+
+    @app.get("/v1/health/ready")
+    async def ready(self) -> JSONResponse:
+        self._ensure_polling()
+        models = {entry.name: self.readiness.is_ready(entry.deployment_name) for entry in self.catalog.models}
+        ready = all(models.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "models": models},
+                            status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/health")
+    async def health(self) -> JSONResponse:
+        return await self.ready()
+
+    @app.get("/v1/version")
+    async def version(self) -> dict[str, str]:
+        return {"release": __version__, "api": "v1"}
+
+    @app.get("/v1/metadata")
+    async def metadata(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "modelInfo": [{"shortName": entry.name, "modelUrl": entry.source, "aliases": entry.aliases}
+                          for entry in self.catalog.models],
+            "repository_override": "",
+            "assetInfo": [],
+            "licenseInfo": {},
+        }

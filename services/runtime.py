@@ -1,0 +1,93 @@
+"""Start a local Ray + Serve and deploy a catalog on it (what `slmserve serve` and tests use)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from services.catalog import Catalog
+from services.embedded import EMBEDDED_PREFIX
+from services.settings import Settings
+
+
+def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
+    """Environment every Ray worker inherits: caches inside cache_dir, loopback only, no hub
+    access unless a catalog entry really names a hub id."""
+    cache = settings.cache_dir
+    env = {
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "VLLM_USE_AOT_COMPILE": "0",  # lets the compile cache be reused between starts
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "SLMSERVE_CACHE_DIR": str(cache),
+    }
+    if all(entry.source.startswith((EMBEDDED_PREFIX, "/", ".")) for entry in catalog.models):
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+    return env
+
+
+def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> None:
+    """Start Ray on this machine, Serve's HTTP proxy on host:port, and deploy the catalog.
+
+    With wait=False the call returns once the deployment is submitted, so the router answers
+    (and reports 503 on readiness) while engines still load.
+    """
+    for key, value in local_environment(settings, catalog).items():
+        os.environ.setdefault(key, value)
+    Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
+
+    import ray
+    from ray import serve
+
+    from services.app import build_application
+
+    if not ray.is_initialized():
+        init_kwargs = {"include_dashboard": False, "log_to_driver": True}
+        if settings.ray_address == "local":
+            init_kwargs |= {"num_cpus": settings.ray_num_cpus, "_node_ip_address": "127.0.0.1"}
+        ray.init(address=settings.ray_address, **init_kwargs)
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    application = build_application(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
+    # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
+    # without that wait, which is what lets readiness report 503 while engines load.
+    serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
+
+
+def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict:
+    """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    next_note = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/v1/health/ready", timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            last = error.read().decode(errors="replace")
+        except (urllib.error.URLError, OSError) as error:
+            last = str(error)
+        if progress and time.monotonic() >= next_note:
+            print(f"[slmserve] waiting for engines to load... ({last.strip()[:120]})", flush=True)
+            next_note = time.monotonic() + 10
+        time.sleep(0.5)
+    raise TimeoutError(f"not ready after {timeout_s:.0f}s: {last}")
+
+
+def shutdown() -> None:
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()

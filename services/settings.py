@@ -1,0 +1,30 @@
+"""Process-level settings, read from SLMSERVE_* environment variables (CLI flags override them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CATALOG_DIR = Path(__file__).parent / "catalogs"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLMSERVE_", extra="ignore")
+
+    catalog: str = Field("cpu", description="catalog name (cpu, phi35, test) or path to a YAML file")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    cache_dir: Path = Field(Path.home() / ".cache" / "slmserve", description="converted models, vLLM caches")
+    ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
+    ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises")
+    app_name: str = "slmserve"
+
+
+def resolve_catalog_path(catalog: str) -> Path:
+    """A bare name picks a shipped catalog; anything else is a path."""
+    shipped = CATALOG_DIR / f"{catalog}.yaml"
+    if "/" not in catalog and not catalog.endswith((".yaml", ".yml")) and shipped.is_file():
+        return shipped
+    return Path(catalog)

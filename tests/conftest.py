@@ -1,0 +1,113 @@
+"""Session fixtures: the real slmserve application (local Ray, Ray Serve, vLLM CPU engine,
+SmolLM2), started once and called over HTTP the way users call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from services.catalog import Catalog, load_catalog
+from services.settings import Settings, resolve_catalog_path
+
+READY_TIMEOUT_S = float(os.environ.get("SLMSERVE_TEST_READY_TIMEOUT", "600"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ready_status(base_url: str) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"{base_url}/v1/health/ready", timeout=5) as response:
+            return response.status, dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers)
+
+
+def _post_json(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    settings: Settings
+    catalog: Catalog
+    first_ready_status: int  # /v1/health/ready as seen before the engine finished loading
+    first_ready_headers: dict[str, str]
+    early_chat: tuple[int, dict]  # a chat request sent while the engine was still loading
+    startup_seconds: float
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def engine_handle(self, model: str):
+        from ray import serve
+
+        entry = self.catalog.resolve(model)
+        assert entry is not None
+        return serve.get_deployment_handle(entry.deployment_name, app_name=self.settings.app_name)
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[LiveServer]:
+    from services import runtime
+
+    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "cpu"), port=_free_port())
+    catalog = load_catalog(resolve_catalog_path(settings.catalog))
+    base_url = f"http://{settings.host}:{settings.port}"
+    started = time.monotonic()
+    runtime.start_local(settings, catalog, wait=False)
+    try:
+        # The router comes up in seconds, the engine in tens of seconds: catch the gap.
+        deadline = time.monotonic() + 120
+        status, headers = 0, {}
+        while time.monotonic() < deadline:
+            try:
+                status, headers = _ready_status(base_url)
+                break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        early_chat = _post_json(f"{base_url}/v1/chat/completions",
+                                {"model": catalog.models[0].name, "messages": [{"role": "user", "content": "hi"}]})
+        runtime.wait_until_ready(base_url, READY_TIMEOUT_S)
+        yield LiveServer(base_url, settings, catalog, status, headers, early_chat, time.monotonic() - started)
+    finally:
+        runtime.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(live_server: LiveServer):
+    import openai
+
+    return openai.OpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def async_client(live_server: LiveServer):
+    import openai
+
+    return openai.AsyncOpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=180)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Anything that uses the live server is `live`; `make unit` deselects those.
+    for item in items:
+        if "live_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.live)

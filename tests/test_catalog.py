@@ -1,0 +1,103 @@
+"""Catalog validation: every shipped catalog loads, and bad config fails with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.catalog import CatalogError, load_catalog, parse_catalog
+from services.cli import main as cli_main
+from services.settings import CATALOG_DIR, resolve_catalog_path
+
+MINIMAL = {"models": [{"name": "m", "source": "embedded://smollm2-135m-instruct"}]}
+
+
+@pytest.mark.parametrize("path", sorted(CATALOG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_catalogs_validate(path: Path):
+    catalog = load_catalog(path)
+    assert catalog.models
+
+
+def test_minimal_catalog_gets_defaults():
+    entry = parse_catalog(MINIMAL).models[0]
+    assert entry.deployment.num_replicas == 1
+    assert entry.deployment_name == "engine-m"
+    assert entry.modalities == ["text"]
+
+
+def _error(data: dict) -> str:
+    with pytest.raises(CatalogError) as raised:
+        parse_catalog(data, "test.yaml")
+    return str(raised.value)
+
+
+def test_unknown_field_is_named():
+    message = _error({"models": [{**MINIMAL["models"][0], "replicas": 2}]})
+    assert "models.0.replicas" in message and "Extra inputs are not permitted" in message
+
+
+def test_bad_type_is_named():
+    message = _error({"models": [{**MINIMAL["models"][0], "deployment": {"max_ongoing_requests": "many"}}]})
+    assert "models.0.deployment.max_ongoing_requests" in message
+
+
+def test_missing_model_and_empty_catalog():
+    assert "models.0.source" in _error({"models": [{"name": "m"}]})
+    assert "models" in _error({"models": []})
+    assert "models" in _error({})
+
+
+def test_duplicate_names_and_aliases_rejected():
+    entry = MINIMAL["models"][0]
+    assert "used by both" in _error({"models": [entry, {**entry, "name": "n", "aliases": ["m"]}]})
+
+
+def test_replicas_and_autoscaling_are_exclusive():
+    deployment = {"num_replicas": 2, "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}}
+    assert "not both" in _error({"models": [{**MINIMAL["models"][0], "deployment": deployment}]})
+    bad_bounds = {"autoscaling_config": {"min_replicas": 5, "max_replicas": 4}}
+    assert "min_replicas" in _error({"models": [{**MINIMAL["models"][0], "deployment": bad_bounds}]})
+
+
+def test_engine_args_may_not_override_the_model():
+    assert "engine_args" in _error({"models": [{**MINIMAL["models"][0], "engine_args": {"model": "x"}}]})
+
+
+def test_unknown_embedded_model():
+    assert "unknown embedded model" in _error({"models": [{"name": "m", "source": "embedded://nope"}]})
+
+
+def test_serve_options_follow_ray_names():
+    catalog = parse_catalog({"models": [{**MINIMAL["models"][0], "deployment": {
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4},
+        "ray_actor_options": {"num_gpus": 1, "num_cpus": 2}}}]})
+    options = catalog.models[0].deployment.to_serve_options()
+    assert options["autoscaling_config"]["max_replicas"] == 3
+    assert "num_replicas" not in options
+    assert options["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 1}
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models: [unclosed")
+    with pytest.raises(CatalogError, match="not valid YAML"):
+        load_catalog(bad)
+    with pytest.raises(CatalogError, match="cannot read"):
+        load_catalog(tmp_path / "absent.yaml")
+
+
+def test_cli_validate_reports_errors(tmp_path: Path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(MINIMAL))
+    assert cli_main(["catalog", "validate", str(good)]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"models": [{"name": "m"}]}))
+    assert cli_main(["catalog", "validate", str(bad)]) == 2
+    assert "models.0.source" in capsys.readouterr().err
+
+
+def test_catalog_names_resolve_to_shipped_files():
+    assert resolve_catalog_path("cpu") == CATALOG_DIR / "cpu.yaml"
+    assert resolve_catalog_path("./mine.yaml") == Path("./mine.yaml")

@@ -1,0 +1,202 @@
+"""The OpenAI API through the real stack (router -> engine deployment -> vLLM CPU -> SmolLM2),
+called with the `openai` client and raw HTTP the way users call it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+
+MODEL = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_answers_coherently(client):
+    response = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=30, temperature=0)
+    choice = response.choices[0]
+    assert "Paris" in choice.message.content
+    assert choice.finish_reason == "stop"
+    assert response.model == MODEL
+    assert response.usage.prompt_tokens > 5
+    assert response.usage.completion_tokens == response.usage.total_tokens - response.usage.prompt_tokens
+
+
+def test_chat_stream_arrives_incrementally_with_usage(client):
+    arrivals, pieces, usage = [], [], None
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+        max_tokens=48, temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+            arrivals.append(time.monotonic())
+    assert len(pieces) >= 20, "tokens should arrive as separate chunks"
+    # Unbuffered: the first token reaches the client well before the last one.
+    assert arrivals[-1] - arrivals[0] > 0.2
+    assert usage is not None and usage.completion_tokens == 48
+
+
+def test_completions_non_stream_and_stream(client):
+    response = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0)
+    assert response.choices[0].text.strip()
+    assert response.usage.completion_tokens <= 8
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
+                                               temperature=0, stream=True)
+        if chunk.choices
+    )
+    assert streamed == response.choices[0].text
+
+
+def test_models_lists_catalog_and_resolves_aliases(client, live_server):
+    listed = {model.id: model for model in client.models.list().data}
+    assert set(listed) == {entry.name for entry in live_server.catalog.models}
+    assert client.models.retrieve("default").id == MODEL
+    response = client.chat.completions.create(model="smollm2", messages=FRANCE, max_tokens=4, temperature=0)
+    assert response.model == MODEL
+
+
+def test_greedy_is_deterministic(client):
+    texts = {client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=20, temperature=0)
+             .choices[0].message.content for _ in range(2)}
+    assert len(texts) == 1
+
+
+def test_seed_reproduces_sampling(client):
+    def sample(seed: int) -> str:
+        return client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=24,
+            temperature=1.0, seed=seed).choices[0].message.content
+
+    assert sample(1234) == sample(1234)
+
+
+def test_stop_sequence_and_length_finish(client):
+    stopped = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=30, temperature=0,
+                                             stop=["Paris"])
+    assert "Paris" not in stopped.choices[0].message.content
+    assert stopped.choices[0].finish_reason == "stop"
+    cut = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=3, temperature=0)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 3
+
+
+def test_request_id_is_echoed(live_server):
+    response = httpx.post(f"{live_server.api_url}/chat/completions", headers={"X-Request-Id": "trace-42"},
+                          json={"model": MODEL, "messages": FRANCE, "max_tokens": 2}, timeout=60)
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "trace-42"
+    assert response.json()["id"].endswith("trace-42")
+
+
+def test_sixteen_concurrent_requests_succeed(async_client):
+    async def one(i: int):
+        return await async_client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=16)
+
+    async def run_all():
+        return await asyncio.gather(*(one(i) for i in range(16)))
+
+    results = asyncio.run(run_all())
+    assert len(results) == 16
+    assert all(result.choices[0].message.content for result in results)
+
+
+def test_client_disconnect_aborts_engine_request(live_server):
+    engine = live_server.engine_handle(MODEL)
+    assert engine.num_unfinished_requests.remote().result() == 0
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 1500, "stream": True, "ignore_eos": True}
+    with httpx.stream("POST", f"{live_server.api_url}/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in received)
+        assert engine.num_unfinished_requests.remote().result() == 1
+    # The client is gone: the engine must drop the request long before 1500 tokens are made.
+    deadline = time.monotonic() + 15
+    while engine.num_unfinished_requests.remote().result() != 0:
+        assert time.monotonic() < deadline, "engine kept generating for a disconnected client"
+        time.sleep(0.2)
+
+
+def test_health_and_info_routes(live_server):
+    base = live_server.base_url
+    assert httpx.get(f"{base}/v1/health/live").status_code == 200
+    ready = httpx.get(f"{base}/v1/health/ready")
+    assert ready.status_code == 200 and ready.json()["models"] == {MODEL: True}
+    assert httpx.get(f"{base}/health").status_code == 200
+    assert httpx.get(f"{base}/v1/version").json()["release"]
+    assert [info["shortName"] for info in httpx.get(f"{base}/v1/metadata").json()["modelInfo"]] == [MODEL]
+
+
+def test_readiness_was_503_while_loading(live_server):
+    assert live_server.first_ready_status == 503
+    assert "retry-after" in {key.lower() for key in live_server.first_ready_headers}
+    status, body = live_server.early_chat
+    assert status == 503
+    assert body["error"]["code"] == "model_not_ready"
+
+
+def _assert_error(response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if param is not None:
+        assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"model": MODEL, "messages": "not a list"}, 400, "messages"),
+        ({"messages": FRANCE}, 400, "model"),
+        ({"model": MODEL, "messages": FRANCE, "max_tokens": 100000}, 400, "max_tokens"),
+        ({"model": MODEL, "messages": FRANCE, "max_tokens": -1}, 400, None),
+        ({"model": MODEL, "messages": FRANCE, "temperature": "hot"}, 400, "temperature"),
+        ({"model": MODEL, "messages": FRANCE, "n": 0}, 400, None),
+        ({"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, None),
+    ],
+    ids=["messages-type", "model-missing", "max-tokens-too-large", "max-tokens-negative", "temperature-type",
+         "n-zero", "prompt-too-long"],
+)
+def test_bad_chat_requests_get_openai_errors(live_server, body, status, param):
+    response = httpx.post(f"{live_server.api_url}/chat/completions", json=body, timeout=60)
+    _assert_error(response, status, param=param)
+
+
+def test_unknown_model_is_404_model_not_found(client):
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.chat.completions.create(model="no-such-model", messages=FRANCE)
+    assert raised.value.body["code"] == "model_not_found"
+
+
+def test_malformed_json_and_unknown_route(live_server):
+    _assert_error(httpx.post(f"{live_server.api_url}/chat/completions", content=b"{not json",
+                             headers={"Content-Type": "application/json"}), 400)
+    _assert_error(httpx.post(f"{live_server.api_url}/chat/completions", json=[1, 2]), 400)
+    _assert_error(httpx.get(f"{live_server.api_url}/nowhere"), 404)
+
+
+def test_prompt_too_long_for_completions_too(live_server):
+    response = httpx.post(f"{live_server.api_url}/completions",
+                          json={"model": MODEL, "prompt": "word " * 3000, "max_tokens": 4}, timeout=60)
+    error = _assert_error(response, 400)
+    assert "context" in error["message"] or "length" in error["message"]
+
+
+def test_replica_survives_bad_input(client):
+    # After every error case above, the same replica still serves.
+    response = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=8, temperature=0)
+    assert response.choices[0].message.content
