@@ -17,22 +17,26 @@ from services.catalog import Catalog, parse_catalog
 from services.settings import Settings
 
 
-def _engine_application(entry: Any, cache_dir: str) -> Application:
+def _engine_application(entry: Any, cache_dir: str, metrics_hub: Application) -> Application:
     from services.engine.deployment import EngineDeployment
 
     options = entry.deployment.to_serve_options()
     if entry.env:
         options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(entry.env)}
     deployment = serve.deployment(EngineDeployment).options(name=entry.deployment_name, **options)
-    return deployment.bind(entry.model_dump(mode="json"), cache_dir)
+    return deployment.bind(entry.model_dump(mode="json"), cache_dir, metrics_hub)
 
 
 def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
+    from services.metrics.hub import MetricsHub
     from services.router.app import Router
 
-    engines = [_engine_application(entry, str(cache_dir)) for entry in catalog.models]
+    hub = serve.deployment(MetricsHub).options(
+        name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}
+    ).bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
+    engines = [_engine_application(entry, str(cache_dir), hub) for entry in catalog.models]
     router = serve.deployment(Router).options(name="Router", **catalog.router.deployment.to_serve_options())
-    return router.bind(catalog.model_dump(mode="json"), app_name, *engines)
+    return router.bind(catalog.model_dump(mode="json"), app_name, hub, *engines)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -200,3 +200,12 @@ def test_replica_survives_bad_input(client):
     # After every error case above, the same replica still serves.
     response = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=8, temperature=0)
     assert response.choices[0].message.content
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(live_server):
+    # The engine always asks vLLM for usage (metrics need it) and must drop it unless asked.
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 4, "stream": True}
+    with httpx.stream("POST", f"{live_server.api_url}/chat/completions", json=body, timeout=60) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert not any('"usage":{' in line for line in lines)

@@ -2,30 +2,44 @@
 and vLLM's own OpenAI serving layer (chat templates, sampling, logprobs, structured output).
 
 The router talks to it through one streaming method, `generate`, whose first item is a head
-`(status, body)`: a full JSON body for errors and non-streamed responses, or `None` when SSE
-chunks follow. The router can so choose the HTTP status before a single byte goes out, and
-both kinds of request take the same single handle hop.
+`(status, body, outcome)`: a full JSON body for errors and non-streamed responses, or `None`
+when SSE chunks follow. The router can so choose the HTTP status before a single byte goes out,
+and both kinds of request take the same single handle hop. A stream's last item is its
+`Outcome` (usage and finish reason) for the router's metrics.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from ray import serve
 
 from services.catalog import ModelEntry
 from services.engine import vllm_compat
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
+from services.metrics.hub import EngineSnapshot
 
 logger = logging.getLogger("slmserve.engine")
 
-Head = tuple[int, bytes | None]
-ROUTES = ("chat", "completions")
+Outcome = dict[str, Any]  # {"prompt_tokens", "generation_tokens", "finish_reason"}
+Head = tuple[int, bytes | None, Outcome | None]
+SNAPSHOT_PERIOD_S = 1.0
+_FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
+_USAGE_ONLY_CHUNK = '"choices":[]'
+
+
+def _wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _validation_message(error: ValidationError) -> tuple[str, str | None]:
@@ -38,8 +52,9 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
 class EngineDeployment:
     """Wrapped by `serve.deployment` in services.app with the catalog entry's options."""
 
-    async def __init__(self, entry: dict[str, Any], cache_dir: str) -> None:
+    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:
         self.entry = ModelEntry.model_validate(entry)
+        self.metrics_hub = metrics_hub
         started = time.monotonic()
         model = resolve_source(self.entry.source, Path(cache_dir))
         namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.engine_args)
@@ -52,39 +67,75 @@ class EngineDeployment:
         }
         self.load_seconds = time.monotonic() - started
         logger.info("engine for %s ready in %.1fs", self.entry.name, self.load_seconds)
+        if metrics_hub is not None:
+            self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
-    async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Head | str]:
-        """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them."""
+    async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Head | str | Outcome]:
+        """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them,
+        then the stream's Outcome."""
         serving = self.serving.get(route)
         if serving is None:
-            yield 404, error_json(404, f"{route} is not supported by model {self.entry.name}")
+            yield 404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None
             return
+        client_wants_usage = _wants_usage(body)
+        if body.get("stream") is True and isinstance(body.get("stream_options") or {}, dict):
+            # Always ask vLLM for the final usage chunk (metrics need it); drop it below unless asked.
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
         try:
             request = self.request_types[route].model_validate({**body, "request_id": request_id})
         except ValidationError as error:
             message, param = _validation_message(error)
-            yield 400, error_json(400, message, param=param)
+            yield 400, error_json(400, message, param=param), None
             return
         create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             result = await create(request, None)
         except vllm_compat.CLIENT_ERRORS as error:
-            yield from_vllm_error(vllm_compat.error_from_exception(serving, error))
+            yield (*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
             return
         if isinstance(result, vllm_compat.ErrorResponse):
-            yield from_vllm_error(result)
+            yield (*from_vllm_error(result), None)
             return
         if not hasattr(result, "__aiter__"):
-            yield 200, result.model_dump_json().encode()
+            usage = result.usage
+            outcome = {"prompt_tokens": usage.prompt_tokens, "generation_tokens": usage.completion_tokens or 0,
+                       "finish_reason": result.choices[-1].finish_reason if result.choices else None}
+            yield 200, result.model_dump_json().encode(), outcome
             return
-        yield 200, None
+        yield 200, None, None
+        outcome: Outcome = {"prompt_tokens": 0, "generation_tokens": 0, "finish_reason": None}
         try:
             async for chunk in result:
+                if _USAGE_ONLY_CHUNK in chunk and '"usage"' in chunk:
+                    usage = json.loads(chunk.removeprefix("data: "))["usage"]
+                    outcome["prompt_tokens"] = usage["prompt_tokens"]
+                    outcome["generation_tokens"] = usage.get("completion_tokens") or 0
+                    if not client_wants_usage:
+                        continue
+                elif '"finish_reason":"' in chunk:
+                    outcome["finish_reason"] = _FINISH_REASON.findall(chunk)[-1]
                 yield chunk
         except Exception as error:  # the stream already started: report in-band, never hang
             logger.exception("stream %s failed", request_id)
+            outcome["finish_reason"] = "error"
             yield sse_error_event(500, f"generation failed: {type(error).__name__}")
             yield "data: [DONE]\n\n"
+        yield outcome
+
+    async def _report_metrics_forever(self) -> None:
+        """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet."""
+        from prometheus_client import REGISTRY
+
+        replica_id = serve.get_replica_context().replica_id.unique_id
+        max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
+        while True:
+            families = [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+            try:
+                await self.metrics_hub.update_engine.remote(
+                    EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families))
+            except Exception:
+                logger.warning("metrics hub unreachable", exc_info=True)
+            await asyncio.sleep(SNAPSHOT_PERIOD_S)
 
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -24,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services import __version__
 from services.catalog import Catalog, ModelEntry
 from services.errors import error_body, sse_error_event
+from services.metrics.records import CompletionRecord, HTTPRecord, RecordBuffer, RejectionRecord
 from services.router.readiness import Readiness
 
 logger = logging.getLogger("slmserve.router")
@@ -37,10 +39,11 @@ class APIError(Exception):
     """Raised anywhere in a handler; rendered as an OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, model: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
+        self.model, self.reason = model, reason  # for the rejected-requests metric
 
 
 def _error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
@@ -49,7 +52,9 @@ def _error_response(status: int, message: str, *, param: str | None = None, code
 
 
 @app.exception_handler(APIError)
-async def _api_error(_: Request, error: APIError) -> JSONResponse:
+async def _api_error(request: Request, error: APIError) -> JSONResponse:
+    if error.reason and (buffer := getattr(request.app.state, "records", None)) is not None:
+        buffer.add(RejectionRecord(error.model, error.reason))
     return _error_response(error.status, error.message, param=error.param, code=error.code, headers=error.headers)
 
 
@@ -62,6 +67,15 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     return _error_response(400, str(error.errors()[0].get("msg", "invalid request")))
+
+
+@app.middleware("http")
+async def _count_requests(request: Request, call_next: Any) -> Response:
+    response = await call_next(request)
+    if (buffer := getattr(request.app.state, "records", None)) is not None:
+        route = request.scope.get("route")
+        buffer.add(HTTPRecord(getattr(route, "path", "unmatched"), response.status_code))
+    return response
 
 
 def _request_id(request: Request) -> str:
@@ -95,22 +109,45 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
     }
 
 
-async def _sse(stream: Any, request_id: str) -> AsyncIterator[str]:
-    """Pass chunks through; if the engine replica dies mid-stream, end with an error event."""
+async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived: float,
+                 records: RecordBuffer) -> AsyncIterator[str]:
+    """Pass vLLM's SSE chunks through untouched, timing the first one; if the engine replica
+    dies mid-stream, end with an error event instead of hanging. Records the outcome last."""
+    outcome: dict[str, Any] | None = None
     try:
-        async for chunk in stream:
-            yield chunk
+        async for item in stream:
+            if isinstance(item, str):
+                if record.ttft_s is None:
+                    record.ttft_s = time.perf_counter() - arrived
+                yield item
+            else:
+                outcome = item
     except Exception as error:
         logger.warning("stream %s broke: %s", request_id, error)
+        record.finish_reason = "error"
         yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
                               code="replica_failed")
         yield "data: [DONE]\n\n"
+    finally:  # also runs when the client disconnects (the generator is closed)
+        record.e2e_s = time.perf_counter() - arrived
+        if outcome is not None:
+            record.prompt_tokens = outcome["prompt_tokens"]
+            record.generation_tokens = outcome["generation_tokens"]
+            record.finish_reason = outcome["finish_reason"]
+            record.success = outcome["finish_reason"] not in (None, "error", "abort")
+        else:
+            record.finish_reason = record.finish_reason or "abort"
+        records.add(record)
 
 
 @serve.ingress(app)
 class Router:
-    def __init__(self, catalog: dict[str, Any], app_name: str, *engines: DeploymentHandle) -> None:
+    def __init__(self, catalog: dict[str, Any], app_name: str, metrics_hub: DeploymentHandle,
+                 *engines: DeploymentHandle) -> None:
         self.catalog = Catalog.model_validate(catalog)
+        self.metrics_hub = metrics_hub
+        self.records = RecordBuffer(metrics_hub)
+        app.state.records = self.records
         self.created = int(time.time())
         self.handles = {entry.name: handle for entry, handle in zip(self.catalog.models, engines, strict=True)}
         self.readiness = Readiness(app_name, [entry.deployment_name for entry in self.catalog.models])
@@ -121,32 +158,58 @@ class Router:
     def _entry_for(self, body: dict[str, Any]) -> ModelEntry:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise APIError(400, "`model` is required and must be a string", param="model")
+            raise APIError(400, "`model` is required and must be a string", param="model", reason="invalid_request")
         entry = self.catalog.resolve(model)
         if entry is None:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found",
+                           reason="model_not_found")
         if not self.readiness.is_ready(entry.deployment_name):
-            raise APIError(503, f"model `{entry.name}` is still loading; retry shortly",
-                           code="model_not_ready", headers={"Retry-After": RETRY_AFTER_S})
+            raise APIError(503, f"model `{entry.name}` is still loading; retry shortly", code="model_not_ready",
+                           headers={"Retry-After": RETRY_AFTER_S}, model=entry.name, reason="model_not_ready")
         return entry
 
     async def _forward(self, route: str, request: Request) -> Response:
+        arrived = time.perf_counter()
         self._ensure_polling()
-        body = await _json_body(request)
+        try:
+            body = await _json_body(request)
+        except APIError as error:
+            error.reason = "invalid_json"
+            raise
         entry = self._entry_for(body)
         request_id = _request_id(request)
         stream = self.handles[entry.name].options(stream=True).generate.remote(route, body, request_id)
         try:
-            status, payload = await stream.__anext__()
+            status, payload, outcome = await stream.__anext__()
         except Exception as error:  # replica died or was torn down before answering
             logger.warning("engine call %s failed: %s", request_id, error)
             raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
-                           code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
+                           code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
+                           model=entry.name, reason="replica_unavailable") from None
+        record = CompletionRecord(entry.name, success=status == 200)
         if payload is not None:
-            stream.cancel()
+            if outcome is not None:
+                record.ttft_s = record.e2e_s = time.perf_counter() - arrived
+                record.prompt_tokens = outcome["prompt_tokens"]
+                record.generation_tokens = outcome["generation_tokens"]
+                record.finish_reason = outcome["finish_reason"]
+            self.records.add(record)
             return Response(payload, status_code=status, media_type="application/json")
-        return StreamingResponse(_sse(stream, request_id), media_type="text/event-stream",
+        return StreamingResponse(_relay(stream, request_id, record, arrived, self.records),
+                                 media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _metrics(self) -> Response:
+        await self.records.flush()  # this replica's latest records first; others flush every 0.5 s
+        return Response(await self.metrics_hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/metrics")
+    async def metrics(self) -> Response:
+        return await self._metrics()
+
+    @app.get("/v1/metrics")
+    async def v1_metrics(self) -> Response:
+        return await self._metrics()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:

@@ -1,0 +1,151 @@
+"""The metrics hub: one small Serve deployment that every router replica ships its request
+records to and every engine replica ships its vLLM metric snapshot to. A scrape of /metrics on
+any router replica renders the hub's registry, so it always shows the whole application, never
+one replica's partial view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from ray import serve
+
+from services.metrics.definitions import EdgeMetrics
+from services.metrics.records import CompletionRecord, HTTPRecord, Record, RejectionRecord
+
+SNAPSHOT_STALE_S = 5.0  # an engine replica that stopped reporting this long ago is gone
+KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
+
+
+@dataclass
+class EngineSnapshot:
+    replica_id: str
+    model_name: str
+    max_num_seqs: int
+    families: list[Metric]
+    received_at: float = field(default_factory=time.monotonic)
+
+    def gauge(self, *names: str) -> float:
+        return sum(sample.value for family in self.families if family.name in names for sample in family.samples)
+
+
+class _EngineCollector:
+    """Renders engine snapshots: NIM's gauges summed per model, and vLLM's own series unchanged
+    except for a `replica` label that keeps the replicas' series apart."""
+
+    def __init__(self, hub: MetricsHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = self.hub.live_snapshots()
+        by_model: dict[str, list[EngineSnapshot]] = defaultdict(list)
+        for snapshot in snapshots:
+            by_model[snapshot.model_name].append(snapshot)
+        gauges = {
+            "num_requests_running": ("Requests running in the engines", lambda s: s.gauge("vllm:num_requests_running")),
+            "num_requests_waiting": ("Requests waiting in the engines", lambda s: s.gauge("vllm:num_requests_waiting")),
+            "num_request_max": ("Most requests the engines run at once", lambda s: float(s.max_num_seqs)),
+        }
+        for name, (help_text, read) in gauges.items():
+            family = GaugeMetricFamily(name, help_text, labels=["model_name"])
+            for model in self.hub.model_names:
+                family.add_metric([model], sum(read(s) for s in by_model.get(model, [])))
+            yield family
+        kv = GaugeMetricFamily("gpu_cache_usage_perc", "KV-cache usage, 0..1, mean over replicas",
+                               labels=["model_name"])
+        for model in self.hub.model_names:
+            replicas = by_model.get(model, [])
+            kv.add_metric([model], sum(s.gauge(*KV_USAGE_NAMES) for s in replicas) / len(replicas) if replicas else 0)
+        yield kv
+        merged: dict[str, Metric] = {}
+        for snapshot in snapshots:
+            for family in snapshot.families:
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
+                                                            family.unit))
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "replica": snapshot.replica_id}, sample.value)
+        yield from merged.values()
+        replicas = GaugeMetricFamily("slmserve_model_replicas", "Engine replicas by state",
+                                     labels=["model_name", "state"])
+        ready = GaugeMetricFamily("slmserve_model_ready", "1 when the model has a running replica",
+                                  labels=["model_name"])
+        for model, deployment in self.hub.deployments.items():
+            states = self.hub.replica_states.get(deployment, {})
+            for state, count in sorted(states.items()):
+                replicas.add_metric([model, state], count)
+            ready.add_metric([model], 1.0 if states.get("RUNNING", 0) > 0 else 0.0)
+        yield replicas
+        yield ready
+
+
+class MetricsHub:
+    def __init__(self, app_name: str, deployments: dict[str, str]) -> None:
+        self.app_name = app_name
+        self.deployments = deployments  # model name -> engine deployment name
+        self.model_names = list(deployments)
+        self.snapshots: dict[str, EngineSnapshot] = {}
+        self.replica_states: dict[str, dict[str, int]] = {}
+        self._states_read_at = 0.0
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.edge = EdgeMetrics(self.registry)
+        self.registry.register(_EngineCollector(self))
+
+    def record(self, batch: list[Record]) -> None:
+        edge = self.edge
+        for record in batch:
+            if isinstance(record, HTTPRecord):
+                edge.http_requests.labels(record.route, str(record.status_code)).inc()
+            elif isinstance(record, RejectionRecord):
+                edge.rejected.labels(record.model_name, record.reason).inc()
+            elif isinstance(record, CompletionRecord):
+                self._record_completion(record)
+
+    def _record_completion(self, record: CompletionRecord) -> None:
+        edge, model = self.edge, record.model_name
+        (edge.success if record.success else edge.failure).labels(model).inc()
+        if record.finish_reason:
+            edge.finish.labels(model, record.finish_reason).inc()
+        if not record.success:
+            return
+        edge.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        edge.generation_tokens.labels(model).inc(record.generation_tokens)
+        edge.request_prompt_tokens.labels(model).observe(record.prompt_tokens)
+        edge.request_generation_tokens.labels(model).observe(record.generation_tokens)
+        if record.ttft_s is not None:
+            edge.ttft.labels(model).observe(record.ttft_s)
+        if record.e2e_s is not None:
+            edge.e2e.labels(model).observe(record.e2e_s)
+            if record.ttft_s is not None and record.generation_tokens > 1:
+                edge.tpot.labels(model).observe((record.e2e_s - record.ttft_s) / (record.generation_tokens - 1))
+        if record.vision_s is not None:
+            edge.vision_encoder.labels(model).observe(record.vision_s)
+
+    def update_engine(self, snapshot: EngineSnapshot) -> None:
+        self.snapshots[snapshot.replica_id] = snapshot
+
+    def live_snapshots(self) -> list[EngineSnapshot]:
+        now = time.monotonic()
+        for replica_id in [r for r, s in self.snapshots.items() if now - s.received_at > SNAPSHOT_STALE_S]:
+            del self.snapshots[replica_id]
+        return list(self.snapshots.values())
+
+    def _read_replica_states(self) -> dict[str, dict[str, int]]:
+        application = serve.status().applications.get(self.app_name)
+        if application is None:
+            return {}
+        return {name: dict(status.replica_states) for name, status in application.deployments.items()}
+
+    async def render(self) -> bytes:
+        if time.monotonic() - self._states_read_at > 1.0:
+            try:
+                self.replica_states = await asyncio.to_thread(self._read_replica_states)
+                self._states_read_at = time.monotonic()
+            except Exception:  # keep the last known states if the controller is busy
+                pass
+        return generate_latest(self.registry)

@@ -1,0 +1,71 @@
+"""What a router replica records per request, buffered and shipped to the hub in batches so the
+request path never waits on a metrics call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger("slmserve.metrics")
+
+
+@dataclass(slots=True)
+class HTTPRecord:
+    route: str
+    status_code: int
+
+
+@dataclass(slots=True)
+class CompletionRecord:
+    """One chat/completions request that reached a model (successful or not)."""
+
+    model_name: str
+    success: bool
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    vision_s: float | None = None
+
+
+@dataclass(slots=True)
+class RejectionRecord:
+    model_name: str
+    reason: str
+
+
+Record = HTTPRecord | CompletionRecord | RejectionRecord
+
+
+class RecordBuffer:
+    """Per-replica buffer; a background task flushes it to the hub every `period_s`."""
+
+    def __init__(self, hub: Any, period_s: float = 0.5) -> None:
+        self.hub = hub
+        self.period_s = period_s
+        self._records: list[Record] = []
+        self._task: asyncio.Task | None = None
+        self._lock = asyncio.Lock()
+
+    def add(self, record: Record) -> None:
+        self._records.append(record)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._records:
+                return
+            batch, self._records = self._records, []
+            try:
+                await self.hub.record.remote(batch)
+            except Exception:  # metrics must never break serving
+                logger.warning("dropped %d metric records: hub unreachable", len(batch), exc_info=True)
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.period_s)
+            await self.flush()
