@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from services.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX
+from services.media import MediaPolicy
+from services.testmodels import GENERATED_MODELS, GENERATED_PREFIX
 
 
 class CatalogError(ValueError):
@@ -57,6 +59,9 @@ class DeploymentOptions(_Strict):
     autoscaling_config: AutoscalingConfig | None = None
     max_ongoing_requests: int = Field(64, ge=1)
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
+    placement_group_bundles: list[dict[str, float]] | None = Field(
+        None, description="one bundle per engine worker; bundle 0 also holds the replica itself")
+    placement_group_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = None
     health_check_period_s: float = Field(10, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
     graceful_shutdown_timeout_s: float = Field(20, ge=0)
@@ -107,6 +112,8 @@ class ModelEntry(_Strict):
                 raise ValueError(
                     f"unknown embedded model {embedded!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
                 )
+        if value.startswith(GENERATED_PREFIX) and value.removeprefix(GENERATED_PREFIX) not in GENERATED_MODELS:
+            raise ValueError(f"unknown generated model {value!r}; known: {', '.join(sorted(GENERATED_MODELS))}")
         if not value:
             raise ValueError("source must not be empty")
         return value
@@ -132,6 +139,39 @@ class ModelEntry(_Strict):
     def max_model_len(self) -> int | None:
         return self.engine_args.get("max_model_len")
 
+    @property
+    def max_images(self) -> int:
+        """Images per request: vLLM's own limit_mm_per_prompt, 1 by default for vision models."""
+        if "image" not in self.modalities:
+            return 0
+        limit = (self.engine_args.get("limit_mm_per_prompt") or {}).get("image", 1)
+        return limit if isinstance(limit, int) else int(limit.get("count", 1))
+
+    @property
+    def parallel_size(self) -> int:
+        args = self.engine_args
+        return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
+
+    @model_validator(mode="after")
+    def _multi_gpu_needs_placement(self) -> ModelEntry:
+        # A replica spanning several GPUs runs vLLM's Ray executor inside a placement group whose
+        # bundles hold one GPU per worker (as Ray Serve LLM does); say so instead of failing later.
+        if self.parallel_size > 1 and self.deployment.ray_actor_options.num_gpus == 0:
+            bundles = self.deployment.placement_group_bundles or []
+            gpus = sum(1 for bundle in bundles if bundle.get("GPU", 0) >= 1)
+            if gpus < self.parallel_size:
+                raise ValueError(f"tensor/pipeline parallel size {self.parallel_size} needs "
+                                 f"deployment.placement_group_bundles with {self.parallel_size} GPU bundles")
+            if self.engine_args.get("distributed_executor_backend") != "ray":
+                raise ValueError("multi-GPU replicas need engine_args.distributed_executor_backend: ray")
+        return self
+
+    @model_validator(mode="after")
+    def _image_limit_needs_vision(self) -> ModelEntry:
+        if (self.engine_args.get("limit_mm_per_prompt") or {}).get("image") and "image" not in self.modalities:
+            raise ValueError("limit_mm_per_prompt allows images but modalities lacks 'image'")
+        return self
+
 
 class RouterOptions(_Strict):
     deployment: DeploymentOptions = Field(
@@ -145,6 +185,7 @@ class Catalog(_Strict):
     version: Literal[1] = 1
     description: str = ""
     router: RouterOptions = Field(default_factory=RouterOptions)
+    media: MediaPolicy = Field(default_factory=MediaPolicy)
     models: list[ModelEntry] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
     ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises")
     app_name: str = "slmserve"
+    media_allow_hosts: list[str] = Field(default_factory=list, description="added to the catalog's media.allow_hosts")
+    media_allow_networks: list[str] = Field(default_factory=list,
+                                            description="added to the catalog's media.allow_networks")
 
 
 def resolve_catalog_path(catalog: str) -> Path:

@@ -69,7 +69,7 @@ class LiveServer:
 def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
-    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "cpu"), port=_free_port())
+    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=_free_port())
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     base_url = f"http://{settings.host}:{settings.port}"
     started = time.monotonic()
@@ -99,8 +99,9 @@ def client(live_server: LiveServer):
     return openai.OpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def async_client(live_server: LiveServer):
+    """A fresh AsyncOpenAI client per test: its connection pool belongs to that test's event loop."""
     import openai
 
     return openai.AsyncOpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=180)

@@ -126,11 +126,12 @@ def test_router_counts_routes_and_rejections(live_server):
 
 def test_engine_gauges_and_vllm_series(live_server):
     deadline = time.monotonic() + 15
-    while True:  # idle: running and waiting return to 0
+    while True:  # idle: running and waiting return to 0 (engine snapshots arrive once a second)
         families = scrape(live_server)
         idle = (value(families, "num_requests_running", model_name=MODEL) == 0
                 and value(families, "num_requests_waiting", model_name=MODEL) == 0)
-        if idle or time.monotonic() > deadline:
+        settled = value(families, "vllm:request_success_total", model_name=MODEL) >= 6
+        if (idle and settled) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert idle
@@ -138,7 +139,7 @@ def test_engine_gauges_and_vllm_series(live_server):
     assert 0 <= value(families, "gpu_cache_usage_perc", model_name=MODEL) <= 1
     vllm_success = families["vllm:request_success"]
     assert vllm_success.samples and all("replica" in s.labels for s in vllm_success.samples)
-    assert value(families, "vllm:request_success_total") >= 6
+    assert value(families, "vllm:request_success_total", model_name=MODEL) >= 6
 
 
 def test_kv_cache_gauge_moves_under_load(live_server):

@@ -4,8 +4,8 @@ and vLLM's own OpenAI serving layer (chat templates, sampling, logprobs, structu
 The router talks to it through one streaming method, `generate`, whose first item is a head
 `(status, body, outcome)`: a full JSON body for errors and non-streamed responses, or `None`
 when SSE chunks follow. The router can so choose the HTTP status before a single byte goes out,
-and both kinds of request take the same single handle hop. A stream's last item is its
-`Outcome` (usage and finish reason) for the router's metrics.
+and both kinds of request take the same single handle hop. A stream carries its `Outcome`
+(usage and finish reason, for the router's metrics) just before its final `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ Head = tuple[int, bytes | None, Outcome | None]
 SNAPSHOT_PERIOD_S = 1.0
 _FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
 _USAGE_ONLY_CHUNK = '"choices":[]'
+_DONE = "data: [DONE]\n\n"
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -106,6 +107,11 @@ class EngineDeployment:
         outcome: Outcome = {"prompt_tokens": 0, "generation_tokens": 0, "finish_reason": None}
         try:
             async for chunk in result:
+                if chunk.startswith(_DONE):
+                    # The outcome goes out before [DONE]: clients hang up right after [DONE].
+                    yield outcome
+                    yield chunk
+                    return
                 if _USAGE_ONLY_CHUNK in chunk and '"usage"' in chunk:
                     usage = json.loads(chunk.removeprefix("data: "))["usage"]
                     outcome["prompt_tokens"] = usage["prompt_tokens"]
@@ -118,9 +124,9 @@ class EngineDeployment:
         except Exception as error:  # the stream already started: report in-band, never hang
             logger.exception("stream %s failed", request_id)
             outcome["finish_reason"] = "error"
+            yield outcome
             yield sse_error_event(500, f"generation failed: {type(error).__name__}")
-            yield "data: [DONE]\n\n"
-        yield outcome
+            yield _DONE
 
     async def _report_metrics_forever(self) -> None:
         """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet."""

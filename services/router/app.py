@@ -25,8 +25,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services import __version__
 from services.catalog import Catalog, ModelEntry
 from services.errors import error_body, sse_error_event
+from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, HTTPRecord, RecordBuffer, RejectionRecord
 from services.router.readiness import Readiness
+from services.settings import Settings
 
 logger = logging.getLogger("slmserve.router")
 
@@ -135,7 +137,8 @@ async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived
             record.generation_tokens = outcome["generation_tokens"]
             record.finish_reason = outcome["finish_reason"]
             record.success = outcome["finish_reason"] not in (None, "error", "abort")
-        else:
+        else:  # the client left (or the replica died) before the stream finished
+            record.success = False
             record.finish_reason = record.finish_reason or "abort"
         records.add(record)
 
@@ -151,6 +154,12 @@ class Router:
         self.created = int(time.time())
         self.handles = {entry.name: handle for entry, handle in zip(self.catalog.models, engines, strict=True)}
         self.readiness = Readiness(app_name, [entry.deployment_name for entry in self.catalog.models])
+        settings = Settings()
+        policy = self.catalog.media.model_copy(update={
+            "allow_hosts": self.catalog.media.allow_hosts + settings.media_allow_hosts,
+            "allow_networks": self.catalog.media.allow_networks + settings.media_allow_networks,
+        })
+        self.media = MediaFetcher(policy)
 
     def _ensure_polling(self) -> None:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
@@ -177,6 +186,14 @@ class Router:
             error.reason = "invalid_json"
             raise
         entry = self._entry_for(body)
+        media = None
+        if route == "chat":
+            try:
+                media = await prepare_images(body, model=entry.name, accepts_images="image" in entry.modalities,
+                                             max_images=entry.max_images, fetcher=self.media)
+            except MediaError as error:
+                raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
+                               reason=error.code) from None
         request_id = _request_id(request)
         stream = self.handles[entry.name].options(stream=True).generate.remote(route, body, request_id)
         try:
@@ -186,7 +203,7 @@ class Router:
             raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
                            code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
                            model=entry.name, reason="replica_unavailable") from None
-        record = CompletionRecord(entry.name, success=status == 200)
+        record = CompletionRecord(entry.name, success=status == 200, vision_s=media.seconds if media else None)
         if payload is not None:
             if outcome is not None:
                 record.ttft_s = record.e2e_s = time.perf_counter() - arrived
