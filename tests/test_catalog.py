@@ -101,3 +101,44 @@ def test_cli_validate_reports_errors(tmp_path: Path, capsys):
 def test_catalog_names_resolve_to_shipped_files():
     assert resolve_catalog_path("cpu") == CATALOG_DIR / "cpu.yaml"
     assert resolve_catalog_path("./mine.yaml") == Path("./mine.yaml")
+
+
+def test_multi_gpu_replicas_need_placement_bundles_and_ray_executor():
+    entry = {"name": "moe", "source": "microsoft/Phi-3.5-MoE-instruct",
+             "engine_args": {"tensor_parallel_size": 2},
+             "deployment": {"ray_actor_options": {"num_gpus": 0}}}
+    assert "placement_group_bundles" in _error({"models": [entry]})
+    entry["deployment"]["placement_group_bundles"] = [{"CPU": 1, "GPU": 1}, {"GPU": 1}]
+    assert "distributed_executor_backend" in _error({"models": [entry]})
+    entry["engine_args"]["distributed_executor_backend"] = "ray"
+    options = parse_catalog({"models": [entry]}).models[0].deployment.to_serve_options()
+    assert options["placement_group_bundles"] == [{"CPU": 1, "GPU": 1}, {"GPU": 1}]
+
+
+def test_image_limits_need_the_image_modality():
+    entry = {**MINIMAL["models"][0], "engine_args": {"limit_mm_per_prompt": {"image": 2}}}
+    assert "modalities" in _error({"models": [entry]})
+    vision = parse_catalog({"models": [{**entry, "modalities": ["text", "image"]}]}).models[0]
+    assert vision.max_images == 2
+    assert parse_catalog(MINIMAL).models[0].max_images == 0
+
+
+def test_unknown_generated_model_and_media_policy_fields():
+    assert "unknown generated model" in _error({"models": [{"name": "m", "source": "generated://nope"}]})
+    assert "media.max_image_bytes" in _error({**MINIMAL, "media": {"max_image_bytes": 0}})
+    assert "media.allow_everything" in _error({**MINIMAL, "media": {"allow_everything": True}})
+
+
+def test_production_catalog_encodes_gpu_sizing():
+    catalog = load_catalog(resolve_catalog_path("phi35"))
+    by_name = {entry.name: entry for entry in catalog.models}
+    assert set(by_name) == {"microsoft/Phi-3.5-mini-instruct", "microsoft/Phi-3.5-MoE-instruct",
+                            "microsoft/Phi-3.5-vision-instruct"}
+    moe = by_name["microsoft/Phi-3.5-MoE-instruct"]
+    assert moe.parallel_size == 2 and moe.deployment.placement_group_strategy == "STRICT_PACK"
+    vision = by_name["microsoft/Phi-3.5-vision-instruct"]
+    assert vision.engine_args["trust_remote_code"] is True and vision.max_images == 4
+    assert all(entry.deployment.autoscaling_config for entry in catalog.models)
+    assert {entry.deployment_name for entry in catalog.models} == {
+        "engine-microsoft-Phi-3.5-mini-instruct", "engine-microsoft-Phi-3.5-MoE-instruct",
+        "engine-microsoft-Phi-3.5-vision-instruct"}
