@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.slmserve-installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit clean
+.PHONY: install run test lint unit loadtest bench clean
 
 install: $(STAMP)
 
@@ -26,14 +26,24 @@ run: install
 	$(BIN)/slmserve serve
 
 test: install
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check services tests loadtests
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+# Bounded locust run against a local server (starts `slmserve serve` if none answers).
+loadtest: install
+	$(BIN)/python -m loadtests.run_loadtest $(LOADTEST_ARGS)
+
+# slmserve vs bare vLLM vs Ray Serve LLM on one machine; writes docs/benchmarks.md and a plot.
+bench: install
+	$(PIP) -e '.[cpu,test,bench]'
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
 
 unit: install
 	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check services tests loadtests
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

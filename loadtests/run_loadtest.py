@@ -1,0 +1,84 @@
+"""`make loadtest`: a bounded headless locust run against a local slmserve, with a summary.
+
+Uses the server at --host if one answers; otherwise starts `slmserve serve` (the embedded default)
+for the run and stops it afterwards. Traffic goes to 127.0.0.1 only, bounded in users and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ready(host: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{host}/v1/health/ready", timeout=3) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _start_server(port: int, catalog: str) -> subprocess.Popen:
+    print(f"[loadtest] no server answers; starting `slmserve serve --catalog {catalog} --port {port}`", flush=True)
+    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", catalog, "--port", str(port)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def summarize(prefix: Path) -> str:
+    with open(f"{prefix}_stats.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    lines = [f"{'entry':44} {'count':>7} {'fail':>5} {'p50':>9} {'p95':>9} {'mean':>9}"]
+    for row in rows:
+        lines.append(f"{row['Type'] + ' ' + row['Name']:44.44} {row['Request Count']:>7} {row['Failure Count']:>5} "
+                     f"{row['50%']:>9} {row['95%']:>9} {float(row['Average Response Time']):>9.1f}")
+    lines.append("(ttft/itl and HTTP rows in ms; output_tokens rows in tokens)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("SLMSERVE_URL", "http://127.0.0.1:8000"))
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--spawn-rate", type=float, default=4)
+    parser.add_argument("--time", default="60s")
+    parser.add_argument("--catalog", default="cpu", help="catalog to start when no server answers")
+    parser.add_argument("--out", default=str(ROOT / "out" / "loadtest"))
+    parser.add_argument("user_classes", nargs="*", default=["StreamingChatUser", "ChatUser", "CompletionUser"])
+    args, locust_extra = parser.parse_known_args(argv)
+    if not args.host.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error("load tests only target this machine (127.0.0.1 / localhost)")
+    server = None
+    if not _ready(args.host):
+        server = _start_server(int(args.host.rsplit(":", 1)[1].split("/")[0]), args.catalog)
+        deadline = time.monotonic() + 900
+        while not _ready(args.host):
+            if server.poll() is not None or time.monotonic() > deadline:
+                print("[loadtest] the server did not become ready", file=sys.stderr)
+                return 1
+            time.sleep(2)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+               "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.time,
+               "--csv", args.out, "--only-summary", *locust_extra, *args.user_classes]
+    print(f"[loadtest] {args.users} users for {args.time} against {args.host}", flush=True)
+    try:
+        code = subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        print(summarize(Path(args.out)))
+        print(f"[loadtest] CSV files: {args.out}_*.csv")
+        return code
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""A short headless locust run (about 20 s, 5 users, every user class) against the live test app:
+zero failures, and the TTFT / ITL / token entries are reported."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
+    prefix = tmp_path / "smoke"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+        "--host", live_server.base_url, "-u", "5", "-r", "5", "-t", "20s",
+        "--csv", str(prefix), "--only-summary", "--max-tokens", "16", "--prompt-words", "32",
+        "--models", "default:2,moe:1,vision:1",
+        "StreamingChatUser", "ChatUser", "CompletionUser", "VisionUser", "MixedModelUser",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(f"{prefix}_stats.csv") as handle:
+        rows = {row["Name"]: row for row in csv.DictReader(handle)}
+    total = rows["Aggregated"]
+    assert int(total["Failure Count"]) == 0
+    requests = sum(int(row["Request Count"]) for name, row in rows.items()
+                   if name.startswith("/v1/chat") or name.startswith("/v1/completions"))
+    assert requests >= 10
+    for entry in ("ttft", "itl", "output_tokens"):
+        assert int(rows[entry]["Request Count"]) > 0, entry
+    assert float(rows["output_tokens"]["Average Response Time"]) == 16  # ignore_eos: fixed-length outputs
+    assert any("vision" in name for name in rows) and any("[stream tiny-phimoe]" in name or "[stream moe]" in name
+                                                          for name in rows)
