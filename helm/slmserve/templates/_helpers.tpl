@@ -1,0 +1,123 @@
+{{- define "slmserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "slmserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "slmserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "slmserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "slmserve.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "slmserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "slmserve.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{/* The catalog: inline wins; otherwise a shipped catalog file, parsed (never copied into values). */}}
+{{- define "slmserve.catalog" -}}
+{{- if .Values.catalog.inline -}}
+{{- toYaml .Values.catalog.inline -}}
+{{- else -}}
+{{- $file := printf "catalogs/%s.yaml" .Values.catalog.name -}}
+{{- $text := .Files.Get $file -}}
+{{- if not $text -}}
+{{- fail (printf "catalog.name=%q: no file %s in the chart (shipped: cpu, phi35, test)" .Values.catalog.name $file) -}}
+{{- end -}}
+{{- toYaml (fromYaml $text) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment shared by head and workers. */}}
+{{- define "slmserve.env" -}}
+- name: SLMSERVE_CACHE_DIR
+  value: {{ .Values.serve.cacheDir | quote }}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+- name: VLLM_NO_USAGE_STATS
+  value: "1"
+{{- if .Values.modelCache.enabled }}
+- name: HF_HOME
+  value: {{ printf "%s/huggingface" .Values.modelCache.mountPath | quote }}
+- name: VLLM_CACHE_ROOT
+  value: {{ printf "%s/vllm" .Values.modelCache.mountPath | quote }}
+{{- end }}
+{{- with .Values.secrets.hfToken.name }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $.Values.secrets.hfToken.key }}
+{{- end }}
+{{- with .Values.secrets.apiKeys.name }}
+- name: SLMSERVE_API_KEYS_FILE
+  value: /etc/slmserve/api-keys/{{ $.Values.secrets.apiKeys.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "slmserve.volumes" -}}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shmSize }}
+- name: tmp
+  emptyDir: {}
+{{- if .root.Values.modelCache.enabled }}
+- name: model-cache
+  persistentVolumeClaim:
+    claimName: {{ .root.Values.modelCache.existingClaim | default (printf "%s-model-cache" (include "slmserve.fullname" .root)) }}
+{{- end }}
+{{- with .root.Values.secrets.apiKeys.name }}
+- name: api-keys
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{- define "slmserve.volumeMounts" -}}
+- name: dshm
+  mountPath: /dev/shm
+- name: tmp
+  mountPath: /tmp
+{{- if .Values.modelCache.enabled }}
+- name: model-cache
+  mountPath: {{ .Values.modelCache.mountPath }}
+{{- end }}
+{{- if .Values.secrets.apiKeys.name }}
+- name: api-keys
+  mountPath: /etc/slmserve/api-keys
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "slmserve.appProbes" -}}
+startupProbe:
+  httpGet: {path: /v1/health/live, port: serve}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: {{ .Values.probes.startupFailureThreshold }}
+livenessProbe:
+  httpGet: {path: /v1/health/live, port: serve}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: 6
+readinessProbe:
+  httpGet: {path: /v1/health/ready, port: serve}
+  periodSeconds: {{ .Values.probes.periodSeconds }}
+  failureThreshold: 3
+{{- end -}}

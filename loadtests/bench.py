@@ -1,0 +1,223 @@
+"""`make bench`: slmserve vs bare vLLM vs Ray Serve LLM, on one machine, one model, one set of
+engine arguments, one workload; results to docs/benchmarks.md and docs/benchmark_cpu.png.
+
+All three run at once for the whole benchmark; each concurrency level is measured on each system
+in turn, in alternating order over the rounds, so that drift of the machine hits all of them.
+  (a) slmserve: Ray Serve HTTP proxy -> Router deployment -> Engine deployment (vLLM)
+  (b) bare vLLM: `python -m vllm.entrypoints.openai.api_server`
+  (c) Ray Serve LLM: `ray.serve.llm.build_openai_app`, on the same Ray and HTTP proxy as (a)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from loadtests.workload import LevelResult, percentile, run_level
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
+MARK_START, MARK_END = "<!-- cpu-bench:start -->", "<!-- cpu-bench:end -->"
+
+
+def _wait_ready(url: str, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s ({url})")
+
+
+def _engine_args(catalog) -> dict:
+    return dict(catalog.resolve(MODEL).engine_args)
+
+
+def start_bare_vllm(model_dir: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
+    flags = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+               "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), *flags]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) -> None:
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    config = LLMConfig(
+        model_loading_config={"model_id": MODEL, "model_source": model_dir},
+        accelerator_config={"kind": "cpu"},
+        engine_kwargs=engine_args,
+        deployment_config={"num_replicas": 1, "max_ongoing_requests": deployment["max_ongoing_requests"]},
+    )
+    serve._run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/rayllm", _blocking=False)
+
+
+def _table(results: dict[tuple[str, int], LevelResult], levels: list[int]) -> str:
+    head = ("| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
+            "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for c in levels:
+        for system in SYSTEMS:
+            r = results[(system, c)]
+            rows.append(f"| {system} | {c} | {r.requests_per_s:.2f} | {r.output_tok_per_s:.1f} | "
+                        f"{percentile(r.ttft_s, 50) * 1000:.1f} | {percentile(r.ttft_s, 95) * 1000:.1f} | "
+                        f"{percentile(r.itl_s, 50) * 1000:.2f} | {percentile(r.itl_s, 95) * 1000:.2f} | "
+                        f"{percentile(r.e2e_s, 50):.2f} | {r.errors}/{r.requests} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def _ratios(results: dict[tuple[str, int], LevelResult], levels: list[int]) -> str:
+    out = ("| c | tok/s vs bare | tok/s vs Ray Serve LLM | TTFT p50 - bare (ms) | TTFT p50 vs Ray Serve LLM "
+           "| ITL p50 vs bare | ITL p50 vs Ray Serve LLM |\n|---|---|---|---|---|---|---|\n")
+    for c in levels:
+        s, b, r = (results[(name, c)] for name in SYSTEMS)
+        out += (f"| {c} | {s.output_tok_per_s / b.output_tok_per_s:.3f} | {s.output_tok_per_s / r.output_tok_per_s:.3f}"
+                f" | {(percentile(s.ttft_s, 50) - percentile(b.ttft_s, 50)) * 1000:+.1f} | "
+                f"{percentile(s.ttft_s, 50) / percentile(r.ttft_s, 50):.3f} | "
+                f"{percentile(s.itl_s, 50) / percentile(b.itl_s, 50):.3f} | "
+                f"{percentile(s.itl_s, 50) / percentile(r.itl_s, 50):.3f} |\n")
+    return out
+
+
+def _plot(results: dict[tuple[str, int], LevelResult], levels: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for system in SYSTEMS:
+        left.plot(levels, [results[(system, c)].output_tok_per_s for c in levels], marker="o", label=system)
+        right.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
+                   label=system)
+    left.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Throughput")
+    right.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
+    for axis in (left, right):
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_report(results, levels, args, versions: dict, started: str) -> None:
+    docs = ROOT / "docs"
+    docs.mkdir(exist_ok=True)
+    _plot(results, levels, docs / "benchmark_cpu.png")
+    section = f"""{MARK_START}
+## CPU: slmserve vs bare vLLM vs Ray Serve LLM
+
+Run {started} on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
+Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.items())}.
+Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for all three
+(`{json.dumps(args.engine_args)}`). Workload: streamed chat, ~{args.prompt_words}-word prompt,
+{args.max_tokens} output tokens (`ignore_eos`), {args.rounds} rounds per level in alternating
+order, all three servers up for the whole run. Reproduce: `make bench` (or
+`.venv/bin/python -m loadtests.bench`).
+
+{_table(results, levels)}
+Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slmserve):
+
+{_ratios(results, levels)}
+![throughput and TTFT](benchmark_cpu.png)
+{MARK_END}"""
+    path = docs / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if MARK_START in text:
+        before, _, rest = text.partition(MARK_START)
+        text = before + section + rest.partition(MARK_END)[2]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(f"[bench] wrote {path} and docs/benchmark_cpu.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--levels", default="1,4,16,32")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--prompt-words", type=int, default=64)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--requests-per-level", type=int, default=0, help="default: max(6, 2 x concurrency)")
+    parser.add_argument("--port", type=int, default=8100)
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.levels.split(",")]
+
+    from services import runtime
+    from services.catalog import load_catalog
+    from services.embedded import ensure_embedded_model
+    from services.settings import Settings, resolve_catalog_path
+
+    settings = Settings(catalog="cpu", port=args.port, ray_num_cpus=8)
+    catalog = load_catalog(resolve_catalog_path("cpu"))
+    args.engine_args = _engine_args(catalog)
+    model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
+    for key, value in runtime.local_environment(settings, catalog).items():
+        os.environ.setdefault(key, value)
+    logs = ROOT / "out"
+    logs.mkdir(exist_ok=True)
+    bare_port = args.port + 1
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
+    bare = start_bare_vllm(model_dir, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
+    try:
+        runtime.start_local(settings, catalog, wait=False)
+        deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
+        base = f"http://127.0.0.1:{args.port}"
+        urls = {"slmserve": f"{base}/v1/chat/completions",
+                "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
+                "ray-serve-llm": f"{base}/rayllm/v1/chat/completions"}
+        _wait_ready(f"{base}/v1/health/ready", 900, "slmserve")
+        _wait_ready(f"http://127.0.0.1:{bare_port}/health", 900, "bare vLLM")
+        _wait_ready(f"{base}/rayllm/v1/models", 900, "Ray Serve LLM")
+        print("[bench] all three ready; warming up", flush=True)
+        for system in SYSTEMS:
+            asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))
+        results: dict[tuple[str, int], LevelResult] = {}
+        for round_index in range(args.rounds):
+            order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
+            for c in levels:
+                requests = args.requests_per_level or max(6, 2 * c)
+                for system in order:
+                    result = asyncio.run(run_level(system, urls[system], MODEL, c, requests, args.prompt_words,
+                                                   args.max_tokens))
+                    key = (system, c)
+                    results[key] = results[key].merged(result) if key in results else result
+                    ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
+                    print(f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
+                          f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
+                          f"  errors {result.errors}", flush=True)
+        import ray
+        import vllm
+
+        versions = {"vllm": vllm.__version__, "ray": ray.__version__}
+        print(_table(results, levels))
+        print(_ratios(results, levels))
+        write_report(results, levels, args, versions, started)
+    finally:
+        bare.terminate()
+        bare.wait(timeout=60)
+        runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The benchmark workload: N streamed chat requests at a fixed concurrency, fixed prompt and
+output lengths (ignore_eos), measured per request with the same SSE meter as the locust users."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from loadtests.sse import StreamMeter, StreamStats, prompt_of
+
+
+@dataclass
+class LevelResult:
+    system: str
+    concurrency: int
+    requests: int
+    errors: int
+    wall_s: float
+    output_tokens: int
+    ttft_s: list[float]
+    itl_s: list[float]
+    e2e_s: list[float]
+
+    @property
+    def requests_per_s(self) -> float:
+        return (self.requests - self.errors) / self.wall_s
+
+    @property
+    def output_tok_per_s(self) -> float:
+        return self.output_tokens / self.wall_s
+
+    def merged(self, other: LevelResult) -> LevelResult:
+        return LevelResult(self.system, self.concurrency, self.requests + other.requests,
+                           self.errors + other.errors, self.wall_s + other.wall_s,
+                           self.output_tokens + other.output_tokens, self.ttft_s + other.ttft_s,
+                           self.itl_s + other.itl_s, self.e2e_s + other.e2e_s)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def _one(client: httpx.AsyncClient, url: str, body: dict) -> StreamStats:
+    started = time.perf_counter()
+    meter = StreamMeter(started)
+    try:
+        async with client.stream("POST", url, json=body) as response:
+            if response.status_code != 200:
+                meter.stats.error = f"HTTP {response.status_code}"
+                return meter.finish(time.perf_counter())
+            async for line in response.aiter_lines():
+                meter.feed(line, time.perf_counter())
+    except httpx.HTTPError as error:
+        meter.stats.error = type(error).__name__
+    return meter.finish(time.perf_counter())
+
+
+async def run_level(system: str, chat_url: str, model: str, concurrency: int, requests: int,
+                    prompt_words: int, max_tokens: int) -> LevelResult:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt_of(prompt_words)}],
+            "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(requests):
+        queue.put_nowait(index)
+    results: list[StreamStats] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits, trust_env=False) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                results.append(await _one(client, chat_url, body))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    ok = [r for r in results if r.error is None]
+    return LevelResult(
+        system=system, concurrency=concurrency, requests=len(results), errors=len(results) - len(ok), wall_s=wall,
+        output_tokens=sum(r.output_tokens for r in ok), ttft_s=[r.ttft_s for r in ok if r.ttft_s is not None],
+        itl_s=[gap for r in ok for gap in r.itl_s], e2e_s=[r.e2e_s for r in ok if r.e2e_s is not None])

@@ -1,0 +1,1 @@
+"""Cluster-side tooling: read a RayService's state through the Kubernetes API."""

@@ -1,0 +1,208 @@
+"""The Helm chart, rendered by a real Helm engine and validated against Kubernetes' schemas
+(kubernetes-validate, strict) and KubeRay v1.7.0's RayService CRD. No cluster exists here (no
+Docker engine, no kube-apiserver), so nothing is applied; see the chart README for what remains
+unverified."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from services.catalog import load_catalog, parse_catalog
+from services.settings import resolve_catalog_path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "helm" / "slmserve"
+EXAMPLES = sorted((CHART / "examples").glob("values-*.yaml"))
+CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
+K8S_VERSION = "1.33.0"
+CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool"}
+ALL_FEATURES = [
+    "--set", "ingress.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
+    "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+    "--set", "metrics.grafanaDashboard.enabled=true", "--set", "karpenter.enabled=true",
+    "--set", "secrets.hfToken.name=hf", "--set", "secrets.apiKeys.name=keys", "--set", "head.appProbes=true",
+]
+
+
+@cache
+def helm() -> str:
+    found = shutil.which("helm") or str(ROOT / ".venv" / "bin" / "helm")
+    assert Path(found).is_file(), "helm not installed: `make test` installs it into .venv/bin"
+    return found
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache"})
+
+
+def render(*args: str) -> list[dict]:
+    result = run_helm("template", "rel", str(CHART), "--namespace", "llm", *args)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+@cache
+def rayservice_schema() -> dict:
+    crd = yaml.load((CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader)
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def with_kuberay_defaults(rayservice: dict) -> dict:
+    """KubeRay defaults minReplicas/maxReplicas before validation (see ../shared/README.md)."""
+    filled = copy.deepcopy(rayservice)
+    for group in filled["spec"]["rayClusterConfig"].get("workerGroupSpecs", []):
+        group.setdefault("minReplicas", 0)
+        group.setdefault("maxReplicas", 2147483647)
+    return filled
+
+
+def validate_all(docs: list[dict]) -> None:
+    for doc in docs:
+        if doc["kind"] in CRD_KINDS:
+            if doc["kind"] == "RayService":
+                jsonschema.validate(with_kuberay_defaults(doc), rayservice_schema())
+                validate_pod_templates(doc)
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def validate_pod_templates(rayservice: dict) -> None:
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    for template in templates:
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
+        kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("values", [None, *EXAMPLES], ids=lambda p: p.stem if p else "defaults")
+def test_lint_strict_and_render_validates(values: Path | None):
+    args = ["-f", str(values)] if values else []
+    lint = run_helm("lint", "--strict", str(CHART), *args)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    docs = render(*args)
+    assert len(by_kind(docs, "RayService")) == 1
+    validate_all(docs)
+
+
+def test_every_optional_object_renders_and_validates():
+    docs = render(*ALL_FEATURES)
+    kinds = {doc["kind"] for doc in docs}
+    assert kinds >= {"RayService", "Service", "Ingress", "PersistentVolumeClaim", "PodDisruptionBudget",
+                     "NetworkPolicy", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NodePool"}
+    validate_all(docs)
+    rule = by_kind(docs, "PrometheusRule")[0]
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    dashboard = by_kind(docs, "ConfigMap")[0]["data"]["slmserve.json"]
+    assert json.loads(dashboard) == json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+
+
+def serve_config(docs: list[dict]) -> dict:
+    return yaml.safe_load(by_kind(docs, "RayService")[0]["spec"]["serveConfigV2"])
+
+
+@pytest.mark.parametrize("name", ["phi35", "cpu", "test"])
+def test_serve_config_is_the_catalog(name: str):
+    config = serve_config(render("--set", f"catalog.name={name}"))
+    app = config["applications"][0]
+    assert app["import_path"] == "services.app:build_app"
+    assert parse_catalog(app["args"]["catalog"]) == load_catalog(resolve_catalog_path(name))
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
+def test_inline_catalog_wins(tmp_path: Path):
+    inline = {"catalog": {"name": "phi35", "inline": {"models": [{"name": "mine", "source": "org/model"}]}}}
+    values = tmp_path / "inline.yaml"
+    values.write_text(yaml.safe_dump(inline))
+    app = serve_config(render("-f", str(values)))["applications"][0]
+    assert [m["name"] for m in app["args"]["catalog"]["models"]] == ["mine"]
+
+
+def test_gpu_resources_tolerations_and_selectors_land_where_values_put_them():
+    docs = render("-f", str(CHART / "examples" / "values-aks.yaml"))
+    cluster = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    head_env = {e["name"]: e.get("value") for e in head["template"]["spec"]["containers"][0]["env"]}
+    assert head_env["NVIDIA_VISIBLE_DEVICES"] == "void"
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert set(groups) == {"gpu-1x", "gpu-2x"}
+    for name, gpus, max_replicas in (("gpu-1x", "1", 6), ("gpu-2x", "2", 3)):
+        group = groups[name]
+        assert group["maxReplicas"] == max_replicas and group["minReplicas"] == 0
+        assert all(isinstance(v, str) for v in group["rayStartParams"].values())
+        assert group["rayStartParams"]["num-gpus"] == gpus
+        spec = group["template"]["spec"]
+        resources = spec["containers"][0]["resources"]
+        assert resources["limits"]["nvidia.com/gpu"] == gpus == resources["requests"]["nvidia.com/gpu"]
+        assert spec["nodeSelector"] == {"accelerator": "nvidia"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"} in spec["tolerations"]
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in spec["containers"][0]["volumeMounts"]
+        assert spec["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/v1/health/ready"
+        assert spec["containers"][0]["startupProbe"]["failureThreshold"] == 180
+    options = cluster["autoscalerOptions"]
+    assert cluster["enableInTreeAutoscaling"] is True and options["version"] == "v2"
+    assert options["upscalingMode"] == "Default" and options["idleTimeoutSeconds"] == 300
+
+
+def test_group_selectors_merge_with_gpu_selector():
+    docs = render("-f", str(CHART / "examples" / "values-gfd.yaml"))
+    groups = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    selector = groups[1]["template"]["spec"]["nodeSelector"]
+    assert selector == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                        "nvidia.com/gpu.count": "8"}
+    assert by_kind(docs, "PersistentVolumeClaim") == []  # existingClaim: nothing created
+    volumes = {v["name"]: v for v in groups[0]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "shared-model-cache"
+
+
+def test_secrets_are_referenced_never_inlined():
+    docs = render("--set", "secrets.hfToken.name=hf", "--set", "secrets.apiKeys.name=keys")
+    head = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    env = {e["name"]: e for e in head["containers"][0]["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "HF_TOKEN"}
+    assert {"name": "api-keys", "secret": {"secretName": "keys"}} in head["volumes"]
+    assert by_kind(docs, "Secret") == []
+
+
+def test_hardened_pods():
+    cluster = by_kind(render(), "RayService")[0]["spec"]["rayClusterConfig"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        context = spec["containers"][0]["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
+    (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
+    (["--set", "autoscaler.upscalingMode=Fast"], "upscalingMode"),
+    (["--set-json", 'workerGroups=[{"name":"g","gpusPerPod":0,"minReplicas":0,"maxReplicas":1,"resources":{}}]'],
+     "gpusPerPod"),
+    (["--set-json", 'workerGroups=[{"name":"g","gpusPerPod":1,"minReplicas":0,"maxReplicas":1,"resources":{},'
+      '"typo":1}]'], "typo"),
+    (["--set", "service.port=70000"], "port"),
+    (["--set", "modelCache.size=lots"], "size"),
+    (["--set", "catalog.name=nosuch"], "no file catalogs/nosuch.yaml"),
+])
+def test_bad_values_are_rejected(args: list[str], message: str):
+    result = run_helm("template", "rel", str(CHART), *args)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
