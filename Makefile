@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.slmserve-installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit loadtest bench clean
+.PHONY: install run test lint unit loadtest bench manifests clean
 
 install: $(STAMP) $(BIN)/helm
 
@@ -42,6 +42,10 @@ bench: install
 	$(PIP) -e '.[cpu,test,bench]'
 	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -m loadtests.bench $(BENCH_ARGS)
+
+# The kustomize base is the chart rendered with its defaults.
+manifests: install
+	$(BIN)/helm template slmserve helm/slmserve --namespace slmserve > deploy/kustomize/base/slmserve.yaml
 
 unit: install
 	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)

@@ -206,3 +206,10 @@ def test_bad_values_are_rejected(args: list[str], message: str):
     result = run_helm("template", "rel", str(CHART), *args)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_kustomize_base_matches_the_chart():
+    result = run_helm("template", "slmserve", str(CHART), "--namespace", "slmserve")
+    assert result.returncode == 0, result.stderr
+    committed = (ROOT / "deploy" / "kustomize" / "base" / "slmserve.yaml").read_text()
+    assert committed == result.stdout, "deploy/kustomize/base is stale: run `make manifests`"
