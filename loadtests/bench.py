@@ -22,6 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from loadtests.report import plot, ratios_table, results_table
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +48,13 @@ def _engine_args(catalog) -> dict:
     return dict(catalog.resolve(MODEL).engine_args)
 
 
-def start_bare_vllm(model_dir: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
+def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
     flags = []
     for key, value in engine_args.items():
         flag = "--" + key.replace("_", "-")
         flags += [flag] if value is True else [] if value is False else [flag, str(value)]
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", MODEL, "--host", "127.0.0.1", "--port", str(port), *flags]
+               "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *flags]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -70,58 +71,10 @@ def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) ->
     serve._run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/rayllm", _blocking=False)
 
 
-def _table(results: dict[tuple[str, int], LevelResult], levels: list[int]) -> str:
-    head = ("| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
-            "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
-    rows = []
-    for c in levels:
-        for system in SYSTEMS:
-            r = results[(system, c)]
-            rows.append(f"| {system} | {c} | {r.requests_per_s:.2f} | {r.output_tok_per_s:.1f} | "
-                        f"{percentile(r.ttft_s, 50) * 1000:.1f} | {percentile(r.ttft_s, 95) * 1000:.1f} | "
-                        f"{percentile(r.itl_s, 50) * 1000:.2f} | {percentile(r.itl_s, 95) * 1000:.2f} | "
-                        f"{percentile(r.e2e_s, 50):.2f} | {r.errors}/{r.requests} |")
-    return head + "\n".join(rows) + "\n"
-
-
-def _ratios(results: dict[tuple[str, int], LevelResult], levels: list[int]) -> str:
-    out = ("| c | tok/s vs bare | tok/s vs Ray Serve LLM | TTFT p50 - bare (ms) | TTFT p50 vs Ray Serve LLM "
-           "| ITL p50 vs bare | ITL p50 vs Ray Serve LLM |\n|---|---|---|---|---|---|---|\n")
-    for c in levels:
-        s, b, r = (results[(name, c)] for name in SYSTEMS)
-        out += (f"| {c} | {s.output_tok_per_s / b.output_tok_per_s:.3f} | {s.output_tok_per_s / r.output_tok_per_s:.3f}"
-                f" | {(percentile(s.ttft_s, 50) - percentile(b.ttft_s, 50)) * 1000:+.1f} | "
-                f"{percentile(s.ttft_s, 50) / percentile(r.ttft_s, 50):.3f} | "
-                f"{percentile(s.itl_s, 50) / percentile(b.itl_s, 50):.3f} | "
-                f"{percentile(s.itl_s, 50) / percentile(r.itl_s, 50):.3f} |\n")
-    return out
-
-
-def _plot(results: dict[tuple[str, int], LevelResult], levels: list[int], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for system in SYSTEMS:
-        left.plot(levels, [results[(system, c)].output_tok_per_s for c in levels], marker="o", label=system)
-        right.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
-                   label=system)
-    left.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Throughput")
-    right.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
-    for axis in (left, right):
-        axis.set_xticks(levels, [str(c) for c in levels])
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
 def write_report(results, levels, args, versions: dict, started: str) -> None:
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
-    _plot(results, levels, docs / "benchmark_cpu.png")
+    plot(results, levels, SYSTEMS, docs / "benchmark_cpu.png")
     section = f"""{MARK_START}
 ## CPU: slmserve vs bare vLLM vs Ray Serve LLM
 
@@ -133,10 +86,10 @@ Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for a
 order, all three servers up for the whole run. Reproduce: `make bench` (or
 `.venv/bin/python -m loadtests.bench`).
 
-{_table(results, levels)}
+{results_table(results, levels, SYSTEMS)}
 Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slmserve):
 
-{_ratios(results, levels)}
+{ratios_table(results, levels, SYSTEMS)}
 ![throughput and TTFT](benchmark_cpu.png)
 {MARK_END}"""
     path = docs / "benchmarks.md"
@@ -177,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     bare_port = args.port + 1
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
-    bare = start_bare_vllm(model_dir, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
+    bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
     try:
         runtime.start_local(settings, catalog, wait=False)
         deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
@@ -209,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         import vllm
 
         versions = {"vllm": vllm.__version__, "ray": ray.__version__}
-        print(_table(results, levels))
-        print(_ratios(results, levels))
+        print(results_table(results, levels, SYSTEMS))
+        print(ratios_table(results, levels, SYSTEMS))
         write_report(results, levels, args, versions, started)
     finally:
         bare.terminate()

@@ -41,10 +41,11 @@ CompletionRequest = _first(
     ("vllm.entrypoints.openai.protocol", "CompletionRequest"),
 )
 ErrorResponse = _first(
-    ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),
+    ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),  # 0.32
+    ("vllm.entrypoints.openai.engine.protocol", "ErrorResponse"),  # 0.24
     ("vllm.entrypoints.openai.protocol", "ErrorResponse"),
 )
-try:  # vLLM >= 0.2x raises typed client errors; older releases raised ValueError alone
+try:  # 0.32 raises typed client errors; 0.24's VLLMValidationError is a ValueError
     from vllm.exceptions import VLLMClientError as _VLLMClientError
 
     CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError, _VLLMClientError)

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (through the device tool), once per shipped piece:
+#   bash loadtests/gpu/device_run.sh N [bench args]
+# Each call stores the pieces it carried (.gpu/pK) in /tmp/ch, which survives while the machine
+# stays warm; the call that completes the set of N pieces unpacks them and runs the benchmark.
+set -euo pipefail
+total=${1:?number of pieces}; shift
+mkdir -p /tmp/ch
+for piece in .gpu/p*/core_*; do [ -e "$piece" ] && cp "$piece" /tmp/ch/; done
+have=$(ls /tmp/ch | wc -l)
+echo "[device] pieces: $have/$total; $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader)"
+[ "$have" -lt "$total" ] && exit 0
+if [ ! -d /tmp/site/vllm ]; then
+  mkdir -p /tmp/site && cat /tmp/ch/core_? | tar -C /tmp/site -xJ
+  echo "[device] unpacked $(du -sh /tmp/site | cut -f1)"
+fi
+export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+       VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 SLMSERVE_CACHE_DIR=/tmp/slmcache
+python3 -c "import vllm, ray, torch; print('[device] vllm', vllm.__version__, 'ray', ray.__version__, 'torch', torch.__version__)"
+python3 -m loadtests.gpu.run_gpu_bench --out "${OUT:-out}" "$@"

@@ -1,0 +1,118 @@
+"""On the GPU machine: slmserve and bare vLLM's OpenAI server on one GPU, same model (Phi-3.5-mini
+shape, dummy weights), same engine arguments, same workload (streamed chat, ~128-token prompts,
+256 output tokens with ignore_eos) at concurrency 1, 8, 32 and 64, alternating between the two.
+
+    PYTHONPATH=/tmp/site:$PWD python3 -m loadtests.gpu.run_gpu_bench --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loadtests.bench import _wait_ready, start_bare_vllm
+from loadtests.gpu.make_phi35_mini import build
+from loadtests.report import ratios_table, results_table
+from loadtests.workload import LevelResult, percentile, run_level
+
+ROOT = Path(__file__).resolve().parents[2]
+CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-dummy.yaml"
+SYSTEMS = ("slmserve", "bare-vllm")
+
+
+def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
+    """Words of loadtests.sse.prompt_of that make a chat prompt of about `target_tokens` tokens."""
+    from transformers import AutoTokenizer
+
+    from loadtests.sse import prompt_of
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for words in range(8, 400):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt_of(words)}],
+                                             add_generation_prompt=True, tokenize=False)
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target_tokens:
+            return words
+    return 400
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--levels", default="1,8,32,64")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument("--out", default="out")
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.levels.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from services import runtime
+    from services.catalog import load_catalog
+    from services.settings import Settings
+
+    catalog = load_catalog(CATALOG)
+    entry = catalog.models[0]
+    model_dir = build(Path(entry.source))
+    words = prompt_words_for(model_dir, args.prompt_tokens)
+    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                         capture_output=True, text=True).stdout.strip()
+    print(f"[gpu-bench] {gpu}; prompt of {words} words = ~{args.prompt_tokens} tokens", flush=True)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    bare = start_bare_vllm(str(model_dir), entry.name, entry.engine_args, 8201, out / "bare-vllm.log")
+    try:
+        _wait_ready("http://127.0.0.1:8201/health", 600, "bare vLLM")
+        timings["bare_vllm_start_s"] = time.monotonic() - started
+        print(f"[gpu-bench] bare vLLM ready in {timings['bare_vllm_start_s']:.1f}s", flush=True)
+        started = time.monotonic()
+        settings = Settings(catalog=str(CATALOG), port=8200, ray_num_cpus=16)
+        runtime.start_local(settings, catalog, wait=False)
+        _wait_ready("http://127.0.0.1:8200/v1/health/ready", 600, "slmserve")
+        timings["slmserve_start_s"] = time.monotonic() - started
+        print(f"[gpu-bench] slmserve ready in {timings['slmserve_start_s']:.1f}s", flush=True)
+        urls = {"slmserve": "http://127.0.0.1:8200/v1/chat/completions",
+                "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions"}
+        for system in SYSTEMS:  # warm-up: CUDA graphs, allocator, connection pools
+            asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32))
+        results: dict[tuple[str, int], LevelResult] = {}
+        for round_index in range(args.rounds):
+            order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
+            for c in levels:
+                for system in order:
+                    result = asyncio.run(run_level(system, urls[system], entry.name, c, max(8, 2 * c), words,
+                                                   args.max_tokens))
+                    key = (system, c)
+                    results[key] = results[key].merged(result) if key in results else result
+                    print(f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
+                          f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
+                          f"{percentile(result.itl_s, 50) * 1000:6.2f} ms errors {result.errors}", flush=True)
+        table, ratios = results_table(results, levels, SYSTEMS), ratios_table(results, levels, SYSTEMS)
+        print(table)
+        print(ratios)
+        import ray
+        import vllm
+
+        (out / "gpu_results.md").write_text(
+            f"GPU: {gpu}; vllm {vllm.__version__}; ray {ray.__version__}; Python {sys.version.split()[0]}\n"
+            f"engine start: bare vLLM {timings['bare_vllm_start_s']:.1f}s, slmserve {timings['slmserve_start_s']:.1f}s"
+            f" (both cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}")
+        (out / "gpu_results.json").write_text(json.dumps({
+            "gpu": gpu, "timings": timings, "levels": levels, "prompt_words": words,
+            "results": {f"{s}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
+                                     "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
+                                     "itl_p50": percentile(r.itl_s, 50), "errors": r.errors}
+                        for (s, c), r in results.items()}}, indent=1))
+    finally:
+        bare.terminate()
+        runtime.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

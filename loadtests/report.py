@@ -1,0 +1,64 @@
+"""Benchmark tables and plots, shared by the CPU (`make bench`) and GPU benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from loadtests.workload import LevelResult, percentile
+
+Results = dict[tuple[str, int], LevelResult]
+
+
+def results_table(results: Results, levels: list[int], systems: tuple[str, ...]) -> str:
+    head = ("| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
+            "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for c in levels:
+        for system in systems:
+            r = results[(system, c)]
+            rows.append(f"| {system} | {c} | {r.requests_per_s:.2f} | {r.output_tok_per_s:.1f} | "
+                        f"{percentile(r.ttft_s, 50) * 1000:.1f} | {percentile(r.ttft_s, 95) * 1000:.1f} | "
+                        f"{percentile(r.itl_s, 50) * 1000:.2f} | {percentile(r.itl_s, 95) * 1000:.2f} | "
+                        f"{percentile(r.e2e_s, 50):.2f} | {r.errors}/{r.requests} |")
+    return head + "\n".join(rows) + "\n"
+
+
+def ratios_table(results: Results, levels: list[int], systems: tuple[str, ...]) -> str:
+    """slmserve (systems[0]) over each other system: tok/s ratio, TTFT p50 difference and ratio, ITL p50 ratio."""
+    ours, others = systems[0], systems[1:]
+    columns = []
+    for other in others:
+        columns += [f"tok/s vs {other}", f"TTFT p50 - {other} (ms)", f"TTFT p50 vs {other}", f"ITL p50 vs {other}"]
+    out = "| c | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+    for c in levels:
+        s = results[(ours, c)]
+        cells = []
+        for other in others:
+            o = results[(other, c)]
+            cells += [f"{s.output_tok_per_s / o.output_tok_per_s:.3f}",
+                      f"{(percentile(s.ttft_s, 50) - percentile(o.ttft_s, 50)) * 1000:+.1f}",
+                      f"{percentile(s.ttft_s, 50) / percentile(o.ttft_s, 50):.3f}",
+                      f"{percentile(s.itl_s, 50) / percentile(o.itl_s, 50):.3f}"]
+        out += f"| {c} | " + " | ".join(cells) + " |\n"
+    return out
+
+
+def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for system in systems:
+        left.plot(levels, [results[(system, c)].output_tok_per_s for c in levels], marker="o", label=system)
+        right.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
+                   label=system)
+    left.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Throughput")
+    right.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
+    for axis in (left, right):
+        axis.set_xticks(levels, [str(c) for c in levels])
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
