@@ -27,6 +27,7 @@ from services.engine import vllm_compat
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
 from services.metrics.hub import EngineSnapshot
+from services.streaming import coalesce
 
 logger = logging.getLogger("slmserve.engine")
 
@@ -104,11 +105,17 @@ class EngineDeployment:
             yield 200, result.model_dump_json().encode(), outcome
             return
         yield 200, None, None
+        async for item in coalesce(self._frames(result, request_id, client_wants_usage)):
+            yield item
+
+    async def _frames(self, chunks: AsyncIterator[str], request_id: str, client_wants_usage: bool,
+                      ) -> AsyncIterator[str | Outcome]:
+        """vLLM's SSE chunks, minus the usage chunk the client did not ask for, with the Outcome
+        placed just before [DONE] (clients hang up right after [DONE])."""
         outcome: Outcome = {"prompt_tokens": 0, "generation_tokens": 0, "finish_reason": None}
         try:
-            async for chunk in result:
+            async for chunk in chunks:
                 if chunk.startswith(_DONE):
-                    # The outcome goes out before [DONE]: clients hang up right after [DONE].
                     yield outcome
                     yield chunk
                     return

@@ -24,7 +24,8 @@ class DeploymentState:
 class Readiness:
     app_name: str
     deployment_names: list[str]
-    period_s: float = 1.0
+    period_s: float = 1.0  # while any model is loading
+    ready_period_s: float = 5.0  # once all are up: replica failures also surface on the request path
     states: dict[str, DeploymentState] = field(default_factory=dict)
     _task: asyncio.Task | None = None
 
@@ -57,4 +58,4 @@ class Readiness:
                 self.states = await asyncio.to_thread(self._read)
             except Exception:  # the controller may be restarting; keep the last view
                 logger.warning("could not read Serve status", exc_info=True)
-            await asyncio.sleep(self.period_s)
+            await asyncio.sleep(self.ready_period_s if self.all_ready() else self.period_s)
