@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.slmserve-installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit loadtest bench manifests clean
+.PHONY: install run test lint unit loadtest bench soak fuzz manifests clean
 
 install: $(STAMP) $(BIN)/helm
 
@@ -46,6 +46,14 @@ bench: install
 # The kustomize base is the chart rendered with its defaults.
 manifests: install
 	$(BIN)/helm template slmserve helm/slmserve --namespace slmserve > deploy/kustomize/base/slmserve.yaml
+
+# 10 minutes of locust above the admission bound; figures go to docs/reliability.md.
+soak: install
+	$(BIN)/python -m loadtests.soak $(SOAK_ARGS)
+
+# The fuzz properties at full budget (make test runs them at 100 examples each).
+fuzz: install
+	SLMSERVE_FUZZ_EXAMPLES=1000 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/test_fuzz.py
 
 unit: install
 	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)

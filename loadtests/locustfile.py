@@ -36,6 +36,8 @@ def _options(parser) -> None:
     parser.add_argument("--ignore-eos", env_var="SLMSERVE_LT_IGNORE_EOS", default="true",
                         help="fixed-length outputs (true/false)")
     parser.add_argument("--api-key", env_var="SLMSERVE_LT_API_KEY", default="", help="sent as a Bearer token")
+    parser.add_argument("--accept-429", env_var="SLMSERVE_LT_ACCEPT_429", default="false",
+                        help="count 429 (admission/rate limit) as its own entry, not as a failure (true/false)")
 
 
 def _report(environment, name: str, value: float, length: int = 0) -> None:
@@ -72,12 +74,22 @@ class OpenAIUser(HttpUser):
         models = response.json().get("data", []) if response.ok else []
         return {m["id"] for m in models} | {alias for m in models for alias in m.get("aliases", [])}
 
+    def _rejected(self, response) -> bool:
+        """A 429 under --accept-429: reported as its own `429 rejected` entry, not a failure."""
+        if response.status_code != 429 or str(self.options.accept_429).lower() not in ("1", "true", "yes"):
+            return False
+        response.success()
+        _report(self.environment, "429 rejected", 0)
+        return True
+
     def stream(self, path: str, body: dict, name: str) -> None:
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         meter = StreamMeter(started)
         with self.client.post(path, json=body, headers=self.headers, stream=True, name=name,
                               catch_response=True) as response:
+            if self._rejected(response):
+                return
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return
@@ -95,6 +107,8 @@ class OpenAIUser(HttpUser):
 
     def complete(self, path: str, body: dict, name: str) -> None:
         with self.client.post(path, json=body, headers=self.headers, name=name, catch_response=True) as response:
+            if self._rejected(response):
+                return
             if response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
                 return

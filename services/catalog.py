@@ -94,6 +94,8 @@ class ModelEntry(_Strict):
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
+    max_in_flight: int | None = Field(
+        None, ge=1, description="queued + running requests a router replica lets through to this model; more get 429")
 
     @field_validator("name", "aliases")
     @classmethod
@@ -173,7 +175,22 @@ class ModelEntry(_Strict):
         return self
 
 
+class RateLimitOptions(_Strict):
+    """Per API-key tenant, per router replica; unset means unlimited."""
+
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0, description="prompt (estimated) plus max_tokens")
+
+
+class RateLimits(_Strict):
+    default: RateLimitOptions = Field(default_factory=RateLimitOptions)
+    tenants: dict[str, RateLimitOptions] = Field(default_factory=dict)
+
+
 class RouterOptions(_Strict):
+    request_timeout_s: float = Field(600, gt=0, description="deadline of a request; the engine aborts it after")
+    max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
     deployment: DeploymentOptions = Field(
         default_factory=lambda: DeploymentOptions(
             max_ongoing_requests=1024, ray_actor_options=ActorOptions(num_cpus=0.5)

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
     ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises")
     app_name: str = "slmserve"
+    api_keys: str = Field("", description="'tenant:key,key,...'; with api_keys_file, turns auth on", repr=False)
+    api_keys_file: Path | None = None
     media_allow_hosts: list[str] = Field(default_factory=list, description="added to the catalog's media.allow_hosts")
     media_allow_networks: list[str] = Field(default_factory=list,
                                             description="added to the catalog's media.allow_networks")

@@ -3,6 +3,7 @@ SmolLM2), started once and called over HTTP the way users call it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -12,12 +13,17 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 
 from services.catalog import Catalog, load_catalog
 from services.settings import Settings, resolve_catalog_path
 
 READY_TIMEOUT_S = float(os.environ.get("SLMSERVE_TEST_READY_TIMEOUT", "600"))
+# The live application runs with API keys on, as a shared deployment would: clients send them.
+API_KEY = "sk-test-key"
+LIMITED_KEY = "sk-limited-key"  # tenant "limited": 3 requests a minute in the test catalog
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def _free_port() -> int:
@@ -35,7 +41,8 @@ def _ready_status(base_url: str) -> tuple[int, dict[str, str]]:
 
 
 def _post_json(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -57,6 +64,11 @@ class LiveServer:
     def api_url(self) -> str:
         return f"{self.base_url}/v1"
 
+    @functools.cached_property
+    def http(self) -> httpx.Client:
+        """An HTTP client for this server that sends the test API key."""
+        return httpx.Client(base_url=self.base_url, headers=AUTH, timeout=60)
+
     def engine_handle(self, model: str):
         from ray import serve
 
@@ -69,6 +81,7 @@ class LiveServer:
 def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
+    os.environ["SLMSERVE_API_KEYS"] = f"tests:{API_KEY},limited:{LIMITED_KEY}"
     settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=_free_port())
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     base_url = f"http://{settings.host}:{settings.port}"
@@ -96,7 +109,7 @@ def live_server() -> Iterator[LiveServer]:
 def client(live_server: LiveServer):
     import openai
 
-    return openai.OpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=120)
+    return openai.OpenAI(base_url=live_server.api_url, api_key=API_KEY, max_retries=0, timeout=120)
 
 
 @pytest.fixture
@@ -104,7 +117,7 @@ def async_client(live_server: LiveServer):
     """A fresh AsyncOpenAI client per test: its connection pool belongs to that test's event loop."""
     import openai
 
-    return openai.AsyncOpenAI(base_url=live_server.api_url, api_key="unused", max_retries=0, timeout=180)
+    return openai.AsyncOpenAI(base_url=live_server.api_url, api_key=API_KEY, max_retries=0, timeout=180)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

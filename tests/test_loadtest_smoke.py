@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import API_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -18,7 +20,7 @@ def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
         sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
         "--host", live_server.base_url, "-u", "5", "-r", "5", "-t", "20s",
         "--csv", str(prefix), "--only-summary", "--max-tokens", "16", "--prompt-words", "32",
-        "--models", "default:2,moe:1,vision:1",
+        "--models", "default:2,moe:1,vision:1", "--api-key", API_KEY,
         "StreamingChatUser", "ChatUser", "CompletionUser", "VisionUser", "MixedModelUser",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

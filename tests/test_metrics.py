@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "smollm2-135m-instruct"
@@ -20,7 +19,7 @@ NIM_TYPES = {
 
 
 def scrape(live_server, path: str = "/metrics") -> dict[str, object]:
-    response = httpx.get(f"{live_server.base_url}{path}", timeout=30)
+    response = live_server.http.get(path, timeout=30)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return {family.name: family for family in text_string_to_metric_families(response.text)}
@@ -103,7 +102,7 @@ def test_counts_tokens_and_finish_reasons_match_what_clients_saw(live_server, cl
 def test_failed_request_counts_as_failure(live_server):
     m = {"model_name": MODEL}
     before = scrape(live_server)
-    response = httpx.post(f"{live_server.api_url}/chat/completions", timeout=60,
+    response = live_server.http.post("/v1/chat/completions", timeout=60,
                           json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]})
     assert response.status_code == 400
     after = wait_for(live_server, "request_failure_total", value(before, "request_failure_total", **m) + 1, **m)
@@ -113,7 +112,7 @@ def test_failed_request_counts_as_failure(live_server):
 
 def test_router_counts_routes_and_rejections(live_server):
     before = scrape(live_server)
-    httpx.post(f"{live_server.api_url}/chat/completions", json={"model": "ghost", "messages": FRANCE})
+    live_server.http.post("/v1/chat/completions", json={"model": "ghost", "messages": FRANCE})
     after = wait_for(live_server, "slmserve_rejected_requests_total",
                      value(before, "slmserve_rejected_requests_total", reason="model_not_found") + 1,
                      reason="model_not_found")
@@ -145,7 +144,7 @@ def test_engine_gauges_and_vllm_series(live_server):
 def test_kv_cache_gauge_moves_under_load(live_server):
     body = {"model": MODEL, "messages": FRANCE, "max_tokens": 400, "stream": True, "ignore_eos": True}
     peak = 0.0
-    with httpx.stream("POST", f"{live_server.api_url}/chat/completions", json=body, timeout=120) as response:
+    with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
         for line in response.iter_lines():
             if line.startswith("data: [DONE]"):
                 break

@@ -14,6 +14,10 @@ if [ ! -d /tmp/site/vllm ]; then
   mkdir -p /tmp/site && cat /tmp/ch/core_? | tar -C /tmp/site -xJ
   echo "[device] unpacked $(du -sh /tmp/site | cut -f1)"
 fi
+if ls .gpu/extra/*.whl >/dev/null 2>&1; then  # small extras carried beside a piece (py-spy for --profile)
+  python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .gpu/extra/*.whl
+fi
+export PATH=/tmp/site/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
        VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 SLMSERVE_CACHE_DIR=/tmp/slmcache
 python3 -c "import vllm, ray, torch; print('[device] vllm', vllm.__version__, 'ray', ray.__version__, 'torch', torch.__version__)"

@@ -40,6 +40,23 @@ def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
     return 400
 
 
+def start_profilers(out: Path, seconds: int = 8) -> list[subprocess.Popen]:
+    """py-spy (raw collapsed stacks) on each process of slmserve's request path."""
+    import psutil
+
+    roles = {"proxy": "ProxyActor", "router": "ServeReplica:slmserve:Router", "engine": "ServeReplica:slmserve:engine"}
+    profilers = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        for role, marker in roles.items():
+            if marker in command:
+                profilers.append(subprocess.Popen(
+                    ["py-spy", "record", "--pid", str(process.info["pid"]), "--duration", str(seconds), "--rate", "250",
+                     "--format", "raw", "--nonblocking", "--gil", "--output", str(out / f"profile-{role}.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return profilers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levels", default="1,8,32,64")
@@ -47,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--out", default="out")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the proxy, router and engine replica during slmserve's highest level")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.levels.split(",")]
     out = Path(args.out)
@@ -85,8 +104,12 @@ def main(argv: list[str] | None = None) -> int:
             order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
             for c in levels:
                 for system in order:
+                    profiling = args.profile and round_index == 0 and system == "slmserve" and c == levels[-1]
+                    profilers = start_profilers(out) if profiling else []
                     result = asyncio.run(run_level(system, urls[system], entry.name, c, max(8, 2 * c), words,
                                                    args.max_tokens))
+                    for profiler in profilers:
+                        profiler.wait(timeout=60)
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     print(f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -89,6 +90,9 @@ class EngineDeployment:
             message, param = _validation_message(error)
             yield 400, error_json(400, message, param=param), None
             return
+        except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators raise their own errors too
+            yield (*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
+            return
         create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             result = await create(request, None)
@@ -156,6 +160,7 @@ class EngineDeployment:
     async def info(self) -> dict[str, Any]:
         return {
             "model": self.entry.name,
+            "pid": os.getpid(),
             "vllm_version": vllm_compat.vllm_version(),
             "load_seconds": self.load_seconds,
             "max_model_len": self.stack.engine.model_config.max_model_len,

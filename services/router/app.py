@@ -7,6 +7,7 @@ re-serialisation of chunks, no blocking calls on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -23,6 +24,8 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import __version__
+from services.admission import Admission, RateLimit, Rejected, estimate_tokens
+from services.auth import KeyRing
 from services.catalog import Catalog, ModelEntry
 from services.errors import error_body, sse_error_event
 from services.media import MediaError, MediaFetcher, prepare_images
@@ -71,6 +74,21 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
     return _error_response(400, str(error.errors()[0].get("msg", "invalid request")))
 
 
+def _needs_key(path: str) -> bool:
+    return (path.startswith("/v1/") and not path.startswith("/v1/health/")) or path == "/metrics"
+
+
+@app.middleware("http")
+async def _authenticate(request: Request, call_next: Any) -> Response:
+    keys: KeyRing | None = getattr(request.app.state, "keys", None)
+    tenant = keys.tenant_for(request.headers.get("authorization")) if keys is not None else None
+    if keys is not None and keys.enabled and tenant is None and _needs_key(request.url.path):
+        return _error_response(401, "a valid API key is required: send `Authorization: Bearer <key>`",
+                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    request.state.tenant = tenant or "anonymous"
+    return await call_next(request)
+
+
 @app.middleware("http")
 async def _count_requests(request: Request, call_next: Any) -> Response:
     response = await call_next(request)
@@ -87,8 +105,17 @@ def _request_id(request: Request) -> str:
     return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
+async def _json_body(request: Request, limit: int) -> dict[str, Any]:
+    too_large = APIError(413, f"request body is larger than {limit} bytes", code="request_too_large")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -112,18 +139,25 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
 
 
 async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived: float,
-                 records: RecordBuffer) -> AsyncIterator[str]:
+                 records: RecordBuffer, deadline: float, release: Any) -> AsyncIterator[str]:
     """Pass vLLM's SSE chunks through untouched, timing the first one; if the engine replica
-    dies mid-stream, end with an error event instead of hanging. Records the outcome last."""
+    dies mid-stream or the deadline passes, end with an error event instead of hanging.
+    Records the outcome and releases the admission slot last."""
     outcome: dict[str, Any] | None = None
     try:
-        async for item in stream:
-            if isinstance(item, str):
-                if record.ttft_s is None:
-                    record.ttft_s = time.perf_counter() - arrived
-                yield item
-            else:
-                outcome = item
+        async with asyncio.timeout_at(deadline):
+            async for item in stream:
+                if isinstance(item, str):
+                    if record.ttft_s is None:
+                        record.ttft_s = time.perf_counter() - arrived
+                    yield item
+                else:
+                    outcome = item
+    except TimeoutError:
+        stream.cancel()  # aborts the request in the engine
+        record.finish_reason = "timeout"
+        yield sse_error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
+        yield "data: [DONE]\n\n"
     except Exception as error:
         logger.warning("stream %s broke: %s", request_id, error)
         record.finish_reason = "error"
@@ -137,10 +171,11 @@ async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived
             record.generation_tokens = outcome["generation_tokens"]
             record.finish_reason = outcome["finish_reason"]
             record.success = outcome["finish_reason"] not in (None, "error", "abort")
-        else:  # the client left (or the replica died) before the stream finished
+        else:  # the client left, the deadline passed or the replica died before the stream finished
             record.success = False
             record.finish_reason = record.finish_reason or "abort"
         records.add(record)
+        release()
 
 
 @serve.ingress(app)
@@ -160,6 +195,13 @@ class Router:
             "allow_networks": self.catalog.media.allow_networks + settings.media_allow_networks,
         })
         self.media = MediaFetcher(policy)
+        self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+        app.state.keys = self.keys
+        limits = self.catalog.router.rate_limits
+        self.admission = Admission(
+            {entry.name: entry.max_in_flight for entry in self.catalog.models},
+            {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
+            RateLimit(**limits.default.model_dump()))
 
     def _ensure_polling(self) -> None:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
@@ -179,11 +221,13 @@ class Router:
 
     async def _forward(self, route: str, request: Request) -> Response:
         arrived = time.perf_counter()
+        options = self.catalog.router
+        deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         self._ensure_polling()
         try:
-            body = await _json_body(request)
+            body = await _json_body(request, options.max_body_bytes)
         except APIError as error:
-            error.reason = "invalid_json"
+            error.reason = "invalid_json" if error.status == 400 else "request_too_large"
             raise
         entry = self._entry_for(body)
         media = None
@@ -194,27 +238,44 @@ class Router:
             except MediaError as error:
                 raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
                                reason=error.code) from None
-        request_id = _request_id(request)
-        stream = self.handles[entry.name].options(stream=True).generate.remote(route, body, request_id)
         try:
-            status, payload, outcome = await stream.__anext__()
-        except Exception as error:  # replica died or was torn down before answering
-            logger.warning("engine call %s failed: %s", request_id, error)
-            raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
-                           code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
-                           model=entry.name, reason="replica_unavailable") from None
-        record = CompletionRecord(entry.name, success=status == 200, vision_s=media.seconds if media else None)
-        if payload is not None:
-            if outcome is not None:
-                record.ttft_s = record.e2e_s = time.perf_counter() - arrived
-                record.prompt_tokens = outcome["prompt_tokens"]
-                record.generation_tokens = outcome["generation_tokens"]
-                record.finish_reason = outcome["finish_reason"]
-            self.records.add(record)
-            return Response(payload, status_code=status, media_type="application/json")
-        return StreamingResponse(_relay(stream, request_id, record, arrived, self.records),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            self.admission.admit(entry.name, request.state.tenant, estimate_tokens(body))
+        except Rejected as rejected:
+            raise APIError(429, str(rejected), code=rejected.reason, model=entry.name, reason=rejected.reason,
+                           headers={"Retry-After": str(rejected.retry_after_s)}) from None
+        streaming = False
+        try:
+            request_id = _request_id(request)
+            stream = self.handles[entry.name].options(stream=True).generate.remote(route, body, request_id)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    status, payload, outcome = await stream.__anext__()
+            except TimeoutError:
+                stream.cancel()
+                raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
+                               model=entry.name, reason="timeout") from None
+            except Exception as error:  # replica died or was torn down before answering
+                logger.warning("engine call %s failed: %s", request_id, error)
+                raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
+                               code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
+                               model=entry.name, reason="replica_unavailable") from None
+            record = CompletionRecord(entry.name, success=status == 200, vision_s=media.seconds if media else None)
+            if payload is not None:
+                if outcome is not None:
+                    record.ttft_s = record.e2e_s = time.perf_counter() - arrived
+                    record.prompt_tokens = outcome["prompt_tokens"]
+                    record.generation_tokens = outcome["generation_tokens"]
+                    record.finish_reason = outcome["finish_reason"]
+                self.records.add(record)
+                return Response(payload, status_code=status, media_type="application/json")
+            streaming = True
+            relay = _relay(stream, request_id, record, arrived, self.records, deadline,
+                           lambda: self.admission.release(entry.name))
+            return StreamingResponse(relay, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        finally:
+            if not streaming:  # a stream releases its slot when it ends
+                self.admission.release(entry.name)
 
     async def _metrics(self) -> Response:
         await self.records.flush()  # this replica's latest records first; others flush every 0.5 s

@@ -1,0 +1,126 @@
+"""`make soak`: locust at and above a model's admission bound for a fixed time (10 minutes by
+default) against a local slmserve on 127.0.0.1; 429s are counted apart from errors. Afterwards
+nothing may be left in flight and the platform's memory must be back near where it started.
+Writes the figures to docs/reliability.md.
+
+The server is started here with the `test` catalog, whose tiny-phimoe admits 4 requests in
+flight per router replica; the soak sends --users streams at it (default 12, three times that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
+
+
+def platform_rss_mib(server_pid: int) -> float:
+    """Resident memory of the server and everything it started (Ray, replicas, engines)."""
+    try:
+        root = psutil.Process(server_pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def scrape(host: str, name: str, model: str) -> float:
+    with urllib.request.urlopen(f"{host}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    prefix = f'{name}{{model_name="{model}"}} '
+    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def wait_ready(host: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{host}/v1/health/ready", timeout=3) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError("server not ready")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--users", type=int, default=12)
+    parser.add_argument("--model", default="tiny-phimoe")
+    parser.add_argument("--port", type=int, default=8300)
+    args = parser.parse_args(argv)
+    host = f"http://127.0.0.1:{args.port}"
+    out = ROOT / "out"
+    out.mkdir(exist_ok=True)
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", "test", "--port",
+                               str(args.port)], cwd=ROOT, stdout=(out / "soak-server.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_ready(host, 900)
+        time.sleep(10)  # let start-up settle before the baseline
+        rss_before = platform_rss_mib(server.pid)
+        print(f"[soak] {args.users} users on {args.model} for {args.minutes:g} min; platform RSS {rss_before:.0f} MiB",
+              flush=True)
+        prefix = out / "soak"
+        started = time.monotonic()
+        code = subprocess.call([
+            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
+            "--host", host, "-u", str(args.users), "-r", str(args.users), "-t", f"{int(args.minutes * 60)}s",
+            "--csv", str(prefix), "--only-summary", "--model", args.model, "--max-tokens", "64",
+            "--accept-429", "true", "StreamingChatUser", "ChatUser"], cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+        duration = time.monotonic() - started
+        time.sleep(15)  # engines drain, metrics snapshots arrive
+        with open(f"{prefix}_stats.csv") as handle:
+            rows = {row["Name"]: row for row in csv.DictReader(handle)}
+        http_rows = [row for name, row in rows.items() if name.startswith("/v1/")]
+        requests = sum(int(row["Request Count"]) for row in http_rows)
+        errors = sum(int(row["Failure Count"]) for row in http_rows)
+        rejected = int(rows.get("429 rejected", {}).get("Request Count", 0))
+        running = scrape(host, "num_requests_running", args.model) + scrape(host, "num_requests_waiting", args.model)
+        rss_after = platform_rss_mib(server.pid)
+        growth = (rss_after - rss_before) / rss_before
+        summary = (f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | {args.users} users, "
+                   f"{duration / 60:.1f} min on {args.model} | {requests} | {rejected} | {errors} | {running:.0f} | "
+                   f"{rss_before:.0f} -> {rss_after:.0f} MiB ({growth:+.1%}) |")
+        print(summary)
+        _write(summary)
+        ok = code in (0, 1) and errors == 0 and running == 0 and growth < 0.10
+        print("[soak] PASS" if ok else "[soak] FAIL")
+        return 0 if ok else 1
+    finally:
+        server.terminate()
+        server.wait(timeout=120)
+
+
+def _write(row: str) -> None:
+    path = ROOT / "docs" / "reliability.md"
+    text = path.read_text()
+    header = ("| run | load | requests | 429 (admission) | errors | in flight after | platform memory |\n"
+              "|---|---|---|---|---|---|---|\n")
+    section = f"{MARK_START}\n{header}{row}\n{MARK_END}"
+    before, _, rest = text.partition(MARK_START)
+    path.write_text(before + section + rest.partition(MARK_END)[2])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

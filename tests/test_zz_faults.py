@@ -1,0 +1,76 @@
+"""Fault behaviour with the real application: an engine replica's process is killed mid-stream.
+Runs last (file name) because it disturbs the application. Writes its figures to
+out/reliability.json (docs/reliability.md quotes them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+MOE = "tiny-phimoe"
+BODY = {"model": MOE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
+    pid = live_server.engine_handle(MOE).info.remote().result()["pid"]
+    body = {**BODY, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def stream() -> None:
+        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+        ended.set()
+
+    reader = threading.Thread(target=stream, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while len(lines) < 5:
+        assert time.monotonic() < deadline, "the stream never started"
+        time.sleep(0.05)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+
+    # The in-flight stream ends with an error event, never hangs.
+    assert ended.wait(30), "the stream hung after its replica died"
+    assert '"code": "replica_failed"' in lines[-2] and lines[-1] == "data: [DONE]"
+    stream_ended_s = time.monotonic() - killed_at
+
+    # Meanwhile new requests fail fast with 503 + Retry-After (or succeed once the replica is back);
+    # readiness reflects the outage; service returns without manual action.
+    saw_503 = saw_not_ready = False
+    recovered_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        response = live_server.http.post("/v1/chat/completions", json=BODY, timeout=60)
+        if response.status_code == 503:
+            saw_503 = True
+            assert response.headers.get("retry-after")
+            assert response.json()["error"]["code"] in ("replica_unavailable", "model_not_ready")
+            assert time.monotonic() - started < 35
+        elif response.status_code == 200 and saw_503:
+            recovered_at = time.monotonic()
+            break
+        else:
+            assert response.status_code == 200, response.text
+        if httpx.get(f"{live_server.base_url}/v1/health/ready").status_code == 503:
+            saw_not_ready = True
+        time.sleep(0.5)
+    assert recovered_at is not None, "the model did not come back within 240 s"
+    assert saw_503 and saw_not_ready
+    assert live_server.engine_handle(MOE).info.remote().result()["pid"] != pid  # a new replica
+    recovery_s = recovered_at - killed_at
+    out = ROOT / "out"
+    out.mkdir(exist_ok=True)
+    (out / "reliability.json").write_text(json.dumps(
+        {"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)}))
