@@ -88,10 +88,9 @@ class Admission:
 
 
 def estimate_tokens(body: dict) -> int:
-    """Prompt (~4 characters a token) plus the requested output: what a request may cost."""
+    """Prompt (~4 characters a token) plus the requested output: what a request may cost. Never
+    negative: a bogus max_tokens must not refill the caller's token bucket (vLLM rejects it later)."""
     text = body.get("prompt") if "prompt" in body else body.get("messages")
-    max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or 256
-    try:
-        return len(str(text)) // 4 + int(max_tokens)
-    except (TypeError, ValueError):
-        return len(str(text)) // 4 + 256
+    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    output = requested if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0 else 256
+    return len(str(text)) // 4 + output

@@ -63,3 +63,9 @@ def test_keyring_tenants_and_rejections(tmp_path):
 def test_keys_are_not_kept_in_clear():
     ring = KeyRing(["team:sk-secret-value"])
     assert "sk-secret-value" not in repr(ring.__dict__)
+
+
+def test_token_estimate_is_never_negative():
+    # Found by fuzzing: max_tokens=-2 gave -1, a refund to the caller's token bucket.
+    assert estimate_tokens({"prompt": None, "messages": None, "max_tokens": -2}) >= 0
+    assert estimate_tokens({"messages": "x", "max_tokens": True}) == 256

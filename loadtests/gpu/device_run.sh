@@ -15,7 +15,15 @@ if [ ! -d /tmp/site/vllm ]; then
   echo "[device] unpacked $(du -sh /tmp/site | cut -f1)"
 fi
 if ls .gpu/extra/*.whl >/dev/null 2>&1; then  # small extras carried beside a piece (py-spy for --profile)
-  python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .gpu/extra/*.whl
+  python3 - <<'PY'  # the device's python has no pip: a wheel is a zip; scripts go to /tmp/site/bin
+import glob, os, zipfile
+for wheel in glob.glob(".gpu/extra/*.whl"):
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            target = os.path.join("/tmp/site/bin", os.path.basename(name)) if ".data/scripts/" in name else None
+            archive.extract(name, "/tmp/site") if target is None else open(target, "wb").write(archive.read(name))
+            if target: os.chmod(target, 0o755)
+PY
 fi
 export PATH=/tmp/site/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \

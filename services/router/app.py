@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,15 +31,20 @@ from services.auth import KeyRing
 from services.catalog import Catalog, ModelEntry
 from services.errors import error_body, sse_error_event
 from services.media import MediaError, MediaFetcher, prepare_images
-from services.metrics.records import CompletionRecord, HTTPRecord, RecordBuffer, RejectionRecord
+from services.metrics.records import CompletionRecord, RecordBuffer, RejectionRecord
+from services.router.middleware import EdgeMiddleware
 from services.router.readiness import Readiness
 from services.settings import Settings
 
 logger = logging.getLogger("slmserve.router")
+# What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
+# engine code, which is a bug to surface, not an outage).
+REPLICA_GONE = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 RETRY_AFTER_S = "5"
 app = FastAPI(title="slmserve", version=__version__, docs_url=None, redoc_url=None)
+app.add_middleware(EdgeMiddleware)
 
 
 class APIError(Exception):
@@ -69,33 +76,16 @@ async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse
     return _error_response(error.status_code, message)
 
 
+@app.exception_handler(Exception)
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    # A bug, not bad input: still an OpenAI-shaped body, and the trace in the replica's log.
+    logger.exception("unhandled error: %s", error)
+    return _error_response(500, "internal error; the request can be retried", code="internal_error")
+
+
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
     return _error_response(400, str(error.errors()[0].get("msg", "invalid request")))
-
-
-def _needs_key(path: str) -> bool:
-    return (path.startswith("/v1/") and not path.startswith("/v1/health/")) or path == "/metrics"
-
-
-@app.middleware("http")
-async def _authenticate(request: Request, call_next: Any) -> Response:
-    keys: KeyRing | None = getattr(request.app.state, "keys", None)
-    tenant = keys.tenant_for(request.headers.get("authorization")) if keys is not None else None
-    if keys is not None and keys.enabled and tenant is None and _needs_key(request.url.path):
-        return _error_response(401, "a valid API key is required: send `Authorization: Bearer <key>`",
-                               code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-    request.state.tenant = tenant or "anonymous"
-    return await call_next(request)
-
-
-@app.middleware("http")
-async def _count_requests(request: Request, call_next: Any) -> Response:
-    response = await call_next(request)
-    if (buffer := getattr(request.app.state, "records", None)) is not None:
-        route = request.scope.get("route")
-        buffer.add(HTTPRecord(getattr(route, "path", "unmatched"), response.status_code))
-    return response
 
 
 def _request_id(request: Request) -> str:
@@ -139,7 +129,8 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
 
 
 async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived: float,
-                 records: RecordBuffer, deadline: float, release: Any) -> AsyncIterator[str]:
+                 records: RecordBuffer, deadline: float, release: Any, on_replica_failure: Any,
+                 ) -> AsyncIterator[str]:
     """Pass vLLM's SSE chunks through untouched, timing the first one; if the engine replica
     dies mid-stream or the deadline passes, end with an error event instead of hanging.
     Records the outcome and releases the admission slot last."""
@@ -160,6 +151,8 @@ async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived
         yield "data: [DONE]\n\n"
     except Exception as error:
         logger.warning("stream %s broke: %s", request_id, error)
+        if isinstance(error, REPLICA_GONE):
+            on_replica_failure()
         record.finish_reason = "error"
         yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
                               code="replica_failed")
@@ -254,8 +247,9 @@ class Router:
                 stream.cancel()
                 raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
                                model=entry.name, reason="timeout") from None
-            except Exception as error:  # replica died or was torn down before answering
+            except REPLICA_GONE as error:  # replica died or was torn down before answering
                 logger.warning("engine call %s failed: %s", request_id, error)
+                self.readiness.mark_failed(entry.deployment_name)
                 raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
                                code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
                                model=entry.name, reason="replica_unavailable") from None
@@ -270,7 +264,8 @@ class Router:
                 return Response(payload, status_code=status, media_type="application/json")
             streaming = True
             relay = _relay(stream, request_id, record, arrived, self.records, deadline,
-                           lambda: self.admission.release(entry.name))
+                           lambda: self.admission.release(entry.name),
+                           lambda: self.readiness.mark_failed(entry.deployment_name))
             return StreamingResponse(relay, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         finally:

@@ -1,17 +1,22 @@
 """Which engine deployments have a running replica, read from the Serve controller.
 
-One background task refreshes it, so health probes and the request path only read a dict.
+One background task refreshes it, so health probes and the request path only read a dict. The
+router also reports replica failures it sees itself (a broken stream, a dead actor): the model
+then counts as down at once, until the controller has seen it go down and come back, so new
+requests get a fast 503 instead of queueing for a replica that no longer exists.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from ray import serve
 
 logger = logging.getLogger("slmserve.router")
+SUSPECT_MAX_S = 120.0  # trust the controller again after this long, whatever it said
 
 
 @dataclass
@@ -21,12 +26,19 @@ class DeploymentState:
 
 
 @dataclass
+class _Suspect:
+    until: float
+    seen_down: bool = False
+
+
+@dataclass
 class Readiness:
     app_name: str
     deployment_names: list[str]
-    period_s: float = 1.0  # while any model is loading
-    ready_period_s: float = 5.0  # once all are up: replica failures also surface on the request path
+    period_s: float = 1.0  # while any model is loading or suspect
+    ready_period_s: float = 2.0  # once all are up
     states: dict[str, DeploymentState] = field(default_factory=dict)
+    _suspects: dict[str, _Suspect] = field(default_factory=dict)
     _task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -34,11 +46,18 @@ class Readiness:
             self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
 
     def is_ready(self, deployment_name: str) -> bool:
+        if deployment_name in self._suspects:
+            return False
         state = self.states.get(deployment_name)
         return state is not None and state.running_replicas > 0
 
     def all_ready(self) -> bool:
         return all(self.is_ready(name) for name in self.deployment_names)
+
+    def mark_failed(self, deployment_name: str) -> None:
+        if deployment_name not in self._suspects:
+            logger.warning("replica failure seen for %s: reporting it down until Serve replaces it", deployment_name)
+            self._suspects[deployment_name] = _Suspect(until=time.monotonic() + SUSPECT_MAX_S)
 
     def _read(self) -> dict[str, DeploymentState]:
         application = serve.status().applications.get(self.app_name)
@@ -52,10 +71,20 @@ class Readiness:
             for name, status in application.deployments.items()
         }
 
+    def _update_suspects(self) -> None:
+        now = time.monotonic()
+        for name, suspect in list(self._suspects.items()):
+            state = self.states.get(name, DeploymentState())
+            healthy = state.running_replicas > 0 and state.status == "HEALTHY"
+            suspect.seen_down = suspect.seen_down or not healthy
+            if (suspect.seen_down and healthy) or now > suspect.until:
+                del self._suspects[name]
+
     async def _refresh_forever(self) -> None:
         while True:
             try:
                 self.states = await asyncio.to_thread(self._read)
+                self._update_suspects()
             except Exception:  # the controller may be restarting; keep the last view
                 logger.warning("could not read Serve status", exc_info=True)
             await asyncio.sleep(self.ready_period_s if self.all_ready() else self.period_s)

@@ -1,0 +1,57 @@
+"""The router's edge middleware, as plain ASGI: Starlette's BaseHTTPMiddleware puts an extra task
+and memory stream between every streamed chunk and the socket; this passes messages straight
+through. It checks API keys and counts requests by route template and status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.errors import error_body
+from services.metrics.records import HTTPRecord
+
+
+def needs_key(path: str) -> bool:
+    return (path.startswith("/v1/") and not path.startswith("/v1/health/")) or path == "/metrics"
+
+
+class EdgeMiddleware:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        keys = getattr(state, "keys", None)
+        status = 500
+
+        async def send_and_watch(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None
+            tenant = keys.tenant_for(authorization) if keys is not None else None
+            if keys is not None and keys.enabled and tenant is None and needs_key(scope["path"]):
+                await _unauthorized(send_and_watch)
+                return
+            scope.setdefault("state", {})["tenant"] = tenant or "anonymous"
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            if (records := getattr(state, "records", None)) is not None:
+                route = scope.get("route")
+                records.add(HTTPRecord(getattr(route, "path", "unmatched"), status))
+
+
+async def _unauthorized(send: Any) -> None:
+    import json
+
+    body = json.dumps(error_body(401, "a valid API key is required: send `Authorization: Bearer <key>`",
+                                 code="invalid_api_key")).encode()
+    await send({"type": "http.response.start", "status": 401,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
