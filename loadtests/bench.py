@@ -18,8 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from loadtests.report import plot, ratios_table, results_table
@@ -29,19 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 MARK_START, MARK_END = "<!-- cpu-bench:start -->", "<!-- cpu-bench:end -->"
-
-
-def _wait_ready(url: str, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=3) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{what} not ready after {timeout_s:.0f}s ({url})")
 
 
 def _engine_args(catalog) -> dict:
@@ -138,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         urls = {"slmserve": f"{base}/v1/chat/completions",
                 "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
                 "ray-serve-llm": f"{base}/rayllm/v1/chat/completions"}
-        _wait_ready(f"{base}/v1/health/ready", 900, "slmserve")
-        _wait_ready(f"http://127.0.0.1:{bare_port}/health", 900, "bare vLLM")
-        _wait_ready(f"{base}/rayllm/v1/models", 900, "Ray Serve LLM")
+        runtime.wait_until_ready(base, 900)
+        runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
+        runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
         print("[bench] all three ready; warming up", flush=True)
         for system in SYSTEMS:
             asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from services.runtime import wait_until_ready
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 
@@ -48,19 +50,6 @@ def scrape(host: str, name: str, model: str) -> float:
     return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
 
 
-def wait_ready(host: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{host}/v1/health/ready", timeout=3) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(2)
-    raise TimeoutError("server not ready")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--minutes", type=float, default=10)
@@ -75,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                str(args.port)], cwd=ROOT, stdout=(out / "soak-server.log").open("w"),
                               stderr=subprocess.STDOUT)
     try:
-        wait_ready(host, 900)
+        wait_until_ready(host, 900)
         time.sleep(10)  # let start-up settle before the baseline
         rss_before = platform_rss_mib(server.pid)
         print(f"[soak] {args.users} users on {args.model} for {args.minutes:g} min; platform RSS {rss_before:.0f} MiB",

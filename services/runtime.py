@@ -63,24 +63,32 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
 
 
-def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict:
-    """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
+def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
+    """Poll `url` until it answers 200; return the body. Raises TimeoutError with the last answer.
+    With `progress`, print that line (and the last answer) every 10 s while waiting."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     next_note = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{base_url}/v1/health/ready", timeout=5) as response:
-                return json.loads(response.read())
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
         except urllib.error.HTTPError as error:
             last = error.read().decode(errors="replace")
         except (urllib.error.URLError, OSError) as error:
             last = str(error)
         if progress and time.monotonic() >= next_note:
-            print(f"[slmserve] waiting for engines to load... ({last.strip()[:120]})", flush=True)
+            print(f"[slmserve] {progress} ({last.strip()[:120]})", flush=True)
             next_note = time.monotonic() + 10
         time.sleep(0.5)
-    raise TimeoutError(f"not ready after {timeout_s:.0f}s: {last}")
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
+
+
+def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict:
+    """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
+    body = wait_for_ok(f"{base_url}/v1/health/ready", timeout_s,
+                       progress="waiting for engines to load..." if progress else "")
+    return json.loads(body)
 
 
 def shutdown() -> None:

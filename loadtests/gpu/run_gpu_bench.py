@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import _wait_ready, start_bare_vllm
+from loadtests.bench import start_bare_vllm
 from loadtests.gpu.make_phi35_mini import build
 from loadtests.report import ratios_table, results_table
 from loadtests.workload import LevelResult, percentile, run_level
@@ -86,13 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     bare = start_bare_vllm(str(model_dir), entry.name, entry.engine_args, 8201, out / "bare-vllm.log")
     try:
-        _wait_ready("http://127.0.0.1:8201/health", 600, "bare vLLM")
+        runtime.wait_for_ok("http://127.0.0.1:8201/health", 600)
         timings["bare_vllm_start_s"] = time.monotonic() - started
         print(f"[gpu-bench] bare vLLM ready in {timings['bare_vllm_start_s']:.1f}s", flush=True)
         started = time.monotonic()
         settings = Settings(catalog=str(CATALOG), port=8200, ray_num_cpus=16)
         runtime.start_local(settings, catalog, wait=False)
-        _wait_ready("http://127.0.0.1:8200/v1/health/ready", 600, "slmserve")
+        runtime.wait_until_ready("http://127.0.0.1:8200", 600)
         timings["slmserve_start_s"] = time.monotonic() - started
         print(f"[gpu-bench] slmserve ready in {timings['slmserve_start_s']:.1f}s", flush=True)
         urls = {"slmserve": "http://127.0.0.1:8200/v1/chat/completions",
