@@ -74,8 +74,8 @@ class EngineDeployment:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
     async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Head | str | Outcome]:
-        """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them,
-        then the stream's Outcome."""
+        """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
+        the stream's Outcome just before the final [DONE]."""
         serving = self.serving.get(route)
         if serving is None:
             yield 404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None
@@ -84,19 +84,15 @@ class EngineDeployment:
         if body.get("stream") is True and isinstance(body.get("stream_options") or {}, dict):
             # Always ask vLLM for the final usage chunk (metrics need it); drop it below unless asked.
             body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             request = self.request_types[route].model_validate({**body, "request_id": request_id})
-        except ValidationError as error:
+            result = await create(request, None)
+        except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
             message, param = _validation_message(error)
             yield 400, error_json(400, message, param=param), None
             return
-        except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators raise their own errors too
-            yield (*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
-            return
-        create = serving.create_chat_completion if route == "chat" else serving.create_completion
-        try:
-            result = await create(request, None)
-        except vllm_compat.CLIENT_ERRORS as error:
+        except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators and serving layer raise these
             yield (*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
             return
         if isinstance(result, vllm_compat.ErrorResponse):

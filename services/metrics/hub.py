@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from ray import serve
 
 from services.metrics.definitions import EdgeMetrics
 from services.metrics.records import CompletionRecord, HTTPRecord, Record, RejectionRecord
+from services.serve_status import DeploymentState, read_deployment_states
 
 SNAPSHOT_STALE_S = 5.0  # an engine replica that stopped reporting this long ago is gone
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
@@ -76,10 +76,10 @@ class _EngineCollector:
         ready = GaugeMetricFamily("slmserve_model_ready", "1 when the model has a running replica",
                                   labels=["model_name"])
         for model, deployment in self.hub.deployments.items():
-            states = self.hub.replica_states.get(deployment, {})
-            for state, count in sorted(states.items()):
-                replicas.add_metric([model, state], count)
-            ready.add_metric([model], 1.0 if states.get("RUNNING", 0) > 0 else 0.0)
+            state = self.hub.replica_states.get(deployment, DeploymentState())
+            for replica_state, count in sorted(state.replicas.items()):
+                replicas.add_metric([model, replica_state], count)
+            ready.add_metric([model], 1.0 if state.running_replicas > 0 else 0.0)
         yield replicas
         yield ready
 
@@ -90,7 +90,7 @@ class MetricsHub:
         self.deployments = deployments  # model name -> engine deployment name
         self.model_names = list(deployments)
         self.snapshots: dict[str, EngineSnapshot] = {}
-        self.replica_states: dict[str, dict[str, int]] = {}
+        self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.edge = EdgeMetrics(self.registry)
@@ -135,16 +135,10 @@ class MetricsHub:
             del self.snapshots[replica_id]
         return list(self.snapshots.values())
 
-    def _read_replica_states(self) -> dict[str, dict[str, int]]:
-        application = serve.status().applications.get(self.app_name)
-        if application is None:
-            return {}
-        return {name: dict(status.replica_states) for name, status in application.deployments.items()}
-
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > 1.0:
             try:
-                self.replica_states = await asyncio.to_thread(self._read_replica_states)
+                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name)
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass

@@ -30,6 +30,12 @@ class CompletionRecord:
     e2e_s: float | None = None
     vision_s: float | None = None
 
+    def apply(self, outcome: dict[str, Any]) -> None:
+        """Take usage and finish reason from the engine's outcome of the request."""
+        self.prompt_tokens = outcome["prompt_tokens"]
+        self.generation_tokens = outcome["generation_tokens"]
+        self.finish_reason = outcome["finish_reason"]
+
 
 @dataclass(slots=True)
 class RejectionRecord:

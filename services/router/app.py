@@ -160,9 +160,7 @@ async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived
     finally:  # also runs when the client disconnects (the generator is closed)
         record.e2e_s = time.perf_counter() - arrived
         if outcome is not None:
-            record.prompt_tokens = outcome["prompt_tokens"]
-            record.generation_tokens = outcome["generation_tokens"]
-            record.finish_reason = outcome["finish_reason"]
+            record.apply(outcome)
             record.success = outcome["finish_reason"] not in (None, "error", "abort")
         else:  # the client left, the deadline passed or the replica died before the stream finished
             record.success = False
@@ -257,9 +255,7 @@ class Router:
             if payload is not None:
                 if outcome is not None:
                     record.ttft_s = record.e2e_s = time.perf_counter() - arrived
-                    record.prompt_tokens = outcome["prompt_tokens"]
-                    record.generation_tokens = outcome["generation_tokens"]
-                    record.finish_reason = outcome["finish_reason"]
+                    record.apply(outcome)
                 self.records.add(record)
                 return Response(payload, status_code=status, media_type="application/json")
             streaming = True

@@ -13,16 +13,10 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ray import serve
+from services.serve_status import DeploymentState, read_deployment_states
 
 logger = logging.getLogger("slmserve.router")
 SUSPECT_MAX_S = 120.0  # trust the controller again after this long, whatever it said
-
-
-@dataclass
-class DeploymentState:
-    running_replicas: int = 0
-    status: str = "UNKNOWN"
 
 
 @dataclass
@@ -59,18 +53,6 @@ class Readiness:
             logger.warning("replica failure seen for %s: reporting it down until Serve replaces it", deployment_name)
             self._suspects[deployment_name] = _Suspect(until=time.monotonic() + SUSPECT_MAX_S)
 
-    def _read(self) -> dict[str, DeploymentState]:
-        application = serve.status().applications.get(self.app_name)
-        if application is None:
-            return {}
-        return {
-            name: DeploymentState(
-                running_replicas=status.replica_states.get("RUNNING", 0),
-                status=str(getattr(status.status, "value", status.status)),
-            )
-            for name, status in application.deployments.items()
-        }
-
     def _update_suspects(self) -> None:
         now = time.monotonic()
         for name, suspect in list(self._suspects.items()):
@@ -83,7 +65,7 @@ class Readiness:
     async def _refresh_forever(self) -> None:
         while True:
             try:
-                self.states = await asyncio.to_thread(self._read)
+                self.states = await asyncio.to_thread(read_deployment_states, self.app_name)
                 self._update_suspects()
             except Exception:  # the controller may be restarting; keep the last view
                 logger.warning("could not read Serve status", exc_info=True)
