@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
+
+from services.model_cache import build_once
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,11 @@ def _progress(step: int, total: int, what: str) -> None:
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> None:
-    """GGUF -> bf16 safetensors + tokenizer + chat template, written atomically."""
+    """GGUF -> bf16 safetensors + tokenizer + chat template, written into `out_dir`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     started = time.monotonic()
     _progress(1, 3, f"reading {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB)")
     model = AutoModelForCausalLM.from_pretrained(
@@ -65,14 +64,11 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
     _progress(2, 3, "writing bf16 safetensors")
-    model.save_pretrained(tmp)
+    model.save_pretrained(out_dir)
     _progress(3, 3, "writing tokenizer and chat template")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SLMSERVE_RECIPE").write_text(RECIPE_VERSION)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
-    print(f"[slmserve] embedded model ready in {time.monotonic() - started:.1f}s: {out_dir}", flush=True)
+    tokenizer.save_pretrained(out_dir)
+    print(f"[slmserve] embedded model converted in {time.monotonic() - started:.1f}s", flush=True)
 
 
 def ensure_embedded_model(name: str, cache_dir: Path) -> Path:
@@ -81,11 +77,5 @@ def ensure_embedded_model(name: str, cache_dir: Path) -> Path:
         raise EmbeddedModelError(
             f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
         )
-    out_dir = cache_dir / "models" / name
-    marker = out_dir / "SLMSERVE_RECIPE"
-    if marker.is_file() and marker.read_text() == RECIPE_VERSION:
-        return out_dir
-    package, filename = EMBEDDED_MODELS[name]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    convert_gguf(_gguf_path(package, filename), out_dir)
-    return out_dir
+    gguf = _gguf_path(*EMBEDDED_MODELS[name])
+    return build_once(cache_dir / "models" / name, RECIPE_VERSION, lambda out_dir: convert_gguf(gguf, out_dir))

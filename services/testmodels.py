@@ -13,11 +13,11 @@ a Phi-3 chat template. Random weights produce meaningless text: tests check stru
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from services.embedded import ensure_embedded_model
+from services.model_cache import build_once
 
 GENERATED_PREFIX = "generated://"
 RECIPE_VERSION = "1"
@@ -114,19 +114,12 @@ GENERATED_MODELS: dict[str, Callable[[Path, Path], None]] = {
 
 
 def ensure_generated_model(name: str, cache_dir: Path) -> Path:
-    """The directory of generated model `name`, built on first use (atomically)."""
+    """The directory of generated model `name`, built on first use."""
     if name not in GENERATED_MODELS:
         raise ValueError(f"unknown generated model {name!r}; known: {', '.join(sorted(GENERATED_MODELS))}")
-    out = cache_dir / "models" / name
-    marker = out / "SLMSERVE_RECIPE"
-    if marker.is_file() and marker.read_text() == RECIPE_VERSION:
-        return out
-    print(f"[slmserve] generating test model {name}", flush=True)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    GENERATED_MODELS[name](partial, cache_dir)
-    (partial / "SLMSERVE_RECIPE").write_text(RECIPE_VERSION)
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
-    return out
+
+    def build(out: Path) -> None:
+        print(f"[slmserve] generating test model {name}", flush=True)
+        GENERATED_MODELS[name](out, cache_dir)
+
+    return build_once(cache_dir / "models" / name, RECIPE_VERSION, build)
