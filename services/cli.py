@@ -14,13 +14,13 @@ from services.settings import Settings, resolve_catalog_path
 
 
 def _serve(args: argparse.Namespace) -> int:
-    overrides = {key: value for key, value in
-                 {"catalog": args.catalog, "port": args.port, "host": args.host}.items() if value is not None}
+    flags = {"catalog": args.catalog, "port": args.port, "host": args.host, "ingress": args.ingress}
+    overrides = {key: value for key, value in flags.items() if value is not None}
     settings = Settings(**overrides)
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     from services import runtime
 
-    base_url = f"http://{settings.host}:{settings.port}"
+    base_url = runtime.local_base_url(settings)
     print(f"[slmserve] starting {len(catalog.models)} model(s) from catalog {settings.catalog!r}", flush=True)
     started = time.monotonic()
     runtime.start_local(settings, catalog, wait=False)
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--catalog", help="catalog name (cpu, phi35, test) or YAML path [SLMSERVE_CATALOG]")
     serve.add_argument("--port", type=int, help="HTTP port [SLMSERVE_PORT, 8000]")
     serve.add_argument("--host", help="bind address [SLMSERVE_HOST, 127.0.0.1]")
+    serve.add_argument("--ingress", choices=["haproxy", "proxy"],
+                       help="HAProxy straight to the router, or Serve's proxy actor [SLMSERVE_INGRESS, haproxy]")
     serve.add_argument("--ready-timeout", type=float, default=900, help="seconds to wait for engines")
     serve.set_defaults(func=_serve)
     catalog = commands.add_parser("catalog", help="work with catalog files")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -36,11 +38,45 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
     return env
 
 
-def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> None:
-    """Start Ray on this machine, Serve's HTTP proxy on host:port, and deploy the catalog.
+ROUTER_START_TIMEOUT_S = 180
 
-    With wait=False the call returns once the deployment is submitted, so the router answers
-    (and reports 503 on readiness) while engines still load.
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ingress_environment(settings: Settings) -> dict[str, str]:
+    """Ray Serve's ingress mode for a local Ray. With HAProxy, HAProxy listens on host:port and
+    forwards each request straight to a router replica's own HTTP server, so a streamed token
+    crosses one Python process fewer than through Serve's proxy actor. HAProxy's files and its
+    stats and metrics ports are Ray-wide defaults; give each local instance its own (the port
+    keeps the directory unique and short: Ray adds a node id, HAProxy takes 97-byte socket paths)."""
+    if settings.ingress != "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    state = Path(tempfile.gettempdir()) / f"slmserve-{settings.port}"
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(state / "server-state"),
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        # A stopping router replica keeps serving this long so that load balancers notice; the
+        # local HAProxy is told at once, so the 30 s default would only slow every shutdown.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    }
+
+
+def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> None:
+    """Start Ray on this machine, Serve's HTTP ingress on host:port, and deploy the catalog.
+
+    With wait=False the call returns once the router answers, so it reports 503 on readiness
+    (and OpenAI-shaped errors on every route) while engines still load; before the router's
+    first replica is up, only the ingress itself would answer, with its own plain-text errors.
     """
     for key, value in local_environment(settings, catalog).items():
         os.environ.setdefault(key, value)
@@ -54,6 +90,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     if not ray.is_initialized():
         init_kwargs = {"include_dashboard": False, "log_to_driver": True}
         if settings.ray_address == "local":
+            os.environ.update(ingress_environment(settings))  # Ray's processes inherit it
             init_kwargs |= {"num_cpus": settings.ray_num_cpus, "_node_ip_address": "127.0.0.1"}
         ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -61,6 +98,12 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
     # without that wait, which is what lets readiness report 503 while engines load.
     serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
+    wait_for_ok(f"{local_base_url(settings)}/v1/health/live", ROUTER_START_TIMEOUT_S)
+
+
+def local_base_url(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
 
 
 def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:

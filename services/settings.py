@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,9 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(Path.home() / ".cache" / "slmserve", description="converted models, vLLM caches")
     ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
     ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises")
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy", description="haproxy: Ray Serve's HAProxy forwards HTTP straight to the router replicas; "
+                               "proxy: Ray Serve's Python HTTP proxy actor in between (one more hop)")
     app_name: str = "slmserve"
     api_keys: str = Field("", description="'tenant:key,key,...'; with api_keys_file, turns auth on", repr=False)
     api_keys_file: Path | None = None

@@ -1,19 +1,29 @@
 """Property-based fuzzing (hypothesis) of everything that parses client or operator input:
-request bodies through the live router (never a 5xx), image references and image bytes (only
-MediaError), catalogs (only CatalogError). SLMSERVE_FUZZ_EXAMPLES sets the budget: small in
-`make test`, >= 1000 per property in `make fuzz`."""
+request bodies through the live router (never a 5xx), schemathesis driving every operation of
+the router's own /openapi.json (positive and negative cases: no 5xx, and the statuses, content
+types and bodies the document declares), image references and image bytes (only MediaError),
+catalogs (only CatalogError). SLMSERVE_FUZZ_EXAMPLES sets the budget: small in `make test`,
+>= 1000 per property in `make fuzz`."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+from typing import Any
 
+import httpx
+import schemathesis
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis import checks as schema_checks
 
 from services.admission import estimate_tokens
 from services.catalog import CatalogError, parse_catalog
 from services.media import MediaError, MediaFetcher, MediaPolicy, _data_url_bytes, _decode_image, prepare_images
+from services.router.app import app as router_app
+from tests.conftest import AUTH
 
 EXAMPLES = int(os.environ.get("SLMSERVE_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
@@ -42,6 +52,59 @@ def _bounded(body: dict) -> dict:
     if isinstance(body.get("n"), int) and body["n"] > 2:
         body["n"] = 2
     return body
+
+
+def _no_outside_urls(value: Any) -> Any:
+    """Generated image URLs would make the router's fetcher resolve and contact random hosts:
+    traffic stays on this machine, so every URL becomes a (bad) inline image."""
+    if isinstance(value, str):
+        return "data:image/png;base64,AAAA" if "://" in value else value
+    if isinstance(value, list):
+        return [_no_outside_urls(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _no_outside_urls(item) for key, item in value.items()}
+    return value
+
+
+def test_openapi_document_describes_the_real_routes(live_server):
+    doc = httpx.get(f"{live_server.base_url}/openapi.json", timeout=30).json()
+    routes = {route.path_format for route in router_app.routes if getattr(route, "include_in_schema", False)}
+    assert set(doc["paths"]) == routes
+    names = {name for entry in live_server.catalog.models for name in entry.names}
+    for path, title in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{title}"}
+        model = doc["components"]["schemas"][title]["properties"]["model"]
+        assert set(model["enum"]) == names
+        assert {"400", "401", "404", "429", "503"} <= set(doc["paths"][path]["post"]["responses"])
+    assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["required"]
+
+
+SCHEMA_CHECKS = [schema_checks.not_a_server_error, schema_checks.status_code_conformance,
+                 schema_checks.content_type_conformance, schema_checks.response_schema_conformance]
+
+
+def test_schemathesis_cases_get_only_declared_answers_and_no_5xx(live_server):
+    schema = schemathesis.openapi.from_url(f"{live_server.base_url}/openapi.json")
+    cases = (schema.as_strategy(generation_mode=GenerationMode.POSITIVE)
+             | schema.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+
+    answers: collections.Counter[str] = collections.Counter()
+
+    @FUZZ
+    @given(case=cases)
+    def check(case) -> None:
+        if isinstance(case.body, dict):
+            case.body = _no_outside_urls(_bounded(case.body))
+        response = case.call(base_url=live_server.base_url, headers=AUTH, timeout=120)
+        answers[f"{case.method} {case.path} {response.status_code}"] += 1
+        case.validate_response(response, checks=SCHEMA_CHECKS)
+
+    check()
+    print("schemathesis answers:", dict(sorted(answers.items())))
+    # The cases got past the router's own checks: the engines answered and refused some of them.
+    assert any(key.startswith("POST /v1/chat/completions 200") for key in answers), answers
+    assert any(key.startswith("POST /v1/chat/completions 400") for key in answers), answers
 
 
 def test_fuzzed_chat_and_completion_bodies_never_get_a_5xx(live_server):

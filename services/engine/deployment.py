@@ -150,6 +150,12 @@ class EngineDeployment:
                 logger.warning("metrics hub unreachable", exc_info=True)
             await asyncio.sleep(SNAPSHOT_PERIOD_S)
 
+    async def request_schemas(self) -> dict[str, dict[str, Any]]:
+        """JSON schemas of the bodies this engine accepts (vLLM's protocol models), for the
+        router's OpenAPI document; `$defs` refer to `#/components/schemas/...`."""
+        return {route: model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for route, model in self.request_types.items()}
+
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()
 

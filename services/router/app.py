@@ -12,16 +12,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -29,21 +26,21 @@ from services import __version__
 from services.admission import Admission, RateLimit, Rejected, estimate_tokens
 from services.auth import KeyRing
 from services.catalog import Catalog, ModelEntry
-from services.errors import error_body, sse_error_event
+from services.errors import error_body
 from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, RecordBuffer, RejectionRecord
 from services.router.middleware import EdgeMiddleware
+from services.router.openapi import openapi_document
 from services.router.readiness import Readiness
+from services.router.relay import REPLICA_GONE, RelayResponse, StreamRelay
 from services.settings import Settings
 
 logger = logging.getLogger("slmserve.router")
-# What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
-# engine code, which is a bug to surface, not an outage).
-REPLICA_GONE = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
 
 REQUEST_ID_HEADER = "X-Request-Id"
 RETRY_AFTER_S = "5"
-app = FastAPI(title="slmserve", version=__version__, docs_url=None, redoc_url=None)
+# /openapi.json is the router's own route (services/router/openapi.py), not FastAPI's default.
+app = FastAPI(title="slmserve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
 app.add_middleware(EdgeMiddleware)
 
 
@@ -128,47 +125,6 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
     }
 
 
-async def _relay(stream: Any, request_id: str, record: CompletionRecord, arrived: float,
-                 records: RecordBuffer, deadline: float, release: Any, on_replica_failure: Any,
-                 ) -> AsyncIterator[str]:
-    """Pass vLLM's SSE chunks through untouched, timing the first one; if the engine replica
-    dies mid-stream or the deadline passes, end with an error event instead of hanging.
-    Records the outcome and releases the admission slot last."""
-    outcome: dict[str, Any] | None = None
-    try:
-        async with asyncio.timeout_at(deadline):
-            async for item in stream:
-                if isinstance(item, str):
-                    if record.ttft_s is None:
-                        record.ttft_s = time.perf_counter() - arrived
-                    yield item
-                else:
-                    outcome = item
-    except TimeoutError:
-        stream.cancel()  # aborts the request in the engine
-        record.finish_reason = "timeout"
-        yield sse_error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
-        yield "data: [DONE]\n\n"
-    except Exception as error:
-        logger.warning("stream %s broke: %s", request_id, error)
-        if isinstance(error, REPLICA_GONE):
-            on_replica_failure()
-        record.finish_reason = "error"
-        yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
-                              code="replica_failed")
-        yield "data: [DONE]\n\n"
-    finally:  # also runs when the client disconnects (the generator is closed)
-        record.e2e_s = time.perf_counter() - arrived
-        if outcome is not None:
-            record.apply(outcome)
-            record.success = outcome["finish_reason"] not in (None, "error", "abort")
-        else:  # the client left, the deadline passed or the replica died before the stream finished
-            record.success = False
-            record.finish_reason = record.finish_reason or "abort"
-        records.add(record)
-        release()
-
-
 @serve.ingress(app)
 class Router:
     def __init__(self, catalog: dict[str, Any], app_name: str, metrics_hub: DeploymentHandle,
@@ -193,6 +149,8 @@ class Router:
             {entry.name: entry.max_in_flight for entry in self.catalog.models},
             {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
             RateLimit(**limits.default.model_dump()))
+
+        self.openapi: dict[str, Any] | None = None
 
     def _ensure_polling(self) -> None:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
@@ -259,11 +217,9 @@ class Router:
                 self.records.add(record)
                 return Response(payload, status_code=status, media_type="application/json")
             streaming = True
-            relay = _relay(stream, request_id, record, arrived, self.records, deadline,
-                           lambda: self.admission.release(entry.name),
-                           lambda: self.readiness.mark_failed(entry.deployment_name))
-            return StreamingResponse(relay, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return RelayResponse(StreamRelay(stream, request_id, record, arrived, self.records, deadline,
+                                             lambda: self.admission.release(entry.name),
+                                             lambda: self.readiness.mark_failed(entry.deployment_name)))
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.admission.release(entry.name)
@@ -272,11 +228,11 @@ class Router:
         await self.records.flush()  # this replica's latest records first; others flush every 0.5 s
         return Response(await self.metrics_hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> Response:
         return await self._metrics()
 
-    @app.get("/v1/metrics")
+    @app.get("/v1/metrics", response_class=PlainTextResponse)
     async def v1_metrics(self) -> Response:
         return await self._metrics()
 
@@ -316,6 +272,20 @@ class Router:
     @app.get("/health")
     async def health(self) -> JSONResponse:
         return await self.ready()
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(self) -> JSONResponse:
+        """The request bodies come from vLLM's protocol models, which only an engine replica
+        imports: ask the first ready one, once."""
+        if self.openapi is None:
+            self._ensure_polling()
+            ready = [entry for entry in self.catalog.models if self.readiness.is_ready(entry.deployment_name)]
+            if not ready:
+                raise APIError(503, "no model is loaded yet; the API description needs one", code="model_not_ready",
+                               headers={"Retry-After": RETRY_AFTER_S})
+            schemas = await self.handles[ready[0].name].request_schemas.remote()
+            self.openapi = openapi_document(app.openapi(), schemas, self.catalog)
+        return JSONResponse(self.openapi)
 
     @app.get("/v1/version")
     async def version(self) -> dict[str, str]:

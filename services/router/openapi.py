@@ -1,0 +1,88 @@
+"""The router's OpenAPI document (/openapi.json).
+
+FastAPI describes the routes, but the router reads raw bodies (one JSON parse, no re-validation
+on the hot path), so FastAPI cannot see what the completion routes take. This adds it: the
+request bodies are vLLM's own protocol models, as an engine replica reports them, with `model`
+narrowed to this catalog's names and aliases; and every route gets the OpenAI error responses it
+really returns (FastAPI's 422 is a 400 here)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from services.catalog import Catalog
+from services.router.middleware import needs_key
+
+OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
+    }},
+}
+BODY_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+_ERROR_MEANINGS = {
+    "400": "invalid request (malformed JSON, a bad field, prompt too long, bad image)",
+    "401": "missing or wrong API key (when keys are configured)",
+    "404": "unknown model or route",
+    "413": "request body over the router's limit",
+    "429": "admission bound or rate limit reached; see Retry-After",
+    "503": "the model is loading or its replica failed; see Retry-After",
+    "504": "the request passed its deadline and was aborted",
+}
+# Fields the router sets itself: a client's value is overridden, so they are not part of the API.
+_ROUTER_OWNED = ("request_id",)
+
+
+def _error_responses(*statuses: str) -> dict[str, Any]:
+    return {status: {"description": _ERROR_MEANINGS[status],
+                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
+            for status in statuses}
+
+
+def openapi_document(base: dict[str, Any], request_schemas: dict[str, dict[str, Any]],
+                     catalog: Catalog) -> dict[str, Any]:
+    """`base` is FastAPI's document; `request_schemas` maps route kind to a JSON schema whose
+    `$defs` refer to `#/components/schemas/...`."""
+    doc = copy.deepcopy(base)
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    components["OpenAIError"] = OPENAI_ERROR
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    model_names = sorted({name for entry in catalog.models for name in entry.names})
+    for path, kind in BODY_ROUTES.items():
+        schema = copy.deepcopy(request_schemas[kind])
+        components.update(schema.pop("$defs", {}))
+        for field in _ROUTER_OWNED:
+            schema["properties"].pop(field, None)
+        # The router picks the engine by `model`: required, and one of the catalog's names.
+        schema["properties"]["model"] = {"type": "string", "enum": model_names,
+                                         "description": "a catalog model name or alias (GET /v1/models)"}
+        schema["required"] = sorted({*schema.get("required", []), "model"})
+        components[schema["title"]] = schema
+        operation = doc["paths"][path]["post"]
+        operation["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{schema['title']}"}}}}
+        operation["responses"] = {
+            "200": {"description": "the completion; with `stream: true`, server-sent events of chunks",
+                    "content": {"application/json": {"schema": {"type": "object"}},
+                                "text/event-stream": {"schema": {"type": "string"}}}},
+            **_error_responses("400", "401", "404", "413", "429", "503", "504"),
+        }
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            if "{" in path:
+                responses.update(_error_responses("400", "404"))
+            if needs_key(path):
+                responses.update(_error_responses("401"))
+    for path in ("/v1/health/ready", "/health"):
+        doc["paths"][path]["get"]["responses"]["503"] = {
+            "description": "not every model has a running replica yet; see Retry-After",
+            "content": {"application/json": {"schema": {"type": "object"}}}}
+    return doc
