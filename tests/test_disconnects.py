@@ -1,6 +1,8 @@
-"""Clients that leave: before the response's first byte, and mid-stream under load. Either way the
-engine stops working for them and their admission slots come back (tiny-phimoe admits 4 requests
-in flight per router replica in the test catalog, so one leaked slot shows as a 429)."""
+"""Clients that leave, against the live application: right after sending their request, and
+mid-stream under load. Either way the engine stops working for them and their admission slots
+come back (tiny-phimoe admits 4 requests in flight per router replica in the test catalog, so one
+leaked slot shows as a 429). The narrow case of a client gone between the engine's first answer
+and the response's first byte is pinned down in test_relay.py."""
 
 from __future__ import annotations
 
