@@ -3,6 +3,7 @@ shape, dummy weights), same engine arguments, same workload (streamed chat, ~128
 256 output tokens with ignore_eos) at concurrency 1, 8, 32 and 64, alternating between the two.
 
     PYTHONPATH=/tmp/site:$PWD python3 -m loadtests.gpu.run_gpu_bench --out $OUT
+    ... --catalog loadtests/gpu/phi35-moe-dummy.yaml --shape moe --systems slmserve --levels 1,32  # one H200
 """
 
 from __future__ import annotations
@@ -16,13 +17,12 @@ import time
 from pathlib import Path
 
 from loadtests.bench import start_bare_vllm
-from loadtests.gpu.make_phi35_mini import build
+from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-dummy.yaml"
-SYSTEMS = ("slmserve", "bare-vllm")
 
 
 def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
@@ -64,10 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--out", default="out")
+    parser.add_argument("--catalog", type=Path, default=CATALOG)
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="mini", help="the dummy model's architecture")
+    parser.add_argument("--systems", default="slmserve,bare-vllm")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy", help="slmserve's HTTP ingress")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the proxy, router and engine replica during slmserve's highest level")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.levels.split(",")]
+    systems = tuple(args.systems.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -75,33 +80,35 @@ def main(argv: list[str] | None = None) -> int:
     from services.catalog import load_catalog
     from services.settings import Settings
 
-    catalog = load_catalog(CATALOG)
+    catalog = load_catalog(args.catalog)
     entry = catalog.models[0]
-    model_dir = build(Path(entry.source))
+    model_dir = build(Path(entry.source), args.shape)
     words = prompt_words_for(model_dir, args.prompt_tokens)
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                          capture_output=True, text=True).stdout.strip()
     print(f"[gpu-bench] {gpu}; prompt of {words} words = ~{args.prompt_tokens} tokens", flush=True)
     timings: dict[str, float] = {}
-    started = time.monotonic()
-    bare = start_bare_vllm(str(model_dir), entry.name, entry.engine_args, 8201, out / "bare-vllm.log")
+    bare = None
     try:
-        runtime.wait_for_ok("http://127.0.0.1:8201/health", 600)
-        timings["bare_vllm_start_s"] = time.monotonic() - started
-        print(f"[gpu-bench] bare vLLM ready in {timings['bare_vllm_start_s']:.1f}s", flush=True)
+        if "bare-vllm" in systems:
+            started = time.monotonic()
+            bare = start_bare_vllm(str(model_dir), entry.name, entry.engine_args, 8201, out / "bare-vllm.log")
+            runtime.wait_for_ok("http://127.0.0.1:8201/health", 600)
+            timings["bare_vllm_start_s"] = time.monotonic() - started
+            print(f"[gpu-bench] bare vLLM ready in {timings['bare_vllm_start_s']:.1f}s", flush=True)
         started = time.monotonic()
-        settings = Settings(catalog=str(CATALOG), port=8200, ray_num_cpus=16)
+        settings = Settings(catalog=str(args.catalog), port=8200, ray_num_cpus=16, ingress=args.ingress)
         runtime.start_local(settings, catalog, wait=False)
         runtime.wait_until_ready("http://127.0.0.1:8200", 600)
         timings["slmserve_start_s"] = time.monotonic() - started
         print(f"[gpu-bench] slmserve ready in {timings['slmserve_start_s']:.1f}s", flush=True)
         urls = {"slmserve": "http://127.0.0.1:8200/v1/chat/completions",
                 "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions"}
-        for system in SYSTEMS:  # warm-up: CUDA graphs, allocator, connection pools
+        for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32))
         results: dict[tuple[str, int], LevelResult] = {}
         for round_index in range(args.rounds):
-            order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
+            order = systems if round_index % 2 == 0 else tuple(reversed(systems))
             for c in levels:
                 for system in order:
                     profiling = args.profile and round_index == 0 and system == "slmserve" and c == levels[-1]
@@ -115,24 +122,28 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
                           f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
                           f"{percentile(result.itl_s, 50) * 1000:6.2f} ms errors {result.errors}", flush=True)
-        table, ratios = results_table(results, levels, SYSTEMS), ratios_table(results, levels, SYSTEMS)
+        table = results_table(results, levels, systems)
+        ratios = ratios_table(results, levels, systems) if len(systems) > 1 else ""
         print(table)
         print(ratios)
         import ray
         import vllm
 
+        starts = ", ".join(f"{name.removesuffix('_start_s')} {seconds:.1f}s" for name, seconds in timings.items())
         (out / "gpu_results.md").write_text(
             f"GPU: {gpu}; vllm {vllm.__version__}; ray {ray.__version__}; Python {sys.version.split()[0]}\n"
-            f"engine start: bare vLLM {timings['bare_vllm_start_s']:.1f}s, slmserve {timings['slmserve_start_s']:.1f}s"
-            f" (both cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}")
+            f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}\n"
+            f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}")
         (out / "gpu_results.json").write_text(json.dumps({
-            "gpu": gpu, "timings": timings, "levels": levels, "prompt_words": words,
+            "gpu": gpu, "shape": args.shape, "ingress": args.ingress, "timings": timings, "levels": levels,
+            "prompt_words": words,
             "results": {f"{s}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
                                      "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
                                      "itl_p50": percentile(r.itl_s, 50), "errors": r.errors}
                         for (s, c), r in results.items()}}, indent=1))
     finally:
-        bare.terminate()
+        if bare is not None:
+            bare.terminate()
         runtime.shutdown()
     return 0
 
