@@ -190,7 +190,16 @@ def test_hardened_pods():
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
 
 
+@pytest.mark.parametrize(("args", "flag"), [([], "1"), (["--set", "serve.ingress=proxy"], "0")])
+def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
+    cluster = by_kind(render(*args), "RayService")[0]["spec"]["rayClusterConfig"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == flag
+
+
 @pytest.mark.parametrize(("args", "message"), [
+    (["--set", "serve.ingress=nginx"], "ingress"),
     (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
     (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
     (["--set", "autoscaler.upscalingMode=Fast"], "upscalingMode"),

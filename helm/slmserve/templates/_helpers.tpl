@@ -49,6 +49,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "slmserve.env" -}}
 - name: SLMSERVE_CACHE_DIR
   value: {{ .Values.serve.cacheDir | quote }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: {{ ternary "1" "0" (eq .Values.serve.ingress "haproxy") | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS
