@@ -64,10 +64,10 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> StreamStats:
 
 
 async def run_level(system: str, chat_url: str, model: str, concurrency: int, requests: int,
-                    prompt_words: int, max_tokens: int) -> LevelResult:
+                    prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> LevelResult:
     body = {"model": model, "messages": [{"role": "user", "content": prompt_of(prompt_words)}],
             "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {})}
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(requests):
         queue.put_nowait(index)
