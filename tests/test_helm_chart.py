@@ -176,7 +176,9 @@ def test_secrets_are_referenced_never_inlined():
     docs = render("--set", "secrets.hfToken.name=hf", "--set", "secrets.apiKeys.name=keys")
     head = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     env = {e["name"]: e for e in head["containers"][0]["env"]}
-    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "HF_TOKEN"}
+    assert "HF_TOKEN" not in env  # a mounted file, never an environment variable
+    assert env["HF_TOKEN_PATH"]["value"] == "/etc/slmserve/hf-token/HF_TOKEN"
+    assert {"name": "hf-token", "secret": {"secretName": "hf"}} in head["volumes"]
     assert {"name": "api-keys", "secret": {"secretName": "keys"}} in head["volumes"]
     assert by_kind(docs, "Secret") == []
 
@@ -188,6 +190,9 @@ def test_hardened_pods():
         assert spec["securityContext"]["runAsNonRoot"] is True
         context = spec["containers"][0]["securityContext"]
         assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+        assert spec["securityContext"]["runAsUser"] > 10000
+    for group in cluster["workerGroupSpecs"]:
+        assert group["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 @pytest.mark.parametrize(("args", "flag"), [([], "1"), (["--set", "serve.ingress=proxy"], "0")])

@@ -28,7 +28,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{- define "slmserve.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
 {{- end -}}
 
 {{/* The catalog: inline wins; otherwise a shipped catalog file, parsed (never copied into values). */}}
@@ -61,12 +65,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 - name: VLLM_CACHE_ROOT
   value: {{ printf "%s/vllm" .Values.modelCache.mountPath | quote }}
 {{- end }}
-{{- with .Values.secrets.hfToken.name }}
-- name: HF_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ . }}
-      key: {{ $.Values.secrets.hfToken.key }}
+{{- if .Values.secrets.hfToken.name }}
+# A file, not an environment variable: environments leak into logs, crash reports and child processes.
+- name: HF_TOKEN_PATH
+  value: /etc/slmserve/hf-token/{{ .Values.secrets.hfToken.key }}
 {{- end }}
 {{- with .Values.secrets.apiKeys.name }}
 - name: SLMSERVE_API_KEYS_FILE
@@ -91,6 +93,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   secret:
     secretName: {{ . }}
 {{- end }}
+{{- with .root.Values.secrets.hfToken.name }}
+- name: hf-token
+  secret:
+    secretName: {{ . }}
+{{- end }}
 {{- end -}}
 
 {{- define "slmserve.volumeMounts" -}}
@@ -105,6 +112,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if .Values.secrets.apiKeys.name }}
 - name: api-keys
   mountPath: /etc/slmserve/api-keys
+  readOnly: true
+{{- end }}
+{{- if .Values.secrets.hfToken.name }}
+- name: hf-token
+  mountPath: /etc/slmserve/hf-token
   readOnly: true
 {{- end }}
 {{- end -}}
