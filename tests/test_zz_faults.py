@@ -74,3 +74,35 @@ def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
     out.mkdir(exist_ok=True)
     (out / "reliability.json").write_text(json.dumps(
         {"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)}))
+
+
+def test_deleting_the_application_drains_in_flight_streams(live_server):
+    """Graceful shutdown: taking the application down (a redeploy, `slmserve serve` stopping, a
+    RayService rolling over) lets every stream already running finish before replicas exit.
+    Last test of the session: the application is gone afterwards."""
+    from ray import serve
+
+    body = {**BODY, "max_tokens": 600, "ignore_eos": True, "stream": True}
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def stream() -> None:
+        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+        ended.set()
+
+    threading.Thread(target=stream, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while len(lines) < 5:
+        assert time.monotonic() < deadline, "the stream never started"
+        time.sleep(0.02)
+    serve.delete(live_server.settings.app_name, _blocking=False)
+    assert ended.wait(90), "the stream hung while the application shut down"
+    assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines), lines[-3:]
+    assert any('"finish_reason":"length"' in line for line in lines)  # all 600 tokens, not cut short
+    deadline = time.monotonic() + 90
+    while serve.status().applications.get(live_server.settings.app_name) is not None:
+        assert time.monotonic() < deadline, "the application did not go away after draining"
+        time.sleep(0.5)

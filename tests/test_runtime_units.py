@@ -1,0 +1,28 @@
+"""The local ingress environment: HAProxy's files per instance, within HAProxy's socket-path limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.runtime import ingress_environment, local_base_url
+from services.settings import Settings
+
+RAY_NODE_ID_DIR = "/" + "f" * 56  # Ray puts each node's HAProxy files in a directory named by node id
+HAPROXY_MAX_SOCKET_PATH = 97
+
+
+def test_haproxy_files_are_per_instance_and_fit_haproxys_socket_path_limit():
+    first, second = ingress_environment(Settings(port=65535)), ingress_environment(Settings(port=8000))
+    assert first["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    for env in (first, second):
+        for key in ("RAY_SERVE_HAPROXY_SOCKET_PATH", "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH"):
+            path = Path(env[key])
+            assert len(str(path.parent) + RAY_NODE_ID_DIR + "/" + path.name) <= HAPROXY_MAX_SOCKET_PATH
+    assert first["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] != second["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"]
+    assert first["RAY_SERVE_HAPROXY_STATS_PORT"] != first["RAY_SERVE_HAPROXY_METRICS_PORT"]
+
+
+def test_proxy_ingress_turns_haproxy_off_and_wildcard_hosts_are_polled_on_loopback():
+    assert ingress_environment(Settings(ingress="proxy")) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    assert local_base_url(Settings(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
+    assert local_base_url(Settings(host="127.0.0.1", port=9000)) == "http://127.0.0.1:9000"
