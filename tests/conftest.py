@@ -76,6 +76,18 @@ class LiveServer:
         assert entry is not None
         return serve.get_deployment_handle(entry.deployment_name, app_name=self.settings.app_name)
 
+    def wait_until_idle(self, *models: str, timeout_s: float = 30) -> None:
+        """Until the engines of `models` (default: all) hold no request. The router records a
+        request's metrics and frees its admission slot in the same step that aborts it in the
+        engine, so an idle engine also means nothing of it is left in flight in the router."""
+        names = models or tuple(entry.name for entry in self.catalog.models)
+        deadline = time.monotonic() + timeout_s
+        for name in names:
+            engine = self.engine_handle(name)
+            while engine.num_unfinished_requests.remote().result() != 0:
+                assert time.monotonic() < deadline, f"{name}'s engine kept working for clients that had left"
+                time.sleep(0.2)
+
 
 @pytest.fixture(scope="session")
 def live_server() -> Iterator[LiveServer]:

@@ -32,14 +32,6 @@ def _post_and_hang_up(base_url: str, body: dict) -> None:
         sock.sendall(head + payload)
 
 
-def _wait_until_engine_idle(live_server, model: str, timeout_s: float = 20) -> None:
-    engine = live_server.engine_handle(model)
-    deadline = time.monotonic() + timeout_s
-    while engine.num_unfinished_requests.remote().result() != 0:
-        assert time.monotonic() < deadline, "the engine kept generating for clients that had left"
-        time.sleep(0.2)
-
-
 def _all_slots_admit(live_server) -> list[int]:
     """BOUND concurrent short requests: all 200 only if no slot is still held by a departed client."""
     body = {"model": MOE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
@@ -52,7 +44,7 @@ def test_clients_gone_before_the_first_byte_hold_no_slot_and_leave_no_work(live_
     for _ in range(2 * BOUND):
         _post_and_hang_up(live_server.base_url, LONG_STREAM)
         time.sleep(0.1)
-    _wait_until_engine_idle(live_server, MOE)
+    live_server.wait_until_idle(MOE)
     assert _all_slots_admit(live_server) == [200] * BOUND
 
 
@@ -69,6 +61,6 @@ def test_streams_dropped_mid_generation_under_load_leave_no_work(live_server):
     with concurrent.futures.ThreadPoolExecutor(BOUND) as pool:
         statuses = list(pool.map(read_a_little_then_leave, range(BOUND)))
     assert statuses == [200] * BOUND
-    _wait_until_engine_idle(live_server, MOE)
+    live_server.wait_until_idle(MOE)
     assert engine.num_unfinished_requests.remote().result() == 0
     assert _all_slots_admit(live_server) == [200] * BOUND

@@ -18,25 +18,31 @@ BODY = {"model": MOE, "messages": [{"role": "user", "content": "hello"}], "max_t
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
-    pid = live_server.engine_handle(MOE).info.remote().result()["pid"]
-    body = {**BODY, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+def stream_in_background(live_server, max_tokens: int) -> tuple[list[str], threading.Event]:
+    """Start a long stream on tiny-phimoe in a thread; return once 5 events have arrived, with the
+    list its `data:` lines keep landing in and an event set when the stream ends."""
+    body = {**BODY, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
     lines: list[str] = []
     ended = threading.Event()
 
     def stream() -> None:
-        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=60) as response:
+        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     lines.append(line)
         ended.set()
 
-    reader = threading.Thread(target=stream, daemon=True)
-    reader.start()
+    threading.Thread(target=stream, daemon=True).start()
     deadline = time.monotonic() + 30
     while len(lines) < 5:
         assert time.monotonic() < deadline, "the stream never started"
-        time.sleep(0.05)
+        time.sleep(0.02)
+    return lines, ended
+
+
+def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
+    pid = live_server.engine_handle(MOE).info.remote().result()["pid"]
+    lines, ended = stream_in_background(live_server, 1500)
     killed_at = time.monotonic()
     os.kill(pid, signal.SIGKILL)
 
@@ -82,22 +88,7 @@ def test_deleting_the_application_drains_in_flight_streams(live_server):
     Last test of the session: the application is gone afterwards."""
     from ray import serve
 
-    body = {**BODY, "max_tokens": 600, "ignore_eos": True, "stream": True}
-    lines: list[str] = []
-    ended = threading.Event()
-
-    def stream() -> None:
-        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    lines.append(line)
-        ended.set()
-
-    threading.Thread(target=stream, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while len(lines) < 5:
-        assert time.monotonic() < deadline, "the stream never started"
-        time.sleep(0.02)
+    lines, ended = stream_in_background(live_server, 600)
     serve.delete(live_server.settings.app_name, _blocking=False)
     assert ended.wait(90), "the stream hung while the application shut down"
     assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines), lines[-3:]
