@@ -149,8 +149,7 @@ class Router:
             {entry.name: entry.max_in_flight for entry in self.catalog.models},
             {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
             RateLimit(**limits.default.model_dump()))
-
-        self.openapi: dict[str, Any] | None = None
+        self.openapi: dict[str, Any] | None = None  # built on first request (needs a loaded engine)
 
     def _ensure_polling(self) -> None:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
