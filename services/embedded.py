@@ -77,5 +77,5 @@ def ensure_embedded_model(name: str, cache_dir: Path) -> Path:
         raise EmbeddedModelError(
             f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
         )
-    gguf = _gguf_path(*EMBEDDED_MODELS[name])
-    return build_once(cache_dir / "models" / name, RECIPE_VERSION, lambda out_dir: convert_gguf(gguf, out_dir))
+    return build_once(cache_dir / "models" / name, RECIPE_VERSION,
+                      lambda out_dir: convert_gguf(_gguf_path(*EMBEDDED_MODELS[name]), out_dir))

@@ -42,7 +42,7 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
 ROUTER_START_TIMEOUT_S = 180
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ports free right now, all different (the sockets are held together until all are bound)."""
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
@@ -60,7 +60,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     if settings.ingress != "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     state = Path(tempfile.gettempdir()) / f"slmserve-{settings.port}"
-    metrics_port, stats_port = _free_ports(2)
+    metrics_port, stats_port = free_ports(2)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -24,12 +23,6 @@ READY_TIMEOUT_S = float(os.environ.get("SLMSERVE_TEST_READY_TIMEOUT", "600"))
 API_KEY = "sk-test-key"
 LIMITED_KEY = "sk-limited-key"  # tenant "limited": 3 requests a minute in the test catalog
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ready_status(base_url: str) -> tuple[int, dict[str, str]]:
@@ -94,7 +87,7 @@ def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
     os.environ["SLMSERVE_API_KEYS"] = f"tests:{API_KEY},limited:{LIMITED_KEY}"
-    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=_free_port())
+    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=runtime.free_ports(1)[0])
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     base_url = f"http://{settings.host}:{settings.port}"
     started = time.monotonic()

@@ -28,7 +28,7 @@ from services.engine import vllm_compat
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
 from services.metrics.hub import EngineSnapshot
-from services.streaming import coalesce
+from services.streaming import SSE_DONE, coalesce
 
 logger = logging.getLogger("slmserve.engine")
 
@@ -37,7 +37,6 @@ Head = tuple[int, bytes | None, Outcome | None]
 SNAPSHOT_PERIOD_S = 1.0
 _FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
 _USAGE_ONLY_CHUNK = '"choices":[]'
-_DONE = "data: [DONE]\n\n"
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -115,7 +114,7 @@ class EngineDeployment:
         outcome: Outcome = {"prompt_tokens": 0, "generation_tokens": 0, "finish_reason": None}
         try:
             async for chunk in chunks:
-                if chunk.startswith(_DONE):
+                if chunk.startswith(SSE_DONE):
                     yield outcome
                     yield chunk
                     return
@@ -133,7 +132,7 @@ class EngineDeployment:
             outcome["finish_reason"] = "error"
             yield outcome
             yield sse_error_event(500, f"generation failed: {type(error).__name__}")
-            yield _DONE
+            yield SSE_DONE
 
     async def _report_metrics_forever(self) -> None:
         """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet."""

@@ -21,12 +21,12 @@ from starlette.responses import StreamingResponse
 
 from services.errors import sse_error_event
 from services.metrics.records import CompletionRecord, RecordBuffer
+from services.streaming import SSE_DONE
 
 logger = logging.getLogger("slmserve.router")
 # What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
 # engine code, which is a bug to surface, not an outage).
 REPLICA_GONE = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
-_DONE = "data: [DONE]\n\n"
 
 
 class StreamRelay:
@@ -57,7 +57,7 @@ class StreamRelay:
         except TimeoutError:
             record.finish_reason = "timeout"
             yield sse_error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
-            yield _DONE
+            yield SSE_DONE
         except Exception as error:
             logger.warning("stream %s broke: %s", self.request_id, error)
             if isinstance(error, REPLICA_GONE):
@@ -65,7 +65,7 @@ class StreamRelay:
             record.finish_reason = "error"
             yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
                                   code="replica_failed")
-            yield _DONE
+            yield SSE_DONE
         finally:
             self.finish()
 
