@@ -3,9 +3,12 @@ engine arguments, one workload; results to docs/benchmarks.md and docs/benchmark
 
 All three run at once for the whole benchmark; each concurrency level is measured on each system
 in turn, in alternating order over the rounds, so that drift of the machine hits all of them.
-  (a) slmserve: Ray Serve HTTP proxy -> Router deployment -> Engine deployment (vLLM)
+While a level runs, a client scrapes that system's metrics once a second (`--scrape-hz`), as a busy
+Prometheus and benchmark clients do.
+  (a) slmserve, direct mode: HAProxy -> the engine replica's own HTTP server (vLLM in-process)
   (b) bare vLLM: `python -m vllm.entrypoints.openai.api_server`
-  (c) Ray Serve LLM: `ray.serve.llm.build_openai_app`, on the same Ray and HTTP proxy as (a)
+  (c) Ray Serve LLM with direct streaming (`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`):
+      `ray.serve.llm.build_openai_app` on the same Ray and HAProxy as (a)
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ import os
 import platform
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from loadtests.report import plot, ratios_table, results_table
@@ -56,6 +64,33 @@ def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) ->
     serve._run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/rayllm", _blocking=False)
 
 
+@contextmanager
+def scraping(url: str, hz: float) -> Iterator[list[float]]:
+    """Fetch `url` `hz` times a second until the block ends; yields the scrape durations (s)."""
+    durations: list[float] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(1 / hz):
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    response.read()
+                durations.append(time.perf_counter() - started)
+            except OSError as error:
+                print(f"[bench] scrape of {url} failed: {error}", flush=True)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    if hz > 0:
+        thread.start()
+    try:
+        yield durations
+    finally:
+        stop.set()
+        if hz > 0:
+            thread.join()
+
+
 def write_report(results, levels, args, versions: dict, started: str) -> None:
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
@@ -68,7 +103,10 @@ Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.
 Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for all three
 (`{json.dumps(args.engine_args)}`). Workload: streamed chat, ~{args.prompt_words}-word prompt,
 {args.max_tokens} output tokens (`ignore_eos`), {args.rounds} rounds per level in alternating
-order, all three servers up for the whole run. Reproduce: `make bench` (or
+order, all three servers up for the whole run, each system's metrics scraped {args.scrape_hz:g}
+times a second while it is measured (slmserve `/metrics`, bare vLLM `/metrics`, Ray Serve LLM's
+metrics on Ray's metrics agent). slmserve runs its direct data plane, Ray Serve LLM its direct
+streaming, both behind Ray Serve's HAProxy. Reproduce: `make bench` (or
 `.venv/bin/python -m loadtests.bench`).
 
 {results_table(results, levels, SYSTEMS)}
@@ -96,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-level", type=int, default=0, help="default: max(6, 2 x concurrency)")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--scrape-hz", type=float, default=1.0, help="metrics scrapes per second while measuring")
     args = parser.parse_args(argv)
+    # Ray Serve LLM reads this when ray.serve.llm is imported (in deploy_ray_serve_llm).
+    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     levels = [int(c) for c in args.levels.split(",")]
 
     from services import runtime
@@ -126,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         runtime.wait_until_ready(base, 900)
         runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
         runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
+        import ray
+
+        metrics_urls = {"slmserve": f"{base}/metrics", "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
+                        "ray-serve-llm": f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}"}
         print("[bench] all three ready; warming up", flush=True)
         for system in SYSTEMS:
             asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))
@@ -135,15 +180,16 @@ def main(argv: list[str] | None = None) -> int:
             for c in levels:
                 requests = args.requests_per_level or max(6, 2 * c)
                 for system in order:
-                    result = asyncio.run(run_level(system, urls[system], MODEL, c, requests, args.prompt_words,
-                                                   args.max_tokens))
+                    with scraping(metrics_urls[system], args.scrape_hz):
+                        result = asyncio.run(run_level(system, urls[system], MODEL, c, requests, args.prompt_words,
+                                                       args.max_tokens))
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
+                    itl95_ms = percentile(result.itl_s, 95) * 1000
                     print(f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
                           f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
-                          f"  errors {result.errors}", flush=True)
-        import ray
+                          f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}", flush=True)
         import vllm
 
         versions = {"vllm": vllm.__version__, "ray": ray.__version__}

@@ -24,11 +24,13 @@ def results_table(results: Results, levels: list[int], systems: tuple[str, ...])
 
 
 def ratios_table(results: Results, levels: list[int], systems: tuple[str, ...]) -> str:
-    """slmserve (systems[0]) over each other system: tok/s ratio, TTFT p50 difference and ratio, ITL p50 ratio."""
+    """slmserve (systems[0]) over each other system: tok/s ratio, TTFT p50 difference and ratio, ITL p50 and
+    p95 ratios."""
     ours, others = systems[0], systems[1:]
     columns = []
     for other in others:
-        columns += [f"tok/s vs {other}", f"TTFT p50 - {other} (ms)", f"TTFT p50 vs {other}", f"ITL p50 vs {other}"]
+        columns += [f"tok/s vs {other}", f"TTFT p50 - {other} (ms)", f"TTFT p50 vs {other}", f"ITL p50 vs {other}",
+                    f"ITL p95 vs {other}"]
     out = "| c | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     for c in levels:
         s = results[(ours, c)]
@@ -38,7 +40,8 @@ def ratios_table(results: Results, levels: list[int], systems: tuple[str, ...]) 
             cells += [f"{s.output_tok_per_s / o.output_tok_per_s:.3f}",
                       f"{(percentile(s.ttft_s, 50) - percentile(o.ttft_s, 50)) * 1000:+.1f}",
                       f"{percentile(s.ttft_s, 50) / percentile(o.ttft_s, 50):.3f}",
-                      f"{percentile(s.itl_s, 50) / percentile(o.itl_s, 50):.3f}"]
+                      f"{percentile(s.itl_s, 50) / percentile(o.itl_s, 50):.3f}",
+                      f"{percentile(s.itl_s, 95) / percentile(o.itl_s, 95):.3f}"]
         out += f"| {c} | " + " | ".join(cells) + " |\n"
     return out
 
@@ -49,14 +52,17 @@ def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     for system in systems:
         left.plot(levels, [results[(system, c)].output_tok_per_s for c in levels], marker="o", label=system)
-        right.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
+        middle.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
+                    label=system)
+        right.plot(levels, [percentile(results[(system, c)].itl_s, 95) * 1000 for c in levels], marker="o",
                    label=system)
     left.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Throughput")
-    right.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
-    for axis in (left, right):
+    middle.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
+    right.set(xscale="log", xlabel="concurrency", ylabel="ITL p95 (ms)", title="Inter-token latency, p95")
+    for axis in (left, middle, right):
         axis.set_xticks(levels, [str(c) for c in levels])
         axis.grid(alpha=0.3)
         axis.legend()

@@ -1,7 +1,13 @@
-"""Build the Ray Serve application from a catalog: one engine deployment per model, one router.
+"""Build the Ray Serve application from a catalog.
 
-This is also the import path KubeRay's serveConfigV2 names (`services.app:build_app`), with the
-catalog handed in as application args, so clusters and local runs build the same graph.
+- direct (one model): the engine deployment is the HTTP ingress, with the `IngressRouter` as its
+  ingress request router, so HAProxy sends each request straight to an engine replica.
+- routed (several models): a `Router` deployment is the ingress and calls one engine deployment
+  per model through Serve handles.
+
+Either way a `MetricsHub` aggregates every replica's metrics. This is also the import path
+KubeRay's serveConfigV2 names (`services.app:build_app`), with the catalog handed in as
+application args, so clusters and local runs build the same graph.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from services.catalog import Catalog, DeploymentOptions, parse_catalog
+from services.catalog import Catalog, DeploymentOptions, ModelEntry, parse_catalog
 from services.settings import Settings
 
 # Ray Serve runs user code and its outgoing-request router on separate threads/loops by default;
@@ -29,24 +35,51 @@ def _serve_options(deployment: DeploymentOptions, env: dict[str, str]) -> dict[s
     return options
 
 
-def _engine_application(entry: Any, cache_dir: str, metrics_hub: Application) -> Application:
-    from services.engine.deployment import EngineDeployment
+def haproxy_enabled() -> bool:
+    """Whether Serve's HAProxy ingress is on (read at import by Ray itself, in this process)."""
+    from ray.serve._private import constants
 
-    options = _serve_options(entry.deployment, entry.env)
-    deployment = serve.deployment(EngineDeployment).options(name=entry.deployment_name, **options)
-    return deployment.bind(entry.model_dump(mode="json"), cache_dir, metrics_hub)
+    return bool(constants.RAY_SERVE_ENABLE_HA_PROXY)
+
+
+def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
+    return serve.deployment(cls).options(name=entry.deployment_name, **_serve_options(entry.deployment, entry.env))
+
+
+def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> Application:
+    from services.engine.deployment import DirectEngine
+    from services.router.ingress_router import IngressRouter
+
+    entry = catalog.models[0]
+    engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
+        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"))
+    if not haproxy_enabled():  # Serve's proxy actor routes to the engine replicas itself
+        return engine
+    router = serve.deployment(serve.ingress()(IngressRouter)).options(
+        name="IngressRouter", **_serve_options(catalog.router.deployment, {})).bind(engine)
+    return engine._with_ingress_request_router(router)
+
+
+def _routed_application(catalog: Catalog, app_name: str, cache_dir: str, hub: Application) -> Application:
+    from services.engine.deployment import EngineDeployment
+    from services.router.deployment import Router
+
+    engines = [_engine_deployment(entry, EngineDeployment).bind(entry.model_dump(mode="json"), cache_dir, hub)
+               for entry in catalog.models]
+    router = serve.deployment(serve.ingress()(Router)).options(
+        name="Router", **_serve_options(catalog.router.deployment, {}))
+    return router.bind(catalog.model_dump(mode="json"), app_name, hub, *engines)
 
 
 def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
     from services.metrics.hub import MetricsHub
-    from services.router.app import Router
 
     hub = serve.deployment(MetricsHub).options(
         name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}
     ).bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
-    engines = [_engine_application(entry, str(cache_dir), hub) for entry in catalog.models]
-    router = serve.deployment(Router).options(name="Router", **_serve_options(catalog.router.deployment, {}))
-    return router.bind(catalog.model_dump(mode="json"), app_name, hub, *engines)
+    if catalog.data_plane == "direct":
+        return _direct_application(catalog, str(cache_dir), hub)
+    return _routed_application(catalog, app_name, str(cache_dir), hub)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -176,7 +176,7 @@ class ModelEntry(_Strict):
 
 
 class RateLimitOptions(_Strict):
-    """Per API-key tenant, per router replica; unset means unlimited."""
+    """Per API-key tenant, per HTTP-serving replica; unset means unlimited."""
 
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0, description="prompt (estimated) plus max_tokens")
@@ -187,7 +187,17 @@ class RateLimits(_Strict):
     tenants: dict[str, RateLimitOptions] = Field(default_factory=dict)
 
 
+DataPlane = Literal["direct", "routed"]
+
+
 class RouterOptions(_Strict):
+    """The HTTP edge: limits apply per replica that serves HTTP (the engine replica in direct
+    mode, the router replica in routed mode)."""
+
+    data_plane: Literal["auto", "direct", "routed"] = Field(
+        "auto", description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "
+                            "(one model per catalog); routed: a router replica dispatches by `model` "
+                            "to each model's engine deployment; auto: direct for one model, else routed")
     request_timeout_s: float = Field(600, gt=0, description="deadline of a request; the engine aborts it after")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
@@ -217,6 +227,19 @@ class Catalog(_Strict):
         if len(set(deployment_names)) != len(deployment_names):
             raise ValueError("two model names map to the same deployment name")
         return self
+
+    @model_validator(mode="after")
+    def _direct_serves_one_model(self) -> Catalog:
+        if self.router.data_plane == "direct" and len(self.models) != 1:
+            raise ValueError("router.data_plane 'direct' serves exactly one model per application "
+                             f"(this catalog has {len(self.models)}): use 'routed' or one catalog per model")
+        return self
+
+    @property
+    def data_plane(self) -> DataPlane:
+        if self.router.data_plane == "auto":
+            return "direct" if len(self.models) == 1 else "routed"
+        return self.router.data_plane
 
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry serving `name` (a served name or an alias)."""

@@ -44,6 +44,18 @@ def from_vllm_error(error: Any) -> tuple[int, bytes]:
     return status, error_json(status, info.message, param=info.param)
 
 
+class APIError(Exception):
+    """Raised anywhere on the request path; rendered as an OpenAI-style error body. `model` and
+    `reason` label the rejected-requests metric when `reason` is set."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None, model: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+        self.model, self.reason = model, reason
+
+
 def sse_error_event(status: int, message: str, *, code: str | None = None) -> str:
     """An error delivered inside an already-started stream, as OpenAI's SSE streams carry it."""
     return f"data: {json.dumps(error_body(status, message, code=code))}\n\n"

@@ -39,7 +39,8 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
     return env
 
 
-ROUTER_START_TIMEOUT_S = 180
+ROUTER_START_TIMEOUT_S = 180  # routed mode: the router replica answers within seconds
+ENGINE_START_TIMEOUT_S = 900  # direct mode: an engine replica answers once its engine has loaded
 
 
 def free_ports(count: int) -> list[int]:
@@ -60,7 +61,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     if settings.ingress != "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     state = Path(tempfile.gettempdir()) / f"slmserve-{settings.port}"
-    metrics_port, stats_port = free_ports(2)
+    metrics_port, stats_port, fallback_http_port, fallback_grpc_port = free_ports(4)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
@@ -70,6 +71,10 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(state / "metrics.sock"),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+        # HAProxy's backup server is Serve's proxy actor on this port (8500 by default): two local
+        # instances on the default would forward to each other's.
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http_port),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc_port),
         # A stopping router replica keeps serving this long so that load balancers notice; the
         # local HAProxy is told at once, so the 30 s default would only slow every shutdown.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
@@ -79,13 +84,18 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
 def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> None:
     """Start Ray on this machine, Serve's HTTP ingress on host:port, and deploy the catalog.
 
-    With wait=False the call returns once the router answers, so it reports 503 on readiness
-    (and OpenAI-shaped errors on every route) while engines still load; before the router's
-    first replica is up, only the ingress itself would answer, with its own plain-text errors.
+    With wait=False the call returns once the application answers HTTP. In routed mode that is
+    the router, within seconds: it reports 503 on readiness (and OpenAI-shaped errors on every
+    route) while engines still load. In direct mode the engine replicas are the HTTP servers, so
+    that is once the engine has loaded; until then Serve holds requests (as a `vllm serve` that
+    is still loading accepts none).
     """
     for key, value in local_environment(settings, catalog).items():
         os.environ.setdefault(key, value)
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
+    local_ray = settings.ray_address == "local"
+    if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
+        os.environ.update(ingress_environment(settings))
 
     import ray
     from ray import serve
@@ -93,9 +103,8 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     from services.app import build_application
 
     if not ray.is_initialized():
-        init_kwargs = {"include_dashboard": False, "log_to_driver": True}
-        if settings.ray_address == "local":
-            os.environ.update(ingress_environment(settings))  # Ray's processes inherit it
+        init_kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+        if local_ray:
             init_kwargs |= {"num_cpus": settings.ray_num_cpus, "_node_ip_address": "127.0.0.1"}
         ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -103,7 +112,8 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
     # without that wait, which is what lets readiness report 503 while engines load.
     serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
-    wait_for_ok(f"{local_base_url(settings)}/v1/health/live", ROUTER_START_TIMEOUT_S)
+    timeout = ENGINE_START_TIMEOUT_S if catalog.data_plane == "direct" else ROUTER_START_TIMEOUT_S
+    wait_for_ok(f"{local_base_url(settings)}/v1/health/live", timeout)
 
 
 def local_base_url(settings: Settings) -> str:

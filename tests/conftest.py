@@ -3,6 +3,7 @@ SmolLM2), started once and called over HTTP the way users call it."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -43,6 +44,31 @@ def _post_json(url: str, body: dict) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def fresh_start_burst(base_url: str, headers: dict[str, str], model: str, rounds: int = 3) -> list[tuple[int, float]]:
+    """What a new user does right after a start: a burst of invalid requests mixed with valid ones,
+    repeated. Returns (status, seconds) per request; each is bounded at 10 s on the client side."""
+    invalid = [{"model": model, "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 4},
+               {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+               {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+               {"model": model, "messages": "not a list"}]
+    valid = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def send(body: dict) -> tuple[int, float]:
+        started = time.monotonic()
+        try:
+            status = httpx.post(f"{base_url}/v1/chat/completions", json=body, headers=headers, timeout=10).status_code
+        except httpx.TimeoutException:
+            status = 0
+        return status, time.monotonic() - started
+
+    results: list[tuple[int, float]] = []
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        for _ in range(rounds):
+            results += pool.map(send, invalid * 2 + [valid] * 4)
+            results.append(send(valid))  # the lone valid request right after the burst (issue 16's finding 3)
+    return results
+
+
 @dataclass
 class LiveServer:
     base_url: str
@@ -52,6 +78,7 @@ class LiveServer:
     first_ready_headers: dict[str, str]
     early_chat: tuple[int, dict]  # a chat request sent while the engine was still loading
     startup_seconds: float
+    first_burst: list[tuple[int, float]]  # fresh_start_burst right after the first ready
 
     @property
     def api_url(self) -> str:
@@ -105,7 +132,9 @@ def live_server() -> Iterator[LiveServer]:
         early_chat = _post_json(f"{base_url}/v1/chat/completions",
                                 {"model": catalog.models[0].name, "messages": [{"role": "user", "content": "hi"}]})
         runtime.wait_until_ready(base_url, READY_TIMEOUT_S)
-        yield LiveServer(base_url, settings, catalog, status, headers, early_chat, time.monotonic() - started)
+        startup_seconds = time.monotonic() - started
+        burst = fresh_start_burst(base_url, AUTH, catalog.models[0].name)
+        yield LiveServer(base_url, settings, catalog, status, headers, early_chat, startup_seconds, burst)
     finally:
         runtime.shutdown()
 

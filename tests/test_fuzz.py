@@ -21,8 +21,8 @@ from schemathesis import checks as schema_checks
 
 from services.admission import estimate_tokens
 from services.catalog import CatalogError, parse_catalog
+from services.edge.app import ROUTES
 from services.media import MediaError, MediaFetcher, MediaPolicy, _data_url_bytes, _decode_image, prepare_images
-from services.router.app import app as router_app
 from tests.conftest import AUTH
 
 EXAMPLES = int(os.environ.get("SLMSERVE_FUZZ_EXAMPLES", "100"))
@@ -68,7 +68,7 @@ def _no_outside_urls(value: Any) -> Any:
 
 def test_openapi_document_describes_the_real_routes(live_server):
     doc = httpx.get(f"{live_server.base_url}/openapi.json", timeout=30).json()
-    routes = {route.path_format for route in router_app.routes if getattr(route, "include_in_schema", False)}
+    routes = {route.path_format for route in ROUTES.routes if getattr(route, "include_in_schema", False)}
     assert set(doc["paths"]) == routes
     names = {name for entry in live_server.catalog.models for name in entry.names}
     for path, title in (("/v1/chat/completions", "ChatCompletionRequest"), ("/v1/completions", "CompletionRequest")):

@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.catalog import load_catalog, parse_catalog
+from services.catalog import CatalogError, load_catalog, parse_catalog
 from services.settings import resolve_catalog_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +123,23 @@ def test_serve_config_is_the_catalog(name: str):
     assert app["import_path"] == "services.app:build_app"
     assert parse_catalog(app["args"]["catalog"]) == load_catalog(resolve_catalog_path(name))
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
+
+
+@pytest.mark.parametrize(("name", "data_plane", "shape"), [
+    ("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed"), ("test", "routed", "routed")])
+def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_plane: str, shape: str):
+    catalog = serve_config(render("--set", f"catalog.name={name}", "--set", f"serve.dataPlane={data_plane}"))[
+        "applications"][0]["args"]["catalog"]
+    assert parse_catalog(catalog).data_plane == shape
+    if data_plane:
+        assert catalog["router"]["data_plane"] == data_plane
+
+
+def test_a_direct_data_plane_needs_a_one_model_catalog():
+    catalog = serve_config(render("--set", "catalog.name=phi35", "--set", "serve.dataPlane=direct"))[
+        "applications"][0]["args"]["catalog"]
+    with pytest.raises(CatalogError, match="exactly one model"):
+        parse_catalog(catalog)
 
 
 def test_inline_catalog_wins(tmp_path: Path):

@@ -1,4 +1,4 @@
-"""A short headless load test (about 20 s, 5 users, every user class) against the live test app:
+"""A short headless load test (about 20 s, 9 users, every user class) against the live test app:
 zero failures, the TTFT / ITL / token entries are reported, and the streams locust cut off when it
 stopped leave no work behind in any engine."""
 
@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
     # Through `make loadtest`'s own script: it finds the server up, runs locust, prints a summary.
     prefix = tmp_path / "smoke"
+    # One user per unit of the classes' weights (4+2+1+1+1), so that locust gives every class a user.
     command = [
-        sys.executable, "-m", "loadtests.run_loadtest", "--host", live_server.base_url, "--users", "5",
-        "--spawn-rate", "5", "--time", "20s", "--out", str(prefix), "--max-tokens=16", "--prompt-words=32",
+        sys.executable, "-m", "loadtests.run_loadtest", "--host", live_server.base_url, "--users", "9",
+        "--spawn-rate", "9", "--time", "20s", "--out", str(prefix), "--max-tokens=16", "--prompt-words=32",
         "--models=default:2,moe:1,vision:1", f"--api-key={API_KEY}",
         "StreamingChatUser", "ChatUser", "CompletionUser", "VisionUser", "MixedModelUser",
     ]

@@ -146,6 +146,16 @@ def test_readiness_was_503_while_loading(live_server):
     assert body["error"]["code"] == "model_not_ready"
 
 
+def test_a_burst_right_after_start_is_answered_promptly(live_server):
+    """Issues 13/16: a valid request sent just after a burst of 400s once waited 30 s in a Serve
+    handle that had not yet heard of the engine's replicas. The router now makes each handle at
+    start and reports a model ready only once its handle knows a replica."""
+    statuses = [status for status, _ in live_server.first_burst]
+    slowest = max(seconds for _, seconds in live_server.first_burst)
+    assert slowest < 5, live_server.first_burst
+    assert statuses.count(200) == 15 and set(statuses) == {200, 400, 404}, statuses
+
+
 def _assert_error(response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None):
     assert response.status_code == status, response.text
     error = response.json()["error"]

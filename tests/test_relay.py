@@ -5,7 +5,7 @@ RelayResponse the admission slot would leak and the engine would generate for no
 That window (engine head received, response not yet started) is too narrow to hit from a real
 socket, so this drives RelayResponse with Starlette's real StreamingResponse machinery and an ASGI
 server side that reports the client gone; the engine stream is a stand-in for Ray Serve's
-DeploymentResponseGenerator (the live path is covered in test_disconnects.py)."""
+DeploymentResponseGenerator or the engine's own generator (the live path is covered in test_disconnects.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import time
 
 import pytest
 
+from services.edge.relay import RelayResponse, StreamRelay
+from services.engine.protocol import Outcome
 from services.metrics.records import CompletionRecord, RecordBuffer
-from services.router.relay import RelayResponse, StreamRelay
 
 
 class EngineStream:
@@ -68,7 +69,7 @@ def test_client_gone_before_the_first_byte_releases_once_and_aborts_the_engine(s
 
 def test_a_finished_stream_is_recorded_and_released_once():
     async def scenario() -> None:
-        outcome = {"prompt_tokens": 3, "generation_tokens": 2, "finish_reason": "length"}
+        outcome = Outcome(prompt_tokens=3, generation_tokens=2, finish_reason="length")
         stream, released = EngineStream(["data: a\n\n", "data: b\n\n", outcome, "data: [DONE]\n\n"]), []
         relay, records = _relay(stream, released)
         sent: list[dict] = []

@@ -1,11 +1,15 @@
 """The engine deployment: one Ray Serve deployment per catalog model, hosting vLLM's AsyncLLM
 and vLLM's own OpenAI serving layer (chat templates, sampling, logprobs, structured output).
 
-The router talks to it through one streaming method, `generate`, whose first item is a head
-`(status, body, outcome)`: a full JSON body for errors and non-streamed responses, or `None`
-when SSE chunks follow. The router can so choose the HTTP status before a single byte goes out,
-and both kinds of request take the same single handle hop. A stream carries its `Outcome`
-(usage and finish reason, for the router's metrics) just before its final `data: [DONE]`.
+Every request is answered as the stream of services/engine/protocol.py: a `Head` first (so the
+HTTP status is known before a byte goes out), then vLLM's SSE frames and the `Outcome`.
+
+- Direct mode (`DirectEngine`, a single-model catalog): the replica is the HTTP ingress. HAProxy
+  forwards each request straight to it, the edge (services/edge) runs in this process and iterates
+  `stream` in-process, so tokens cross one Python process, as with bare `vllm serve`.
+- Routed mode (`EngineDeployment`, a multi-model catalog): the router replica calls `generate`
+  through a Serve handle; frames that queue up while the transport is busy are joined into one
+  item (services/streaming.py), since every item crosses a process boundary there.
 """
 
 from __future__ import annotations
@@ -23,17 +27,21 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 
-from services.catalog import ModelEntry
+from services.catalog import Catalog, ModelEntry
+from services.edge.app import build_app
+from services.edge.edge import Edge
+from services.edge.engines import LocalEngine
+from services.edge.readiness import SelfReadiness
 from services.engine import vllm_compat
+from services.engine.protocol import Head, Outcome, StreamItem
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
 from services.metrics.hub import EngineSnapshot
+from services.metrics.records import RecordBuffer
 from services.streaming import SSE_DONE, coalesce
 
 logger = logging.getLogger("slmserve.engine")
 
-Outcome = dict[str, Any]  # {"prompt_tokens", "generation_tokens", "finish_reason"}
-Head = tuple[int, bytes | None, Outcome | None]
 SNAPSHOT_PERIOD_S = 1.0
 _FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
 _USAGE_ONLY_CHUNK = '"choices":[]'
@@ -49,6 +57,12 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
     param = ".".join(str(part) for part in first["loc"]) or None
     message = first["msg"].removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param
+
+
+def _vllm_families() -> list[Any]:
+    from prometheus_client import REGISTRY
+
+    return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
 
 
 class EngineDeployment:
@@ -72,12 +86,23 @@ class EngineDeployment:
         if metrics_hub is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
-    async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[Head | str | Outcome]:
+    async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[StreamItem]:
+        """`stream` for callers through a Serve handle (routed mode), with queued frames joined."""
+        frames = self.stream(route, body, request_id)
+        head = await anext(frames)
+        yield head
+        if head.body is None:
+            async for item in coalesce(frames):
+                yield item
+        else:
+            await frames.aclose()
+
+    async def stream(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[StreamItem]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
-        the stream's Outcome just before the final [DONE]."""
+        the stream's Outcome just before the final [DONE]. Closing it aborts the request."""
         serving = self.serving.get(route)
         if serving is None:
-            yield 404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None
+            yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
             return
         client_wants_usage = _wants_usage(body)
         if body.get("stream") is True and isinstance(body.get("stream_options") or {}, dict):
@@ -89,29 +114,33 @@ class EngineDeployment:
             result = await create(request, None)
         except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
             message, param = _validation_message(error)
-            yield 400, error_json(400, message, param=param), None
+            yield Head(400, error_json(400, message, param=param), None)
             return
         except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators and serving layer raise these
-            yield (*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
+            yield Head(*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
             return
         if isinstance(result, vllm_compat.ErrorResponse):
-            yield (*from_vllm_error(result), None)
+            yield Head(*from_vllm_error(result), None)
             return
         if not hasattr(result, "__aiter__"):
             usage = result.usage
-            outcome = {"prompt_tokens": usage.prompt_tokens, "generation_tokens": usage.completion_tokens or 0,
-                       "finish_reason": result.choices[-1].finish_reason if result.choices else None}
-            yield 200, result.model_dump_json().encode(), outcome
+            outcome = Outcome(usage.prompt_tokens, usage.completion_tokens or 0,
+                              result.choices[-1].finish_reason if result.choices else None)
+            yield Head(200, result.model_dump_json().encode(), outcome)
             return
-        yield 200, None, None
-        async for item in coalesce(self._frames(result, request_id, client_wants_usage)):
-            yield item
+        yield Head(200, None, None)
+        frames = self._frames(result, request_id, client_wants_usage)
+        try:
+            async for item in frames:
+                yield item
+        finally:
+            await frames.aclose()
 
     async def _frames(self, chunks: AsyncIterator[str], request_id: str, client_wants_usage: bool,
                       ) -> AsyncIterator[str | Outcome]:
         """vLLM's SSE chunks, minus the usage chunk the client did not ask for, with the Outcome
         placed just before [DONE] (clients hang up right after [DONE])."""
-        outcome: Outcome = {"prompt_tokens": 0, "generation_tokens": 0, "finish_reason": None}
+        outcome = Outcome()
         try:
             async for chunk in chunks:
                 if chunk.startswith(SSE_DONE):
@@ -120,28 +149,31 @@ class EngineDeployment:
                     return
                 if _USAGE_ONLY_CHUNK in chunk and '"usage"' in chunk:
                     usage = json.loads(chunk.removeprefix("data: "))["usage"]
-                    outcome["prompt_tokens"] = usage["prompt_tokens"]
-                    outcome["generation_tokens"] = usage.get("completion_tokens") or 0
+                    outcome.prompt_tokens = usage["prompt_tokens"]
+                    outcome.generation_tokens = usage.get("completion_tokens") or 0
                     if not client_wants_usage:
                         continue
                 elif '"finish_reason":"' in chunk:
-                    outcome["finish_reason"] = _FINISH_REASON.findall(chunk)[-1]
+                    outcome.finish_reason = _FINISH_REASON.findall(chunk)[-1]
                 yield chunk
         except Exception as error:  # the stream already started: report in-band, never hang
             logger.exception("stream %s failed", request_id)
-            outcome["finish_reason"] = "error"
+            outcome.finish_reason = "error"
             yield outcome
             yield sse_error_event(500, f"generation failed: {type(error).__name__}")
             yield SSE_DONE
+        finally:  # also when the client left: closing vLLM's generator aborts the request in the engine
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _report_metrics_forever(self) -> None:
-        """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet."""
-        from prometheus_client import REGISTRY
-
+        """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet. Walking
+        vLLM's registry takes milliseconds, so it runs on a thread, never on the loop that streams."""
         replica_id = serve.get_replica_context().replica_id.unique_id
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
-            families = [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+            families = await asyncio.to_thread(_vllm_families)
             try:
                 await self.metrics_hub.update_engine.remote(
                     EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families))
@@ -173,3 +205,18 @@ class EngineDeployment:
 
     async def __del__(self) -> None:
         await self.stack.shutdown()
+
+
+class DirectEngine(EngineDeployment):
+    """An engine replica that is also the HTTP ingress (direct mode): the edge runs in this process
+    and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
+    app `__serve_build_asgi_app__` returns once the engine has loaded."""
+
+    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any]) -> None:
+        await super().__init__(entry, cache_dir, metrics_hub)
+        self.catalog = Catalog.model_validate(catalog)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        edge = Edge(self.catalog, {self.entry.name: LocalEngine(self)}, RecordBuffer(self.metrics_hub),
+                    SelfReadiness(), served_by="engine")
+        return build_app(edge)

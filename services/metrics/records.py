@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from services.engine.protocol import Outcome
+
 logger = logging.getLogger("slmserve.metrics")
 
 
@@ -30,11 +32,11 @@ class CompletionRecord:
     e2e_s: float | None = None
     vision_s: float | None = None
 
-    def apply(self, outcome: dict[str, Any]) -> None:
+    def apply(self, outcome: Outcome) -> None:
         """Take usage and finish reason from the engine's outcome of the request."""
-        self.prompt_tokens = outcome["prompt_tokens"]
-        self.generation_tokens = outcome["generation_tokens"]
-        self.finish_reason = outcome["finish_reason"]
+        self.prompt_tokens = outcome.prompt_tokens
+        self.generation_tokens = outcome.generation_tokens
+        self.finish_reason = outcome.finish_reason
 
 
 @dataclass(slots=True)

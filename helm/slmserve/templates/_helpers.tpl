@@ -37,16 +37,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The catalog: inline wins; otherwise a shipped catalog file, parsed (never copied into values). */}}
 {{- define "slmserve.catalog" -}}
+{{- $catalog := dict -}}
 {{- if .Values.catalog.inline -}}
-{{- toYaml .Values.catalog.inline -}}
+{{- $catalog = deepCopy .Values.catalog.inline -}}
 {{- else -}}
 {{- $file := printf "catalogs/%s.yaml" .Values.catalog.name -}}
 {{- $text := .Files.Get $file -}}
 {{- if not $text -}}
 {{- fail (printf "catalog.name=%q: no file %s in the chart (shipped: cpu, phi35, test)" .Values.catalog.name $file) -}}
 {{- end -}}
-{{- toYaml (fromYaml $text) -}}
+{{- $catalog = fromYaml $text -}}
 {{- end -}}
+{{- /* serve.dataPlane, when set, is the catalog's router.data_plane (validated by the catalog schema) */ -}}
+{{- with .Values.serve.dataPlane -}}
+{{- $router := deepCopy (get $catalog "router" | default dict) -}}
+{{- $_ := set $router "data_plane" . -}}
+{{- $_ := set $catalog "router" $router -}}
+{{- end -}}
+{{- toYaml $catalog -}}
 {{- end -}}
 
 {{/* Environment shared by head and workers. */}}

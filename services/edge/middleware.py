@@ -1,6 +1,7 @@
-"""The router's edge middleware, as plain ASGI: Starlette's BaseHTTPMiddleware puts an extra task
-and memory stream between every streamed chunk and the socket; this passes messages straight
-through. It checks API keys and counts requests by route template and status."""
+"""The edge middleware, as plain ASGI: Starlette's BaseHTTPMiddleware puts an extra task and memory
+stream between every streamed chunk and the socket; this passes messages straight through. It
+checks API keys, counts requests by route template and status, and names the kind of process that
+answered in `X-Slmserve-Served-By` (`engine` in direct mode, `router` in routed mode)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def needs_key(path: str) -> bool:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, served_by: str) -> None:
         self.app = app
+        self.served_by = (b"x-slmserve-served-by", served_by.encode())
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -30,6 +32,7 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), self.served_by]
             await send(message)
 
         try:

@@ -1,4 +1,8 @@
-"""Which engine deployments have a running replica, read from the Serve controller.
+"""Which engine deployments can take requests.
+
+In direct mode the engine replica is the HTTP server and only answers once its engine has loaded,
+so it is ready by construction (`SelfReadiness`). In routed mode, which deployments have a running
+replica is read from the Serve controller (`ControllerReadiness`).
 
 One background task refreshes it, so health probes and the request path only read a dict. The
 router also reports replica failures it sees itself (a broken stream, a dead actor): the model
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 
 from services.serve_status import DeploymentState, read_deployment_states
 
-logger = logging.getLogger("slmserve.router")
+logger = logging.getLogger("slmserve.edge")
 SUSPECT_MAX_S = 120.0  # trust the controller again after this long, whatever it said
 
 
@@ -25,8 +29,22 @@ class _Suspect:
     seen_down: bool = False
 
 
+class SelfReadiness:
+    """Direct mode: this replica serves its own, loaded engine. A dead engine core fails Serve's
+    health check, which replaces the replica; nothing to track here."""
+
+    def start(self) -> None:
+        pass
+
+    def is_ready(self, deployment_name: str) -> bool:
+        return True
+
+    def mark_failed(self, deployment_name: str) -> None:
+        pass
+
+
 @dataclass
-class Readiness:
+class ControllerReadiness:
     app_name: str
     deployment_names: list[str]
     period_s: float = 1.0  # while any model is loading or suspect

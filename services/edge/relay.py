@@ -15,28 +15,25 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from starlette.responses import StreamingResponse
 
+from services.edge.engines import REPLICA_GONE, EngineStream
+from services.engine.protocol import Outcome
 from services.errors import sse_error_event
 from services.metrics.records import CompletionRecord, RecordBuffer
 from services.streaming import SSE_DONE
 
-logger = logging.getLogger("slmserve.router")
-# What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
-# engine code, which is a bug to surface, not an outage).
-REPLICA_GONE = (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError)
+logger = logging.getLogger("slmserve.edge")
 
 
 class StreamRelay:
-    def __init__(self, stream: Any, request_id: str, record: CompletionRecord, arrived: float,
+    def __init__(self, stream: EngineStream, request_id: str, record: CompletionRecord, arrived: float,
                  records: RecordBuffer, deadline: float, release: Callable[[], None],
                  on_replica_failure: Callable[[], None]) -> None:
         self.stream, self.request_id, self.record, self.arrived = stream, request_id, record, arrived
         self.records, self.deadline = records, deadline
         self.release, self.on_replica_failure = release, on_replica_failure
-        self.outcome: dict[str, Any] | None = None
+        self.outcome: Outcome | None = None
         self.finished = False
         self.chunks = self._chunks()
 
@@ -52,7 +49,7 @@ class StreamRelay:
                         if record.ttft_s is None:
                             record.ttft_s = time.perf_counter() - self.arrived
                         yield item
-                    else:
+                    elif isinstance(item, Outcome):
                         self.outcome = item
         except TimeoutError:
             record.finish_reason = "timeout"
@@ -78,7 +75,7 @@ class StreamRelay:
         record.e2e_s = time.perf_counter() - self.arrived
         if self.outcome is not None:
             record.apply(self.outcome)
-            record.success = self.outcome["finish_reason"] not in (None, "error", "abort")
+            record.success = self.outcome.succeeded
         else:  # the client left, the deadline passed or the replica died before the stream finished
             self.stream.cancel()  # makes the engine abort the request; a no-op once the stream ended
             record.success = False
@@ -97,7 +94,7 @@ class RelayResponse(StreamingResponse):
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.relay = relay
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # type: ignore[override]
         try:
             await super().__call__(scope, receive, send)
         finally:

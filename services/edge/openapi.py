@@ -1,6 +1,6 @@
-"""The router's OpenAPI document (/openapi.json).
+"""The edge's OpenAPI document (/openapi.json).
 
-FastAPI describes the routes, but the router reads raw bodies (one JSON parse, no re-validation
+FastAPI describes the routes, but the edge reads raw bodies (one JSON parse, no re-validation
 on the hot path), so FastAPI cannot see what the completion routes take. This adds it: the
 request bodies are vLLM's own protocol models, as an engine replica reports them, with `model`
 narrowed to this catalog's names and aliases; and every route gets the OpenAI error responses it
@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from services.catalog import Catalog
-from services.router.middleware import needs_key
+from services.catalog import ModelEntry
+from services.edge.middleware import needs_key
 
 OPENAI_ERROR = {
     "type": "object",
@@ -29,12 +29,12 @@ _ERROR_MEANINGS = {
     "400": "invalid request (malformed JSON, a bad field, prompt too long, bad image)",
     "401": "missing or wrong API key (when keys are configured)",
     "404": "unknown model or route",
-    "413": "request body over the router's limit",
+    "413": "request body over the edge's limit",
     "429": "admission bound or rate limit reached; see Retry-After",
     "503": "the model is loading or its replica failed; see Retry-After",
     "504": "the request passed its deadline and was aborted",
 }
-# Fields the router sets itself: a client's value is overridden, so they are not part of the API.
+# Fields the edge sets itself: a client's value is overridden, so they are not part of the API.
 _ROUTER_OWNED = ("request_id",)
 
 
@@ -45,21 +45,21 @@ def _error_responses(*statuses: str) -> dict[str, Any]:
 
 
 def openapi_document(base: dict[str, Any], request_schemas: dict[str, dict[str, Any]],
-                     catalog: Catalog) -> dict[str, Any]:
+                     models: list[ModelEntry]) -> dict[str, Any]:
     """`base` is FastAPI's document; `request_schemas` maps route kind to a JSON schema whose
-    `$defs` refer to `#/components/schemas/...`."""
+    `$defs` refer to `#/components/schemas/...`; `models` are the ones this edge serves."""
     doc = copy.deepcopy(base)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     components["OpenAIError"] = OPENAI_ERROR
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
-    model_names = sorted({name for entry in catalog.models for name in entry.names})
+    model_names = sorted({name for entry in models for name in entry.names})
     for path, kind in BODY_ROUTES.items():
         schema = copy.deepcopy(request_schemas[kind])
         components.update(schema.pop("$defs", {}))
         for field in _ROUTER_OWNED:
             schema["properties"].pop(field, None)
-        # The router picks the engine by `model`: required, and one of the catalog's names.
+        # The edge picks the engine by `model`: required, and one of the catalog's names.
         schema["properties"]["model"] = {"type": "string", "enum": model_names,
                                          "description": "a catalog model name or alias (GET /v1/models)"}
         schema["required"] = sorted({*schema.get("required", []), "model"})

@@ -1,0 +1,106 @@
+"""Platform footprint of each data plane: processes and memory of everything slmserve runs except
+vLLM's engine core, for the same one-model catalog served routed (router replica -> engine replica)
+and direct (the engine replica serves HTTP). Writes a table to docs/benchmarks.md.
+
+`.venv/bin/python -m loadtests.footprint` (about 3 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from services import runtime
+from services.settings import resolve_catalog_path
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_START, MARK_END = "<!-- footprint:start -->", "<!-- footprint:end -->"
+ENGINE_CORE = "VLLM::EngineCore"
+
+
+def _catalog_with(data_plane: str) -> Path:
+    catalog = yaml.safe_load(resolve_catalog_path("cpu").read_text())
+    catalog.setdefault("router", {})["data_plane"] = data_plane
+    path = Path(tempfile.mkdtemp(prefix="slmserve-footprint-")) / f"cpu-{data_plane}.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    return path
+
+
+def _platform_processes(root: psutil.Process) -> list[psutil.Process]:
+    """The serving process tree (Ray's daemons and workers are children of the driver), less vLLM's
+    engine core and its own children, which are the same in both shapes."""
+    tree = [root, *root.children(recursive=True)]
+    engine = {p.pid for p in tree if ENGINE_CORE in " ".join(p.cmdline() or [p.name()])}
+    engine |= {child.pid for p in tree if p.pid in engine for child in p.children(recursive=True)}
+    return [p for p in tree if p.pid not in engine]
+
+
+def measure(data_plane: str) -> dict[str, object]:
+    port = runtime.free_ports(1)[0]
+    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.gettempdir()) / f"slmserve-footprint-{data_plane}.log"
+    env = {key: value for key, value in os.environ.items() if key not in ("SLMSERVE_API_KEYS", "RAY_ADDRESS")}
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog",
+                                str(_catalog_with(data_plane)), "--port", str(port)],
+                               stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        runtime.wait_until_ready(base, 900, progress=True)
+        body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
+        for _ in range(20):  # warm every path once
+            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+        time.sleep(3)
+        processes = _platform_processes(psutil.Process(process.pid))
+        rss = sum(p.memory_info().rss for p in processes)
+        served_by = httpx.get(f"{base}/v1/models", timeout=10).headers["x-slmserve-served-by"]
+        names = sorted(" ".join(p.cmdline()[:1]).split("/")[-1][:60] for p in processes)
+        return {"data_plane": data_plane, "served_by": served_by, "processes": len(processes),
+                "rss_mib": rss / 2**20, "names": names}
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def main() -> int:
+    rows = [measure(shape) for shape in ("routed", "direct")]
+    table = ("| data plane | answered by | Python processes on the token path | platform processes | "
+             "platform RSS (MiB) |\n|---|---|---|---|---|\n")
+    hops = {"routed": "2 (router replica, engine replica)", "direct": "1 (engine replica)"}
+    for row in rows:
+        table += (f"| {row['data_plane']} | {row['served_by']} | {hops[str(row['data_plane'])]} | "
+                  f"{row['processes']} | {row['rss_mib']:,.0f} |\n")
+    print(table)
+    for row in rows:
+        print(row["data_plane"], row["names"])
+    section = f"""{MARK_START}
+## Platform footprint: routed vs direct
+
+The cpu catalog (one model) served both ways on this machine, after 20 streamed requests; every
+process of the serving tree (Ray's daemons and workers, HAProxy, Serve's replicas) except vLLM's
+engine core, which is the same in both. Reproduce: `.venv/bin/python -m loadtests.footprint`.
+
+{table}{MARK_END}"""
+    path = ROOT / "docs" / "benchmarks.md"
+    text = path.read_text()
+    if MARK_START in text:
+        before, _, rest = text.partition(MARK_START)
+        text = before + section + rest.partition(MARK_END)[2]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

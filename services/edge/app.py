@@ -1,0 +1,186 @@
+"""The HTTP surface of every slmserve replica that answers clients: the OpenAI routes, NIM-style
+health and metadata, metrics and the OpenAPI document, with OpenAI-shaped errors everywhere.
+
+`ROUTES` is one route table; `build_app` mounts it on a fresh FastAPI app per replica with that
+replica's `Edge` in `app.state`, so the engine replica (direct mode) and the router (routed mode)
+serve exactly the same API.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services import __version__
+from services.catalog import ModelEntry
+from services.edge.edge import RETRY_AFTER_S, Edge
+from services.edge.middleware import EdgeMiddleware
+from services.edge.openapi import openapi_document
+from services.errors import APIError, error_body
+from services.metrics.records import RejectionRecord
+
+logger = logging.getLogger("slmserve.edge")
+ROUTES = APIRouter()
+
+
+def _edge(request: Request) -> Edge:
+    return request.app.state.edge
+
+
+def _error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
+
+
+def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
+    return {
+        "id": entry.name,
+        "object": "model",
+        "created": created,
+        "owned_by": "slmserve",
+        "root": entry.source,
+        "aliases": entry.aliases,
+        "max_model_len": entry.max_model_len,
+        "modalities": entry.modalities,
+    }
+
+
+async def _metrics(request: Request) -> Response:
+    records = _edge(request).records
+    await records.flush()  # this replica's latest records first; others flush every 0.5 s
+    return Response(await records.hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
+
+
+@ROUTES.get("/metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    return await _metrics(request)
+
+
+@ROUTES.get("/v1/metrics", response_class=PlainTextResponse)
+async def v1_metrics(request: Request) -> Response:
+    return await _metrics(request)
+
+
+@ROUTES.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _edge(request).forward("chat", request)
+
+
+@ROUTES.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _edge(request).forward("completions", request)
+
+
+@ROUTES.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    edge = _edge(request)
+    return {"object": "list", "data": [_model_card(entry, edge.created) for entry in edge.models]}
+
+
+@ROUTES.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    edge = _edge(request)
+    entry = edge.catalog.resolve(model)
+    if entry is None or entry not in edge.models:
+        raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+    return _model_card(entry, edge.created)
+
+
+@ROUTES.get("/v1/health/live")
+async def live(request: Request) -> dict[str, str]:
+    _edge(request).readiness.start()
+    return {"status": "live"}
+
+
+@ROUTES.get("/v1/health/ready")
+async def ready(request: Request) -> JSONResponse:
+    edge = _edge(request)
+    models = {entry.name: edge.is_ready(entry) for entry in edge.models}
+    is_ready = all(models.values())
+    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models},
+                        status_code=200 if is_ready else 503,
+                        headers=None if is_ready else {"Retry-After": RETRY_AFTER_S})
+
+
+@ROUTES.get("/health")
+async def health(request: Request) -> JSONResponse:
+    return await ready(request)
+
+
+@ROUTES.get("/openapi.json", include_in_schema=False)
+async def openapi_json(request: Request) -> JSONResponse:
+    """The request bodies come from vLLM's protocol models, which only an engine imports: ask the
+    first ready one, once."""
+    edge = _edge(request)
+    if edge.openapi is None:
+        loaded = [entry for entry in edge.models if edge.is_ready(entry)]
+        if not loaded:
+            raise APIError(503, "no model is loaded yet; the API description needs one", code="model_not_ready",
+                           headers={"Retry-After": RETRY_AFTER_S})
+        schemas = await edge.engines[loaded[0].name].request_schemas()
+        edge.openapi = openapi_document(request.app.openapi(), schemas, edge.models)
+    return JSONResponse(edge.openapi)
+
+
+@ROUTES.get("/v1/version")
+async def version() -> dict[str, str]:
+    return {"release": __version__, "api": "v1"}
+
+
+@ROUTES.get("/v1/metadata")
+async def metadata(request: Request) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "modelInfo": [{"shortName": entry.name, "modelUrl": entry.source, "aliases": entry.aliases}
+                      for entry in _edge(request).models],
+        "repository_override": "",
+        "assetInfo": [],
+        "licenseInfo": {},
+    }
+
+
+async def _api_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, APIError)
+    if error.reason:
+        _edge(request).records.add(RejectionRecord(error.model, error.reason))
+    if error.status >= 500:
+        logger.warning("%s %s: %s (%s)", request.method, request.url.path, error.message, error.__cause__ or "")
+    return _error_response(error.status, error.message, param=error.param, code=error.code, headers=error.headers)
+
+
+async def _http_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    message = "route not found" if error.status_code == 404 else str(error.detail)
+    return _error_response(error.status_code, message)
+
+
+async def _validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return _error_response(400, str(error.errors()[0].get("msg", "invalid request")))
+
+
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    # A bug, not bad input: still an OpenAI-shaped body, and the trace in the replica's log.
+    logger.exception("unhandled error: %s", error)
+    return _error_response(500, "internal error; the request can be retried", code="internal_error")
+
+
+def build_app(edge: Edge) -> FastAPI:
+    # /openapi.json is the edge's own route (services/edge/openapi.py), not FastAPI's default.
+    app = FastAPI(title="slmserve", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(ROUTES)
+    app.state.edge = edge
+    app.state.keys = edge.keys
+    app.state.records = edge.records
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(EdgeMiddleware, served_by=edge.served_by)
+    return app

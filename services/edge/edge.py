@@ -1,0 +1,164 @@
+"""The platform's edge: everything slmserve does to a request besides generating it.
+
+One `Edge` per HTTP-serving replica. In direct mode that replica is the engine replica itself, and
+the edge calls its engine in-process, so a streamed token crosses one Python process as with bare
+`vllm serve`. In routed mode (a multi-model catalog) it is the router replica, which calls each
+model's engine deployment through one reused Serve handle.
+
+Per request, before any engine work: the JSON body is parsed once (size-limited), the model or
+alias is resolved (404 `model_not_found`), readiness checked (503 + Retry-After), images verified
+through the SSRF guard, admission granted (429 + Retry-After). Then one engine call, whose head
+sets the HTTP status before a byte is sent, and vLLM's SSE frames pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from ray import serve
+
+from services.admission import Admission, RateLimit, Rejected, estimate_tokens
+from services.auth import KeyRing
+from services.catalog import Catalog, ModelEntry
+from services.edge.engines import REPLICA_GONE, Engine
+from services.edge.readiness import ControllerReadiness, SelfReadiness
+from services.edge.relay import RelayResponse, StreamRelay
+from services.errors import APIError
+from services.media import MediaError, MediaFetcher, prepare_images
+from services.metrics.records import CompletionRecord, RecordBuffer
+from services.settings import Settings
+
+REQUEST_ID_HEADER = "X-Request-Id"
+RETRY_AFTER_S = "5"
+
+
+def _request_id(request: Request) -> str:
+    """Serve's ingress takes the client's X-Request-Id (or makes one) and logs it; reuse that id so
+    vLLM's ids and logs match it."""
+    context = serve.context._get_serve_request_context()
+    return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    too_large = APIError(413, f"request body is larger than {limit} bytes", code="request_too_large",
+                         reason="request_too_large")
+    if int(request.headers.get("content-length") or 0) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"request body is not valid JSON: {error}", reason="invalid_json") from None
+    except RecursionError:  # hostile nesting: a malformed body like any other, never a 500
+        raise APIError(400, "request body is nested too deeply", reason="invalid_json") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "request body must be a JSON object", reason="invalid_json")
+    return body
+
+
+class Edge:
+    def __init__(self, catalog: Catalog, engines: dict[str, Engine], records: RecordBuffer,
+                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str) -> None:
+        self.catalog = catalog
+        self.engines = engines  # model name -> engine; a direct-mode edge holds its own model only
+        self.records = records
+        self.readiness = readiness
+        self.served_by = served_by  # "engine" or "router": the X-Slmserve-Served-By response header
+        self.created = int(time.time())
+        settings = Settings()
+        policy = catalog.media.model_copy(update={
+            "allow_hosts": catalog.media.allow_hosts + settings.media_allow_hosts,
+            "allow_networks": catalog.media.allow_networks + settings.media_allow_networks,
+        })
+        self.media = MediaFetcher(policy)
+        self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
+        limits = catalog.router.rate_limits
+        self.admission = Admission(
+            {entry.name: entry.max_in_flight for entry in catalog.models},
+            {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
+            RateLimit(**limits.default.model_dump()))
+        self.openapi: dict[str, Any] | None = None  # built on first request (needs a loaded engine)
+
+    @property
+    def models(self) -> list[ModelEntry]:
+        """The models this edge serves (all of the catalog's in routed mode, one in direct mode)."""
+        return [entry for entry in self.catalog.models if entry.name in self.engines]
+
+    def is_ready(self, entry: ModelEntry) -> bool:
+        self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
+        return self.readiness.is_ready(entry.deployment_name) and self.engines[entry.name].ready()
+
+    def resolve(self, body: dict[str, Any]) -> ModelEntry:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise APIError(400, "`model` is required and must be a string", param="model", reason="invalid_request")
+        entry = self.catalog.resolve(model)
+        if entry is None or entry.name not in self.engines:
+            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found",
+                           reason="model_not_found")
+        if not self.is_ready(entry):
+            raise APIError(503, f"model `{entry.name}` is still loading; retry shortly", code="model_not_ready",
+                           headers={"Retry-After": RETRY_AFTER_S}, model=entry.name, reason="model_not_ready")
+        return entry
+
+    async def forward(self, route: str, request: Request) -> Response:
+        arrived = time.perf_counter()
+        options = self.catalog.router
+        deadline = asyncio.get_running_loop().time() + options.request_timeout_s
+        body = await read_json_body(request, options.max_body_bytes)
+        entry = self.resolve(body)
+        media = None
+        if route == "chat":
+            try:
+                media = await prepare_images(body, model=entry.name, accepts_images="image" in entry.modalities,
+                                             max_images=entry.max_images, fetcher=self.media)
+            except MediaError as error:
+                raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
+                               reason=error.code) from None
+        try:
+            self.admission.admit(entry.name, request.state.tenant, estimate_tokens(body))
+        except Rejected as rejected:
+            raise APIError(429, str(rejected), code=rejected.reason, model=entry.name, reason=rejected.reason,
+                           headers={"Retry-After": str(rejected.retry_after_s)}) from None
+        streaming = False
+        try:
+            request_id = _request_id(request)
+            stream = self.engines[entry.name].open(route, body, request_id)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    head = await stream.head()
+            except TimeoutError:
+                stream.cancel()
+                raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
+                               model=entry.name, reason="timeout") from None
+            except REPLICA_GONE as error:  # routed mode: the replica died or was torn down before answering
+                self.readiness.mark_failed(entry.deployment_name)
+                raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
+                               code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
+                               model=entry.name, reason="replica_unavailable") from error
+            record = CompletionRecord(entry.name, success=head.status == 200,
+                                      vision_s=media.seconds if media else None)
+            if head.body is not None:
+                if head.outcome is not None:
+                    record.ttft_s = record.e2e_s = time.perf_counter() - arrived
+                    record.apply(head.outcome)
+                self.records.add(record)
+                return Response(head.body, status_code=head.status, media_type="application/json")
+            streaming = True
+            return RelayResponse(StreamRelay(stream, request_id, record, arrived, self.records, deadline,
+                                             lambda: self.admission.release(entry.name),
+                                             lambda: self.readiness.mark_failed(entry.deployment_name)))
+        finally:
+            if not streaming:  # a stream releases its slot when it ends
+                self.admission.release(entry.name)
