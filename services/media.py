@@ -1,4 +1,4 @@
-"""Image inputs, safe by default. Runs in the router, before any engine sees the request, so
+"""Image inputs, safe by default. Runs at the edge, before any engine sees the request, so
 engines never fetch a URL themselves: every image reaches vLLM as a checked data URL.
 
 - data URLs: png, jpeg, webp, gif (first frame) only, with byte and pixel limits;
@@ -7,8 +7,9 @@ engines never fetch a URL themselves: every image reaches vLLM as a checked data
   loopback, private, link-local / cloud metadata, CGNAT, multicast or reserved ranges) unless an
   allow-list permits them;
 - anything else (file:, ftp:, paths) is refused.
-Residual risk, documented: a host's DNS answer may change between our check and httpx's own
-lookup (rebinding); deployments that need more put an egress proxy in front.
+The fetch connects to the very address the guard approved (the `Host` header and the TLS server
+name stay the URL's host), so a DNS answer that changes between the check and the connection
+(rebinding) cannot steer the fetch to an internal address.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import io
 import ipaddress
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,12 +100,22 @@ def _data_url_bytes(url: str, policy: MediaPolicy) -> bytes:
         raise MediaError("image data URL is not valid base64", "invalid_image") from None
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0].split("%")[0] for info in infos]
+
+
 class URLGuard:
     """Decides whether a URL may be fetched: scheme, host allow-list, and every resolved address."""
 
-    def __init__(self, policy: MediaPolicy) -> None:
+    def __init__(self, policy: MediaPolicy, resolve: Resolver = system_resolver) -> None:
         self.allow_hosts = {host.lower() for host in policy.allow_hosts}
         self.allow_networks = [ipaddress.ip_network(cidr, strict=False) for cidr in policy.allow_networks]
+        self.resolve = resolve
 
     def _address_allowed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -112,7 +124,9 @@ class URLGuard:
             return True
         return address.is_global and not address.is_multicast
 
-    async def check(self, url: str) -> None:
+    async def check(self, url: str) -> IPAddress | None:
+        """Raises MediaError, or returns the address to connect to: the approved one for a host
+        name, None where the URL may be fetched as it is (an address literal, an allow-listed host)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise MediaError(f"image URL scheme {parts.scheme or '(none)'!r} is refused; use data:, http or https",
@@ -121,25 +135,41 @@ class URLGuard:
         if not host:
             raise MediaError("image URL has no host", "image_url_refused")
         if host in self.allow_hosts:
-            return
+            return None
+        literal = True
         try:
-            addresses = {ipaddress.ip_address(host)}
+            addresses = [ipaddress.ip_address(host)]
         except ValueError:
+            literal = False
             try:
-                infos = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-            except (socket.gaierror, UnicodeError):
+                answers = await self.resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+            except (OSError, UnicodeError):
                 raise MediaError(f"image URL host {host!r} does not resolve", "image_fetch_failed") from None
-            addresses = {ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}
-        refused = sorted(str(a) for a in addresses if not self._address_allowed(a))
+            addresses = [ipaddress.ip_address(answer) for answer in answers]
+        if not addresses:
+            raise MediaError(f"image URL host {host!r} does not resolve", "image_fetch_failed")
+        refused = sorted({str(a) for a in addresses if not self._address_allowed(a)})
         if refused:
             raise MediaError(f"image URL host {host!r} resolves to a non-public address ({', '.join(refused)}); "
                              "refused", "image_url_refused")
+        return None if literal else addresses[0]
+
+
+def pinned(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str, str]]:
+    """`url` with its host replaced by `address`, plus the Host header and TLS server name that keep
+    the request what it was for the server and for certificate checks."""
+    parts = urlsplit(url)
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = f"{literal}:{parts.port}" if parts.port else literal
+    host_header = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+    return (urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header},
+            {"sni_hostname": str(parts.hostname)})
 
 
 class MediaFetcher:
-    def __init__(self, policy: MediaPolicy) -> None:
+    def __init__(self, policy: MediaPolicy, resolve: Resolver = system_resolver) -> None:
         self.policy = policy
-        self.guard = URLGuard(policy)
+        self.guard = URLGuard(policy, resolve)
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
@@ -158,9 +188,10 @@ class MediaFetcher:
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(self.policy.max_redirects + 1):
-            await self.guard.check(url)
+            address = await self.guard.check(url)
+            target, headers, extensions = pinned(url, address) if address is not None else (url, {}, {})
             try:
-                async with self._http().stream("GET", url) as response:
+                async with self._http().stream("GET", target, headers=headers, extensions=extensions) as response:
                     if response.is_redirect:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue

@@ -46,9 +46,10 @@ def _post_json(url: str, body: dict) -> tuple[int, dict]:
 
 def fresh_start_burst(base_url: str, headers: dict[str, str], model: str, rounds: int = 3) -> list[tuple[int, float]]:
     """What a new user does right after a start: a burst of invalid requests mixed with valid ones,
-    repeated. Returns (status, seconds) per request; each is bounded at 10 s on the client side."""
-    invalid = [{"model": model, "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 4},
-               {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+    repeated. Returns (status, seconds) per request; each is bounded at 10 s on the client side.
+    Per round 7 requests should succeed (the odd role is the issue's own valid request) and 6 fail."""
+    odd_but_valid = {"model": model, "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 4}
+    invalid = [{"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
                {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
                {"model": model, "messages": "not a list"}]
     valid = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -64,7 +65,7 @@ def fresh_start_burst(base_url: str, headers: dict[str, str], model: str, rounds
     results: list[tuple[int, float]] = []
     with concurrent.futures.ThreadPoolExecutor(12) as pool:
         for _ in range(rounds):
-            results += pool.map(send, invalid * 2 + [valid] * 4)
+            results += pool.map(send, [*invalid, odd_but_valid] * 2 + [valid] * 4)
             results.append(send(valid))  # the lone valid request right after the burst (issue 16's finding 3)
     return results
 

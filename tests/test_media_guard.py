@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import http.server
 import io
+import threading
 
 import pytest
 from PIL import Image
 
-from services.media import MediaError, MediaPolicy, URLGuard, _data_url_bytes, _decode_image
+from services.media import MediaError, MediaFetcher, MediaPolicy, URLGuard, _data_url_bytes, _decode_image
 
 
 def check(url: str, **policy) -> None:
@@ -73,3 +76,82 @@ def test_gif_becomes_its_first_frame_as_png():
 def test_data_url_must_be_base64():
     with pytest.raises(MediaError, match="base64"):
         _data_url_bytes("data:image/png,rawbytes", MediaPolicy())
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Serves a PNG at /cat.png and a redirect back to the same host at /hop; records each request."""
+
+    def do_GET(self) -> None:
+        self.server.requests.append((self.path, self.headers["Host"]))
+        if self.path == "/hop":
+            self.send_response(302)
+            self.send_header("Location", "/cat.png")
+            self.end_headers()
+            return
+        body = _png()
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _servers_on_one_port(*hosts: str):
+    """One server per loopback address, all on the same port (so that only the address differs)."""
+    for _ in range(20):
+        servers = []
+        try:
+            for host in hosts:
+                server = http.server.ThreadingHTTPServer((host, servers[0].server_port if servers else 0), _Recorder)
+                server.requests = []
+                servers.append(server)
+            break
+        except OSError:  # that port was taken on another address; try another
+            for server in servers:
+                server.server_close()
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _rebinding_resolver(first: str, then: str, calls: list[str]):
+    async def resolve(host: str, port: int) -> list[str]:
+        calls.append(host)
+        return [first if len(calls) == 1 else then]
+    return resolve
+
+
+def test_a_rebinding_host_is_fetched_from_the_address_that_was_checked():
+    """Issue 16 item 5: the host resolves to an allowed address for the check and to loopback after
+    it; the fetch must connect to the checked address (the Host header unchanged), never loopback."""
+    with _servers_on_one_port("127.0.0.2", "127.0.0.1") as (allowed, internal):
+        calls: list[str] = []
+        fetcher = MediaFetcher(MediaPolicy(allow_networks=["127.0.0.2/32"]),
+                               resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls))
+        port = allowed.server_port
+        data = asyncio.run(fetcher.fetch(f"http://rebind.test:{port}/cat.png"))
+    assert data == _png()
+    assert allowed.requests == [("/cat.png", f"rebind.test:{port}")]
+    assert internal.requests == [] and calls == ["rebind.test"]
+
+
+def test_every_redirect_hop_is_resolved_and_checked_again():
+    with _servers_on_one_port("127.0.0.2", "127.0.0.1") as (allowed, internal):
+        calls: list[str] = []
+        fetcher = MediaFetcher(MediaPolicy(allow_networks=["127.0.0.2/32"]),
+                               resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls))
+        with pytest.raises(MediaError) as raised:
+            asyncio.run(fetcher.fetch(f"http://rebind.test:{allowed.server_port}/hop"))
+    assert raised.value.code == "image_url_refused" and "127.0.0.1" in str(raised.value)
+    assert [path for path, _ in allowed.requests] == ["/hop"] and internal.requests == []
+    assert calls == ["rebind.test", "rebind.test"]

@@ -151,3 +151,21 @@ def test_kv_cache_gauge_moves_under_load(live_server):
             if time.monotonic() % 1 < 0.05:  # sample now and then, not on every token
                 peak = max(peak, value(scrape(live_server), "num_requests_running", model_name=MODEL))
     assert peak == 1
+
+
+def test_a_healthy_hub_shows_zero_failures_and_rejections():
+    """Issue 19: a system that never failed shows 0, not "No data", on the failure and rejection
+    panels. The hub is built directly (no Ray needed to render its registry)."""
+    from prometheus_client import generate_latest
+
+    from services.metrics.definitions import EXPECTED_REJECTIONS
+    from services.metrics.hub import MetricsHub
+
+    text = generate_latest(MetricsHub("app", {"m1": "engine-m1", "m2": "engine-m2"}).registry).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    for model in ("m1", "m2"):
+        assert samples[("request_failure_total", (("model_name", model),))] == 0
+        assert samples[("request_success_total", (("model_name", model),))] == 0
+        for reason in EXPECTED_REJECTIONS:
+            assert samples[("slmserve_rejected_requests_total", (("model_name", model), ("reason", reason)))] == 0

@@ -153,7 +153,7 @@ def test_a_burst_right_after_start_is_answered_promptly(live_server):
     statuses = [status for status, _ in live_server.first_burst]
     slowest = max(seconds for _, seconds in live_server.first_burst)
     assert slowest < 5, live_server.first_burst
-    assert statuses.count(200) == 15 and set(statuses) == {200, 400, 404}, statuses
+    assert statuses.count(200) == 21 and statuses.count(400) == 12 and set(statuses) == {200, 400, 404}, statuses
 
 
 def _assert_error(response: httpx.Response, status: int, *, param: str | None = None, code: str | None = None):
@@ -185,6 +185,27 @@ def _assert_error(response: httpx.Response, status: int, *, param: str | None = 
 def test_bad_chat_requests_get_openai_errors(live_server, body, status, param):
     response = live_server.http.post("/v1/chat/completions", json=body, timeout=60)
     _assert_error(response, status, param=param)
+
+
+@pytest.mark.parametrize(("route", "field", "value"), [
+    ("chat/completions", "stream", "yes"), ("chat/completions", "stream", 1), ("completions", "echo", "true"),
+    ("chat/completions", "n", True), ("chat/completions", "n", 1.5), ("chat/completions", "max_tokens", "5"),
+    ("completions", "max_tokens", 4.0), ("chat/completions", "temperature", "0.5"),
+    ("chat/completions", "temperature", False), ("chat/completions", "seed", "7"),
+    ("chat/completions", "stream_options", "include_usage"),
+])
+def test_wrong_json_types_are_400_not_coerced(live_server, route, field, value):
+    """Issue 16 finding 4: OpenAI answers 400 for a wrongly typed field; vLLM's models coerced some."""
+    body = {"model": MODEL, "max_tokens": 2, **({"messages": FRANCE} if route.startswith("chat") else {"prompt": "hi"})}
+    response = live_server.http.post(f"/v1/{route}", json={**body, field: value})
+    error = _assert_error(response, 400, param=field)
+    assert field in error["message"]
+
+
+def test_right_json_types_and_null_pass(live_server):
+    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 2, "temperature": 1, "top_p": 0.9, "n": 1,
+            "stream": False, "seed": None, "stream_options": None}
+    assert live_server.http.post("/v1/chat/completions", json=body).status_code == 200
 
 
 def test_unknown_model_is_404_model_not_found(client):

@@ -67,6 +67,38 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
+# OpenAI answers 400 for a value of the wrong JSON type; vLLM's pydantic models would coerce some of
+# them ("stream": "yes" streams, "max_tokens": "5" is 5). The edge checks these scalar fields
+# strictly, the same for every route and model: booleans are only true/false, integers only whole
+# JSON numbers without a fraction (never a boolean), numbers any JSON number; null means unset.
+STRICT_FIELDS = {
+    "stream": "boolean", "echo": "boolean", "ignore_eos": "boolean",
+    "n": "integer", "best_of": "integer", "max_tokens": "integer", "max_completion_tokens": "integer",
+    "min_tokens": "integer", "seed": "integer", "top_k": "integer", "top_logprobs": "integer",
+    "temperature": "number", "top_p": "number", "min_p": "number", "presence_penalty": "number",
+    "frequency_penalty": "number", "repetition_penalty": "number",
+}
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+
+
+def _has_json_type(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) if kind == "integer" else isinstance(value, int | float)
+
+
+def check_field_types(body: dict[str, Any]) -> None:
+    for field, kind in STRICT_FIELDS.items():
+        value = body.get(field)
+        if value is not None and not _has_json_type(value, kind):
+            got = _JSON_TYPES.get(type(value), type(value).__name__)
+            raise APIError(400, f"`{field}` must be a JSON {kind}, not {got}", param=field, reason="invalid_request")
+    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+        raise APIError(400, "`stream_options` must be a JSON object", param="stream_options", reason="invalid_request")
+
+
 class Edge:
     def __init__(self, catalog: Catalog, engines: dict[str, Engine], records: RecordBuffer,
                  readiness: SelfReadiness | ControllerReadiness, *, served_by: str) -> None:
@@ -118,6 +150,7 @@ class Edge:
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         body = await read_json_body(request, options.max_body_bytes)
         entry = self.resolve(body)
+        check_field_types(body)
         media = None
         if route == "chat":
             try:

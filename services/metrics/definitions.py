@@ -1,4 +1,4 @@
-"""NIM 1.x edge metric names, types and buckets (one place), plus slmserve's own router metrics."""
+"""NIM 1.x edge metric names, types and buckets (one place), plus slmserve's own edge metrics."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# Rejections a healthy system may simply not have had yet; their series start at 0 so that dashboards
+# and alert rules see 0 instead of no data (other reasons, such as image errors, appear when they occur).
+EXPECTED_REJECTIONS = ("queue_full", "rate_limited_requests", "rate_limited_tokens", "model_not_ready", "timeout",
+                       "replica_unavailable")
 
 
 class EdgeMetrics:
-    """The counters and histograms the router measures, kept in one registry on the hub."""
+    """The counters and histograms the edge measures, kept in one registry on the hub."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed", MODEL, registry=registry)
@@ -40,3 +44,11 @@ class EdgeMetrics:
                                      ("route", "status_code"), registry=registry)
         self.rejected = Counter("slmserve_rejected_requests", "Requests refused before reaching an engine",
                                 (*MODEL, "reason"), registry=registry)
+
+    def initialize(self, model_names: list[str]) -> None:
+        """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""
+        for model in model_names:
+            for counter in (self.success, self.failure, self.prompt_tokens, self.generation_tokens):
+                counter.labels(model)
+            for reason in EXPECTED_REJECTIONS:
+                self.rejected.labels(model, reason)

@@ -94,6 +94,7 @@ class MetricsHub:
         self._states_read_at = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.edge = EdgeMetrics(self.registry)
+        self.edge.initialize(self.model_names)
         self.registry.register(_EngineCollector(self))
 
     def record(self, batch: list[Record]) -> None:

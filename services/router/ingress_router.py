@@ -3,8 +3,9 @@
 Ray Serve's HAProxy asks it, once per POST and beside the stream, which engine replica takes the
 request (`POST /internal/route`), then forwards the request's bytes straight to that replica's own
 HTTP server. Tokens never pass through this process. The choice is made by the engine
-deployment's Serve request router (power of two choices on queue length by default), through a
-handle made once at start.
+deployment's Serve request router, through a handle made once at start. This is a pick without
+reservation (`_reserve=False`: the request itself goes out through HAProxy), in which Ray takes the
+first replica the policy ranks first without probing queue lengths.
 """
 
 from __future__ import annotations
