@@ -7,32 +7,18 @@ and direct (the engine replica serves HTTP). Writes a table to docs/benchmarks.m
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import psutil
-import yaml
 
-from services import runtime
-from services.settings import resolve_catalog_path
+from loadtests.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- footprint:start -->", "<!-- footprint:end -->"
 ENGINE_CORE = "VLLM::EngineCore"
-
-
-def _catalog_with(data_plane: str) -> Path:
-    catalog = yaml.safe_load(resolve_catalog_path("cpu").read_text())
-    catalog.setdefault("router", {})["data_plane"] = data_plane
-    path = Path(tempfile.mkdtemp(prefix="slmserve-footprint-")) / f"cpu-{data_plane}.yaml"
-    path.write_text(yaml.safe_dump(catalog))
-    return path
 
 
 def _platform_processes(root: psutil.Process) -> list[psutil.Process]:
@@ -45,31 +31,18 @@ def _platform_processes(root: psutil.Process) -> list[psutil.Process]:
 
 
 def measure(data_plane: str) -> dict[str, object]:
-    port = runtime.free_ports(1)[0]
-    base = f"http://127.0.0.1:{port}"
-    log = Path(tempfile.gettempdir()) / f"slmserve-footprint-{data_plane}.log"
-    env = {key: value for key, value in os.environ.items() if key not in ("SLMSERVE_API_KEYS", "RAY_ADDRESS")}
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog",
-                                str(_catalog_with(data_plane)), "--port", str(port)],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        runtime.wait_until_ready(base, 900, progress=True)
+    catalog = catalog_variant("cpu", lambda c: c.setdefault("router", {}).update(data_plane=data_plane))
+    with serving(catalog) as server:
         body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
         for _ in range(20):  # warm every path once
-            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+            httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60).raise_for_status()
         time.sleep(3)
-        processes = _platform_processes(psutil.Process(process.pid))
+        processes = _platform_processes(psutil.Process(server.process.pid))
         rss = sum(p.memory_info().rss for p in processes)
-        served_by = httpx.get(f"{base}/v1/models", timeout=10).headers["x-slmserve-served-by"]
+        served_by = httpx.get(f"{server.base_url}/v1/models", timeout=10).headers["x-slmserve-served-by"]
         names = sorted(" ".join(p.cmdline()[:1]).split("/")[-1][:60] for p in processes)
         return {"data_plane": data_plane, "served_by": served_by, "processes": len(processes),
                 "rss_mib": rss / 2**20, "names": names}
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def main() -> int:

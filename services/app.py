@@ -42,8 +42,26 @@ def haproxy_enabled() -> bool:
     return bool(constants.RAY_SERVE_ENABLE_HA_PROXY)
 
 
+# Engine replicas report their load this often (record_routing_stats); the routing policy adds what it
+# sent since the last report.
+ROUTING_STATS_PERIOD_S = 1.0
+
+
+def _request_router(entry: ModelEntry) -> dict[str, Any]:
+    if entry.routing.policy == "power-of-two":  # Ray Serve's default request router
+        return {}
+    from ray.serve.config import RequestRouterConfig
+
+    return {"request_router_config": RequestRouterConfig(
+        request_router_class="services.router.policies.AffinityRouter",
+        request_router_kwargs=entry.routing.router_kwargs(),
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+        request_routing_stats_timeout_s=ROUTING_STATS_PERIOD_S)}
+
+
 def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
-    return serve.deployment(cls).options(name=entry.deployment_name, **_serve_options(entry.deployment, entry.env))
+    return serve.deployment(cls).options(name=entry.deployment_name, **_serve_options(entry.deployment, entry.env),
+                                         **_request_router(entry))
 
 
 def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> Application:
@@ -56,7 +74,8 @@ def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> A
     if not haproxy_enabled():  # Serve's proxy actor routes to the engine replicas itself
         return engine
     router = serve.deployment(serve.ingress()(IngressRouter)).options(
-        name="IngressRouter", **_serve_options(catalog.router.deployment, {})).bind(engine)
+        name="IngressRouter", **_serve_options(catalog.router.deployment, {})).bind(engine, hub,
+                                                                                 catalog.router.session_header)
     return engine._with_ingress_request_router(router)
 
 

@@ -82,6 +82,24 @@ class DeploymentOptions(_Strict):
         return options
 
 
+class RoutingOptions(_Strict):
+    """How requests for one model pick among its engine replicas (services/router/policies.py)."""
+
+    policy: Literal["prefix-affinity", "session", "least-loaded", "power-of-two"] = Field(
+        "prefix-affinity", description="prefix-affinity: the replica that served the longest matching prompt "
+                                       "prefix (a session header pins); session: the session header pins; "
+                                       "least-loaded; power-of-two: Ray Serve's default (random in direct mode)")
+    block_chars: int = Field(256, ge=16, le=65536, description="prompt characters per hashed block")
+    index_blocks: int = Field(4096, ge=16, le=10_000_000,
+                              description="prefix-index bound per replica, in blocks (LRU beyond it)")
+    guard_imbalance: int = Field(8, ge=1, description="skip the preferred replica when it holds this many more "
+                                                      "requests than the least loaded")
+    guard_kv_usage: float = Field(0.9, gt=0, le=1, description="or when its KV-cache usage is above this")
+
+    def router_kwargs(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
 
 
@@ -96,6 +114,7 @@ class ModelEntry(_Strict):
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
     max_in_flight: int | None = Field(
         None, ge=1, description="queued + running requests a router replica lets through to this model; more get 429")
+    routing: RoutingOptions = Field(default_factory=RoutingOptions)
 
     @field_validator("name", "aliases")
     @classmethod
@@ -198,6 +217,10 @@ class RouterOptions(_Strict):
         "auto", description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "
                             "(one model per catalog); routed: a router replica dispatches by `model` "
                             "to each model's engine deployment; auto: direct for one model, else routed")
+    session_header: str = Field(
+        "X-Session-Id", pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description="request header that names a conversation for session affinity (one name per cluster: "
+                    "Ray Serve's HAProxy forwards one)")
     request_timeout_s: float = Field(600, gt=0, description="deadline of a request; the engine aborts it after")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)

@@ -52,6 +52,15 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
+def routing_environment(catalog: Catalog) -> dict[str, str]:
+    """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): the
+    session header's name, and whether to send request bodies to the IngressRouter (prefix
+    affinity needs them; other policies route without and save HAProxy the buffering)."""
+    needs_body = catalog.data_plane == "direct" and catalog.models[0].routing.policy == "prefix-affinity"
+    return {"RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
+            "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0"}
+
+
 def ingress_environment(settings: Settings) -> dict[str, str]:
     """Ray Serve's ingress mode for a local Ray. With HAProxy, HAProxy listens on host:port and
     forwards each request straight to a router replica's own HTTP server, so a streamed token
@@ -95,7 +104,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
     if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
-        os.environ.update(ingress_environment(settings))
+        os.environ.update(ingress_environment(settings) | routing_environment(catalog))
 
     import ray
     from ray import serve

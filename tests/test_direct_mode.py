@@ -8,11 +8,6 @@ instances on one machine must never answer for each other, before or after both 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from services import runtime
+from loadtests.serving import serving
 from tests.conftest import AUTH, READY_TIMEOUT_S, fresh_start_burst
 
 MODEL = "smollm2-135m-instruct"
@@ -68,30 +63,18 @@ def _send_early(base_url: str, into: dict) -> None:
 
 @pytest.fixture(scope="module")
 def direct_server(live_server) -> Iterator[DirectServer]:
-    port = runtime.free_ports(1)[0]
-    base_url = f"http://127.0.0.1:{port}"
-    log = Path(tempfile.mkdtemp(prefix="slmserve-direct-")) / "serve.log"
-    env = {**os.environ, "SLMSERVE_API_KEYS": f"direct:{DIRECT_KEY}", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", "cpu", "--port", str(port)],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     early: dict = {}
-    early_thread = threading.Thread(target=_send_early, args=(base_url, early), daemon=True)
-    early_thread.start()
-    try:
-        runtime.wait_until_ready(base_url, READY_TIMEOUT_S)
-        burst = fresh_start_burst(base_url, DIRECT_AUTH, MODEL)
-        early_thread.join(60)
-        yield DirectServer(base_url, log, early, burst)
-    except Exception:
-        print(log.read_text()[-5000:])
-        raise
-    finally:
-        process.send_signal(signal.SIGINT)  # `slmserve serve` stops Serve and Ray on Ctrl-C
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+    threads: list[threading.Thread] = []
+
+    def send_early(base_url: str) -> None:
+        threads.append(threading.Thread(target=_send_early, args=(base_url, early), daemon=True))
+        threads[0].start()
+
+    keys = f"direct:{DIRECT_KEY}"
+    with serving("cpu", api_keys=keys, ready_timeout_s=READY_TIMEOUT_S, on_start=send_early) as server:
+        burst = fresh_start_burst(server.base_url, DIRECT_AUTH, MODEL)
+        threads[0].join(60)
+        yield DirectServer(server.base_url, server.log, early, burst)
 
 
 def test_the_engine_replica_answers_http_itself(direct_server):

@@ -139,6 +139,10 @@ def test_engine_gauges_and_vllm_series(live_server):
     vllm_success = families["vllm:request_success"]
     assert vllm_success.samples and all("replica" in s.labels for s in vllm_success.samples)
     assert value(families, "vllm:request_success_total", model_name=MODEL) >= 6
+    from services.metrics.definitions import VLLM_SERIES_ON_DASHBOARD
+
+    exposed = {sample.name for family in families.values() for sample in family.samples}
+    assert VLLM_SERIES_ON_DASHBOARD <= exposed, VLLM_SERIES_ON_DASHBOARD - exposed
 
 
 def test_kv_cache_gauge_moves_under_load(live_server):

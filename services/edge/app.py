@@ -182,5 +182,5 @@ def build_app(edge: Edge) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    app.add_middleware(EdgeMiddleware, served_by=edge.served_by)
+    app.add_middleware(EdgeMiddleware, served_by=edge.served_by, replica=edge.replica)
     return app

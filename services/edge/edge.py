@@ -101,12 +101,13 @@ def check_field_types(body: dict[str, Any]) -> None:
 
 class Edge:
     def __init__(self, catalog: Catalog, engines: dict[str, Engine], records: RecordBuffer,
-                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str) -> None:
+                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str, replica: str | None = None) -> None:
         self.catalog = catalog
         self.engines = engines  # model name -> engine; a direct-mode edge holds its own model only
         self.records = records
         self.readiness = readiness
         self.served_by = served_by  # "engine" or "router": the X-Slmserve-Served-By response header
+        self.replica = replica  # the engine replica's id in direct mode: X-Slmserve-Replica
         self.created = int(time.time())
         settings = Settings()
         policy = catalog.media.model_copy(update={
@@ -167,7 +168,8 @@ class Edge:
         streaming = False
         try:
             request_id = _request_id(request)
-            stream = self.engines[entry.name].open(route, body, request_id)
+            session_id = request.headers.get(self.catalog.router.session_header) or None
+            stream = self.engines[entry.name].open(route, body, request_id, session_id)
             try:
                 async with asyncio.timeout_at(deadline):
                     head = await stream.head()

@@ -16,6 +16,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from services.engine.protocol import Head, Outcome
+from services.router.policies import MAX_SESSION_ID_CHARS
 
 # What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
 # engine code, which is a bug to surface, not an outage).
@@ -29,7 +30,7 @@ class EngineStream(Protocol):
 
 
 class Engine(Protocol):
-    def open(self, route: str, body: dict[str, Any], request_id: str) -> EngineStream: ...
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> EngineStream: ...
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
 
@@ -62,8 +63,8 @@ class LocalEngine:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def open(self, route: str, body: dict[str, Any], request_id: str) -> LocalStream:
-        return LocalStream(self.engine.stream(route, body, request_id))
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> LocalStream:
+        return LocalStream(self.engine.stream(route, body, request_id))  # the replica was chosen already
 
     def ready(self) -> bool:
         return True  # an engine replica only answers HTTP once its engine has loaded
@@ -100,8 +101,11 @@ class RemoteEngine:
         self.handle = handle.options(stream=True)  # initialises the handle's router now, once
         self._unary = handle
 
-    def open(self, route: str, body: dict[str, Any], request_id: str) -> RemoteStream:
-        return RemoteStream(self.handle.generate.remote(route, body, request_id))
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> RemoteStream:
+        # The engine deployment's request router (services/router/policies.py) sees `body` and the
+        # session id when it picks the replica.
+        handle = self.handle.options(session_id=session_id[:MAX_SESSION_ID_CHARS]) if session_id else self.handle
+        return RemoteStream(handle.generate.remote(route, body, request_id))
 
     def ready(self) -> bool:
         return self.handle.running_replicas_populated()

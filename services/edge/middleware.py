@@ -1,7 +1,8 @@
 """The edge middleware, as plain ASGI: Starlette's BaseHTTPMiddleware puts an extra task and memory
 stream between every streamed chunk and the socket; this passes messages straight through. It
 checks API keys, counts requests by route template and status, and names the kind of process that
-answered in `X-Slmserve-Served-By` (`engine` in direct mode, `router` in routed mode)."""
+answered in `X-Slmserve-Served-By` (`engine` in direct mode, `router` in routed mode) and, in direct
+mode, the engine replica in `X-Slmserve-Replica`."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ def needs_key(path: str) -> bool:
 
 
 class EdgeMiddleware:
-    def __init__(self, app: Any, served_by: str) -> None:
+    def __init__(self, app: Any, served_by: str, replica: str | None = None) -> None:
         self.app = app
-        self.served_by = (b"x-slmserve-served-by", served_by.encode())
+        self.identity = [(b"x-slmserve-served-by", served_by.encode())]
+        if replica:  # direct mode: which engine replica answered (routing can be seen from outside)
+            self.identity.append((b"x-slmserve-replica", replica.encode()))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -32,7 +35,7 @@ class EdgeMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), self.served_by]
+                message["headers"] = [*message.get("headers", []), *self.identity]
             await send(message)
 
         try:

@@ -36,8 +36,9 @@ from services.engine import vllm_compat
 from services.engine.protocol import Head, Outcome, StreamItem
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
-from services.metrics.hub import EngineSnapshot
+from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.records import RecordBuffer
+from services.router.policies import routing_stats
 from services.streaming import SSE_DONE, coalesce
 
 logger = logging.getLogger("slmserve.engine")
@@ -81,6 +82,7 @@ class EngineDeployment:
             "chat": vllm_compat.ChatCompletionRequest,
             "completions": vllm_compat.CompletionRequest,
         }
+        self.kv_usage = 0.0  # refreshed with every metrics snapshot
         self.load_seconds = time.monotonic() - started
         logger.info("engine for %s ready in %.1fs", self.entry.name, self.load_seconds)
         if metrics_hub is not None:
@@ -174,9 +176,10 @@ class EngineDeployment:
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
             families = await asyncio.to_thread(_vllm_families)
+            snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families)
+            self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
             try:
-                await self.metrics_hub.update_engine.remote(
-                    EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families))
+                await self.metrics_hub.update_engine.remote(snapshot)
             except Exception:
                 logger.warning("metrics hub unreachable", exc_info=True)
             await asyncio.sleep(SNAPSHOT_PERIOD_S)
@@ -189,6 +192,10 @@ class EngineDeployment:
 
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve asks about once a second (services/app.py); the routing policy reads it."""
+        return routing_stats(self.stack.num_unfinished_requests(), self.kv_usage)
 
     async def info(self) -> dict[str, Any]:
         return {
@@ -218,5 +225,5 @@ class DirectEngine(EngineDeployment):
 
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(self.catalog, {self.entry.name: LocalEngine(self)}, RecordBuffer(self.metrics_hub),
-                    SelfReadiness(), served_by="engine")
+                    SelfReadiness(), served_by="engine", replica=serve.get_replica_context().replica_id.unique_id)
         return build_app(edge)

@@ -10,6 +10,9 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+# vLLM's own series the dashboard reads, passed through by the hub with a `replica` label.
+VLLM_SERIES_ON_DASHBOARD = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting",
+                                      "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"})
 # Rejections a healthy system may simply not have had yet; their series start at 0 so that dashboards
 # and alert rules see 0 instead of no data (other reasons, such as image errors, appear when they occur).
 EXPECTED_REJECTIONS = ("queue_full", "rate_limited_requests", "rate_limited_tokens", "model_not_ready", "timeout",
@@ -44,6 +47,9 @@ class EdgeMetrics:
                                      ("route", "status_code"), registry=registry)
         self.rejected = Counter("slmserve_rejected_requests", "Requests refused before reaching an engine",
                                 (*MODEL, "reason"), registry=registry)
+        self.routing = Counter("slmserve_routing_decisions", "Engine replica choices by policy and reason "
+                               "(prefix_hit, session, load_guard, fallback, least_loaded, single_replica)",
+                               (*MODEL, "policy", "reason"), registry=registry)
 
     def initialize(self, model_names: list[str]) -> None:
         """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""

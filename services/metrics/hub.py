@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from services.metrics.definitions import EdgeMetrics
-from services.metrics.records import CompletionRecord, HTTPRecord, Record, RejectionRecord
+from services.metrics.records import CompletionRecord, HTTPRecord, Record, RejectionRecord, RoutingRecord
 from services.serve_status import DeploymentState, read_deployment_states
 
 SNAPSHOT_STALE_S = 5.0  # an engine replica that stopped reporting this long ago is gone
@@ -89,6 +89,7 @@ class MetricsHub:
         self.app_name = app_name
         self.deployments = deployments  # model name -> engine deployment name
         self.model_names = list(deployments)
+        self.model_of = {deployment: model for model, deployment in deployments.items()}
         self.snapshots: dict[str, EngineSnapshot] = {}
         self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
@@ -106,6 +107,9 @@ class MetricsHub:
                 edge.rejected.labels(record.model_name, record.reason).inc()
             elif isinstance(record, CompletionRecord):
                 self._record_completion(record)
+            elif isinstance(record, RoutingRecord):
+                model = self.model_of.get(record.deployment, record.deployment)
+                edge.routing.labels(model, record.policy, record.reason).inc(record.count)
 
     def _record_completion(self, record: CompletionRecord) -> None:
         edge, model = self.edge, record.model_name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,26 +46,45 @@ class RejectionRecord:
     reason: str
 
 
-Record = HTTPRecord | CompletionRecord | RejectionRecord
+@dataclass(slots=True)
+class RoutingRecord:
+    """Replica choices of one kind since the last flush (services/router/policies.py)."""
+
+    deployment: str
+    policy: str
+    reason: str
+    count: int
+
+
+Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord
 
 
 class RecordBuffer:
-    """Per-replica buffer; a background task flushes it to the hub every `period_s`."""
+    """Per-replica buffer; a background task flushes it to the hub every `period_s`. `collectors`
+    are called at each flush for records kept elsewhere in the process (routing decisions)."""
 
-    def __init__(self, hub: Any, period_s: float = 0.5) -> None:
+    def __init__(self, hub: Any, period_s: float = 0.5,
+                 collectors: tuple[Callable[[], list[Record]], ...] = ()) -> None:
         self.hub = hub
         self.period_s = period_s
+        self.collectors = collectors
         self._records: list[Record] = []
         self._task: asyncio.Task | None = None
         self._lock = asyncio.Lock()
 
-    def add(self, record: Record) -> None:
-        self._records.append(record)
+    def start(self) -> None:
+        """Start flushing (lazily: the replica's event loop only exists once requests arrive)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush_forever())
 
+    def add(self, record: Record) -> None:
+        self._records.append(record)
+        self.start()
+
     async def flush(self) -> None:
         async with self._lock:
+            for collect in self.collectors:
+                self._records.extend(collect())
             if not self._records:
                 return
             batch, self._records = self._records, []

@@ -20,6 +20,7 @@ from services.edge.edge import Edge
 from services.edge.engines import Engine, RemoteEngine
 from services.edge.readiness import ControllerReadiness
 from services.metrics.records import RecordBuffer
+from services.router import decisions
 
 
 class Router:
@@ -31,7 +32,8 @@ class Router:
         handles: dict[str, Engine] = {entry.name: RemoteEngine(handle)
                                       for entry, handle in zip(parsed.models, engines, strict=True)}
         readiness = ControllerReadiness(app_name, [entry.deployment_name for entry in parsed.models])
-        self.edge = Edge(parsed, handles, RecordBuffer(metrics_hub), readiness, served_by="router")
+        records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
+        self.edge = Edge(parsed, handles, records, readiness, served_by="router")
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.edge)

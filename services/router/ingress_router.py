@@ -2,20 +2,31 @@
 
 Ray Serve's HAProxy asks it, once per POST and beside the stream, which engine replica takes the
 request (`POST /internal/route`), then forwards the request's bytes straight to that replica's own
-HTTP server. Tokens never pass through this process. The choice is made by the engine
-deployment's Serve request router, through a handle made once at start. This is a pick without
-reservation (`_reserve=False`: the request itself goes out through HAProxy), in which Ray takes the
-first replica the policy ranks first without probing queue lengths.
+HTTP server. Tokens never pass through this process. The choice is the engine deployment's request
+router (services/router/policies.py, from the catalog's `routing:`), through a handle made once at
+start. It is a pick without reservation (`_reserve=False`: the request itself goes out through
+HAProxy), in which Ray takes the replica the policy ranks first without probing queue lengths; the
+policy's own load accounting stands in for that.
+
+HAProxy sends the request body along when the policy needs it (prefix-affinity; see
+services/runtime.py and the chart for `RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY`), and the
+session header under the name Ray Serve is told (`RAY_SERVE_SESSION_ID_HEADER_KEY`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
+
+from services.metrics.records import RecordBuffer
+from services.router import decisions
+from services.router.policies import MAX_SESSION_ID_CHARS
 
 logger = logging.getLogger("slmserve.router")
 # HAProxy waits this long for the route (RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_TIMEOUT_S, 5 s);
@@ -23,16 +34,31 @@ logger = logging.getLogger("slmserve.router")
 CHOOSE_TIMEOUT_S = 4.0
 
 
+def routing_body(raw: bytes) -> dict[str, Any] | None:
+    """The forwarded OpenAI body, or None (not forwarded, truncated, not JSON, hostile nesting)."""
+    if not raw:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 class IngressRouter:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
-    def __init__(self, engine: DeploymentHandle) -> None:
+    def __init__(self, engine: DeploymentHandle, metrics_hub: DeploymentHandle, session_header: str) -> None:
         self.engine = engine
         self.engine._init()  # the handle's request router starts now, not on the first request
+        self.session_header = session_header.lower()
+        self.records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
 
-    async def choose(self) -> dict[str, object]:
-        """`{"host", "port", "replica_id"}` of the replica that should take the next request."""
-        async with asyncio.timeout(CHOOSE_TIMEOUT_S), self.engine.choose_replica(_reserve=False) as selection:
+    async def choose(self, body: dict[str, Any] | None, session_id: str | None) -> dict[str, object]:
+        """`{"host", "port", "replica_id"}` of the replica that should take this request."""
+        handle = self.engine.options(session_id=session_id[:MAX_SESSION_ID_CHARS]) if session_id else self.engine
+        arguments = (body,) if body is not None else ()
+        async with asyncio.timeout(CHOOSE_TIMEOUT_S), handle.choose_replica(*arguments, _reserve=False) as selection:
             replica = selection._replica
             endpoint = replica.backend_http_endpoint
             if endpoint is None:
@@ -44,9 +70,11 @@ class IngressRouter:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
         @app.post("/internal/route")
-        async def route() -> JSONResponse:
+        async def route(request: Request) -> JSONResponse:
+            self.records.start()
+            body = routing_body(await request.body())
             try:
-                return JSONResponse(await self.choose())
+                return JSONResponse(await self.choose(body, request.headers.get(self.session_header)))
             except (TimeoutError, RuntimeError) as error:  # HAProxy answers any non-200 with a 503
                 logger.warning("no engine replica to route to: %s", error)
                 return JSONResponse({"detail": str(error) or "no engine replica available"}, status_code=503)

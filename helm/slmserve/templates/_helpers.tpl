@@ -57,12 +57,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $catalog -}}
 {{- end -}}
 
-{{/* Environment shared by head and workers. */}}
+{{/* Environment shared by head and workers. Ray Serve's HAProxy reads the session header's name
+and whether to send request bodies to the IngressRouter (a direct-mode model routed by prefix
+affinity needs them), as services/runtime.py routing_environment sets them for local runs. */}}
 {{- define "slmserve.env" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- $router := get $catalog "router" | default dict -}}
+{{- $models := get $catalog "models" | default list -}}
+{{- $plane := get $router "data_plane" | default "auto" -}}
+{{- $direct := or (eq $plane "direct") (and (eq $plane "auto") (eq (len $models) 1)) -}}
+{{- $policy := "prefix-affinity" -}}
+{{- if $models -}}
+{{- $policy = get (get (first $models) "routing" | default dict) "policy" | default "prefix-affinity" -}}
+{{- end -}}
 - name: SLMSERVE_CACHE_DIR
   value: {{ .Values.serve.cacheDir | quote }}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ ternary "1" "0" (eq .Values.serve.ingress "haproxy") | quote }}
+- name: RAY_SERVE_SESSION_ID_HEADER_KEY
+  value: {{ get $router "session_header" | default "X-Session-Id" | lower | quote }}
+- name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
+  value: {{ ternary "1" "0" (and $direct (eq $policy "prefix-affinity")) | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS

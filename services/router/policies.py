@@ -1,0 +1,237 @@
+"""Replica choice for an engine deployment: prefix affinity, session affinity, least loaded, with a
+load guard. A Ray Serve request router (`ray.serve.request_router.RequestRouter`), so it drives both
+the direct-mode IngressRouter's pick and the routed-mode Router's handle calls.
+
+- Load is what each engine replica reports (`record_routing_stats`: requests it holds, KV-cache
+  usage, refreshed about once a second) plus what this router sent it since that report. Serve's
+  own queue-length cache cannot be used: in direct mode responses bypass this process.
+- prefix-affinity: the prompt (chat messages as role and text, or the completion prompt) is cut
+  into blocks of `block_chars` characters with chained hashes; a replica's index holds the block
+  hashes of prompts it was sent recently (LRU, at most `index_blocks` per replica). The replica
+  with the longest run of leading matching blocks wins, unless the load guard trips. Where no
+  prefix matches, a session header picks the replica as in `session`, else the least loaded.
+- session: rendezvous hashing of the session id over the replicas, unguarded, so a conversation
+  stays on one replica and only the sessions of a replica that went away move.
+- least-loaded: the lowest load; ties broken at random.
+- The load guard: the preferred replica is skipped when its KV cache is above `guard_kv_usage`
+  (for the least loaded replica below it, if any), or when it holds `guard_imbalance` more
+  requests than the least loaded other replica (for that one).
+
+No call leaves this process on the routing path: the index and the loads are local state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from services.router import decisions
+
+MAX_SESSION_ID_CHARS = 256  # longer ids are cut: a hostile header costs nothing more
+
+
+@dataclass
+class RoutingKnobs:
+    policy: str = "prefix-affinity"
+    block_chars: int = 256
+    index_blocks: int = 4096
+    guard_imbalance: int = 8
+    guard_kv_usage: float = 0.9
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """What the engine will see first, as text: the chat messages (role and text parts) or the prompt."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        parts = []
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if isinstance(content, list):
+                content = "".join(part.get("text", "") for part in content
+                                  if isinstance(part, dict) and isinstance(part.get("text"), str))
+            parts.append(f"<{message.get('role')}>{content if isinstance(content, str) else ''}")
+        return "".join(parts)
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def block_hashes(text: str, block_chars: int) -> list[int]:
+    """Chained hashes of the complete leading blocks: block i's hash covers blocks 0..i."""
+    hashes, previous = [], b""
+    for start in range(0, len(text) - block_chars + 1, block_chars):
+        previous = hashlib.blake2b(previous + text[start:start + block_chars].encode(), digest_size=8).digest()
+        hashes.append(int.from_bytes(previous, "little"))
+    return hashes
+
+
+def rendezvous(session_id: str, replicas: Sequence[Any]) -> Any:
+    def weight(replica: Any) -> bytes:
+        name = getattr(replica.replica_id, "unique_id", replica.replica_id)  # stable across router restarts
+        return hashlib.blake2b(f"{session_id}|{name}".encode(), digest_size=8).digest()
+
+    return max(replicas, key=weight)
+
+
+class PrefixIndex:
+    """Per replica, the block hashes of prompts sent there recently; bounded, LRU."""
+
+    def __init__(self, blocks_per_replica: int) -> None:
+        self.cap = blocks_per_replica
+        self.blocks: dict[Any, OrderedDict[int, None]] = {}
+
+    def matched(self, replica_id: Any, hashes: list[int]) -> int:
+        index = self.blocks.get(replica_id)
+        if not index:
+            return 0
+        count = 0
+        for block in hashes:  # chained hashes: the first miss ends the common prefix
+            if block not in index:
+                break
+            count += 1
+        return count
+
+    def add(self, replica_id: Any, hashes: list[int]) -> None:
+        index = self.blocks.setdefault(replica_id, OrderedDict())
+        for block in hashes:
+            index[block] = None
+            index.move_to_end(block)
+        while len(index) > self.cap:
+            index.popitem(last=False)
+
+    def keep_only(self, replica_ids: set[Any]) -> None:
+        for replica_id in set(self.blocks) - replica_ids:
+            del self.blocks[replica_id]
+
+    @property
+    def size(self) -> int:
+        return sum(len(index) for index in self.blocks.values())
+
+
+def _request_body(pending: PendingRequest | None) -> dict[str, Any] | None:
+    """The OpenAI body among the request's arguments: the IngressRouter passes it alone, the
+    routed-mode Router's `generate(route, body, request_id)` call second."""
+    if pending is None:
+        return None
+    for argument in pending.args:
+        if isinstance(argument, dict) and ("messages" in argument or "prompt" in argument):
+            return argument
+    return None
+
+
+class Replica(Protocol):
+    """What the chooser reads of a replica (Ray's RunningReplica has both)."""
+
+    @property
+    def replica_id(self) -> Any: ...
+    @property
+    def routing_stats(self) -> dict[str, Any]: ...
+
+
+class ReplicaChooser:
+    """The policy itself, free of Ray: local state only, so it is tested directly."""
+
+    def __init__(self, knobs: RoutingKnobs) -> None:
+        self.knobs = knobs
+        self.index = PrefixIndex(knobs.index_blocks)
+        self.sent_since_report: Counter[Any] = Counter()
+        self.report_times: dict[Any, float] = {}
+
+    def forget_all_but(self, alive: set[Any]) -> None:
+        """Replicas that went away leave the index and the load book."""
+        self.index.keep_only(alive)
+        for gone in set(self.sent_since_report) - alive:
+            del self.sent_since_report[gone]
+        for gone in set(self.report_times) - alive:
+            del self.report_times[gone]
+
+    def load(self, replica: Replica) -> tuple[int, float]:
+        """(requests held, KV-cache usage) as last reported plus what was sent since the report."""
+        stats = replica.routing_stats or {}
+        reported_at = float(stats.get("at", 0.0))
+        if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what we sent
+            self.report_times[replica.replica_id] = reported_at
+            self.sent_since_report[replica.replica_id] = 0
+        return (int(stats.get("ongoing", 0)) + self.sent_since_report[replica.replica_id],
+                float(stats.get("kv_usage", 0.0)))
+
+    def _least_loaded(self, replicas: Sequence[Replica]) -> Replica:
+        loads = [self.load(replica)[0] for replica in replicas]
+        lowest = min(loads)
+        return random.choice([replica for replica, load in zip(replicas, loads, strict=True) if load == lowest])
+
+    def _guarded(self, preferred: Replica, replicas: Sequence[Replica], reason: str) -> tuple[Replica, str]:
+        held, kv_usage = self.load(preferred)
+        others = [replica for replica in replicas if replica is not preferred]
+        if kv_usage > self.knobs.guard_kv_usage:  # its cache is nearly full: a replica with room, if any
+            roomy = [replica for replica in others if self.load(replica)[1] <= self.knobs.guard_kv_usage]
+            if roomy:
+                return self._least_loaded(roomy), "load_guard"
+        least = self._least_loaded(others)
+        if held - self.load(least)[0] >= self.knobs.guard_imbalance:
+            return least, "load_guard"
+        return preferred, reason
+
+    def choose(self, replicas: Sequence[Replica], body: dict[str, Any] | None,
+               session_id: str | None) -> tuple[Replica, str]:
+        """The replica for one request, and why (the routing-decision metric's `reason`); books the
+        request on it."""
+        chosen, reason = self._pick(replicas, body, session_id)
+        self.sent_since_report[chosen.replica_id] += 1
+        if body is not None and self.knobs.policy == "prefix-affinity":
+            self.index.add(chosen.replica_id, block_hashes(prompt_text(body), self.knobs.block_chars))
+        return chosen, reason
+
+    def _pick(self, replicas: Sequence[Replica], body: dict[str, Any] | None,
+              session_id: str | None) -> tuple[Replica, str]:
+        if len(replicas) == 1:
+            return replicas[0], "single_replica"
+        policy = self.knobs.policy
+        session_id = session_id[:MAX_SESSION_ID_CHARS] if session_id else None
+        if policy == "session" and session_id:  # a pin, unguarded: every turn on one replica
+            return rendezvous(session_id, replicas), "session"
+        if policy == "prefix-affinity" and body is not None:
+            hashes = block_hashes(prompt_text(body), self.knobs.block_chars)
+            matched = [self.index.matched(replica.replica_id, hashes) for replica in replicas]
+            best = max(matched, default=0)
+            if best > 0:
+                tied = [replica for replica, count in zip(replicas, matched, strict=True) if count == best]
+                return self._guarded(self._least_loaded(tied), replicas, "prefix_hit")
+            if session_id:  # nothing cached yet: the session's replica, so its later turns meet there
+                return self._guarded(rendezvous(session_id, replicas), replicas, "session")
+        return self._least_loaded(replicas), "least_loaded" if policy == "least-loaded" else "fallback"
+
+
+class AffinityRouter(RequestRouter):
+    """Ray Serve's request-router interface over `ReplicaChooser`; configured per engine deployment
+    from the catalog's `routing:` block (services/app.py)."""
+
+    def initialize_state(self, **kwargs: Any) -> None:
+        self.chooser = ReplicaChooser(RoutingKnobs(**kwargs))
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        self.chooser.forget_all_but({replica.replica_id for replica in replicas})
+
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
+                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        session_id = getattr(pending_request.metadata, "session_id", None) if pending_request else None
+        chosen, reason = self.chooser.choose(candidate_replicas, _request_body(pending_request), session_id or None)
+        decisions.count(self._deployment_id.name, self.chooser.knobs.policy, reason)
+        rest = [replica for replica in candidate_replicas if replica is not chosen]
+        return [[chosen], rest] if rest else [[chosen]]  # type: ignore[list-item]
+
+
+def routing_stats(ongoing: int, kv_usage: float) -> dict[str, Any]:
+    """What an engine replica reports for `ReplicaChooser.load` (its `record_routing_stats`)."""
+    return {"ongoing": ongoing, "kv_usage": kv_usage, "at": time.time()}

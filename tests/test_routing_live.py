@@ -1,0 +1,107 @@
+"""Replica routing across two real engine replicas of the embedded model (direct mode, prefix
+affinity, the catalog's defaults), driven over HTTP as a chat client would (issue 17). The replica
+that answered is read from `X-Slmserve-Replica`; cache hits from the engines' own vLLM counters."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from loadtests.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
+from loadtests.serving import ServerProcess, catalog_variant, serving
+
+pytestmark = pytest.mark.live
+MODEL = "smollm2-135m-instruct"
+
+
+def two_replicas(catalog: dict) -> None:
+    entry = catalog["models"][0]
+    entry["deployment"]["num_replicas"] = 2
+    entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # one core each
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with serving(catalog_variant("cpu", two_replicas)) as running:
+        yield running
+
+
+def _metrics(server: ServerProcess) -> str:
+    return httpx.get(f"{server.base_url}/metrics", timeout=30).text
+
+
+def _decisions(server: ServerProcess) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for family in text_string_to_metric_families(_metrics(server)):
+        for sample in family.samples:
+            if sample.name == "slmserve_routing_decisions_total" and sample.labels["model_name"] == MODEL:
+                counts[sample.labels["reason"]] += int(sample.value)
+    return counts
+
+
+def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
+    before, decided = prefix_cache_counts(_metrics(server)), _decisions(server)
+    turns, _ = asyncio.run(run_conversations(server.base_url, MODEL, conversations=6, turns=3, system_words=600,
+                                             max_tokens=8, concurrency=2))
+    assert [turn.status for turn in turns] == [200] * 18
+    homes = {conversation: {t.replica for t in turns if t.conversation == conversation} for conversation in range(6)}
+    assert all(len(replicas) == 1 for replicas in homes.values()), homes
+    assert len(set().union(*homes.values())) == 2  # new conversations spread over both replicas
+    rate = hit_rate(before, prefix_cache_counts(_metrics(server)))
+    assert rate >= 0.5, rate  # the first turn of each conversation cannot hit: about 0.63 at most here
+    assert _decisions(server)["prefix_hit"] - decided["prefix_hit"] >= 12  # turns 2 and 3
+
+
+def test_a_session_header_picks_the_replica_a_new_conversation_starts_on(server):
+    def replica_for(session: str, question: str) -> str:
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, headers={"X-Session-Id": session},
+                              json={"model": MODEL, "max_tokens": 2,
+                                    "messages": [{"role": "user", "content": f"{question} " * 150}]})
+        assert response.status_code == 200
+        return response.headers["x-slmserve-replica"]
+
+    # Prompts that share no prefix with anything sent before: the session alone decides.
+    homes = {session: replica_for(session, f"first question of {session}") for session in ("s1", "s2", "s3", "s4")}
+    assert all(replica_for(session, f"an unrelated question for {session}") == home for session, home in homes.items())
+
+
+def test_new_work_goes_to_the_idle_peer_of_a_saturated_replica(server):
+    long_body = {"model": MODEL, "max_tokens": 400, "ignore_eos": True, "stream": True,
+                 "messages": [{"role": "system", "content": system_prompt(99, 300)},
+                              {"role": "user", "content": "Tell a long story."}]}
+
+    def long_stream(_: int) -> str | None:
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=long_body, timeout=300) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    return response.headers.get("x-slmserve-replica")  # leave once the stream runs
+        return None
+
+    before = _decisions(server)
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        streams = list(pool.map(long_stream, range(10)))
+    held = Counter(streams)
+    assert sum(held.values()) == 10 and len(held) == 2, held  # the load guard split the prefix's streams
+    assert max(held.values()) >= 8
+    assert _decisions(server)["load_guard"] > before["load_guard"]
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-Session-Id": ""}, {"X-Session-Id": "s" * 8000}])
+@pytest.mark.parametrize(("route", "body", "statuses"), [
+    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, {200}),
+    ("completions", {"prompt": "", "max_tokens": 2}, {200, 400}),  # vLLM's answer, whatever routing did
+    ("chat/completions", {"messages": [], "max_tokens": 2}, {200, 400}),
+    ("chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, {400}),
+])
+def test_odd_routing_input_gets_the_usual_answer(server, headers, route, body, statuses):
+    """Bad or missing routing input is a clean fallback: the answer is what the request itself earns."""
+    response = httpx.post(f"{server.base_url}/v1/{route}", json={"model": MODEL, **body}, headers=headers, timeout=60)
+    assert response.status_code in statuses, response.text
+    assert response.headers["x-slmserve-served-by"] == "engine"
