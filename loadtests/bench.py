@@ -28,13 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from loadtests.report import plot, ratios_table, results_table
+from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
-MARK_START, MARK_END = "<!-- cpu-bench:start -->", "<!-- cpu-bench:end -->"
 
 
 def _engine_args(catalog) -> dict:
@@ -95,8 +94,7 @@ def write_report(results, levels, args, versions: dict, started: str) -> None:
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
     plot(results, levels, SYSTEMS, docs / "benchmark_cpu.png")
-    section = f"""{MARK_START}
-## CPU: slmserve vs bare vLLM vs Ray Serve LLM
+    section = f"""## CPU: slmserve vs bare vLLM vs Ray Serve LLM
 
 Run {started} on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.items())}.
@@ -113,17 +111,10 @@ streaming, both behind Ray Serve's HAProxy. Reproduce: `make bench` (or
 Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slmserve):
 
 {ratios_table(results, levels, SYSTEMS)}
-![throughput and TTFT](benchmark_cpu.png)
-{MARK_END}"""
-    path = docs / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    if MARK_START in text:
-        before, _, rest = text.partition(MARK_START)
-        text = before + section + rest.partition(MARK_END)[2]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-    print(f"[bench] wrote {path} and docs/benchmark_cpu.png")
+![throughput, TTFT and ITL p95](benchmark_cpu.png)
+"""
+    write_section(docs / "benchmarks.md", "cpu-bench", section)
+    print("[bench] wrote docs/benchmarks.md and docs/benchmark_cpu.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from loadtests.report import write_section
 from loadtests.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK_START, MARK_END = "<!-- footprint:start -->", "<!-- footprint:end -->"
 ENGINE_CORE = "VLLM::EngineCore"
 
 
@@ -56,22 +56,14 @@ def main() -> int:
     print(table)
     for row in rows:
         print(row["data_plane"], row["names"])
-    section = f"""{MARK_START}
-## Platform footprint: routed vs direct
+    section = f"""## Platform footprint: routed vs direct
 
 The cpu catalog (one model) served both ways on this machine, after 20 streamed requests; every
 process of the serving tree (Ray's daemons and workers, HAProxy, Serve's replicas) except vLLM's
 engine core, which is the same in both. Reproduce: `.venv/bin/python -m loadtests.footprint`.
 
-{table}{MARK_END}"""
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if MARK_START in text:
-        before, _, rest = text.partition(MARK_START)
-        text = before + section + rest.partition(MARK_END)[2]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+{table}"""
+    write_section(ROOT / "docs" / "benchmarks.md", "footprint", section)
     return 0
 
 

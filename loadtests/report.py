@@ -9,6 +9,20 @@ from loadtests.workload import LevelResult, percentile
 Results = dict[tuple[str, int], LevelResult]
 
 
+def write_section(path: Path, name: str, body: str) -> None:
+    """Put `body` between the `<!-- NAME:start -->` and `<!-- NAME:end -->` markers of `path` (the
+    section is appended, with its markers, where they are missing); the rest of the file stays."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    if start in text:
+        before, _, rest = text.partition(start)
+        text = before + section + rest.partition(end)[2]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
 def results_table(results: Results, levels: list[int], systems: tuple[str, ...]) -> str:
     head = ("| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
             "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n")

@@ -16,12 +16,12 @@ from pathlib import Path
 import httpx
 
 from loadtests.conversations import hit_rate, prefix_cache_counts, run_conversations
+from loadtests.report import write_section
 from loadtests.serving import catalog_variant, serving
 from loadtests.workload import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-MARK_START, MARK_END = "<!-- routing-bench:start -->", "<!-- routing-bench:end -->"
 KV_PER_REPLICA = 512 * 2**20  # about 11,000 float32 tokens of SmolLM2: less than all conversations need
 SINGLE = "one replica, cache for all"
 
@@ -100,8 +100,7 @@ def write_report(rows: list[dict], args: argparse.Namespace, started: str) -> No
         if (single := by.get(SINGLE)) is not None:
             ratios += f"; hit rate {affinity['hit_rate'] / single['hit_rate']:.2f}x one replica's"
         ratios += ".\n"
-    section = f"""{MARK_START}
-## CPU: replica routing on a multi-turn workload
+    section = f"""## CPU: replica routing on a multi-turn workload
 
 Run {started}. Two replicas of SmolLM2-135M-Instruct (float32, one core each, a KV cache of
 {KV_PER_REPLICA // 2**20} MiB each, about 11,000 tokens), direct mode; {args.conversations} conversations,
@@ -114,17 +113,10 @@ is made without probing queue lengths). Reproduce: `.venv/bin/python -m loadtest
 
 {table}{ratios}
 ![routing](routing_cpu.png)
-{MARK_END}"""
-    path = ROOT / "docs" / "benchmarks.md"
-    text = path.read_text()
-    if MARK_START in text:
-        before, _, rest = text.partition(MARK_START)
-        text = before + section + rest.partition(MARK_END)[2]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+"""
+    write_section(ROOT / "docs" / "benchmarks.md", "routing-bench", section)
     plot(rows, ROOT / "docs" / "routing_cpu.png")
-    print(f"[routing] wrote {path} and docs/routing_cpu.png", flush=True)
+    print("[routing] wrote docs/benchmarks.md and docs/routing_cpu.png", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

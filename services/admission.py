@@ -1,6 +1,6 @@
-"""Admission control in the router, before any engine is touched: a bound on the requests each
-model has in flight (queued + running) and per-tenant request and token rates (token buckets).
-Each router replica enforces its share; the catalog's numbers are per router replica."""
+"""The admission arithmetic: a bound on the requests each model has in flight (queued + running)
+and per-tenant request and token rates (token buckets). One instance holds the whole cluster's
+state, in the LimitBroker deployment (services/limits.py)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 - routed (several models): a `Router` deployment is the ingress and calls one engine deployment
   per model through Serve handles.
 
-Either way a `MetricsHub` aggregates every replica's metrics. This is also the import path
+Either way a `MetricsHub` aggregates every replica's metrics, and a `LimitBroker` holds the
+admission limits for every HTTP-serving replica when the catalog sets any. This is also the import path
 KubeRay's serveConfigV2 names (`services.app:build_app`), with the catalog handed in as
 application args, so clusters and local runs build the same graph.
 """
@@ -48,7 +49,7 @@ ROUTING_STATS_PERIOD_S = 1.0
 
 
 def _request_router(entry: ModelEntry) -> dict[str, Any]:
-    if entry.routing.policy == "power-of-two":  # Ray Serve's default request router
+    if entry.routing.policy == "power-of-two" or not entry.has_replica_choice:  # Ray Serve's default
         return {}
     from ray.serve.config import RequestRouterConfig
 
@@ -64,14 +65,27 @@ def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
                                          **_request_router(entry))
 
 
+def _limit_broker(catalog: Catalog) -> Application | None:
+    """The cluster-wide limits, where the catalog sets any (services/limits.py)."""
+    from services.limits import LimitBroker, has_limits
+
+    if not has_limits(catalog):
+        return None
+    return serve.deployment(LimitBroker).options(
+        name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0}
+    ).bind(catalog.model_dump(mode="json"))
+
+
 def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> Application:
     from services.engine.deployment import DirectEngine
     from services.router.ingress_router import IngressRouter
 
     entry = catalog.models[0]
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
-        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"))
-    if not haproxy_enabled():  # Serve's proxy actor routes to the engine replicas itself
+        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"), _limit_broker(catalog))
+    # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
+    # without HAProxy, Serve's proxy actor routes to the engine replicas itself.
+    if not entry.has_replica_choice or not haproxy_enabled():
         return engine
     router = serve.deployment(serve.ingress()(IngressRouter)).options(
         name="IngressRouter", **_serve_options(catalog.router.deployment, {})).bind(engine, hub,
@@ -87,7 +101,7 @@ def _routed_application(catalog: Catalog, app_name: str, cache_dir: str, hub: Ap
                for entry in catalog.models]
     router = serve.deployment(serve.ingress()(Router)).options(
         name="Router", **_serve_options(catalog.router.deployment, {}))
-    return router.bind(catalog.model_dump(mode="json"), app_name, hub, *engines)
+    return router.bind(catalog.model_dump(mode="json"), app_name, hub, _limit_broker(catalog), *engines)
 
 
 def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:

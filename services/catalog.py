@@ -113,7 +113,7 @@ class ModelEntry(_Strict):
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
     max_in_flight: int | None = Field(
-        None, ge=1, description="queued + running requests a router replica lets through to this model; more get 429")
+        None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429")
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
 
     @field_validator("name", "aliases")
@@ -169,6 +169,11 @@ class ModelEntry(_Strict):
         return limit if isinstance(limit, int) else int(limit.get("count", 1))
 
     @property
+    def has_replica_choice(self) -> bool:
+        """Whether requests can go to more than one replica (then a routing policy picks)."""
+        return self.deployment.autoscaling_config is not None or (self.deployment.num_replicas or 1) > 1
+
+    @property
     def parallel_size(self) -> int:
         args = self.engine_args
         return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
@@ -195,7 +200,7 @@ class ModelEntry(_Strict):
 
 
 class RateLimitOptions(_Strict):
-    """Per API-key tenant, per HTTP-serving replica; unset means unlimited."""
+    """Per API-key tenant, across the cluster; unset means unlimited."""
 
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0, description="prompt (estimated) plus max_tokens")
@@ -210,8 +215,8 @@ DataPlane = Literal["direct", "routed"]
 
 
 class RouterOptions(_Strict):
-    """The HTTP edge: limits apply per replica that serves HTTP (the engine replica in direct
-    mode, the router replica in routed mode)."""
+    """The HTTP edge (the engine replicas in direct mode, the router replicas in routed mode); its
+    admission limits hold across the cluster (services/limits.py)."""
 
     data_plane: Literal["auto", "direct", "routed"] = Field(
         "auto", description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "

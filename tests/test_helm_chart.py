@@ -220,6 +220,27 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == flag
 
 
+@pytest.mark.parametrize(("models", "data_plane", "forward_body"), [
+    ([{"name": "m", "source": "org/m"}], "", "0"),  # one fixed replica: no replica choice, no router
+    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "", "1"),
+    ([{"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 4}}}], "", "1"),
+    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "session"}}], "", "0"),
+    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "routed", "0"),
+    ([{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}], "", "0"),
+])
+def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, models, data_plane, forward_body):
+    """Mirrors services/runtime.py routing_environment (unit-tested there) for the cluster."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"catalog": {"inline": {"router": {"session_header": "X-Conversation"},
+                                                             "models": models}},
+                                      "serve": {"dataPlane": data_plane}}))
+    cluster = by_kind(render("-f", str(values)), "RayService")[0]["spec"]["rayClusterConfig"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+        assert env["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == forward_body
+        assert env["RAY_SERVE_SESSION_ID_HEADER_KEY"] == "x-conversation"
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "serve.ingress=nginx"], "ingress"),
     (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 from collections import Counter
 from collections.abc import Iterator
 
@@ -20,9 +21,13 @@ pytestmark = pytest.mark.live
 MODEL = "smollm2-135m-instruct"
 
 
+BOUND = 12  # requests in flight for the model, across both replicas (issue 16 item 6)
+
+
 def two_replicas(catalog: dict) -> None:
     entry = catalog["models"][0]
     entry["deployment"]["num_replicas"] = 2
+    entry["max_in_flight"] = BOUND
     entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # one core each
 
 
@@ -90,6 +95,29 @@ def test_new_work_goes_to_the_idle_peer_of_a_saturated_replica(server):
     assert sum(held.values()) == 10 and len(held) == 2, held  # the load guard split the prefix's streams
     assert max(held.values()) >= 8
     assert _decisions(server)["load_guard"] > before["load_guard"]
+
+
+def test_the_in_flight_bound_holds_across_both_replicas(server):
+    """16 streams held open at once: the catalog's bound of 12 admits 12 in all (a bound per replica
+    would admit all 16, 12 on each), the other 4 get 429 queue_full."""
+    body = {"model": MODEL, "max_tokens": 400, "ignore_eos": True, "stream": True,
+            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    everyone_answered = threading.Barrier(16, timeout=120)
+
+    def hold(_: int) -> tuple[int, str | None]:
+        with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=300) as response:
+            if response.status_code == 200:
+                lines = response.iter_lines()
+                assert any('"content"' in next(lines) for _ in range(8))
+            else:
+                response.read()
+            everyone_answered.wait()  # keep the admitted streams open until all 16 have an answer
+            code = response.json()["error"]["code"] if response.status_code == 429 else None
+            return response.status_code, code
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(hold, range(16)))
+    assert sorted(answers, key=str) == sorted([(200, None)] * BOUND + [(429, "queue_full")] * 4, key=str), answers
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Session-Id": ""}, {"X-Session-Id": "s" * 8000}])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.runtime import ingress_environment, local_base_url
+from services.catalog import parse_catalog
+from services.runtime import ingress_environment, local_base_url, routing_environment
 from services.settings import Settings
 
 RAY_NODE_ID_DIR = "/" + "f" * 56  # Ray puts each node's HAProxy files in a directory named by node id
@@ -26,3 +27,16 @@ def test_proxy_ingress_turns_haproxy_off_and_wildcard_hosts_are_polled_on_loopba
     assert ingress_environment(Settings(ingress="proxy")) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
     assert local_base_url(Settings(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
     assert local_base_url(Settings(host="127.0.0.1", port=9000)) == "http://127.0.0.1:9000"
+
+
+def test_haproxy_is_told_what_the_catalog_s_routing_needs():
+    def env(models: list[dict], data_plane: str = "auto") -> dict[str, str]:
+        return routing_environment(parse_catalog({"router": {"data_plane": data_plane}, "models": models}))
+
+    one = {"name": "m", "source": "org/m"}
+    two = {**one, "deployment": {"num_replicas": 2}}
+    assert env([one]) == {"RAY_SERVE_SESSION_ID_HEADER_KEY": "x-session-id",
+                          "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0"}  # nothing to choose
+    assert env([two])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
+    assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
+    assert env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"  # the Router reads bodies

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import start_bare_vllm
+from loadtests.bench import scraping, start_bare_vllm
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table
 from loadtests.workload import LevelResult, percentile, run_level
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="mini", help="the dummy model's architecture")
     parser.add_argument("--systems", default="slmserve,bare-vllm")
     parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy", help="slmserve's HTTP ingress")
+    parser.add_argument("--scrape-hz", type=float, default=1.0,
+                        help="metrics scrapes per second of the system being measured (as in make bench)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the proxy, router and engine replica during slmserve's highest level")
     args = parser.parse_args(argv)
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu-bench] slmserve ready in {timings['slmserve_start_s']:.1f}s", flush=True)
         urls = {"slmserve": "http://127.0.0.1:8200/v1/chat/completions",
                 "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions"}
+        metrics_urls = {"slmserve": "http://127.0.0.1:8200/metrics", "bare-vllm": "http://127.0.0.1:8201/metrics"}
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
         results: dict[tuple[str, int], LevelResult] = {}
@@ -116,15 +119,17 @@ def main(argv: list[str] | None = None) -> int:
                 for system in order:
                     profiling = args.profile and round_index == 0 and system == "slmserve" and c == levels[-1]
                     profilers = start_profilers(out) if profiling else []
-                    result = asyncio.run(run_level(system, urls[system], entry.name, c, max(8, 2 * c), words,
-                                                   args.max_tokens, VISIBLE_TOKENS))
+                    with scraping(metrics_urls[system], args.scrape_hz):
+                        result = asyncio.run(run_level(system, urls[system], entry.name, c, max(8, 2 * c), words,
+                                                       args.max_tokens, VISIBLE_TOKENS))
                     for profiler in profilers:
                         profiler.wait(timeout=60)
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     print(f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
                           f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
-                          f"{percentile(result.itl_s, 50) * 1000:6.2f} ms errors {result.errors}", flush=True)
+                          f"{percentile(result.itl_s, 50) * 1000:6.2f} ms ITL p95 "
+                          f"{percentile(result.itl_s, 95) * 1000:6.2f} ms errors {result.errors}", flush=True)
         table = results_table(results, levels, systems)
         ratios = ratios_table(results, levels, systems) if len(systems) > 1 else ""
         print(table)
@@ -135,14 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         starts = ", ".join(f"{name.removesuffix('_start_s')} {seconds:.1f}s" for name, seconds in timings.items())
         (out / "gpu_results.md").write_text(
             f"GPU: {gpu}; vllm {vllm.__version__}; ray {ray.__version__}; Python {sys.version.split()[0]}\n"
-            f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}\n"
+            f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}, "
+            f"data plane: {catalog.data_plane}; metrics scraped {args.scrape_hz:g}/s while measuring\n"
             f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}")
         (out / "gpu_results.json").write_text(json.dumps({
-            "gpu": gpu, "shape": args.shape, "ingress": args.ingress, "timings": timings, "levels": levels,
+            "gpu": gpu, "shape": args.shape, "ingress": args.ingress, "data_plane": catalog.data_plane,
+            "scrape_hz": args.scrape_hz, "timings": timings, "levels": levels,
             "prompt_words": words,
             "results": {f"{s}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
                                      "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
-                                     "itl_p50": percentile(r.itl_s, 50), "errors": r.errors}
+                                     "itl_p50": percentile(r.itl_s, 50), "itl_p95": percentile(r.itl_s, 95),
+                                     "errors": r.errors}
                         for (s, c), r in results.items()}}, indent=1))
     finally:
         if bare is not None:

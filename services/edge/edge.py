@@ -23,13 +23,14 @@ from fastapi import Request
 from fastapi.responses import Response
 from ray import serve
 
-from services.admission import Admission, RateLimit, Rejected, estimate_tokens
+from services.admission import Rejected, estimate_tokens
 from services.auth import KeyRing
 from services.catalog import Catalog, ModelEntry
 from services.edge.engines import REPLICA_GONE, Engine
 from services.edge.readiness import ControllerReadiness, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
 from services.errors import APIError
+from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, RecordBuffer
 from services.settings import Settings
@@ -101,7 +102,8 @@ def check_field_types(body: dict[str, Any]) -> None:
 
 class Edge:
     def __init__(self, catalog: Catalog, engines: dict[str, Engine], records: RecordBuffer,
-                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str, replica: str | None = None) -> None:
+                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str, replica: str | None = None,
+                 limit_broker: Any = None) -> None:
         self.catalog = catalog
         self.engines = engines  # model name -> engine; a direct-mode edge holds its own model only
         self.records = records
@@ -116,11 +118,7 @@ class Edge:
         })
         self.media = MediaFetcher(policy)
         self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
-        limits = catalog.router.rate_limits
-        self.admission = Admission(
-            {entry.name: entry.max_in_flight for entry in catalog.models},
-            {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
-            RateLimit(**limits.default.model_dump()))
+        self.limits = SharedLimits(catalog, limit_broker)  # cluster-wide (services/limits.py)
         self.openapi: dict[str, Any] | None = None  # built on first request (needs a loaded engine)
 
     @property
@@ -161,10 +159,14 @@ class Edge:
                 raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
                                reason=error.code) from None
         try:
-            self.admission.admit(entry.name, request.state.tenant, estimate_tokens(body))
+            ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
         except Rejected as rejected:
             raise APIError(429, str(rejected), code=rejected.reason, model=entry.name, reason=rejected.reason,
                            headers={"Retry-After": str(rejected.retry_after_s)}) from None
+        except LimiterUnavailable as error:
+            raise APIError(503, "the admission limiter is unavailable; retry shortly", code="limiter_unavailable",
+                           headers={"Retry-After": RETRY_AFTER_S}, model=entry.name,
+                           reason="limiter_unavailable") from error
         streaming = False
         try:
             request_id = _request_id(request)
@@ -192,8 +194,8 @@ class Edge:
                 return Response(head.body, status_code=head.status, media_type="application/json")
             streaming = True
             return RelayResponse(StreamRelay(stream, request_id, record, arrived, self.records, deadline,
-                                             lambda: self.admission.release(entry.name),
+                                             lambda: self.limits.release(ticket),
                                              lambda: self.readiness.mark_failed(entry.deployment_name)))
         finally:
             if not streaming:  # a stream releases its slot when it ends
-                self.admission.release(entry.name)
+                self.limits.release(ticket)

@@ -219,11 +219,14 @@ class DirectEngine(EngineDeployment):
     and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
     app `__serve_build_asgi_app__` returns once the engine has loaded."""
 
-    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any]) -> None:
+    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any],
+                       limit_broker: Any = None) -> None:
         await super().__init__(entry, cache_dir, metrics_hub)
         self.catalog = Catalog.model_validate(catalog)
+        self.limit_broker = limit_broker
 
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(self.catalog, {self.entry.name: LocalEngine(self)}, RecordBuffer(self.metrics_hub),
-                    SelfReadiness(), served_by="engine", replica=serve.get_replica_context().replica_id.unique_id)
+                    SelfReadiness(), served_by="engine", replica=serve.get_replica_context().replica_id.unique_id,
+                    limit_broker=self.limit_broker)
         return build_app(edge)

@@ -27,13 +27,13 @@ class Router:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
     def __init__(self, catalog: dict[str, Any], app_name: str, metrics_hub: DeploymentHandle,
-                 *engines: DeploymentHandle) -> None:
+                 limit_broker: DeploymentHandle | None, *engines: DeploymentHandle) -> None:
         parsed = Catalog.model_validate(catalog)
         handles: dict[str, Engine] = {entry.name: RemoteEngine(handle)
                                       for entry, handle in zip(parsed.models, engines, strict=True)}
         readiness = ControllerReadiness(app_name, [entry.deployment_name for entry in parsed.models])
         records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
-        self.edge = Edge(parsed, handles, records, readiness, served_by="router")
+        self.edge = Edge(parsed, handles, records, readiness, served_by="router", limit_broker=limit_broker)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.edge)

@@ -58,8 +58,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Environment shared by head and workers. Ray Serve's HAProxy reads the session header's name
-and whether to send request bodies to the IngressRouter (a direct-mode model routed by prefix
-affinity needs them), as services/runtime.py routing_environment sets them for local runs. */}}
+and whether to send request bodies to the IngressRouter (a direct-mode model with more than one
+replica, routed by prefix affinity, needs them), as services/runtime.py routing_environment sets
+them for local runs. */}}
 {{- define "slmserve.env" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
 {{- $router := get $catalog "router" | default dict -}}
@@ -67,8 +68,12 @@ affinity needs them), as services/runtime.py routing_environment sets them for l
 {{- $plane := get $router "data_plane" | default "auto" -}}
 {{- $direct := or (eq $plane "direct") (and (eq $plane "auto") (eq (len $models) 1)) -}}
 {{- $policy := "prefix-affinity" -}}
+{{- $choice := false -}}
 {{- if $models -}}
-{{- $policy = get (get (first $models) "routing" | default dict) "policy" | default "prefix-affinity" -}}
+{{- $first := first $models -}}
+{{- $policy = get (get $first "routing" | default dict) "policy" | default "prefix-affinity" -}}
+{{- $deployment := get $first "deployment" | default dict -}}
+{{- $choice = or (hasKey $deployment "autoscaling_config") (gt (int (get $deployment "num_replicas" | default 1)) 1) -}}
 {{- end -}}
 - name: SLMSERVE_CACHE_DIR
   value: {{ .Values.serve.cacheDir | quote }}
@@ -77,7 +82,7 @@ affinity needs them), as services/runtime.py routing_environment sets them for l
 - name: RAY_SERVE_SESSION_ID_HEADER_KEY
   value: {{ get $router "session_header" | default "X-Session-Id" | lower | quote }}
 - name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
-  value: {{ ternary "1" "0" (and $direct (eq $policy "prefix-affinity")) | quote }}
+  value: {{ ternary "1" "0" (and $direct $choice (eq $policy "prefix-affinity")) | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS

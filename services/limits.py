@@ -1,0 +1,130 @@
+"""Admission limits that hold across the cluster: per-model in-flight bounds and per-tenant request
+and token rates, enforced by one `LimitBroker` deployment for every replica that serves HTTP (each
+engine replica in direct mode, each router replica in routed mode), so that two replicas never
+admit twice the budget.
+
+An edge asks the broker only for requests that some limit applies to (a model with
+`max_in_flight`, a tenant with a rate): a catalog without limits pays nothing and runs no broker.
+Each admission is a ticket that the edge releases when the request ends; a ticket whose edge died
+expires after the request deadline, so slots cannot leak. Failure mode, by choice: when the broker
+cannot be reached within `BROKER_TIMEOUT_S`, limited requests fail closed with 503
+`limiter_unavailable` and Retry-After (unlimited ones are unaffected); Serve restarts the broker,
+which starts with empty counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from services.admission import Admission, RateLimit, Rejected
+from services.catalog import Catalog
+
+logger = logging.getLogger("slmserve.limits")
+BROKER_TIMEOUT_S = 2.0
+TICKET_GRACE_S = 60.0  # beyond the request deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    ticket: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    message: str
+    reason: str
+    retry_after_s: float
+
+
+def admission_for(catalog: Catalog) -> Admission:
+    limits = catalog.router.rate_limits
+    return Admission({entry.name: entry.max_in_flight for entry in catalog.models},
+                     {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
+                     RateLimit(**limits.default.model_dump()))
+
+
+def has_limits(catalog: Catalog) -> bool:
+    limits = catalog.router.rate_limits
+    rates = [limits.default, *limits.tenants.values()]
+    return any(entry.max_in_flight for entry in catalog.models) or any(
+        rate.requests_per_minute or rate.tokens_per_minute for rate in rates)
+
+
+class LimitBroker:
+    """One replica per application (services/app.py): the cluster's admission state."""
+
+    def __init__(self, catalog: dict[str, Any]) -> None:
+        parsed = Catalog.model_validate(catalog)
+        self.admission = admission_for(parsed)
+        self.ticket_ttl_s = parsed.router.request_timeout_s + TICKET_GRACE_S
+        self.tickets: dict[str, tuple[str, float]] = {}  # ticket -> (model, expires at)
+
+    def _expire(self, now: float) -> None:
+        for ticket in [ticket for ticket, (_, expires) in self.tickets.items() if expires < now]:
+            model, _ = self.tickets.pop(ticket)
+            logger.warning("admission ticket for %s expired unreleased (its edge left?)", model)
+            self.admission.release(model)
+
+    def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | Refused:
+        now = time.monotonic()
+        self._expire(now)
+        try:
+            self.admission.admit(model, tenant, estimated_tokens)
+        except Rejected as rejected:
+            return Refused(str(rejected), rejected.reason, rejected.retry_after_s)
+        ticket = uuid.uuid4().hex
+        self.tickets[ticket] = (model, now + self.ticket_ttl_s)
+        return Admitted(ticket)
+
+    def release(self, ticket: str) -> None:
+        entry = self.tickets.pop(ticket, None)
+        if entry is not None:  # unknown: expired already, or issued before a broker restart
+            self.admission.release(entry[0])
+
+    def in_flight(self) -> dict[str, int]:
+        return dict(self.admission.in_flight)
+
+
+class LimiterUnavailable(Exception):
+    pass
+
+
+class SharedLimits:
+    """An edge's view of the broker (None when the catalog has no limits)."""
+
+    def __init__(self, catalog: Catalog, broker: Any | None) -> None:
+        self.broker = broker
+        self.bounded = {entry.name for entry in catalog.models if entry.max_in_flight}
+        limits = catalog.router.rate_limits
+        self.default_limited = bool(limits.default.requests_per_minute or limits.default.tokens_per_minute)
+        self.limited_tenants = {tenant for tenant, rate in limits.tenants.items()
+                                if rate.requests_per_minute or rate.tokens_per_minute}
+        self.unlimited_tenants = set(limits.tenants) - self.limited_tenants
+
+    def applies(self, model: str, tenant: str) -> bool:
+        tenant_limited = tenant in self.limited_tenants or (tenant not in self.unlimited_tenants
+                                                            and self.default_limited)
+        return self.broker is not None and (model in self.bounded or tenant_limited)
+
+    async def admit(self, model: str, tenant: str, estimated_tokens: int) -> str | None:
+        """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
+        if not self.applies(model, tenant):
+            return None
+        try:
+            async with asyncio.timeout(BROKER_TIMEOUT_S):
+                decision = await self.broker.admit.remote(model, tenant, estimated_tokens)
+        except Exception as error:  # timeout, a dead or restarting broker: fail closed
+            logger.warning("limit broker unreachable: %r", error)
+            raise LimiterUnavailable(str(error)) from error
+        if isinstance(decision, Refused):
+            raise Rejected(decision.message, decision.reason, decision.retry_after_s)
+        return decision.ticket
+
+    def release(self, ticket: str | None) -> None:
+        if ticket is not None:
+            self.broker.release.remote(ticket)  # not awaited: an end of request never waits on it
