@@ -38,7 +38,7 @@ def variant(policy: str, replicas: int, kv_bytes: int):
 
 def measure(label: str, policy: str, replicas: int, kv_bytes: int, args: argparse.Namespace) -> dict:
     print(f"[routing] {label}: starting", flush=True)
-    with serving(variant(policy, replicas, kv_bytes)) as server:
+    with serving(variant(policy, replicas, kv_bytes), replicas=replicas) as server:
         metrics = f"{server.base_url}/metrics"
         before = prefix_cache_counts(httpx.get(metrics, timeout=30).text)
         turns, wall = asyncio.run(run_conversations(

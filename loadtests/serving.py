@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from services import runtime
 from services.settings import resolve_catalog_path
@@ -38,11 +41,30 @@ class ServerProcess:
     log: Path
 
 
+def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str = "") -> None:
+    """Until every model has `count` RUNNING engine replicas (readiness needs only one: a model
+    with one loaded replica serves, while the others may still be loading)."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running: dict[str, float] = {}
+        for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics", headers=headers,
+                                                               timeout=30).text):
+            for sample in family.samples:
+                if sample.name == "slmserve_model_replicas" and sample.labels.get("state") == "RUNNING":
+                    running[sample.labels["model_name"]] = sample.value
+        if running and all(value >= count for value in running.values()):
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{base_url}: not {count} running replicas after {timeout_s:.0f}s")
+
+
 @contextmanager
-def serving(catalog: str | Path, *, api_keys: str = "", ready_timeout_s: float = 900,
+def serving(catalog: str | Path, *, api_keys: str = "", ready_timeout_s: float = 900, replicas: int = 1,
             on_start: Callable[[str], None] | None = None) -> Iterator[ServerProcess]:
-    """`slmserve serve --catalog CATALOG` on a free port; yields once it is ready, stops it (Ctrl-C,
-    then a kill) afterwards. `on_start(base_url)` runs right after the start, before the wait."""
+    """`slmserve serve --catalog CATALOG` on a free port; yields once it is ready with `replicas`
+    engine replicas per model, stops it (Ctrl-C, then a kill) afterwards. `on_start(base_url)` runs
+    right after the start, before the wait."""
     port = runtime.free_ports(1)[0]
     base_url = f"http://127.0.0.1:{port}"
     log = Path(tempfile.mkdtemp(prefix="slmserve-serve-")) / "serve.log"
@@ -55,6 +77,9 @@ def serving(catalog: str | Path, *, api_keys: str = "", ready_timeout_s: float =
         if on_start is not None:
             on_start(base_url)
         runtime.wait_until_ready(base_url, ready_timeout_s)
+        if replicas > 1:
+            key = api_keys.split(",")[0].split(":")[-1] if api_keys else ""
+            wait_for_replicas(base_url, replicas, ready_timeout_s, key)
         yield ServerProcess(base_url, process, log)
     except Exception:
         print(log.read_text()[-5000:])

@@ -33,7 +33,7 @@ def two_replicas(catalog: dict) -> None:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
-    with serving(catalog_variant("cpu", two_replicas)) as running:
+    with serving(catalog_variant("cpu", two_replicas), replicas=2) as running:
         yield running
 
 

@@ -11,7 +11,8 @@ the direct-mode IngressRouter's pick and the routed-mode Router's handle calls.
   with the longest run of leading matching blocks wins, unless the load guard trips. Where no
   prefix matches, a session header picks the replica as in `session`, else the least loaded.
 - session: rendezvous hashing of the session id over the replicas, unguarded, so a conversation
-  stays on one replica and only the sessions of a replica that went away move.
+  stays on one replica; only the sessions of a replica that went away move, and a replica that
+  joins takes over about 1/N of them.
 - least-loaded: the lowest load; ties broken at random.
 - The load guard: the preferred replica is skipped when its KV cache is above `guard_kv_usage`
   (for the least loaded replica below it, if any), or when it holds `guard_imbalance` more
