@@ -62,6 +62,11 @@ class Admission:
             self._buckets[key] = TokenBucket(rate_per_s=per_minute / 60, capacity=per_minute)
         return self._buckets[key]
 
+    def applies(self, model: str, tenant: str) -> bool:
+        """Whether any limit covers this request (else `admit` has nothing to check or count)."""
+        limit = self.limits.get(tenant, self.default_limit)
+        return self.max_in_flight.get(model) is not None or bool(limit.requests_per_minute or limit.tokens_per_minute)
+
     def admit(self, model: str, tenant: str, estimated_tokens: int) -> None:
         """Raises Rejected, or counts the request in flight (release it with `release`)."""
         bound = self.max_in_flight.get(model)

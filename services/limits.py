@@ -99,17 +99,10 @@ class SharedLimits:
 
     def __init__(self, catalog: Catalog, broker: Any | None) -> None:
         self.broker = broker
-        self.bounded = {entry.name for entry in catalog.models if entry.max_in_flight}
-        limits = catalog.router.rate_limits
-        self.default_limited = bool(limits.default.requests_per_minute or limits.default.tokens_per_minute)
-        self.limited_tenants = {tenant for tenant, rate in limits.tenants.items()
-                                if rate.requests_per_minute or rate.tokens_per_minute}
-        self.unlimited_tenants = set(limits.tenants) - self.limited_tenants
+        self.rules = admission_for(catalog)  # consulted only for which limits apply; the counts are the broker's
 
     def applies(self, model: str, tenant: str) -> bool:
-        tenant_limited = tenant in self.limited_tenants or (tenant not in self.unlimited_tenants
-                                                            and self.default_limited)
-        return self.broker is not None and (model in self.bounded or tenant_limited)
+        return self.broker is not None and self.rules.applies(model, tenant)
 
     async def admit(self, model: str, tenant: str, estimated_tokens: int) -> str | None:
         """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""

@@ -69,3 +69,12 @@ def test_token_estimate_is_never_negative():
     # Found by fuzzing: max_tokens=-2 gave -1, a refund to the caller's token bucket.
     assert estimate_tokens({"prompt": None, "messages": None, "max_tokens": -2}) >= 0
     assert estimate_tokens({"messages": "x", "max_tokens": True}) == 256
+
+
+def test_which_requests_a_limit_applies_to():
+    admission = Admission({"bounded": 2, "free": None}, {"vip": RateLimit(), "small": RateLimit(requests_per_minute=3)},
+                          RateLimit(tokens_per_minute=100))
+    assert admission.applies("bounded", "vip")  # the model's bound covers everyone
+    assert not admission.applies("free", "vip")  # listed without rates: unlimited despite the default
+    assert admission.applies("free", "small") and admission.applies("free", "anyone-else")  # the default
+    assert not Admission({"free": None}, {}, RateLimit()).applies("free", "anyone")

@@ -7,12 +7,12 @@ instances on one machine must never answer for each other, before or after both 
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
@@ -29,12 +29,12 @@ DIRECT_AUTH = {"Authorization": f"Bearer {DIRECT_KEY}"}
 @dataclass
 class DirectServer:
     base_url: str
-    log: Path
     early: dict  # what a request sent during the engine's load got, with the *other* instance's key
     first_burst: list[tuple[int, float]]
 
-    @property
+    @functools.cached_property
     def http(self) -> httpx.Client:
+        """One client for this server that sends its API key (as LiveServer.http does)."""
         return httpx.Client(base_url=self.base_url, headers=DIRECT_AUTH, timeout=60)
 
 
@@ -74,7 +74,7 @@ def direct_server(live_server) -> Iterator[DirectServer]:
     with serving("cpu", api_keys=keys, ready_timeout_s=READY_TIMEOUT_S, on_start=send_early) as server:
         burst = fresh_start_burst(server.base_url, DIRECT_AUTH, MODEL)
         threads[0].join(60)
-        yield DirectServer(server.base_url, server.log, early, burst)
+        yield DirectServer(server.base_url, early, burst)
 
 
 def test_the_engine_replica_answers_http_itself(direct_server):
