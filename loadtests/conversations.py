@@ -45,10 +45,10 @@ class Conversation:
 
 
 async def _send_turn(client: httpx.AsyncClient, url: str, model: str, conversation: Conversation, turn: int,
-                     max_tokens: int, headers: dict[str, str]) -> Turn:
+                     max_tokens: int, headers: dict[str, str], extra_body: dict) -> Turn:
     conversation.messages.append({"role": "user", "content": f"Question {turn}: say something about {turn}."})
     body = {"model": model, "messages": conversation.messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "stream": True, "stream_options": {"include_usage": True}, **extra_body}
     started, first, text, tokens = time.perf_counter(), None, [], 0
     async with client.stream("POST", url, json=body, headers=headers) as response:
         replica = response.headers.get("x-slmserve-replica")
@@ -71,7 +71,7 @@ async def _send_turn(client: httpx.AsyncClient, url: str, model: str, conversati
 
 async def run_conversations(base_url: str, model: str, *, conversations: int, turns: int, system_words: int,
                             max_tokens: int, concurrency: int, session_header: str | None = None,
-                            api_key: str = "") -> tuple[list[Turn], float]:
+                            api_key: str = "", extra_body: dict | None = None) -> tuple[list[Turn], float]:
     """All turns, round-robin across conversations (turn t of every conversation before turn t+1),
     `concurrency` requests at a time; returns the turns and the wall time."""
     chats = [Conversation(n, [{"role": "system", "content": system_prompt(n, system_words)}])
@@ -89,7 +89,7 @@ async def run_conversations(base_url: str, model: str, *, conversations: int, tu
                 if session_header:
                     headers[session_header] = f"conversation-{chat.index}"
                 async with gate:
-                    return await _send_turn(client, url, model, chat, turn, max_tokens, headers)
+                    return await _send_turn(client, url, model, chat, turn, max_tokens, headers, extra_body or {})
 
             results += await asyncio.gather(*(one(chat) for chat in chats))
     return results, time.perf_counter() - started

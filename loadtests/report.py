@@ -60,7 +60,21 @@ def ratios_table(results: Results, levels: list[int], systems: tuple[str, ...]) 
     return out
 
 
+def summarize(results: Results) -> dict[str, dict[str, float]]:
+    """The figures the plots and the GPU run's JSON carry, keyed "system@c"."""
+    return {f"{system}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
+                              "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
+                              "itl_p50": percentile(r.itl_s, 50), "itl_p95": percentile(r.itl_s, 95),
+                              "errors": r.errors}
+            for (system, c), r in results.items()}
+
+
 def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Path) -> None:
+    plot_summary(summarize(results), levels, systems, path)
+
+
+def plot_summary(summary: dict[str, dict[str, float]], levels: list[int], systems: tuple[str, ...], path: Path,
+                 title: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,11 +82,10 @@ def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Pa
 
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     for system in systems:
-        left.plot(levels, [results[(system, c)].output_tok_per_s for c in levels], marker="o", label=system)
-        middle.plot(levels, [percentile(results[(system, c)].ttft_s, 50) * 1000 for c in levels], marker="o",
-                    label=system)
-        right.plot(levels, [percentile(results[(system, c)].itl_s, 95) * 1000 for c in levels], marker="o",
-                   label=system)
+        rows = [summary[f"{system}@{c}"] for c in levels]
+        left.plot(levels, [row["tok_s"] for row in rows], marker="o", label=system)
+        middle.plot(levels, [row["ttft_p50"] * 1000 for row in rows], marker="o", label=system)
+        right.plot(levels, [row["itl_p95"] * 1000 for row in rows], marker="o", label=system)
     left.set(xscale="log", xlabel="concurrency", ylabel="output tokens/s", title="Throughput")
     middle.set(xscale="log", xlabel="concurrency", ylabel="TTFT p50 (ms)", title="Time to first token")
     right.set(xscale="log", xlabel="concurrency", ylabel="ITL p95 (ms)", title="Inter-token latency, p95")
@@ -80,5 +93,7 @@ def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Pa
         axis.set_xticks(levels, [str(c) for c in levels])
         axis.grid(alpha=0.3)
         axis.legend()
+    if title:
+        figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

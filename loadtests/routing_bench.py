@@ -36,15 +36,18 @@ def variant(policy: str, replicas: int, kv_bytes: int):
     return catalog_variant("cpu", change)
 
 
-def measure(label: str, policy: str, replicas: int, kv_bytes: int, args: argparse.Namespace) -> dict:
+def measure(label: str, catalog: Path, policy: str, replicas: int, model: str, args: argparse.Namespace,
+            extra_body: dict | None = None) -> dict:
+    """One setup: serve `catalog`, run the multi-turn workload once, read the engines' prefix-cache
+    counters before and after. Shared with the GPU run (loadtests/gpu/run_gpu_routing.py)."""
     print(f"[routing] {label}: starting", flush=True)
-    with serving(variant(policy, replicas, kv_bytes), replicas=replicas) as server:
+    with serving(catalog, replicas=replicas) as server:
         metrics = f"{server.base_url}/metrics"
         before = prefix_cache_counts(httpx.get(metrics, timeout=30).text)
         turns, wall = asyncio.run(run_conversations(
-            server.base_url, MODEL, conversations=args.conversations, turns=args.turns,
+            server.base_url, model, conversations=args.conversations, turns=args.turns,
             system_words=args.system_words, max_tokens=args.max_tokens, concurrency=args.concurrency,
-            session_header="X-Session-Id" if policy == "session" else None))
+            session_header="X-Session-Id" if policy == "session" else None, extra_body=extra_body))
         rate = hit_rate(before, prefix_cache_counts(httpx.get(metrics, timeout=30).text))
     later = [t.ttft_s for t in turns if t.turn > 1 and t.ttft_s is not None]
     every = [t.ttft_s for t in turns if t.ttft_s is not None]
@@ -83,23 +86,27 @@ def plot(rows: list[dict], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def write_report(rows: list[dict], args: argparse.Namespace, started: str) -> None:
+def results_table(rows: list[dict], conversations: int) -> str:
     table = ("| setup | prefix-cache hit rate | TTFT p50 ms | TTFT p95 ms | later turns TTFT p50 ms | out tok/s | "
              "conversations on one replica | errors |\n|---|---|---|---|---|---|---|---|\n")
     for row in rows:
         table += (f"| {row['label']} | {row['hit_rate']:.3f} | {row['ttft_p50'] * 1000:.0f} | "
                   f"{row['ttft_p95'] * 1000:.0f} | {row['later_ttft_p50'] * 1000:.0f} | {row['tok_s']:.1f} | "
-                  f"{row['sticky']}/{args.conversations} | {row['errors']}/{row['requests']} |\n")
+                  f"{row['sticky']}/{conversations} | {row['errors']}/{row['requests']} |\n")
     by = {row["label"]: row for row in rows}
     p2, affinity = by.get("power-of-two"), by.get("prefix-affinity")
-    ratios = ""
     if p2 and affinity:
-        ratios = (f"\nprefix-affinity over power-of-two: hit rate {affinity['hit_rate'] / p2['hit_rate']:.2f}x, "
+        table += (f"\nprefix-affinity over power-of-two: hit rate {affinity['hit_rate'] / p2['hit_rate']:.2f}x, "
                   f"TTFT p50 {affinity['ttft_p50'] / p2['ttft_p50']:.2f}x, "
                   f"tok/s {affinity['tok_s'] / p2['tok_s']:.2f}x")
         if (single := by.get(SINGLE)) is not None:
-            ratios += f"; hit rate {affinity['hit_rate'] / single['hit_rate']:.2f}x one replica's"
-        ratios += ".\n"
+            table += f"; hit rate {affinity['hit_rate'] / single['hit_rate']:.2f}x one replica's"
+        table += ".\n"
+    return table
+
+
+def write_report(rows: list[dict], args: argparse.Namespace, started: str) -> None:
+    table = results_table(rows, args.conversations)
     section = f"""## CPU: replica routing on a multi-turn workload
 
 Run {started}. Two replicas of SmolLM2-135M-Instruct (float32, one core each, a KV cache of
@@ -111,7 +118,7 @@ is a single replica with a cache for every conversation: the hit rate a single c
 Power-of-two is Ray Serve's default request router, which in direct mode picks at random (the pick
 is made without probing queue lengths). Reproduce: `.venv/bin/python -m loadtests.routing_bench`.
 
-{table}{ratios}
+{table}
 ![routing](routing_cpu.png)
 """
     write_section(ROOT / "docs" / "benchmarks.md", "routing-bench", section)
@@ -132,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
               ("prefix-affinity", "prefix-affinity", 2, KV_PER_REPLICA),
               ("session", "session", 2, KV_PER_REPLICA),
               (SINGLE, "prefix-affinity", 1, 4 * KV_PER_REPLICA)]
-    rows = [measure(label, policy, replicas, kv, args) for label, policy, replicas, kv in setups]
+    rows = [measure(label, variant(policy, replicas, kv), policy, replicas, MODEL, args)
+            for label, policy, replicas, kv in setups]
     write_report(rows, args, started)
     return 0
 

@@ -29,7 +29,7 @@ def catalog_variant(name: str, change: Callable[[Catalog], None]) -> Path:
     """A shipped catalog with `change` applied, written to a temporary file."""
     catalog = yaml.safe_load(resolve_catalog_path(name).read_text())
     change(catalog)
-    path = Path(tempfile.mkdtemp(prefix="slmserve-catalog-")) / f"{name}-variant.yaml"
+    path = Path(tempfile.mkdtemp(prefix="slmserve-catalog-")) / f"{Path(name).stem}-variant.yaml"
     path.write_text(yaml.safe_dump(catalog))
     return path
 

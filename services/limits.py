@@ -108,10 +108,17 @@ class SharedLimits:
         """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
         if not self.applies(model, tenant):
             return None
+        # Shielded: an edge that gives up on the call (its client left and Serve cancelled the request,
+        # or the broker was slow) may still be granted a ticket later; it is released the moment it lands.
+        call = asyncio.ensure_future(self.broker.admit.remote(model, tenant, estimated_tokens))
         try:
             async with asyncio.timeout(BROKER_TIMEOUT_S):
-                decision = await self.broker.admit.remote(model, tenant, estimated_tokens)
+                decision = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(self._release_late_ticket)
+            raise
         except Exception as error:  # timeout, a dead or restarting broker: fail closed
+            call.add_done_callback(self._release_late_ticket)
             logger.warning("limit broker unreachable: %r", error)
             raise LimiterUnavailable(str(error)) from error
         if isinstance(decision, Refused):
@@ -121,3 +128,7 @@ class SharedLimits:
     def release(self, ticket: str | None) -> None:
         if ticket is not None:
             self.broker.release.remote(ticket)  # not awaited: an end of request never waits on it
+
+    def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
+        if not call.cancelled() and call.exception() is None and isinstance(call.result(), Admitted):
+            self.release(call.result().ticket)

@@ -21,25 +21,39 @@ CATALOG = {
 
 
 class _Method:
-    def __init__(self, function: Any, calls: list[str], fail: bool) -> None:
-        self.function, self.calls, self.fail = function, calls, fail
+    def __init__(self, function: Any, calls: list[str], fail: bool, delay_s: float = 0.0) -> None:
+        self.function, self.calls, self.fail, self.delay_s = function, calls, fail, delay_s
 
     def remote(self, *args: Any) -> Any:
         self.calls.append(self.function.__name__)
 
         async def answer() -> Any:
+            await asyncio.sleep(self.delay_s)
             if self.fail:
                 raise ConnectionError("broker gone")
             return self.function(*args)
-        return answer() if self.function.__name__ == "admit" else self.function(*args)
+        if self.function.__name__ != "admit":
+            return self.function(*args)
+        granted = asyncio.ensure_future(answer())  # runs in the broker whether or not the caller waits
+        return _Response(granted)
+
+
+class _Response:
+    """Awaiting it and giving up (cancelled, timed out) does not undo the broker's work, as with Serve."""
+
+    def __init__(self, granted: asyncio.Future[Any]) -> None:
+        self.granted = granted
+
+    def __await__(self) -> Any:
+        return asyncio.shield(self.granted).__await__()
 
 
 class Handle:
     """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release.remote(...)` is not."""
 
-    def __init__(self, broker: LimitBroker, fail: bool = False) -> None:
+    def __init__(self, broker: LimitBroker, fail: bool = False, admit_delay_s: float = 0.0) -> None:
         self.calls: list[str] = []
-        self.admit = _Method(broker.admit, self.calls, fail)
+        self.admit = _Method(broker.admit, self.calls, fail, admit_delay_s)
         self.release = _Method(broker.release, self.calls, fail)
 
 
@@ -107,3 +121,26 @@ def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
     assert broker.in_flight()["bounded"] == 1
     broker.release("unknown-ticket")  # a release from before a broker restart: ignored
     assert broker.in_flight()["bounded"] == 1
+
+
+@pytest.mark.parametrize("gives_up", ["cancelled", "timed_out"])
+def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives_up, monkeypatch):
+    """The client left (Serve cancels the request) or the broker was slow: the broker may still grant
+    the ticket after the edge stopped waiting, and that slot must come back, not wait for expiry."""
+    async def scenario() -> None:
+        broker = LimitBroker(CATALOG)
+        edge = SharedLimits(parse_catalog(CATALOG), Handle(broker, admit_delay_s=0.2))
+        if gives_up == "timed_out":
+            monkeypatch.setattr("services.limits.BROKER_TIMEOUT_S", 0.05)
+            with pytest.raises(LimiterUnavailable):
+                await edge.admit("bounded", "anyone", 10)
+        else:
+            waiting = asyncio.ensure_future(edge.admit("bounded", "anyone", 10))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert broker.in_flight().get("bounded", 0) == 0  # not granted yet
+        await asyncio.sleep(0.3)
+        assert broker.tickets == {} and broker.in_flight().get("bounded", 0) == 0
+    asyncio.run(scenario())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (through the device tool), once per shipped piece:
 #   bash loadtests/gpu/device_run.sh N [bench args]
+#   BENCH=loadtests.gpu.run_gpu_routing bash loadtests/gpu/device_run.sh N   # the routing run (issue 17)
 # Each call stores the pieces it carried (.gpu/pK) in /tmp/ch, which survives while the machine
 # stays warm; the call that completes the set of N pieces unpacks them and runs the benchmark.
 set -euo pipefail
@@ -29,4 +30,4 @@ export PATH=/tmp/site/bin:$PATH
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
        VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 SLMSERVE_CACHE_DIR=/tmp/slmcache
 python3 -c "import vllm, ray, torch; print('[device] vllm', vllm.__version__, 'ray', ray.__version__, 'torch', torch.__version__)"
-python3 -m loadtests.gpu.run_gpu_bench --out "${OUT:-out}" "$@"
+python3 -m "${BENCH:-loadtests.gpu.run_gpu_bench}" --out "${OUT:-out}" "$@"

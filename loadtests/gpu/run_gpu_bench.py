@@ -18,7 +18,7 @@ from pathlib import Path
 
 from loadtests.bench import scraping, start_bare_vllm
 from loadtests.gpu.make_phi35 import SHAPES, build
-from loadtests.report import ratios_table, results_table
+from loadtests.report import ratios_table, results_table, summarize
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,11 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": gpu, "shape": args.shape, "ingress": args.ingress, "data_plane": catalog.data_plane,
             "scrape_hz": args.scrape_hz, "timings": timings, "levels": levels,
             "prompt_words": words,
-            "results": {f"{s}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
-                                     "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
-                                     "itl_p50": percentile(r.itl_s, 50), "itl_p95": percentile(r.itl_s, 95),
-                                     "errors": r.errors}
-                        for (s, c), r in results.items()}}, indent=1))
+            "results": summarize(results)}, indent=1))
     finally:
         if bare is not None:
             bare.terminate()
