@@ -39,6 +39,8 @@ run: install
 
 test: install
 	$(BIN)/ruff check services tests loadtests
+	@# Debian's Prometheus and promtool for the observability tests (skipped, with the reason, if not installable)
+	deploy/tools/install_prometheus.sh
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 # Bounded locust run against a local server (starts `slmserve serve` if none answers).

@@ -32,6 +32,7 @@ ALL_FEATURES = [
     "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
     "--set", "metrics.grafanaDashboard.enabled=true", "--set", "karpenter.enabled=true",
     "--set", "secrets.hfToken.name=hf", "--set", "secrets.apiKeys.name=keys", "--set", "head.appProbes=true",
+    "--set", "metrics.serviceMonitor.authorization.name=scrape-key",
 ]
 
 
@@ -241,6 +242,16 @@ def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, mod
         assert env["RAY_SERVE_SESSION_ID_HEADER_KEY"] == "x-conversation"
 
 
+def test_with_api_keys_the_service_monitor_sends_a_key():
+    """/metrics asks for an API key once keys are on (services/edge/middleware.py): the monitor must
+    carry one, or Prometheus only ever gets 401 (found with a real Prometheus, tests/test_prometheus.py)."""
+    (monitor,) = by_kind(render(*ALL_FEATURES), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "scrape-key", "key": "token"}}
+    (plain,) = by_kind(render("--set", "metrics.serviceMonitor.enabled=true"), "ServiceMonitor")
+    assert "authorization" not in plain["spec"]["endpoints"][0]
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--set", "serve.ingress=nginx"], "ingress"),
     (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
@@ -253,6 +264,8 @@ def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, mod
     (["--set", "service.port=70000"], "port"),
     (["--set", "modelCache.size=lots"], "size"),
     (["--set", "catalog.name=nosuch"], "no file catalogs/nosuch.yaml"),
+    (["--set", "metrics.serviceMonitor.enabled=true", "--set", "secrets.apiKeys.name=keys"],
+     "metrics.serviceMonitor.authorization.name is required"),
 ])
 def test_bad_values_are_rejected(args: list[str], message: str):
     result = run_helm("template", "rel", str(CHART), *args)
