@@ -1,0 +1,316 @@
+"""Chaos on a local multi-node Ray (issue 16 item 7): a head and two worker nodes on 127.0.0.1
+(Ray's own `ray.cluster_utils.Cluster`, the helper Ray's tests use), two engine replicas of the
+embedded model (one per worker node), direct data plane with HAProxy and the IngressRouter. Under a
+bounded streaming load it then
+
+1. kills a worker node mid-stream (its raylet and every process on it, no grace): the streams it
+   held must end (an SSE error event or a closed connection), never hang; new requests must keep
+   succeeding on the other replica; a node added back must get a replacement replica;
+2. kills the IngressRouter replica (the per-request routing call): requests keep being served
+   (HAProxy falls back when the route call fails) and Serve restarts it;
+3. kills HAProxy: Serve's proxy restarts it and the port answers again.
+
+Each step's figures (requests sent and failed while it recovered, seconds to recover) go to
+docs/reliability.md. `.venv/bin/python -m loadtests.chaos` (about 6 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from loadtests.report import write_section
+from loadtests.serving import catalog_variant, wait_for_replicas
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
+STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400,
+          "ignore_eos": True, "stream": True}
+PROBE = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+HANG_S = 60.0  # a stream that neither ends nor moves for this long counts as hung
+
+
+@dataclass
+class StreamEnd:
+    outcome: str  # "done", "sse_error", "closed", "hung", "refused"
+    chunks: int
+
+
+@dataclass
+class Probes:
+    """One short request every `period_s` while a step recovers."""
+    base_url: str
+    period_s: float = 0.5
+    results: list[tuple[float, int]] = field(default_factory=list)  # (sent at, status; 0 = no answer)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = client.post(f"{self.base_url}/v1/chat/completions", json=PROBE).status_code
+                except httpx.HTTPError:
+                    status = 0
+                self.results.append((sent, status))
+                self._stop.wait(max(0.0, self.period_s - (time.monotonic() - sent)))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def failed(self) -> int:
+        return sum(status != 200 for _, status in self.results)
+
+
+def read_stream(base_url: str) -> StreamEnd:
+    chunks = 0
+    try:
+        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=STREAM, trust_env=False,
+                          timeout=httpx.Timeout(10, read=HANG_S)) as response:
+            if response.status_code != 200:
+                return StreamEnd("refused", 0)
+            for line in response.iter_lines():
+                if line.startswith('data: {"error"'):
+                    return StreamEnd("sse_error", chunks)
+                if line == "data: [DONE]":
+                    return StreamEnd("done", chunks)
+                chunks += line.startswith("data: ")
+        return StreamEnd("closed", chunks)
+    except httpx.ReadTimeout:
+        return StreamEnd("hung", chunks)
+    except httpx.HTTPError:
+        return StreamEnd("closed", chunks)
+
+
+def until(condition, timeout_s: float, period_s: float = 0.5) -> float | None:
+    """Seconds until `condition()` holds; None if it did not within `timeout_s`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except Exception:  # a probe that errors is a probe that has not recovered
+            pass
+        time.sleep(period_s)
+    return None
+
+
+def serves(base_url: str) -> bool:
+    return httpx.post(f"{base_url}/v1/chat/completions", json=PROBE, timeout=30, trust_env=False).status_code == 200
+
+
+def kill_processes(match) -> int:
+    killed = 0
+    for process in psutil.process_iter(["pid", "name", "cmdline"]):
+        try:
+            if match(process):
+                process.kill()
+                killed += 1
+        except psutil.Error:
+            pass
+    return killed
+
+
+def main() -> int:
+    # Ray resolves 127.0.0.1 in a cluster address to the host's own address unless clusters are
+    # "not supported" (its switch for macOS and Windows); traffic here stays on loopback.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray.cluster_utils import Cluster
+
+    from services import runtime
+    from services.catalog import load_catalog
+    from services.settings import Settings
+
+    def two_replicas(catalog: dict) -> None:
+        entry = catalog["models"][0]
+        entry["deployment"]["num_replicas"] = 2
+        entry["deployment"]["ray_actor_options"] = {"num_cpus": 1, "resources": {"engine_node": 1}}
+        entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+    path = catalog_variant("cpu", two_replicas)
+    catalog = load_catalog(path)
+    settings = Settings(catalog=str(path), port=runtime.free_ports(1)[0])
+    # The switches a local run sets before Ray starts (services/runtime.py), for every node's processes.
+    os.environ.update(runtime.local_environment(settings, catalog) | runtime.ingress_environment(settings)
+                      | runtime.routing_environment(catalog))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
+                                                              "include_dashboard": False})
+    # Cluster reports the host's own address for the GCS; on a machine that allows loopback only,
+    # everything must use 127.0.0.1.
+    gcs = f"127.0.0.1:{cluster.address.rsplit(':', 1)[1]}"
+    workers = [add_worker(cluster, gcs) for _ in range(2)]
+    settings = settings.model_copy(update={"ray_address": gcs})
+    base_url = f"http://127.0.0.1:{settings.port}"
+    figures: list[dict] = []
+    import ray
+    from ray import serve
+
+    ray.init(address=gcs)
+    # One HAProxy, on the head: three nodes on one host cannot all bind the instance's port.
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": settings.port})
+    try:
+        runtime.start_local(settings, catalog, wait=False)
+        runtime.wait_until_ready(base_url, 900)
+        wait_for_replicas(base_url, 2, 600)
+        print("[chaos] two engine replicas on two worker nodes; load starts", flush=True)
+        figures.append(kill_worker_node(cluster, gcs, workers[0], base_url))
+        figures.append(kill_ingress_router(base_url))
+        figures.append(kill_haproxy(base_url))
+    finally:
+        runtime.shutdown()
+        cluster.shutdown()
+    write_report(figures)
+    ok = all(figure["ok"] for figure in figures)
+    print("[chaos] PASS" if ok else "[chaos] FAIL", flush=True)
+    return 0 if ok else 1
+
+
+def _under_load(base_url: str, streams: int, action) -> tuple[list[StreamEnd], Probes, float]:
+    """`streams` long streams and a probe loop; `action()` runs once the streams are flowing."""
+    probes = Probes(base_url)
+    prober = threading.Thread(target=probes.run, daemon=True)
+    with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+        pending = [pool.submit(read_stream, base_url) for _ in range(streams)]
+        time.sleep(4)
+        prober.start()
+        acted_at = time.monotonic()
+        action()
+        ends = [future.result() for future in pending]
+    return ends, probes, acted_at
+
+
+def add_worker(cluster, gcs: str):
+    return cluster.add_node(num_cpus=1, resources={"engine_node": 1}, node_ip_address="127.0.0.1", gcs_address=gcs)
+
+
+def kill_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
+    print("[chaos] 1: killing a worker node mid-stream", flush=True)
+    ends, probes, acted_at = _under_load(base_url, 4, lambda: cluster.remove_node(node, allow_graceful=False))
+    time.sleep(2)
+    probes.stop()
+    after = [status for sent, status in probes.results if sent > acted_at]
+    first_ok = next((sent - acted_at for sent, status in probes.results if sent > acted_at and status == 200), None)
+    add_worker(cluster, gcs)
+    replaced_s = until(lambda: _running_engines(base_url) >= 2, 600)
+    outcomes = {outcome: sum(end.outcome == outcome for end in ends) for outcome in ("done", "sse_error", "closed",
+                                                                                     "hung", "refused")}
+    print(f"[chaos] 1: streams {outcomes}; probes after the kill: {len(after)} sent, "
+          f"{sum(s != 200 for s in after)} failed; first success {first_ok}s; replacement replica running "
+          f"{replaced_s}s after the node came back", flush=True)
+    return {"step": "worker node killed mid-stream (4 streams, one replica on it)", "streams": outcomes,
+            "probes": len(after), "failed": sum(s != 200 for s in after), "first_success_s": first_ok,
+            "recovered_s": replaced_s, "recovered": "a replacement replica RUNNING after a node was added back",
+            "ok": outcomes["hung"] == 0 and first_ok is not None and first_ok < 10 and replaced_s is not None}
+
+
+def _running_engines(base_url: str) -> int:
+    text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
+    for line in text.splitlines():
+        if line.startswith("slmserve_model_replicas{") and 'state="RUNNING"' in line:
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def kill_ingress_router(base_url: str) -> dict:
+    import ray
+
+    print("[chaos] 2: killing the IngressRouter replica", flush=True)
+    names = [actor for actor in ray.util.list_named_actors(all_namespaces=True) if "IngressRouter" in actor["name"]]
+
+    def kill() -> None:
+        for actor in names:
+            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=False)
+
+    ends, probes, acted_at = _under_load(base_url, 2, kill)
+    killed = {actor["name"] for actor in names}
+    recovered_s = until(lambda: _ingress_routers() - killed and _all_healthy(), 120)
+    time.sleep(2)
+    probes.stop()
+    after = [status for sent, status in probes.results if sent > acted_at]
+    outcomes = {outcome: sum(end.outcome == outcome for end in ends) for outcome in ("done", "sse_error", "closed",
+                                                                                     "hung", "refused")}
+    print(f"[chaos] 2: {len(names)} killed; streams {outcomes}; probes {len(after)} sent, "
+          f"{sum(s != 200 for s in after)} failed; IngressRouter replaced and healthy after {recovered_s}s", flush=True)
+    return {"step": "IngressRouter replica killed (2 streams)", "streams": outcomes, "probes": len(after),
+            "failed": sum(s != 200 for s in after), "first_success_s": None, "recovered_s": recovered_s,
+            "recovered": "a new IngressRouter replica, every deployment HEALTHY",
+            "ok": bool(names) and outcomes["hung"] == 0 and recovered_s is not None}
+
+
+def _ingress_routers() -> set[str]:
+    import ray
+
+    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
+            if "IngressRouter" in actor["name"]}
+
+
+def _all_healthy() -> bool:
+    from ray import serve
+
+    return all(info.status == "HEALTHY" for info in serve.status().applications["slmserve"].deployments.values())
+
+
+def kill_haproxy(base_url: str) -> dict:
+    print("[chaos] 3: killing HAProxy", flush=True)
+    port = base_url.rsplit(":", 1)[1]
+    mine = f"slmserve-{port}"  # the instance's HAProxy state directory (services/runtime.py)
+
+    def is_ours(process: psutil.Process) -> bool:
+        return process.info["name"] == "haproxy" and any(mine in part for part in process.info["cmdline"] or [])
+
+    probes = Probes(base_url)
+    prober = threading.Thread(target=probes.run, daemon=True)
+    prober.start()
+    time.sleep(2)
+    acted_at = time.monotonic()
+    killed = kill_processes(is_ours)
+    recovered_s = until(lambda: serves(base_url), 120)
+    time.sleep(2)
+    probes.stop()
+    after = [status for sent, status in probes.results if sent > acted_at]
+    print(f"[chaos] 3: {killed} haproxy process(es) on :{port} killed; probes {len(after)} sent, "
+          f"{sum(s != 200 for s in after)} failed; serving again after {recovered_s}s", flush=True)
+    return {"step": "HAProxy killed", "streams": {}, "probes": len(after), "failed": sum(s != 200 for s in after),
+            "first_success_s": None, "recovered_s": recovered_s, "recovered": "the port answers 200 again",
+            "ok": killed > 0 and recovered_s is not None}
+
+
+def _seconds(value: float | None) -> str:
+    return "not within the limit" if value is None else f"{value:.1f} s"
+
+
+def write_report(figures: list[dict]) -> None:
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = "".join(
+        f"| {f['step']} | {', '.join(f'{k} {v}' for k, v in f['streams'].items() if v) or '-'} | {f['probes']} | "
+        f"{f['failed']} | {_seconds(f['recovered_s'])} ({f['recovered']}) | {'pass' if f['ok'] else 'FAIL'} |\n"
+        for f in figures)
+    body = f"""## Chaos on a local multi-node Ray
+
+Run {started}: `.venv/bin/python -m loadtests.chaos`. A head and two worker nodes on 127.0.0.1
+(`ray.cluster_utils.Cluster`), two replicas of the embedded model (one per worker node, one core
+each), direct data plane with HAProxy and the IngressRouter; a probe request every 0.5 s during each
+step. "Streams" are the long streams in flight when the fault hit: done (finished normally),
+sse_error (ended with an SSE error event), closed (connection closed), hung (none allowed).
+
+| fault | streams in flight | probes during recovery | probes failed | recovery | verdict |
+|---|---|---|---|---|---|
+{rows}
+Raw figures: `{json.dumps(figures)}`
+"""
+    write_section(ROOT / "docs" / "reliability.md", "chaos", body)
+    print("[chaos] wrote docs/reliability.md", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
