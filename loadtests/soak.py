@@ -118,8 +118,9 @@ def _write(row: str) -> None:
     text = path.read_text()
     header = ("| run | load | requests | 429 (admission) | errors | in flight after | platform memory |\n"
               "|---|---|---|---|---|---|---|\n")
-    section = f"{MARK_START}\n{header}{row}\n{MARK_END}"
     before, _, rest = text.partition(MARK_START)
+    earlier = [line for line in rest.partition(MARK_END)[0].splitlines() if line.startswith("| 20")]
+    section = f"{MARK_START}\n{header}" + "\n".join([row, *earlier]) + f"\n{MARK_END}"
     path.write_text(before + section + rest.partition(MARK_END)[2])
 
 
