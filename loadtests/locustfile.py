@@ -19,10 +19,12 @@ import io
 import random
 import time
 
-from locust import HttpUser, between, events, task
+from locust import HttpUser, events, task
 from locust.exception import StopUser
 
 from loadtests.sse import StreamMeter, parse_model_mix, prompt_of
+
+MAX_RETRY_AFTER_S = 5.0  # the longest Retry-After a user honours
 
 
 @events.init_command_line_parser.add_listener
@@ -55,7 +57,11 @@ def _tiny_png() -> str:
 
 class OpenAIUser(HttpUser):
     abstract = True
-    wait_time = between(0.0, 0.2)
+    retry_after_s = 0.0  # set by a 429's Retry-After, spent by the next wait
+
+    def wait_time(self) -> float:
+        waited, self.retry_after_s = self.retry_after_s, 0.0
+        return waited + random.uniform(0.0, 0.2)
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
@@ -80,6 +86,11 @@ class OpenAIUser(HttpUser):
             return False
         response.success()
         _report(self.environment, "429 rejected", 0)
+        # As the openai client does: wait as long as Retry-After asks (capped) before the next request.
+        try:
+            self.retry_after_s = min(float(response.headers.get("retry-after", "0")), MAX_RETRY_AFTER_S)
+        except ValueError:
+            self.retry_after_s = 0.0
         return True
 
     def stream(self, path: str, body: dict, name: str) -> None:

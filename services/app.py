@@ -104,8 +104,25 @@ def _routed_application(catalog: Catalog, app_name: str, cache_dir: str, hub: Ap
     return router.bind(catalog.model_dump(mode="json"), app_name, hub, _limit_broker(catalog), *engines)
 
 
+def _with_tracing(catalog: Catalog) -> Catalog:
+    """Tracing resolved once, here (the catalog's endpoint, else the environment's), and given to the
+    engines too: vLLM exports its engine spans over OTLP/HTTP to the same collector."""
+    from services.tracing import traces_endpoint
+
+    endpoint = traces_endpoint(catalog.tracing)
+    if endpoint is None:
+        return catalog
+    engine_env = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "vllm"}
+    models = [entry.model_copy(update={"engine_args": {"otlp_traces_endpoint": endpoint, **entry.engine_args},
+                                       "env": {**engine_env, **entry.env}}) for entry in catalog.models]
+    return catalog.model_copy(update={"models": models, "tracing": catalog.tracing.model_copy(
+        update={"otlp_traces_endpoint": endpoint})})
+
+
 def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
     from services.metrics.hub import MetricsHub
+
+    catalog = _with_tracing(catalog)
 
     hub = serve.deployment(MetricsHub).options(
         name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}

@@ -236,10 +236,20 @@ class RouterOptions(_Strict):
     )
 
 
+class TracingOptions(_Strict):
+    """OpenTelemetry traces of each request, from the edge and from vLLM's engine (services/tracing.py)."""
+
+    otlp_traces_endpoint: str | None = Field(
+        None, pattern=r"^https?://", description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; "
+                                                 "unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing")
+    service_name: str = Field("slmserve", min_length=1, description="the edge's `service.name`")
+
+
 class Catalog(_Strict):
     version: Literal[1] = 1
     description: str = ""
     router: RouterOptions = Field(default_factory=RouterOptions)
+    tracing: TracingOptions = Field(default_factory=TracingOptions)
     media: MediaPolicy = Field(default_factory=MediaPolicy)
     models: list[ModelEntry] = Field(min_length=1)
 

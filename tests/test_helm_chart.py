@@ -201,6 +201,16 @@ def test_secrets_are_referenced_never_inlined():
     assert by_kind(docs, "Secret") == []
 
 
+def test_tracing_reaches_every_ray_container_only_when_set():
+    url = "http://otel-collector.monitoring:4318/v1/traces"
+    for args, expected in ((("--set", f"tracing.otlpTracesEndpoint={url}"), url), ((), None)):
+        cluster = by_kind(render(*args), "RayService")[0]["spec"]["rayClusterConfig"]
+        templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+        for template in templates:
+            env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+            assert env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == expected
+
+
 def test_hardened_pods():
     cluster = by_kind(render(), "RayService")[0]["spec"]["rayClusterConfig"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
@@ -263,6 +273,7 @@ def test_with_api_keys_the_service_monitor_sends_a_key():
       '"typo":1}]'], "typo"),
     (["--set", "service.port=70000"], "port"),
     (["--set", "modelCache.size=lots"], "size"),
+    (["--set", "tracing.otlpTracesEndpoint=collector:4318"], "otlpTracesEndpoint"),
     (["--set", "catalog.name=nosuch"], "no file catalogs/nosuch.yaml"),
     (["--set", "metrics.serviceMonitor.enabled=true", "--set", "secrets.apiKeys.name=keys"],
      "metrics.serviceMonitor.authorization.name is required"),

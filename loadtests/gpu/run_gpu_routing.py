@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "gpu_routing.md").write_text(
             f"Run {started}. {gpu}; Phi-3.5-mini shape, dummy bf16 weights; {args.conversations} conversations x "
             f"{args.turns} turns, ~{args.prefix_tokens}-token system prompts, {args.max_tokens} output tokens, "
-            f"{args.concurrency} at a time; two replicas share the card (num_gpus 0.5, {args.replica_kv_gib:g} GiB KV each); "
+            f"{args.concurrency} at a time; two replicas share the card "
+            f"(num_gpus 0.5, {args.replica_kv_gib:g} GiB KV each); "
             f"'{SINGLE}': one replica with 40 GiB KV.\n\n{table}")
         (out / "gpu_routing.json").write_text(json.dumps({"gpu": gpu, "args": vars(args), "rows": rows}, indent=1))
         print(table, flush=True)

@@ -34,6 +34,7 @@ from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, RecordBuffer
 from services.settings import Settings
+from services.tracing import Span, Tracing
 
 REQUEST_ID_HEADER = "X-Request-Id"
 RETRY_AFTER_S = "5"
@@ -119,6 +120,7 @@ class Edge:
         self.media = MediaFetcher(policy)
         self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
         self.limits = SharedLimits(catalog, limit_broker)  # cluster-wide (services/limits.py)
+        self.tracing = Tracing(catalog.tracing)  # off unless configured (services/tracing.py)
         self.openapi: dict[str, Any] | None = None  # built on first request (needs a loaded engine)
 
     @property
@@ -144,22 +146,39 @@ class Edge:
         return entry
 
     async def forward(self, route: str, request: Request) -> Response:
+        span = self.tracing.start_request(request.headers, route)
+        try:
+            response = await self._forward(route, request, span)
+        except APIError as error:
+            self.tracing.end(span, error.status)
+            raise
+        except BaseException:
+            self.tracing.end(span, 500)
+            raise
+        if not isinstance(response, RelayResponse):  # a stream's span ends with the stream
+            self.tracing.end(span, response.status_code)
+        return response
+
+    async def _forward(self, route: str, request: Request, span: Span) -> Response:
         arrived = time.perf_counter()
         options = self.catalog.router
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         body = await read_json_body(request, options.max_body_bytes)
         entry = self.resolve(body)
+        span.set_attribute("gen_ai.request.model", entry.name)
         check_field_types(body)
         media = None
         if route == "chat":
             try:
-                media = await prepare_images(body, model=entry.name, accepts_images="image" in entry.modalities,
-                                             max_images=entry.max_images, fetcher=self.media)
+                with self.tracing.phase(span, "images"):
+                    media = await prepare_images(body, model=entry.name, accepts_images="image" in entry.modalities,
+                                                 max_images=entry.max_images, fetcher=self.media)
             except MediaError as error:
                 raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
                                reason=error.code) from None
         try:
-            ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
+            with self.tracing.phase(span, "admission"):
+                ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
         except Rejected as rejected:
             raise APIError(429, str(rejected), code=rejected.reason, model=entry.name, reason=rejected.reason,
                            headers={"Retry-After": str(rejected.retry_after_s)}) from None
@@ -171,10 +190,12 @@ class Edge:
         try:
             request_id = _request_id(request)
             session_id = request.headers.get(self.catalog.router.session_header) or None
-            stream = self.engines[entry.name].open(route, body, request_id, session_id)
+            stream = self.engines[entry.name].open(route, body, request_id, session_id,
+                                                   self.tracing.headers_for(span))
             try:
-                async with asyncio.timeout_at(deadline):
-                    head = await stream.head()
+                with self.tracing.phase(span, "engine.head"):
+                    async with asyncio.timeout_at(deadline):
+                        head = await stream.head()
             except TimeoutError:
                 stream.cancel()
                 raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
@@ -193,9 +214,13 @@ class Edge:
                 self.records.add(record)
                 return Response(head.body, status_code=head.status, media_type="application/json")
             streaming = True
+
+            def stream_ended() -> None:
+                self.limits.release(ticket)
+                self.tracing.end(span, 200)
+
             return RelayResponse(StreamRelay(stream, request_id, record, arrived, self.records, deadline,
-                                             lambda: self.limits.release(ticket),
-                                             lambda: self.readiness.mark_failed(entry.deployment_name)))
+                                             stream_ended, lambda: self.readiness.mark_failed(entry.deployment_name)))
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.limits.release(ticket)

@@ -30,7 +30,8 @@ class EngineStream(Protocol):
 
 
 class Engine(Protocol):
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> EngineStream: ...
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
+             trace_headers: dict[str, str] | None = None) -> EngineStream: ...
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
 
@@ -63,8 +64,10 @@ class LocalEngine:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> LocalStream:
-        return LocalStream(self.engine.stream(route, body, request_id))  # the replica was chosen already
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
+             trace_headers: dict[str, str] | None = None) -> LocalStream:
+        # the replica was chosen already (HAProxy, or the IngressRouter)
+        return LocalStream(self.engine.stream(route, body, request_id, trace_headers))
 
     def ready(self) -> bool:
         return True  # an engine replica only answers HTTP once its engine has loaded
@@ -101,11 +104,12 @@ class RemoteEngine:
         self.handle = handle.options(stream=True)  # initialises the handle's router now, once
         self._unary = handle
 
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None) -> RemoteStream:
+    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
+             trace_headers: dict[str, str] | None = None) -> RemoteStream:
         # The engine deployment's request router (services/router/policies.py) sees `body` and the
         # session id when it picks the replica.
         handle = self.handle.options(session_id=session_id[:MAX_SESSION_ID_CHARS]) if session_id else self.handle
-        return RemoteStream(handle.generate.remote(route, body, request_id))
+        return RemoteStream(handle.generate.remote(route, body, request_id, trace_headers))
 
     def ready(self) -> bool:
         return self.handle.running_replicas_populated()

@@ -88,9 +88,10 @@ class EngineDeployment:
         if metrics_hub is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
-    async def generate(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[StreamItem]:
+    async def generate(self, route: str, body: dict[str, Any], request_id: str,
+                       trace_headers: dict[str, str] | None = None) -> AsyncIterator[StreamItem]:
         """`stream` for callers through a Serve handle (routed mode), with queued frames joined."""
-        frames = self.stream(route, body, request_id)
+        frames = self.stream(route, body, request_id, trace_headers)
         head = await anext(frames)
         yield head
         if head.body is None:
@@ -99,9 +100,11 @@ class EngineDeployment:
         else:
             await frames.aclose()
 
-    async def stream(self, route: str, body: dict[str, Any], request_id: str) -> AsyncIterator[StreamItem]:
+    async def stream(self, route: str, body: dict[str, Any], request_id: str,
+                     trace_headers: dict[str, str] | None = None) -> AsyncIterator[StreamItem]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
-        the stream's Outcome just before the final [DONE]. Closing it aborts the request."""
+        the stream's Outcome just before the final [DONE]. Closing it aborts the request.
+        `trace_headers` (W3C) make vLLM's engine span a child of the edge's request span."""
         serving = self.serving.get(route)
         if serving is None:
             yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
@@ -113,7 +116,7 @@ class EngineDeployment:
         create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             request = self.request_types[route].model_validate({**body, "request_id": request_id})
-            result = await create(request, None)
+            result = await create(request, vllm_compat.traced_request(trace_headers))
         except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
             message, param = _validation_message(error)
             yield Head(400, error_json(400, message, param=param), None)

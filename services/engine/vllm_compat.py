@@ -53,6 +53,18 @@ except ImportError:
     CLIENT_ERRORS = (ValueError, TypeError, OverflowError)
 
 
+def traced_request(trace_headers: dict[str, str] | None) -> Any:
+    """What vLLM's serving layer reads of its `raw_request` (headers, state), holding only the W3C
+    trace context, so that the engine's span joins the edge's trace; None (vLLM's default) without one."""
+    if not trace_headers:
+        return None
+    from types import SimpleNamespace
+
+    from starlette.datastructures import Headers, State
+
+    return SimpleNamespace(headers=Headers(trace_headers), state=State())
+
+
 def error_from_exception(serving: Any, error: Exception) -> Any:
     """vLLM's own mapping of an exception to an ErrorResponse (status, param)."""
     try:

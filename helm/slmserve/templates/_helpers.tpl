@@ -102,6 +102,12 @@ them for local runs. */}}
 - name: SLMSERVE_API_KEYS_FILE
   value: /etc/slmserve/api-keys/{{ $.Values.secrets.apiKeys.key }}
 {{- end }}
+{{- with .Values.tracing.otlpTracesEndpoint }}
+# Request traces from the edge and vLLM's engines (services/tracing.py); the catalog's own
+# tracing.otlp_traces_endpoint wins where it is set.
+- name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
 {{- end -}}
 
 {{- define "slmserve.volumes" -}}

@@ -1,5 +1,6 @@
 """Fault behaviour with the real application: an engine replica's process is killed mid-stream.
-Runs last (file name) because it disturbs the application. Writes its figures to
+Runs after every other test (the `disrupts_app` marker, tests/conftest.py) because it disturbs
+the application. Writes its figures to
 out/reliability.json (docs/reliability.md quotes them)."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+pytestmark = pytest.mark.disrupts_app
 MOE = "tiny-phimoe"
 BODY = {"model": MOE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1}
 ROOT = Path(__file__).resolve().parents[1]
