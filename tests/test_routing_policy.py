@@ -61,6 +61,29 @@ def test_later_turns_follow_the_first_and_new_conversations_spread():
     assert other is not first and reason == "fallback"
 
 
+def test_sends_a_replica_never_reported_on_stop_counting_after_the_window(monkeypatch):
+    """A replica too busy to answer the stats call sends no report: what was sent to it counts as its
+    load for SENT_WINDOW_S only, so a conversation is not pushed away by sends long finished (seen in
+    CI: conversations left their replica on a loaded 2-core machine)."""
+    clock = [1000.0]
+    monkeypatch.setattr("services.router.policies.time.monotonic", lambda: clock[0])
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = chooser(guard_imbalance=8)
+    home, _ = policy.choose([a, b], chat(SYSTEM, "1"), None)
+    for turn in range(2, 16):  # a turn a second to the home replica, no report from anyone
+        clock[0] += 1.0
+        assert policy.choose([a, b], chat(SYSTEM, *map(str, range(1, turn + 1))), None) == (home, "prefix_hit")
+    assert policy.load(home)[0] == 6  # the sends of the last five seconds (t-5 .. t), not all fifteen
+    clock[0] += policy_window() + 1
+    assert policy.load(home)[0] == 0
+
+
+def policy_window() -> float:
+    from services.router.policies import SENT_WINDOW_S
+
+    return SENT_WINDOW_S
+
+
 def test_the_load_guard_sends_a_preferred_but_busy_replica_s_work_elsewhere():
     a, b = FakeReplica("a"), FakeReplica("b")
     policy = chooser(guard_imbalance=8, guard_kv_usage=0.9)

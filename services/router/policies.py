@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +34,11 @@ from typing import Any, Protocol
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from services.router import decisions
+
+# Requests sent to a replica count towards its load until its next report, but no longer than
+# this: a report is due every second (services/app.py), so sends older than this are in one, or
+# the replica is too busy to report and their count would only grow.
+SENT_WINDOW_S = 5.0
 
 MAX_SESSION_ID_CHARS = 256  # longer ids are cut: a hostile header costs nothing more
 
@@ -143,7 +148,7 @@ class ReplicaChooser:
     def __init__(self, knobs: RoutingKnobs) -> None:
         self.knobs = knobs
         self.index = PrefixIndex(knobs.index_blocks)
-        self.sent_since_report: Counter[Any] = Counter()
+        self.sent_since_report: dict[Any, deque[float]] = defaultdict(deque)  # replica -> send times
         self.report_times: dict[Any, float] = {}
 
     def forget_all_but(self, alive: set[Any]) -> None:
@@ -155,14 +160,19 @@ class ReplicaChooser:
             del self.report_times[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
-        """(requests held, KV-cache usage) as last reported plus what was sent since the report."""
+        """(requests held, KV-cache usage) as last reported plus what was sent since the report, in
+        the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the stats call's
+        timeout), old sends must not pile up into an imbalance that pushes conversations away."""
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
+        sent = self.sent_since_report[replica.replica_id]
         if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what we sent
             self.report_times[replica.replica_id] = reported_at
-            self.sent_since_report[replica.replica_id] = 0
-        return (int(stats.get("ongoing", 0)) + self.sent_since_report[replica.replica_id],
-                float(stats.get("kv_usage", 0.0)))
+            sent.clear()
+        horizon = time.monotonic() - SENT_WINDOW_S
+        while sent and sent[0] < horizon:
+            sent.popleft()
+        return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
 
     def _least_loaded(self, replicas: Sequence[Replica]) -> Replica:
         loads = [self.load(replica)[0] for replica in replicas]
@@ -186,7 +196,7 @@ class ReplicaChooser:
         """The replica for one request, and why (the routing-decision metric's `reason`); books the
         request on it."""
         chosen, reason = self._pick(replicas, body, session_id)
-        self.sent_since_report[chosen.replica_id] += 1
+        self.sent_since_report[chosen.replica_id].append(time.monotonic())
         if body is not None and self.knobs.policy == "prefix-affinity":
             self.index.add(chosen.replica_id, block_hashes(prompt_text(body), self.knobs.block_chars))
         return chosen, reason
