@@ -124,7 +124,7 @@ class PrefixIndex:
 
 def _request_body(pending: PendingRequest | None) -> dict[str, Any] | None:
     """The OpenAI body among the request's arguments: the IngressRouter passes it alone, the
-    routed-mode Router's `generate(route, body, request_id)` call second."""
+    routed-mode Router's `generate(route, body, request_id, trace_headers)` call second."""
     if pending is None:
         return None
     for argument in pending.args:
