@@ -30,7 +30,7 @@ import httpx
 import psutil
 
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, wait_for_replicas
+from loadtests.serving import catalog_variant, running_replicas, wait_for_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -204,7 +204,7 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
     after = [status for sent, status in probes.results if sent > acted_at]
     first_ok = next((sent - acted_at for sent, status in probes.results if sent > acted_at and status == 200), None)
     add_worker(cluster, gcs)
-    replaced_s = until(lambda: _running_engines(base_url) >= 2, 600)
+    replaced_s = until(lambda: running_replicas(base_url).get(MODEL, 0) >= 2, 600)
     outcomes = {outcome: sum(end.outcome == outcome for end in ends) for outcome in ("done", "sse_error", "closed",
                                                                                      "hung", "refused")}
     print(f"[chaos] 1: streams {outcomes}; probes after the kill: {len(after)} sent, "
@@ -214,14 +214,6 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
             "probes": len(after), "failed": sum(s != 200 for s in after), "first_success_s": first_ok,
             "recovered_s": replaced_s, "recovered": "a replacement replica RUNNING after a node was added back",
             "ok": outcomes["hung"] == 0 and first_ok is not None and first_ok < 10 and replaced_s is not None}
-
-
-def _running_engines(base_url: str) -> int:
-    text = httpx.get(f"{base_url}/metrics", timeout=10, trust_env=False).text
-    for line in text.splitlines():
-        if line.startswith("slmserve_model_replicas{") and 'state="RUNNING"' in line:
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
 
 
 def kill_ingress_router(base_url: str) -> dict:

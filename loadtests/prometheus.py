@@ -31,12 +31,17 @@ DASHBOARD = ROOT / "helm" / "slmserve" / "files" / "grafana-dashboard.json"
 RELEASE, NAMESPACE = "slmserve", "slmserve"  # `helm install slmserve helm/slmserve -n slmserve`
 
 
+def _installed(name: str) -> str | None:
+    """On PATH, or where Debian's package puts it (a PATH without /usr/bin still finds it)."""
+    return shutil.which(name) or (f"/usr/bin/{name}" if Path(f"/usr/bin/{name}").exists() else None)
+
+
 def prometheus_binary() -> str | None:
-    return shutil.which("prometheus") or next((p for p in ("/usr/bin/prometheus",) if Path(p).exists()), None)
+    return _installed("prometheus")
 
 
 def promtool_binary() -> str | None:
-    return shutil.which("promtool") or next((p for p in ("/usr/bin/promtool",) if Path(p).exists()), None)
+    return _installed("promtool")
 
 
 def scrape_config(app_url: str, interval_s: float, api_key: str = "") -> dict[str, Any]:

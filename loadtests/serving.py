@@ -41,18 +41,23 @@ class ServerProcess:
     log: Path
 
 
+def running_replicas(base_url: str, api_key: str = "") -> dict[str, float]:
+    """Model name -> RUNNING engine replicas, as the app's /metrics reports them."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    running: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics", headers=headers, timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "slmserve_model_replicas" and sample.labels.get("state") == "RUNNING":
+                running[sample.labels["model_name"]] = sample.value
+    return running
+
+
 def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str = "") -> None:
     """Until every model has `count` RUNNING engine replicas (readiness needs only one: a model
     with one loaded replica serves, while the others may still be loading)."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        running: dict[str, float] = {}
-        for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics", headers=headers,
-                                                               timeout=30).text):
-            for sample in family.samples:
-                if sample.name == "slmserve_model_replicas" and sample.labels.get("state") == "RUNNING":
-                    running[sample.labels["model_name"]] = sample.value
+        running = running_replicas(base_url, api_key)
         if running and all(value >= count for value in running.values()):
             return
         time.sleep(1)

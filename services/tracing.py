@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -31,16 +30,16 @@ def traces_endpoint(options: TracingOptions) -> str | None:
 
 class Tracing:
     def __init__(self, options: TracingOptions) -> None:
-        self.endpoint = traces_endpoint(options)
+        endpoint = traces_endpoint(options)
         self._tracer: trace.Tracer | None = None
-        if self.endpoint:
+        if endpoint:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             provider = TracerProvider(resource=Resource.create({"service.name": options.service_name}))
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.endpoint)))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
             self._tracer = provider.get_tracer("slmserve.edge")
 
     @property
@@ -55,13 +54,13 @@ class Tracing:
         return self._tracer.start_span(f"slmserve.{route}", context=parent, kind=SpanKind.SERVER)
 
     @contextmanager
-    def phase(self, request_span: Span, name: str, **attributes: Any) -> Iterator[Span]:
+    def phase(self, request_span: Span, name: str) -> Iterator[Span]:
         """A child span of the request for one step of the edge (admission, images, the engine)."""
         if self._tracer is None:
             yield trace.INVALID_SPAN
             return
         with self._tracer.start_as_current_span(f"slmserve.{name}", context=trace.set_span_in_context(request_span),
-                                                attributes=attributes, end_on_exit=True) as span:
+                                                end_on_exit=True) as span:
             yield span
 
     def headers_for(self, request_span: Span) -> dict[str, str] | None:
