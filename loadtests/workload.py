@@ -63,9 +63,11 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> StreamStats:
     return meter.finish(time.perf_counter())
 
 
-async def run_level(system: str, chat_url: str, model: str, concurrency: int, requests: int,
+async def run_level(system: str, chat_url: str, model: str | list[str], concurrency: int, requests: int,
                     prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> LevelResult:
-    body = {"model": model, "messages": [{"role": "user", "content": prompt_of(prompt_words)}],
+    """`model` may list several names (LoRA adapters, say): request i asks for model[i % len]."""
+    models = [model] if isinstance(model, str) else model
+    body = {"messages": [{"role": "user", "content": prompt_of(prompt_words)}],
             "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
             "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {})}
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -77,8 +79,8 @@ async def run_level(system: str, chat_url: str, model: str, concurrency: int, re
 
         async def worker() -> None:
             while not queue.empty():
-                queue.get_nowait()
-                results.append(await _one(client, chat_url, body))
+                index = queue.get_nowait()
+                results.append(await _one(client, chat_url, {"model": models[index % len(models)], **body}))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

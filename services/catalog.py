@@ -100,6 +100,43 @@ class RoutingOptions(_Strict):
         return self.model_dump()
 
 
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's engine can be sized for
+LORA_ENGINE_ARGS = ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_modules")
+
+
+class LoraOptions(_Strict):
+    """LoRA adapters of one model, from a directory: each subdirectory holding a PEFT adapter
+    (adapter_config.json and its weights) is served under the subdirectory's name
+    (services/adapters.py, services/engine/adapters.py)."""
+
+    adapters_dir: str = Field(min_length=1, description="directory of adapter subdirectories (a PVC in clusters)")
+    max_loras: int = Field(4, ge=1, description="adapters in one batch (vLLM's max_loras)")
+    max_lora_rank: int = Field(16, description=f"largest rank served, one of {LORA_RANKS}; larger adapters are "
+                                               "left out")
+    max_cpu_loras: int | None = Field(None, ge=1, description="adapters an engine keeps loaded (vLLM's LRU cache); "
+                                                              "default max_loras")
+    refresh_s: float = Field(30, gt=0, le=3600, description="how often each replica rescans adapters_dir")
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _vllm_rank(cls, value: int) -> int:
+        if value not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank must be one of {', '.join(map(str, LORA_RANKS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _cache_holds_a_batch(self) -> LoraOptions:
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ValueError("max_cpu_loras must be at least max_loras")
+        return self
+
+    def engine_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"enable_lora": True, "max_loras": self.max_loras, "max_lora_rank": self.max_lora_rank}
+        if self.max_cpu_loras is not None:
+            args["max_cpu_loras"] = self.max_cpu_loras
+        return args
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
 
 
@@ -115,6 +152,7 @@ class ModelEntry(_Strict):
     max_in_flight: int | None = Field(
         None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429")
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
+    lora: LoraOptions | None = Field(None, description="serve LoRA adapters of this model from a directory")
 
     @field_validator("name", "aliases")
     @classmethod
@@ -145,7 +183,15 @@ class ModelEntry(_Strict):
         for owned in ("model", "served_model_name"):
             if owned in value:
                 raise ValueError(f"{owned!r} is set by the catalog entry itself, not in engine_args")
+        for owned in LORA_ENGINE_ARGS:
+            if owned in value:
+                raise ValueError(f"{owned!r} comes from the entry's `lora:` block, not engine_args")
         return value
+
+    @property
+    def vllm_engine_args(self) -> dict[str, Any]:
+        """engine_args plus what the entry's other blocks ask of the engine (LoRA)."""
+        return {**self.engine_args, **(self.lora.engine_args() if self.lora else {})}
 
     @property
     def deployment_name(self) -> str:

@@ -56,7 +56,7 @@ def _validate(args: argparse.Namespace) -> int:
         from services.engine import vllm_compat
 
         for entry in catalog.models:
-            vllm_compat.engine_namespace(entry.source, entry.names, entry.engine_args)
+            vllm_compat.engine_namespace(entry.source, entry.names, entry.vllm_engine_args)
     names = ", ".join(entry.name for entry in catalog.models)
     print(f"{args.file}: valid ({len(catalog.models)} model(s): {names})")
     return 0

@@ -45,15 +45,18 @@ def from_vllm_error(error: Any) -> tuple[int, bytes]:
 
 
 class APIError(Exception):
-    """Raised anywhere on the request path; rendered as an OpenAI-style error body. `model` and
-    `reason` label the rejected-requests metric when `reason` is set."""
+    """Raised anywhere on the request path; rendered as an OpenAI-style error body. `model` (an
+    adapter's name for adapter requests), `base_model` (default: `model`) and `reason` label the
+    rejected-requests metric when `reason` is set."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None, model: str = "", reason: str = "") -> None:
+                 headers: dict[str, str] | None = None, model: str = "", reason: str = "",
+                 base_model: str = "") -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
         self.model, self.reason = model, reason
+        self.base_model = base_model or model
 
 
 def sse_error_event(status: int, message: str, *, code: str | None = None) -> str:

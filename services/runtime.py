@@ -55,10 +55,12 @@ def free_ports(count: int) -> list[int]:
 def routing_environment(catalog: Catalog) -> dict[str, str]:
     """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): the
     session header's name, and whether to send request bodies to the IngressRouter (prefix
-    affinity needs them; other policies route without and save HAProxy the buffering)."""
+    affinity needs them, and so does adapter affinity, for `model`; other policies route without
+    and save HAProxy the buffering)."""
     entry = catalog.models[0]
-    needs_body = (catalog.data_plane == "direct" and entry.has_replica_choice
-                  and entry.routing.policy == "prefix-affinity")
+    reads_body = entry.routing.policy == "prefix-affinity" or (
+        entry.lora is not None and entry.routing.policy == "least-loaded")
+    needs_body = catalog.data_plane == "direct" and entry.has_replica_choice and reads_body
     return {"RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
             "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0"}
 

@@ -211,6 +211,46 @@ def test_tracing_reaches_every_ray_container_only_when_set():
             assert env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") == expected
 
 
+def lora_catalog(tmp_path: Path, adapters_dir: str) -> str:
+    values = tmp_path / "lora.yaml"
+    values.write_text(yaml.safe_dump({"catalog": {"inline": {"models": [
+        {"name": "phi", "source": "microsoft/Phi-3.5-mini-instruct", "lora": {"adapters_dir": adapters_dir}}]}}}))
+    return str(values)
+
+
+@pytest.mark.parametrize("source", ["pvc", "init"])
+def test_lora_adapters_come_from_a_pvc_or_an_init_container_on_every_ray_pod(tmp_path: Path, source: str):
+    args = ["-f", lora_catalog(tmp_path, "/adapters/phi"), "--set", "loraAdapters.enabled=true"]
+    args += (["--set", "loraAdapters.existingClaim=phi-adapters"] if source == "pvc" else
+             ["--set", "loraAdapters.initContainer.image=registry.example/adapters:1",
+              "--set-json", 'loraAdapters.initContainer.command=["cp","-r","/src/.","/adapters/"]'])
+    docs = render(*args)
+    validate_all(docs)
+    cluster = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
+    for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+        pod = template["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "lora-adapters"]
+        mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["lora-adapters"] == {"name": "lora-adapters", "mountPath": "/adapters", "readOnly": True}
+        if source == "pvc":
+            assert volume["persistentVolumeClaim"] == {"claimName": "phi-adapters", "readOnly": True}
+            assert "initContainers" not in pod
+        else:
+            assert volume == {"name": "lora-adapters", "emptyDir": {}}
+            (init,) = pod["initContainers"]
+            assert init["command"] == ["cp", "-r", "/src/.", "/adapters/"]
+            assert init["volumeMounts"] == [{"name": "lora-adapters", "mountPath": "/adapters"}]
+
+
+def test_lora_adapters_need_a_source_and_the_catalog_s_directory_on_the_volume(tmp_path: Path):
+    result = run_helm("template", "rel", str(CHART), "-f", lora_catalog(tmp_path, "/adapters/phi"),
+                      "--set", "loraAdapters.enabled=true")
+    assert result.returncode != 0 and "loraAdapters.existingClaim" in result.stderr
+    result = run_helm("template", "rel", str(CHART), "-f", lora_catalog(tmp_path, "/elsewhere"),
+                      "--set", "loraAdapters.enabled=true", "--set", "loraAdapters.existingClaim=x")
+    assert result.returncode != 0 and "outside loraAdapters.mountPath /adapters" in result.stderr
+
+
 def test_hardened_pods():
     cluster = by_kind(render(), "RayService")[0]["spec"]["rayClusterConfig"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
@@ -236,6 +276,10 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
     ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "", "1"),
     ([{"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 4}}}], "", "1"),
     ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "session"}}], "", "0"),
+    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "least-loaded"}}],
+     "", "0"),
+    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "least-loaded"},
+       "lora": {"adapters_dir": "/adapters"}}], "", "1"),  # adapter affinity reads `model`
     ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "routed", "0"),
     ([{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}], "", "0"),
 ])

@@ -169,7 +169,8 @@ def test_a_healthy_hub_shows_zero_failures_and_rejections():
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
     for model in ("m1", "m2"):
-        assert samples[("request_failure_total", (("model_name", model),))] == 0
-        assert samples[("request_success_total", (("model_name", model),))] == 0
+        labels = (("base_model", model), ("model_name", model))
+        assert samples[("request_failure_total", labels)] == 0
+        assert samples[("request_success_total", labels)] == 0
         for reason in EXPECTED_REJECTIONS:
-            assert samples[("slmserve_rejected_requests_total", (("model_name", model), ("reason", reason)))] == 0
+            assert samples[("slmserve_rejected_requests_total", (*labels, ("reason", reason)))] == 0

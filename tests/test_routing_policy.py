@@ -25,7 +25,7 @@ def chat(system: str, *turns: str) -> dict:
 
 
 def report(replica: FakeReplica, ongoing: int, kv_usage: float = 0.0) -> None:
-    replica.routing_stats = {"ongoing": ongoing, "kv_usage": kv_usage, "at": time.monotonic()}
+    replica.routing_stats = {"ongoing": ongoing, "kv_usage": kv_usage, "at": time.time()}
 
 
 def chooser(**knobs) -> ReplicaChooser:
@@ -66,7 +66,7 @@ def test_sends_a_replica_never_reported_on_stop_counting_after_the_window(monkey
     load for SENT_WINDOW_S only, so a conversation is not pushed away by sends long finished (seen in
     CI: conversations left their replica on a loaded 2-core machine)."""
     clock = [1000.0]
-    monkeypatch.setattr("services.router.policies.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("services.router.policies.time.time", lambda: clock[0])
     a, b = FakeReplica("a"), FakeReplica("b")
     policy = chooser(guard_imbalance=8)
     home, _ = policy.choose([a, b], chat(SYSTEM, "1"), None)
@@ -156,3 +156,67 @@ def test_the_index_is_bounded_and_forgets_replicas_that_left():
     index.keep_only({"b"})
     assert index.size == 64 and index.matched("a", block_hashes("conversation 999 " * 100, 256)) == 0
     assert index.matched("b", block_hashes("other 999 " * 100, 256)) > 0  # the most recent stays
+
+
+def adapter_chooser(**knobs) -> ReplicaChooser:
+    return chooser(base_names=("m", "m-alias"), **knobs)
+
+
+def ask(model: str, text: str) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": text}]}
+
+
+def test_an_adapter_s_requests_go_where_it_is_held_within_the_load_guard():
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = adapter_chooser(guard_imbalance=4)
+    report(a, 0)
+    b.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "adapters": ["sql"], "adapters_at": time.time(),
+                       "at": time.time()}
+    assert policy.choose([a, b], ask("sql", "short"), None) == (b, "adapter_hit")  # b's engine holds it
+    # An adapter nobody holds goes to the least loaded, which then counts as holding it.
+    first, reason = policy.choose([a, b], ask("poet", "short"), None)
+    assert first is a and reason == "fallback"  # b has one request booked
+    assert all(policy.choose([a, b], ask("poet", f"q{n}"), None) == (a, "adapter_hit") for n in range(3))
+    report(a, 0)  # a report listed before those requests does not undo them ...
+    a.routing_stats["adapters_at"] = time.time() - 60
+    assert policy.choose([a, b], ask("poet", "again"), None) == (a, "adapter_hit")
+    a.routing_stats = {**a.routing_stats, "adapters": [], "adapters_at": time.time(), "at": time.time() + 0.001}
+    assert policy.choose([a, b], ask("poet", "after"), None)[1] == "fallback"  # ... one listed after, does
+    report(b, 10)  # the holder is overloaded: the guard sends the adapter's work elsewhere
+    b.routing_stats["adapters"] = ["sql"]
+    assert policy.choose([a, b], ask("sql", "busy"), None) == (a, "load_guard")
+
+
+def test_base_model_requests_and_models_without_adapters_ignore_adapter_affinity():
+    a, b = FakeReplica("a"), FakeReplica("b")
+    for replica in (a, b):
+        report(replica, 0)
+    b.routing_stats["adapters"] = ["sql"]
+    policy = adapter_chooser()
+    assert {policy.choose([a, b], ask(name, f"q{n}"), None)[1] for n, name in enumerate(["m", "m-alias"] * 3)} \
+        == {"fallback"}
+    assert chooser().choose([a, b], ask("sql", "q"), None)[1] == "fallback"  # no base_names: no adapters
+
+
+def test_prefix_blocks_of_one_text_under_two_adapters_are_two_cache_entries():
+    assert block_hashes(SYSTEM, 256, "sql") != block_hashes(SYSTEM, 256, "poet") != block_hashes(SYSTEM, 256)
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = adapter_chooser()
+    home, _ = policy.choose([a, b], {**chat(SYSTEM, "1"), "model": "sql"}, None)
+    assert policy.choose([a, b], {**chat(SYSTEM, "2"), "model": "sql"}, None) == (home, "prefix_hit")
+    assert policy.choose([a, b], {**chat(SYSTEM, "2"), "model": "m"}, None)[1] != "prefix_hit"
+
+
+def test_a_report_counts_the_sends_before_it_and_not_those_after(monkeypatch):
+    """A report made between two sends replaces only the first (CI saw the flake where a report that
+    predated in-flight sends wiped them, so a busy replica looked idle)."""
+    clock = [1000.0]
+    monkeypatch.setattr("services.router.policies.time.time", lambda: clock[0])
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = chooser(policy="least-loaded")
+    report(b, 50)
+    policy.choose([a, b], None, None)  # to a, at t=1000
+    clock[0] += 1.0
+    policy.choose([a, b], None, None)  # to a, at t=1001
+    a.routing_stats = {"ongoing": 1, "kv_usage": 0.0, "at": 1000.5}  # made between them, arriving now
+    assert policy.load(a)[0] == 2  # the first send is in the report, the second is not yet

@@ -39,4 +39,6 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
                           "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0"}  # nothing to choose
     assert env([two])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
     assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
+    with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}
+    assert env([with_adapters])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # adapter affinity
     assert env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"  # the Router reads bodies

@@ -77,19 +77,41 @@ async def completions(request: Request) -> Response:
     return await _edge(request).forward("completions", request)
 
 
+def _adapter_card(name: str, base: ModelEntry, created: int) -> dict[str, Any]:
+    assert base.lora is not None
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "slmserve",
+        "root": f"{base.lora.adapters_dir.rstrip('/')}/{name}",
+        "parent": base.name,
+        "max_model_len": base.max_model_len,
+        "modalities": base.modalities,
+    }
+
+
+async def _model_cards(edge: Edge) -> list[dict[str, Any]]:
+    """The catalog's models, then each model's LoRA adapters (`parent` names the base, as in vLLM and NIM)."""
+    cards = [_model_card(entry, edge.created) for entry in edge.models]
+    return cards + [_adapter_card(name, base, edge.created) for name, base in sorted((await edge.adapters()).items())]
+
+
 @ROUTES.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    edge = _edge(request)
-    return {"object": "list", "data": [_model_card(entry, edge.created) for entry in edge.models]}
+    return {"object": "list", "data": await _model_cards(_edge(request))}
 
 
 @ROUTES.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict[str, Any]:
     edge = _edge(request)
     entry = edge.catalog.resolve(model)
-    if entry is None or entry not in edge.models:
+    if entry is not None and entry in edge.models:
+        return _model_card(entry, edge.created)
+    base = (await edge.adapters()).get(model)
+    if base is None:
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
-    return _model_card(entry, edge.created)
+    return _adapter_card(model, base, edge.created)
 
 
 @ROUTES.get("/v1/health/live")
@@ -148,7 +170,7 @@ async def metadata(request: Request) -> dict[str, Any]:
 async def _api_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, APIError)
     if error.reason:
-        _edge(request).records.add(RejectionRecord(error.model, error.reason))
+        _edge(request).records.add(RejectionRecord(error.model, error.reason, error.base_model))
     if error.status >= 500:
         logger.warning("%s %s: %s (%s)", request.method, request.url.path, error.message, error.__cause__ or "")
     return _error_response(error.status, error.message, param=error.param, code=error.code, headers=error.headers)

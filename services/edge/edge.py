@@ -17,6 +17,7 @@ import asyncio
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -38,6 +39,23 @@ from services.tracing import Span, Tracing
 
 REQUEST_ID_HEADER = "X-Request-Id"
 RETRY_AFTER_S = "5"
+# How stale the routed-mode router's list of a model's LoRA adapters may be before a name it does not
+# know is checked again (an adapter that just appeared in adapters_dir is reachable this soon after its
+# replicas registered it).
+ADAPTER_LIST_MAX_AGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's `model` names: a catalog model, or one of its LoRA adapters."""
+
+    entry: ModelEntry
+    adapter: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The metrics' model_name: the adapter's name for adapter requests (as NIM labels them)."""
+        return self.adapter or self.entry.name
 
 
 def _request_id(request: Request) -> str:
@@ -132,18 +150,33 @@ class Edge:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
         return self.readiness.is_ready(entry.deployment_name) and self.engines[entry.name].ready()
 
-    def resolve(self, body: dict[str, Any]) -> ModelEntry:
+    async def adapters(self) -> dict[str, ModelEntry]:
+        """Every LoRA adapter served, with its base model's entry (a catalog name always wins)."""
+        adapters: dict[str, ModelEntry] = {}
+        for entry in self.models:
+            if entry.lora is not None and self.is_ready(entry):
+                for name in await self.engines[entry.name].adapter_names(ADAPTER_LIST_MAX_AGE_S):
+                    if self.catalog.resolve(name) is None:
+                        adapters.setdefault(name, entry)
+        return adapters
+
+    async def resolve(self, body: dict[str, Any]) -> Target:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise APIError(400, "`model` is required and must be a string", param="model", reason="invalid_request")
         entry = self.catalog.resolve(model)
-        if entry is None or entry.name not in self.engines:
+        target = Target(entry) if entry is not None and entry.name in self.engines else None
+        if target is None and any(entry.lora is not None for entry in self.models):
+            base = (await self.adapters()).get(model)
+            target = Target(base, model) if base is not None else None
+        if target is None:
             raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found",
                            reason="model_not_found")
-        if not self.is_ready(entry):
-            raise APIError(503, f"model `{entry.name}` is still loading; retry shortly", code="model_not_ready",
-                           headers={"Retry-After": RETRY_AFTER_S}, model=entry.name, reason="model_not_ready")
-        return entry
+        if not self.is_ready(target.entry):
+            raise APIError(503, f"model `{target.entry.name}` is still loading; retry shortly",
+                           code="model_not_ready", headers={"Retry-After": RETRY_AFTER_S},
+                           model=target.entry.name, reason="model_not_ready")
+        return target
 
     async def forward(self, route: str, request: Request) -> Response:
         span = self.tracing.start_request(request.headers, route)
@@ -164,27 +197,28 @@ class Edge:
         options = self.catalog.router
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         body = await read_json_body(request, options.max_body_bytes)
-        entry = self.resolve(body)
-        span.set_attribute("gen_ai.request.model", entry.name)
+        target = await self.resolve(body)
+        entry, model_name = target.entry, target.model_name
+        span.set_attribute("gen_ai.request.model", model_name)
         check_field_types(body)
         media = None
         if route == "chat":
             try:
                 with self.tracing.phase(span, "images"):
-                    media = await prepare_images(body, model=entry.name, accepts_images="image" in entry.modalities,
+                    media = await prepare_images(body, model=model_name, accepts_images="image" in entry.modalities,
                                                  max_images=entry.max_images, fetcher=self.media)
             except MediaError as error:
-                raise APIError(400, str(error), param="messages", code=error.code, model=entry.name,
-                               reason=error.code) from None
+                raise APIError(400, str(error), param="messages", code=error.code, model=model_name,
+                               base_model=entry.name, reason=error.code) from None
         try:
             with self.tracing.phase(span, "admission"):
                 ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
         except Rejected as rejected:
-            raise APIError(429, str(rejected), code=rejected.reason, model=entry.name, reason=rejected.reason,
-                           headers={"Retry-After": str(rejected.retry_after_s)}) from None
+            raise APIError(429, str(rejected), code=rejected.reason, model=model_name, base_model=entry.name,
+                           reason=rejected.reason, headers={"Retry-After": str(rejected.retry_after_s)}) from None
         except LimiterUnavailable as error:
             raise APIError(503, "the admission limiter is unavailable; retry shortly", code="limiter_unavailable",
-                           headers={"Retry-After": RETRY_AFTER_S}, model=entry.name,
+                           headers={"Retry-After": RETRY_AFTER_S}, model=model_name, base_model=entry.name,
                            reason="limiter_unavailable") from error
         streaming = False
         try:
@@ -199,13 +233,13 @@ class Edge:
             except TimeoutError:
                 stream.cancel()
                 raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
-                               model=entry.name, reason="timeout") from None
+                               model=model_name, base_model=entry.name, reason="timeout") from None
             except REPLICA_GONE as error:  # routed mode: the replica died or was torn down before answering
                 self.readiness.mark_failed(entry.deployment_name)
                 raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
                                code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
-                               model=entry.name, reason="replica_unavailable") from error
-            record = CompletionRecord(entry.name, success=head.status == 200,
+                               model=model_name, base_model=entry.name, reason="replica_unavailable") from error
+            record = CompletionRecord(model_name, success=head.status == 200, base_model=entry.name,
                                       vision_s=media.seconds if media else None)
             if head.body is not None:
                 if head.outcome is not None:

@@ -8,6 +8,8 @@ frames and the outcome, and a `cancel` that makes the engine abort the request.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -17,6 +19,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from services.engine.protocol import Head, Outcome
 from services.router.policies import MAX_SESSION_ID_CHARS
+
+logger = logging.getLogger("slmserve.edge")
+ADAPTER_QUERY_TIMEOUT_S = 5.0
 
 # What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
 # engine code, which is a bug to surface, not an outage).
@@ -34,6 +39,7 @@ class Engine(Protocol):
              trace_headers: dict[str, str] | None = None) -> EngineStream: ...
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
+    async def adapter_names(self, max_age_s: float) -> list[str]: ...
 
 
 class LocalStream:
@@ -75,6 +81,9 @@ class LocalEngine:
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
         return await self.engine.request_schemas()
 
+    async def adapter_names(self, max_age_s: float) -> list[str]:
+        return await self.engine.adapter_names()  # this replica's own registry: always current
+
 
 class RemoteStream:
     def __init__(self, response: DeploymentResponseGenerator) -> None:
@@ -103,6 +112,8 @@ class RemoteEngine:
     def __init__(self, handle: DeploymentHandle) -> None:
         self.handle = handle.options(stream=True)  # initialises the handle's router now, once
         self._unary = handle
+        self._adapters: list[str] = []
+        self._adapters_at = float("-inf")
 
     def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
              trace_headers: dict[str, str] | None = None) -> RemoteStream:
@@ -116,3 +127,15 @@ class RemoteEngine:
 
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
         return await self._unary.request_schemas.remote()
+
+    async def adapter_names(self, max_age_s: float) -> list[str]:
+        """The adapters an engine replica serves, asked again once the last answer is older than
+        `max_age_s` (the replicas share one adapters_dir, so any replica answers for all)."""
+        if time.monotonic() - self._adapters_at > max_age_s and self.ready():
+            self._adapters_at = time.monotonic()  # one question at a time, even when it fails
+            try:
+                async with asyncio.timeout(ADAPTER_QUERY_TIMEOUT_S):
+                    self._adapters = await self._unary.adapter_names.remote()
+            except (TimeoutError, *REPLICA_GONE):
+                logger.warning("could not ask %s for its adapters; using the last answer", self._unary.deployment_name)
+        return self._adapters

@@ -33,6 +33,7 @@ from services.edge.edge import Edge
 from services.edge.engines import LocalEngine
 from services.edge.readiness import SelfReadiness
 from services.engine import vllm_compat
+from services.engine.adapters import AdapterSync
 from services.engine.protocol import Head, Outcome, StreamItem
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
@@ -74,9 +75,16 @@ class EngineDeployment:
         self.metrics_hub = metrics_hub
         started = time.monotonic()
         model = resolve_source(self.entry.source, Path(cache_dir))
-        namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.engine_args)
+        namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.vllm_engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
+        self.adapters: AdapterSync | None = None
+        self.held_adapters: list[str] = []  # in the engine's LoRA cache; refreshed with every metrics snapshot
+        self.held_adapters_at = 0.0
+        if self.entry.lora is not None:
+            self.adapters = AdapterSync(self.entry.lora, self.stack, self.entry.names)
+            await self.adapters.refresh()  # the adapters present at start are served from the first request
+            self._adapter_task = asyncio.get_running_loop().create_task(self.adapters.run_forever())
         self.serving = {"chat": self.stack.chat, "completions": self.stack.completion}
         self.request_types = {
             "chat": vllm_compat.ChatCompletionRequest,
@@ -181,6 +189,13 @@ class EngineDeployment:
             families = await asyncio.to_thread(_vllm_families)
             snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families)
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
+            if self.adapters is not None:
+                try:
+                    listed_at = time.time()
+                    self.held_adapters = await self.stack.loaded_adapters()
+                    self.held_adapters_at = listed_at
+                except Exception:  # routing works without it (it then follows its own sends)
+                    logger.warning("could not list the engine's loaded adapters", exc_info=True)
             try:
                 await self.metrics_hub.update_engine.remote(snapshot)
             except Exception:
@@ -198,7 +213,12 @@ class EngineDeployment:
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve asks about once a second (services/app.py); the routing policy reads it."""
-        return routing_stats(self.stack.num_unfinished_requests(), self.kv_usage)
+        return routing_stats(self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters,
+                             self.held_adapters_at)
+
+    async def adapter_names(self) -> list[str]:
+        """The LoRA adapters this replica serves (the routed-mode router lists and resolves them)."""
+        return self.adapters.names if self.adapters is not None else []
 
     async def info(self) -> dict[str, Any]:
         return {
@@ -215,6 +235,8 @@ class EngineDeployment:
 
     async def __del__(self) -> None:
         await self.stack.shutdown()
+        if self.adapters is not None:
+            self.adapters.close()
 
 
 class DirectEngine(EngineDeployment):

@@ -65,6 +65,15 @@ def traced_request(trace_headers: dict[str, str] | None) -> Any:
     return SimpleNamespace(headers=Headers(trace_headers), state=State())
 
 
+def _lora_request(kind: str, **fields: Any) -> Any:
+    """vLLM's Load/UnloadLoRAAdapterRequest, looked up on first use (only LoRA-serving engines need it)."""
+    return _first(
+        ("vllm.entrypoints.serve.lora.protocol", kind),  # 0.32
+        ("vllm.entrypoints.openai.lora.protocol", kind),
+        ("vllm.entrypoints.openai.protocol", kind),
+    )(**fields)
+
+
 def error_from_exception(serving: Any, error: Exception) -> Any:
     """vLLM's own mapping of an exception to an ErrorResponse (status, param)."""
     try:
@@ -116,6 +125,7 @@ class ServingStack:
         self.engine: Any = None
         self.chat: Any = None
         self.completion: Any = None
+        self.models: Any = None  # vLLM's OpenAIServingModels: the served names and LoRA adapters
 
     async def start(self) -> None:
         from starlette.datastructures import State
@@ -128,6 +138,27 @@ class ServingStack:
         await _init_app_state(self.engine, state, self.namespace, supported_tasks)
         self.chat = getattr(state, "openai_serving_chat", None)
         self.completion = getattr(state, "openai_serving_completion", None)
+        self.models = state.openai_serving_models
+
+    def base_model_config(self) -> dict[str, Any]:
+        """The base model's Hugging Face config as a dict (what LoRA tensors must fit)."""
+        return self.engine.model_config.hf_config.to_dict()
+
+    async def load_adapter(self, name: str, path: str) -> str | None:
+        """Register a LoRA adapter under `name` through vLLM's own runtime-loading path (which loads
+        it into the engine once, to check it); the error message if that failed."""
+        request = _lora_request("LoadLoRAAdapterRequest", lora_name=name, lora_path=path)
+        result = await self.models.load_lora_adapter(request)
+        return result.error.message if isinstance(result, ErrorResponse) else None
+
+    async def unload_adapter(self, name: str) -> None:
+        await self.models.unload_lora_adapter(_lora_request("UnloadLoRAAdapterRequest", lora_name=name))
+
+    async def loaded_adapters(self) -> list[str]:
+        """Names of the registered adapters the engine holds in its LoRA cache right now."""
+        ids = await self.engine.list_loras()
+        return sorted(request.lora_name for request in self.models.lora_requests.values()
+                      if request.lora_int_id in ids)
 
     async def shutdown(self) -> None:
         await self._exit_stack.aclose()

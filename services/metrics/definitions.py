@@ -5,6 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 MODEL = ("model_name",)
+# Per-request series: model_name is what the client asked for (a LoRA adapter's own name, as NIM labels
+# adapter requests), base_model the catalog model serving it (the same for base-model requests).
+REQUEST = ("model_name", "base_model")
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5)
 E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
@@ -23,38 +26,38 @@ class EdgeMetrics:
     """The counters and histograms the edge measures, kept in one registry on the hub."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed", MODEL, registry=registry)
-        self.generation_tokens = Counter("generation_tokens", "Generated tokens", MODEL, registry=registry)
-        self.success = Counter("request_success", "Requests that finished successfully", MODEL, registry=registry)
-        self.failure = Counter("request_failure", "Requests that failed", MODEL, registry=registry)
+        self.prompt_tokens = Counter("prompt_tokens", "Prompt tokens processed", REQUEST, registry=registry)
+        self.generation_tokens = Counter("generation_tokens", "Generated tokens", REQUEST, registry=registry)
+        self.success = Counter("request_success", "Requests that finished successfully", REQUEST, registry=registry)
+        self.failure = Counter("request_failure", "Requests that failed", REQUEST, registry=registry)
         self.finish = Counter("request_finish", "Finished requests by finish reason",
-                              (*MODEL, "finished_reason"), registry=registry)
+                              (*REQUEST, "finished_reason"), registry=registry)
         self.ttft = Histogram("time_to_first_token_seconds", "Time from arrival at the router to the first token",
-                              MODEL, buckets=TTFT_BUCKETS, registry=registry)
+                              REQUEST, buckets=TTFT_BUCKETS, registry=registry)
         self.tpot = Histogram("time_per_output_token_seconds", "Time per output token after the first",
-                              MODEL, buckets=TPOT_BUCKETS, registry=registry)
+                              REQUEST, buckets=TPOT_BUCKETS, registry=registry)
         self.e2e = Histogram("e2e_request_latency_seconds", "Time from arrival at the router to the last byte",
-                             MODEL, buckets=E2E_BUCKETS, registry=registry)
-        self.request_prompt_tokens = Histogram("request_prompt_tokens", "Prompt tokens per request", MODEL,
+                             REQUEST, buckets=E2E_BUCKETS, registry=registry)
+        self.request_prompt_tokens = Histogram("request_prompt_tokens", "Prompt tokens per request", REQUEST,
                                                buckets=TOKEN_BUCKETS, registry=registry)
         self.request_generation_tokens = Histogram("request_generation_tokens", "Generated tokens per request",
-                                                   MODEL, buckets=TOKEN_BUCKETS, registry=registry)
+                                                   REQUEST, buckets=TOKEN_BUCKETS, registry=registry)
         self.vision_encoder = Histogram("vision_encoder_latency_seconds",
-                                        "Image decoding and preparation time per vision request", MODEL,
+                                        "Image decoding and preparation time per vision request", REQUEST,
                                         buckets=VISION_BUCKETS, registry=registry)
         # slmserve's own, for what NIM lacks
         self.http_requests = Counter("slmserve_http_requests", "HTTP requests by route and status code",
                                      ("route", "status_code"), registry=registry)
         self.rejected = Counter("slmserve_rejected_requests", "Requests refused before reaching an engine",
-                                (*MODEL, "reason"), registry=registry)
+                                (*REQUEST, "reason"), registry=registry)
         self.routing = Counter("slmserve_routing_decisions", "Engine replica choices by policy and reason "
-                               "(prefix_hit, session, load_guard, fallback, least_loaded, single_replica)",
+                               "(prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
                                (*MODEL, "policy", "reason"), registry=registry)
 
     def initialize(self, model_names: list[str]) -> None:
         """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""
         for model in model_names:
             for counter in (self.success, self.failure, self.prompt_tokens, self.generation_tokens):
-                counter.labels(model)
+                counter.labels(model, model)
             for reason in EXPECTED_REJECTIONS:
-                self.rejected.labels(model, reason)
+                self.rejected.labels(model, model, reason)

@@ -104,7 +104,8 @@ class MetricsHub:
             if isinstance(record, HTTPRecord):
                 edge.http_requests.labels(record.route, str(record.status_code)).inc()
             elif isinstance(record, RejectionRecord):
-                edge.rejected.labels(record.model_name, record.reason).inc()
+                base = record.base_model or record.model_name
+                edge.rejected.labels(record.model_name, base, record.reason).inc()
             elif isinstance(record, CompletionRecord):
                 self._record_completion(record)
             elif isinstance(record, RoutingRecord):
@@ -112,24 +113,24 @@ class MetricsHub:
                 edge.routing.labels(model, record.policy, record.reason).inc(record.count)
 
     def _record_completion(self, record: CompletionRecord) -> None:
-        edge, model = self.edge, record.model_name
-        (edge.success if record.success else edge.failure).labels(model).inc()
+        edge, model = self.edge, (record.model_name, record.base_model or record.model_name)
+        (edge.success if record.success else edge.failure).labels(*model).inc()
         if record.finish_reason:
-            edge.finish.labels(model, record.finish_reason).inc()
+            edge.finish.labels(*model, record.finish_reason).inc()
         if not record.success:
             return
-        edge.prompt_tokens.labels(model).inc(record.prompt_tokens)
-        edge.generation_tokens.labels(model).inc(record.generation_tokens)
-        edge.request_prompt_tokens.labels(model).observe(record.prompt_tokens)
-        edge.request_generation_tokens.labels(model).observe(record.generation_tokens)
+        edge.prompt_tokens.labels(*model).inc(record.prompt_tokens)
+        edge.generation_tokens.labels(*model).inc(record.generation_tokens)
+        edge.request_prompt_tokens.labels(*model).observe(record.prompt_tokens)
+        edge.request_generation_tokens.labels(*model).observe(record.generation_tokens)
         if record.ttft_s is not None:
-            edge.ttft.labels(model).observe(record.ttft_s)
+            edge.ttft.labels(*model).observe(record.ttft_s)
         if record.e2e_s is not None:
-            edge.e2e.labels(model).observe(record.e2e_s)
+            edge.e2e.labels(*model).observe(record.e2e_s)
             if record.ttft_s is not None and record.generation_tokens > 1:
-                edge.tpot.labels(model).observe((record.e2e_s - record.ttft_s) / (record.generation_tokens - 1))
+                edge.tpot.labels(*model).observe((record.e2e_s - record.ttft_s) / (record.generation_tokens - 1))
         if record.vision_s is not None:
-            edge.vision_encoder.labels(model).observe(record.vision_s)
+            edge.vision_encoder.labels(*model).observe(record.vision_s)
 
     def update_engine(self, snapshot: EngineSnapshot) -> None:
         self.snapshots[snapshot.replica_id] = snapshot

@@ -22,10 +22,12 @@ class HTTPRecord:
 
 @dataclass(slots=True)
 class CompletionRecord:
-    """One chat/completions request that reached a model (successful or not)."""
+    """One chat/completions request that reached a model (successful or not). `model_name` is what
+    the client asked for (an adapter's name for adapter requests), `base_model` the catalog model."""
 
     model_name: str
     success: bool
+    base_model: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     generation_tokens: int = 0
@@ -44,6 +46,7 @@ class CompletionRecord:
 class RejectionRecord:
     model_name: str
     reason: str
+    base_model: str = ""
 
 
 @dataclass(slots=True)

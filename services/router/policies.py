@@ -14,6 +14,10 @@ the direct-mode IngressRouter's pick and the routed-mode Router's handle calls.
   stays on one replica; only the sessions of a replica that went away move, and a replica that
   joins takes over about 1/N of them.
 - least-loaded: the lowest load; ties broken at random.
+- LoRA adapters (a model with `lora:`): a request for an adapter prefers the replicas that hold it
+  (in their last report's engine LoRA cache, or sent it since), least loaded first, within the
+  load guard, before any session or least-loaded fallback; prefix blocks are hashed per adapter,
+  as the engine's prefix cache keys them.
 - The load guard: the preferred replica is skipped when its KV cache is above `guard_kv_usage`
   (for the least loaded replica below it, if any), or when it holds `guard_imbalance` more
   requests than the least loaded other replica (for that one).
@@ -35,9 +39,10 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 from services.router import decisions
 
-# Requests sent to a replica count towards its load until its next report, but no longer than
-# this: a report is due every second (services/app.py), so sends older than this are in one, or
-# the replica is too busy to report and their count would only grow.
+# Requests sent to a replica count towards its load until a report made after them, but no longer
+# than this: a report is due every second (services/app.py), so sends older than this are in one,
+# or the replica is too busy to report and their count would only grow. Times are wall-clock
+# (`time.time()`), as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
 
 MAX_SESSION_ID_CHARS = 256  # longer ids are cut: a hostile header costs nothing more
@@ -50,6 +55,7 @@ class RoutingKnobs:
     index_blocks: int = 4096
     guard_imbalance: int = 8
     guard_kv_usage: float = 0.9
+    base_names: tuple[str, ...] = ()  # set for models with LoRA adapters: any other `model` is an adapter
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -70,9 +76,10 @@ def prompt_text(body: dict[str, Any]) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def block_hashes(text: str, block_chars: int) -> list[int]:
-    """Chained hashes of the complete leading blocks: block i's hash covers blocks 0..i."""
-    hashes, previous = [], b""
+def block_hashes(text: str, block_chars: int, salt: str = "") -> list[int]:
+    """Chained hashes of the complete leading blocks: block i's hash covers blocks 0..i (and the
+    salt: a LoRA adapter's name, since the same text under another adapter is another KV cache)."""
+    hashes, previous = [], salt.encode()
     for start in range(0, len(text) - block_chars + 1, block_chars):
         previous = hashlib.blake2b(previous + text[start:start + block_chars].encode(), digest_size=8).digest()
         hashes.append(int.from_bytes(previous, "little"))
@@ -149,6 +156,7 @@ class ReplicaChooser:
         self.knobs = knobs
         self.index = PrefixIndex(knobs.index_blocks)
         self.sent_since_report: dict[Any, deque[float]] = defaultdict(deque)  # replica -> send times
+        self.adapters_sent: dict[Any, dict[str, float]] = defaultdict(dict)  # replica -> adapter -> last send
         self.report_times: dict[Any, float] = {}
 
     def forget_all_but(self, alive: set[Any]) -> None:
@@ -156,23 +164,41 @@ class ReplicaChooser:
         self.index.keep_only(alive)
         for gone in set(self.sent_since_report) - alive:
             del self.sent_since_report[gone]
+        for gone in set(self.adapters_sent) - alive:
+            del self.adapters_sent[gone]
         for gone in set(self.report_times) - alive:
             del self.report_times[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
-        """(requests held, KV-cache usage) as last reported plus what was sent since the report, in
+        """(requests held, KV-cache usage) as last reported plus what was sent after that report, in
         the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the stats call's
         timeout), old sends must not pile up into an imbalance that pushes conversations away."""
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
         sent = self.sent_since_report[replica.replica_id]
-        if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what we sent
+        if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what came before it
             self.report_times[replica.replica_id] = reported_at
-            sent.clear()
-        horizon = time.monotonic() - SENT_WINDOW_S
-        while sent and sent[0] < horizon:
+            adapters_at = float(stats.get("adapters_at", 0.0))  # when the engine's LoRA cache was listed
+            adapters = self.adapters_sent[replica.replica_id]
+            for adapter in [name for name, at in adapters.items() if at <= adapters_at]:
+                del adapters[adapter]
+        horizon = time.time() - SENT_WINDOW_S
+        while sent and (sent[0] < horizon or sent[0] <= reported_at):
             sent.popleft()
         return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
+
+    def holds(self, replica: Replica, adapter: str) -> bool:
+        """Whether the replica has the adapter in its engine's LoRA cache (last report) or was sent
+        a request for it after that report (so it is loading it now)."""
+        self.load(replica)  # brings the book up to the latest report
+        return adapter in (replica.routing_stats or {}).get("adapters", ()) or \
+            adapter in self.adapters_sent[replica.replica_id]
+
+    def adapter_of(self, body: dict[str, Any] | None) -> str | None:
+        model = body.get("model") if body is not None else None
+        if self.knobs.base_names and isinstance(model, str) and model not in self.knobs.base_names:
+            return model
+        return None
 
     def _least_loaded(self, replicas: Sequence[Replica]) -> Replica:
         loads = [self.load(replica)[0] for replica in replicas]
@@ -195,14 +221,18 @@ class ReplicaChooser:
                session_id: str | None) -> tuple[Replica, str]:
         """The replica for one request, and why (the routing-decision metric's `reason`); books the
         request on it."""
-        chosen, reason = self._pick(replicas, body, session_id)
-        self.sent_since_report[chosen.replica_id].append(time.monotonic())
+        adapter = self.adapter_of(body)
+        chosen, reason = self._pick(replicas, body, session_id, adapter)
+        now = time.time()
+        self.sent_since_report[chosen.replica_id].append(now)
+        if adapter is not None:
+            self.adapters_sent[chosen.replica_id][adapter] = now
         if body is not None and self.knobs.policy == "prefix-affinity":
-            self.index.add(chosen.replica_id, block_hashes(prompt_text(body), self.knobs.block_chars))
+            self.index.add(chosen.replica_id, block_hashes(prompt_text(body), self.knobs.block_chars, adapter or ""))
         return chosen, reason
 
     def _pick(self, replicas: Sequence[Replica], body: dict[str, Any] | None,
-              session_id: str | None) -> tuple[Replica, str]:
+              session_id: str | None, adapter: str | None) -> tuple[Replica, str]:
         if len(replicas) == 1:
             return replicas[0], "single_replica"
         policy = self.knobs.policy
@@ -210,12 +240,17 @@ class ReplicaChooser:
         if policy == "session" and session_id:  # a pin, unguarded: every turn on one replica
             return rendezvous(session_id, replicas), "session"
         if policy == "prefix-affinity" and body is not None:
-            hashes = block_hashes(prompt_text(body), self.knobs.block_chars)
+            hashes = block_hashes(prompt_text(body), self.knobs.block_chars, adapter or "")
             matched = [self.index.matched(replica.replica_id, hashes) for replica in replicas]
             best = max(matched, default=0)
             if best > 0:
                 tied = [replica for replica, count in zip(replicas, matched, strict=True) if count == best]
                 return self._guarded(self._least_loaded(tied), replicas, "prefix_hit")
+        if adapter is not None and policy in ("prefix-affinity", "least-loaded"):
+            holders = [replica for replica in replicas if self.holds(replica, adapter)]
+            if 0 < len(holders) < len(replicas):  # held everywhere: nothing to prefer
+                return self._guarded(self._least_loaded(holders), replicas, "adapter_hit")
+        if policy == "prefix-affinity" and body is not None:
             if session_id:  # nothing cached yet: the session's replica, so its later turns meet there
                 return self._guarded(rendezvous(session_id, replicas), replicas, "session")
         return self._least_loaded(replicas), "least_loaded" if policy == "least-loaded" else "fallback"
@@ -226,7 +261,7 @@ class AffinityRouter(RequestRouter):
     from the catalog's `routing:` block (services/app.py)."""
 
     def initialize_state(self, **kwargs: Any) -> None:
-        self.chooser = ReplicaChooser(RoutingKnobs(**kwargs))
+        self.chooser = ReplicaChooser(RoutingKnobs(**{**kwargs, "base_names": tuple(kwargs.get("base_names", ()))}))
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
@@ -243,6 +278,9 @@ class AffinityRouter(RequestRouter):
         return [[chosen], rest] if rest else [[chosen]]  # type: ignore[list-item]
 
 
-def routing_stats(ongoing: int, kv_usage: float) -> dict[str, Any]:
-    """What an engine replica reports for `ReplicaChooser.load` (its `record_routing_stats`)."""
-    return {"ongoing": ongoing, "kv_usage": kv_usage, "at": time.time()}
+def routing_stats(ongoing: int, kv_usage: float, adapters: list[str] | None = None,
+                  adapters_at: float = 0.0) -> dict[str, Any]:
+    """What an engine replica reports for `ReplicaChooser` (its `record_routing_stats`): requests it
+    holds and KV-cache usage now, the LoRA adapters its engine's cache held at `adapters_at`."""
+    return {"ongoing": ongoing, "kv_usage": kv_usage, "adapters": adapters or [], "adapters_at": adapters_at,
+            "at": time.time()}

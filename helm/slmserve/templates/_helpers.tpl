@@ -59,8 +59,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Environment shared by head and workers. Ray Serve's HAProxy reads the session header's name
 and whether to send request bodies to the IngressRouter (a direct-mode model with more than one
-replica, routed by prefix affinity, needs them), as services/runtime.py routing_environment sets
-them for local runs. */}}
+replica, routed by prefix affinity, or least loaded with LoRA adapters, needs them), as
+services/runtime.py routing_environment sets them for local runs. */}}
 {{- define "slmserve.env" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
 {{- $router := get $catalog "router" | default dict -}}
@@ -69,8 +69,10 @@ them for local runs. */}}
 {{- $direct := or (eq $plane "direct") (and (eq $plane "auto") (eq (len $models) 1)) -}}
 {{- $policy := "prefix-affinity" -}}
 {{- $choice := false -}}
+{{- $lora := false -}}
 {{- if $models -}}
 {{- $first := first $models -}}
+{{- $lora = hasKey $first "lora" -}}
 {{- $policy = get (get $first "routing" | default dict) "policy" | default "prefix-affinity" -}}
 {{- $deployment := get $first "deployment" | default dict -}}
 {{- $choice = or (hasKey $deployment "autoscaling_config") (gt (int (get $deployment "num_replicas" | default 1)) 1) -}}
@@ -82,7 +84,7 @@ them for local runs. */}}
 - name: RAY_SERVE_SESSION_ID_HEADER_KEY
   value: {{ get $router "session_header" | default "X-Session-Id" | lower | quote }}
 - name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
-  value: {{ ternary "1" "0" (and $direct $choice (eq $policy "prefix-affinity")) | quote }}
+  value: {{ ternary "1" "0" (and $direct $choice (or (eq $policy "prefix-affinity") (and $lora (eq $policy "least-loaded")))) | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS
@@ -122,6 +124,18 @@ them for local runs. */}}
   persistentVolumeClaim:
     claimName: {{ .root.Values.modelCache.existingClaim | default (printf "%s-model-cache" (include "slmserve.fullname" .root)) }}
 {{- end }}
+{{- with .root.Values.loraAdapters }}
+{{- if .enabled }}
+- name: lora-adapters
+  {{- if .existingClaim }}
+  persistentVolumeClaim:
+    claimName: {{ .existingClaim }}
+    readOnly: true
+  {{- else }}
+  emptyDir: {}
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- with .root.Values.secrets.apiKeys.name }}
 - name: api-keys
   secret:
@@ -142,6 +156,11 @@ them for local runs. */}}
 {{- if .Values.modelCache.enabled }}
 - name: model-cache
   mountPath: {{ .Values.modelCache.mountPath }}
+{{- end }}
+{{- if .Values.loraAdapters.enabled }}
+- name: lora-adapters
+  mountPath: {{ .Values.loraAdapters.mountPath }}
+  readOnly: true
 {{- end }}
 {{- if .Values.secrets.apiKeys.name }}
 - name: api-keys
@@ -168,4 +187,47 @@ readinessProbe:
   httpGet: {path: /v1/health/ready, port: serve}
   periodSeconds: {{ .Values.probes.periodSeconds }}
   failureThreshold: 3
+{{- end -}}
+
+
+{{/* The init container that fills the adapters volume at pod start (loraAdapters.initContainer),
+and the checks that the volume and the catalog agree. */}}
+{{- define "slmserve.adapterInit" -}}
+{{- $lora := .Values.loraAdapters -}}
+{{- if $lora.enabled -}}
+{{- if and (not $lora.existingClaim) (not $lora.initContainer.image) -}}
+{{- fail "loraAdapters.enabled needs loraAdapters.existingClaim (a PVC of adapters) or loraAdapters.initContainer.image (to fetch them)" -}}
+{{- end -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- range $model := (get $catalog "models" | default list) -}}
+{{- with (get $model "lora") -}}
+{{- if not (hasPrefix $lora.mountPath (get . "adapters_dir" | default "")) -}}
+{{- fail (printf "catalog model %s reads adapters from %s, outside loraAdapters.mountPath %s" (get $model "name") (get . "adapters_dir") $lora.mountPath) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $lora.initContainer.image (not $lora.existingClaim) }}
+initContainers:
+  - name: fetch-lora-adapters
+    image: {{ $lora.initContainer.image }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    {{- with $lora.initContainer.command }}
+    command:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $lora.initContainer.env }}
+    env:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    {{- with $lora.initContainer.resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
+    securityContext:
+      {{- toYaml .Values.containerSecurityContext | nindent 6 }}
+    volumeMounts:
+      - name: lora-adapters
+        mountPath: {{ $lora.mountPath }}
+{{- end }}
+{{- end -}}
 {{- end -}}

@@ -1,0 +1,79 @@
+"""slmserve's vLLM general plugin (entry point `vllm.general_plugins` in pyproject.toml): fixes that must
+run inside vLLM's own processes (engine core, workers), which import nothing of slmserve otherwise.
+vLLM calls `load` once per process; everything here checks before it changes anything, so a vLLM
+release that fixed the bug is left alone.
+
+- CPU LoRA: vLLM's pure-PyTorch LoRA ops (the CPU backend's) index the stacked adapters with each
+  token's adapter slot, and a base-model token's slot is -1, which PyTorch reads as "the last
+  adapter". In a batch mixing base-model and adapter requests the base-model requests then get an
+  adapter's output (found by tests/test_lora_live.py; vLLM pull request 48421 fixes it upstream).
+  The GPU kernels skip slot -1 themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+logger = logging.getLogger("vllm.slmserve")  # under vLLM's logger: logged as vLLM logs
+_CPU_LORA_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")  # the sgmv_* ops call these
+
+
+def _without_slot_minus_one(op: Any) -> Any:
+    """The op with rows of slot -1 contributing nothing: their inputs zeroed, their slot clamped to 0."""
+
+    @functools.wraps(op)
+    def run(inputs: Any, weights: Any, output: Any, slots: Any, *args: Any, **kwargs: Any) -> Any:
+        base_rows = slots < 0
+        if not bool(base_rows.any()):
+            return op(inputs, weights, output, slots, *args, **kwargs)
+        keep = (~base_rows).to(inputs.dtype)
+        keep = keep.unsqueeze(-1) if keep.shape[0] == inputs.shape[0] else keep.reshape(1, 1)
+        return op(inputs * keep, weights, output, slots.clamp(min=0), *args, **kwargs)
+
+    run.slmserve_masks_slot_minus_one = True  # type: ignore[attr-defined]
+    return run
+
+
+def cpu_lora_ops_apply_the_last_adapter_to_base_tokens() -> bool:
+    """Probe vLLM's torch bgmv_shrink: one token, one adapter of all ones, slot -1."""
+    import torch
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    output = torch.zeros(1, 2)
+    lora_ops.bgmv_shrink(torch.ones(1, 2), torch.ones(1, 2, 2), output, torch.tensor([-1]), 1.0)
+    return bool(output.abs().sum() > 0)
+
+
+def mask_base_tokens_in_cpu_lora_ops() -> bool:
+    """Patch the ops where vLLM looks them up (their module, the torch_ops package and the CPU punica
+    wrapper's own imports); True if patched."""
+    import importlib
+
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return False
+    from vllm.lora.ops.torch_ops import lora_ops
+
+    if getattr(lora_ops.bgmv_shrink, "slmserve_masks_slot_minus_one", False):
+        return True
+    if not cpu_lora_ops_apply_the_last_adapter_to_base_tokens():
+        return False
+    modules = [lora_ops, importlib.import_module("vllm.lora.ops.torch_ops"),
+               importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")]
+    for name in _CPU_LORA_OPS:
+        fixed = _without_slot_minus_one(getattr(lora_ops, name))
+        for module in modules:
+            if hasattr(module, name):
+                setattr(module, name, fixed)
+    logger.info("slmserve: CPU LoRA ops patched so that base-model tokens get no adapter (vLLM PR 48421)")
+    return True
+
+
+def load() -> None:
+    try:
+        mask_base_tokens_in_cpu_lora_ops()
+    except ImportError:  # a vLLM without these modules has nothing to fix here
+        pass
