@@ -137,6 +137,37 @@ class LoraOptions(_Strict):
         return args
 
 
+class EngineProfile(_Strict):
+    """One engine setup a model can run with; each replica picks the best one for its GPUs
+    (services/profiles.py). Its settings are laid over the entry's engine_args."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    precision: Literal["bf16", "fp8"] = Field("bf16", description="fp8: vLLM's online fp8 quantization "
+                                                                 "(needs compute capability 8.9+)")
+    tensor_parallel_size: int = Field(1, ge=1, le=16)
+    gpus: list[str] = Field(default_factory=list, description="GPU families it suits (H100, H200, L40S, ...); "
+                                                                "empty: any GPU")
+    optimize: Literal["throughput", "latency"] = "throughput"
+    min_gpu_memory_gib: float | None = Field(None, gt=0)
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments of this profile")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _profile_owns_its_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for owned in ("model", "served_model_name", "dtype", "quantization", "tensor_parallel_size"):
+            if owned in value:
+                raise ValueError(f"{owned!r} comes from the profile's own fields (precision, tensor_parallel_size)")
+        return value
+
+    def vllm_engine_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"dtype": "bfloat16", **self.engine_args}
+        if self.precision == "fp8":
+            args["quantization"] = "fp8"
+        if self.tensor_parallel_size > 1:
+            args["tensor_parallel_size"] = self.tensor_parallel_size
+        return args
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
 
 
@@ -153,6 +184,8 @@ class ModelEntry(_Strict):
         None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429")
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
     lora: LoraOptions | None = Field(None, description="serve LoRA adapters of this model from a directory")
+    profiles: list[EngineProfile] = Field(default_factory=list, description="engine setups per GPU; each replica "
+                                                                            "picks the best for its hardware")
 
     @field_validator("name", "aliases")
     @classmethod
@@ -188,10 +221,23 @@ class ModelEntry(_Strict):
                 raise ValueError(f"{owned!r} comes from the entry's `lora:` block, not engine_args")
         return value
 
-    @property
-    def vllm_engine_args(self) -> dict[str, Any]:
-        """engine_args plus what the entry's other blocks ask of the engine (LoRA)."""
-        return {**self.engine_args, **(self.lora.engine_args() if self.lora else {})}
+    def vllm_engine_args(self, profile: EngineProfile | None = None) -> dict[str, Any]:
+        """engine_args plus what the entry's other blocks ask of the engine (a profile, LoRA)."""
+        return {**self.engine_args, **(profile.vllm_engine_args() if profile else {}),
+                **(self.lora.engine_args() if self.lora else {})}
+
+    @model_validator(mode="after")
+    def _profiles_fit_the_replica(self) -> ModelEntry:
+        names = [profile.name for profile in self.profiles]
+        if len(set(names)) != len(names):
+            raise ValueError("profile names must be unique within a model")
+        gpus = self.deployment.ray_actor_options.num_gpus or sum(
+            1 for bundle in self.deployment.placement_group_bundles or [] if bundle.get("GPU", 0) >= 1)
+        for profile in self.profiles:
+            if profile.tensor_parallel_size > max(1, int(gpus)):
+                raise ValueError(f"profile {profile.name!r} needs {profile.tensor_parallel_size} GPUs per replica; "
+                                 f"the deployment gives a replica {gpus:g}")
+        return self
 
     @property
     def deployment_name(self) -> str:

@@ -56,7 +56,7 @@ def _validate(args: argparse.Namespace) -> int:
         from services.engine import vllm_compat
 
         for entry in catalog.models:
-            vllm_compat.engine_namespace(entry.source, entry.names, entry.vllm_engine_args)
+            vllm_compat.engine_namespace(entry.source, entry.names, entry.vllm_engine_args())
     names = ", ".join(entry.name for entry in catalog.models)
     print(f"{args.file}: valid ({len(catalog.models)} model(s): {names})")
     return 0
@@ -65,6 +65,28 @@ def _validate(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     catalog = load_catalog(resolve_catalog_path(args.catalog))
     print(json.dumps(catalog.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _profiles(args: argparse.Namespace) -> int:
+    """Each model's profiles against a machine (`--gpu H100x2`, else this one's GPUs), the pick marked."""
+    from services.profiles import Hardware, choose, missing
+
+    catalog = load_catalog(resolve_catalog_path(args.catalog))
+    hardware = Hardware.parse(args.gpu) if args.gpu else Hardware.detect()
+    print(f"hardware: {hardware.describe()}")
+    for entry in catalog.models:
+        chosen = choose(entry.profiles, hardware, args.pin)
+        print(f"\n{entry.name}: " + (f"runs profile {chosen.name}" if chosen else
+                                      "runs its own engine_args (no profile fits)" if entry.profiles else
+                                      "lists no profiles"))
+        for profile in entry.profiles:
+            problems = missing(profile, hardware)
+            mark = "*" if profile is chosen else " "
+            fits = "fits" if not problems else "needs " + "; ".join(problems)
+            gpus = "/".join(profile.gpus) or "any GPU"
+            print(f"  {mark} {profile.name:<24} {profile.precision:<5} tp={profile.tensor_parallel_size} "
+                  f"{profile.optimize:<10} {gpus:<16} {fits}")
     return 0
 
 
@@ -114,6 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     show = catalog_commands.add_parser("show", help="print a catalog as validated JSON")
     show.add_argument("catalog")
     show.set_defaults(func=_show)
+    profiles = commands.add_parser("profiles", help="engine profiles per GPU (services/profiles.py)")
+    profiles_commands = profiles.add_subparsers(dest="profiles_command", required=True)
+    profiles_list = profiles_commands.add_parser("list", help="each model's profiles and the one a machine runs")
+    profiles_list.add_argument("--catalog", default="phi35", help="catalog name or YAML path")
+    profiles_list.add_argument("--gpu", help="the GPUs one engine replica gets, e.g. H100x2, L4, cpu "
+                                                  "(default: what this machine has)")
+    profiles_list.add_argument("--pin", help="as SLMSERVE_PROFILE: check that this profile can run there")
+    profiles_list.set_defaults(func=_profiles)
     deploy = commands.add_parser("deploy", help="inspect a deployment on Kubernetes")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
     status = deploy_commands.add_parser("status", help="RayService, Serve and GPU pod status")

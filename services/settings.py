@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     media_allow_hosts: list[str] = Field(default_factory=list, description="added to the catalog's media.allow_hosts")
     media_allow_networks: list[str] = Field(default_factory=list,
                                             description="added to the catalog's media.allow_networks")
+    profile: str | None = Field(None, description="engine profile to run (services/profiles.py); a pin the "
+                                                  "hardware cannot run fails the start")
 
 
 def resolve_catalog_path(catalog: str) -> Path:

@@ -147,7 +147,7 @@ def test_production_catalog_encodes_gpu_sizing():
 def test_lora_block_drives_the_engine_and_is_validated():
     entry = {**MINIMAL["models"][0], "lora": {"adapters_dir": "/adapters", "max_loras": 2, "max_lora_rank": 32}}
     parsed = parse_catalog({"models": [entry]}).models[0]
-    assert parsed.vllm_engine_args == {"enable_lora": True, "max_loras": 2, "max_lora_rank": 32}
+    assert parsed.vllm_engine_args() == {"enable_lora": True, "max_loras": 2, "max_lora_rank": 32}
     assert parsed.lora is not None and parsed.lora.refresh_s == 30
     assert "max_lora_rank must be one of" in _error({"models": [{**entry, "lora": {"adapters_dir": "/a",
                                                                                    "max_lora_rank": 12}}]})

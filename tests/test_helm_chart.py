@@ -251,6 +251,14 @@ def test_lora_adapters_need_a_source_and_the_catalog_s_directory_on_the_volume(t
     assert result.returncode != 0 and "outside loraAdapters.mountPath /adapters" in result.stderr
 
 
+def test_a_pinned_profile_reaches_every_ray_container_only_when_set():
+    for args, expected in ((("--set", "serve.profile=bf16-throughput"), "bf16-throughput"), ((), None)):
+        cluster = by_kind(render(*args), "RayService")[0]["spec"]["rayClusterConfig"]
+        for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
+            env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
+            assert env.get("SLMSERVE_PROFILE") == expected
+
+
 def test_hardened_pods():
     cluster = by_kind(render(), "RayService")[0]["spec"]["rayClusterConfig"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:

@@ -212,7 +212,7 @@ def test_vision_metrics_observe_encoder_latency(live_server):
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         text = live_server.http.get("/metrics").text
-        if f'vision_encoder_latency_seconds_count{{model_name="{VISION}",base_model="{VISION}"}}' in text:
+        if f'vision_encoder_latency_seconds_count{{base_model="{VISION}",model_name="{VISION}"}}' in text:
             return
         time.sleep(0.3)
     raise AssertionError("vision_encoder_latency_seconds was never observed")

@@ -85,7 +85,7 @@ def test_admission_bound_rejects_overflow_fast(live_server):
     assert all(code == "queue_full" for _, _, code in rejected)
     assert max(seconds for _, seconds, _ in rejected) < min(seconds for _, seconds, _ in ok)
     text = live_server.http.get("/metrics").text
-    assert f'slmserve_rejected_requests_total{{model_name="{MOE}",base_model="{MOE}",reason="queue_full"}}' in text
+    assert f'slmserve_rejected_requests_total{{base_model="{MOE}",model_name="{MOE}",reason="queue_full"}}' in text
 
 
 def test_body_over_the_limit_is_413(live_server):

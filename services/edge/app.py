@@ -157,10 +157,11 @@ async def version() -> dict[str, str]:
 
 @ROUTES.get("/v1/metadata")
 async def metadata(request: Request) -> dict[str, Any]:
+    edge = _edge(request)
     return {
         "version": __version__,
-        "modelInfo": [{"shortName": entry.name, "modelUrl": entry.source, "aliases": entry.aliases}
-                      for entry in _edge(request).models],
+        "modelInfo": [{"shortName": entry.name, "modelUrl": entry.source, "aliases": entry.aliases,
+                       "profile": await edge.engines[entry.name].profile()} for entry in edge.models],
         "repository_override": "",
         "assetInfo": [],
         "licenseInfo": {},

@@ -40,6 +40,7 @@ class Engine(Protocol):
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
     async def adapter_names(self, max_age_s: float) -> list[str]: ...
+    async def profile(self) -> dict[str, Any] | None: ...
 
 
 class LocalStream:
@@ -83,6 +84,9 @@ class LocalEngine:
 
     async def adapter_names(self, max_age_s: float) -> list[str]:
         return await self.engine.adapter_names()  # this replica's own registry: always current
+
+    async def profile(self) -> dict[str, Any] | None:
+        return self.engine.profile_info()
 
 
 class RemoteStream:
@@ -139,3 +143,13 @@ class RemoteEngine:
             except (TimeoutError, *REPLICA_GONE):
                 logger.warning("could not ask %s for its adapters; using the last answer", self._unary.deployment_name)
         return self._adapters
+
+    async def profile(self) -> dict[str, Any] | None:
+        """The engine profile of one replica (replicas of a model on like nodes pick the same one)."""
+        if not self.ready():
+            return None
+        try:
+            async with asyncio.timeout(ADAPTER_QUERY_TIMEOUT_S):
+                return (await self._unary.info.remote())["profile"]
+        except (TimeoutError, *REPLICA_GONE):
+            return None

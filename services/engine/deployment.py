@@ -39,7 +39,10 @@ from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.records import RecordBuffer
+from services.profiles import Hardware
+from services.profiles import choose as choose_profile
 from services.router.policies import routing_stats
+from services.settings import Settings
 from services.streaming import SSE_DONE, coalesce
 
 logger = logging.getLogger("slmserve.engine")
@@ -75,7 +78,12 @@ class EngineDeployment:
         self.metrics_hub = metrics_hub
         started = time.monotonic()
         model = resolve_source(self.entry.source, Path(cache_dir))
-        namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.vllm_engine_args)
+        self.hardware = Hardware.detect()
+        self.profile = choose_profile(self.entry.profiles, self.hardware, Settings().profile)
+        if self.entry.profiles:
+            logger.info("%s on %s: profile %s", self.entry.name, self.hardware.describe(),
+                        self.profile.name if self.profile else "none fits, the entry's own engine_args")
+        namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.vllm_engine_args(self.profile))
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
         self.adapters: AdapterSync | None = None
@@ -187,7 +195,7 @@ class EngineDeployment:
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
             families = await asyncio.to_thread(_vllm_families)
-            snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families)
+            snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families, self.profile_info())
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
             if self.adapters is not None:
                 try:
@@ -227,7 +235,16 @@ class EngineDeployment:
             "vllm_version": vllm_compat.vllm_version(),
             "load_seconds": self.load_seconds,
             "max_model_len": self.stack.engine.model_config.max_model_len,
+            "profile": self.profile_info(),
         }
+
+    def profile_info(self) -> dict[str, Any]:
+        """The engine profile this replica runs (`/v1/metadata`, the slmserve_engine_profile metric)."""
+        profile = self.profile
+        return {"name": profile.name if profile else "default",
+                "precision": profile.precision if profile else str(self.entry.engine_args.get("dtype", "auto")),
+                "tensor_parallel_size": profile.tensor_parallel_size if profile else self.entry.parallel_size,
+                "hardware": self.hardware.describe()}
 
     async def check_health(self) -> None:
         # Ray Serve calls this periodically; a dead engine core makes the replica restart.

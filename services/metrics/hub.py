@@ -11,6 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -29,6 +30,7 @@ class EngineSnapshot:
     model_name: str
     max_num_seqs: int
     families: list[Metric]
+    profile: dict[str, Any] = field(default_factory=dict)  # EngineDeployment.profile_info()
     received_at: float = field(default_factory=time.monotonic)
 
     def gauge(self, *names: str) -> float:
@@ -63,6 +65,18 @@ class _EngineCollector:
             replicas = by_model.get(model, [])
             kv.add_metric([model], sum(s.gauge(*KV_USAGE_NAMES) for s in replicas) / len(replicas) if replicas else 0)
         yield kv
+        profiles = GaugeMetricFamily("slmserve_engine_profile", "Engine replicas by the profile they run "
+                                     "(services/profiles.py)", labels=["model_name", "profile", "precision",
+                                                                       "tensor_parallel_size"])
+        counted: dict[tuple[str, ...], int] = defaultdict(int)
+        for snapshot in snapshots:
+            info = snapshot.profile
+            if info:
+                counted[(snapshot.model_name, str(info["name"]), str(info["precision"]),
+                         str(info["tensor_parallel_size"]))] += 1
+        for labels, replicas_running in sorted(counted.items()):
+            profiles.add_metric(list(labels), replicas_running)
+        yield profiles
         merged: dict[str, Metric] = {}
         for snapshot in snapshots:
             for family in snapshot.families:

@@ -104,6 +104,10 @@ services/runtime.py routing_environment sets them for local runs. */}}
 - name: SLMSERVE_API_KEYS_FILE
   value: /etc/slmserve/api-keys/{{ $.Values.secrets.apiKeys.key }}
 {{- end }}
+{{- with .Values.serve.profile }}
+- name: SLMSERVE_PROFILE
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.tracing.otlpTracesEndpoint }}
 # Request traces from the edge and vLLM's engines (services/tracing.py); the catalog's own
 # tracing.otlp_traces_endpoint wins where it is set.
