@@ -135,7 +135,15 @@ def test_health_and_info_routes(live_server):
     assert ready.status_code == 200 and ready.json()["models"] == dict.fromkeys(names, True)
     assert httpx.get(f"{base}/health").status_code == 200
     assert live_server.http.get("/v1/version").json()["release"]
-    assert [info["shortName"] for info in live_server.http.get("/v1/metadata").json()["modelInfo"]] == names
+    model_info = live_server.http.get("/v1/metadata").json()["modelInfo"]
+    assert [info["shortName"] for info in model_info] == names
+    # The test catalog lists no profiles: each engine runs its own engine_args, and says so.
+    assert [info["profile"]["name"] for info in model_info] == ["default"] * len(names)
+    assert model_info[0]["profile"] == {"name": "default", "precision": "float32", "tensor_parallel_size": 1,
+                                        "hardware": "no GPU (CPU engine)"}
+    profiles = [line for line in live_server.http.get("/metrics").text.splitlines()
+                if line.startswith("slmserve_engine_profile{")]
+    assert len(profiles) == len(names) and all(line.endswith(" 1.0") for line in profiles), profiles
 
 
 def test_readiness_was_503_while_loading(live_server):
