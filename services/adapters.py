@@ -18,6 +18,7 @@ import json
 import re
 import shutil
 import struct
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,18 +187,19 @@ def check_adapter(directory: Path, base: BaseShape, max_rank: int) -> int:
 
 
 def snapshot_and_check(adapter: Adapter, snapshots_dir: Path, base: BaseShape, max_rank: int) -> CheckedAdapter:
-    """Copy the adapter's two files into `snapshots_dir/<name>-<fingerprint>` and check the copy."""
-    target = snapshots_dir / f"{adapter.name}-{adapter.fingerprint}"
-    if not target.is_dir():
-        partial = snapshots_dir / f".{target.name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+    """Copy the adapter's files into a new directory of its own under `snapshots_dir` (never reused,
+    so deleting a withdrawn one cannot touch a served one) and check the copy."""
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix=f"{adapter.name}-{adapter.fingerprint}-", dir=snapshots_dir))
+    try:
         for file in (CONFIG_FILE, WEIGHTS_FILE, "adapter_model.bin"):  # .bin only to name it in the refusal
             if (adapter.source / file).is_file():
-                shutil.copy2(adapter.source / file, partial / file)
-        partial.rename(target)
-    try:
+                shutil.copy2(adapter.source / file, target / file)
         rank = check_adapter(target, base, max_rank)
     except OSError as error:
+        shutil.rmtree(target, ignore_errors=True)
         raise AdapterError(f"cannot be read: {error.strerror or error}") from None
+    except AdapterError:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     return CheckedAdapter(adapter.name, target, rank, adapter.fingerprint)

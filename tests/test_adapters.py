@@ -103,4 +103,6 @@ def test_a_snapshot_is_a_checked_copy_and_a_changed_adapter_gets_a_new_one(made,
     assert changed.fingerprint != first.fingerprint
     with pytest.raises(AdapterError, match="rank 32"):
         snapshot_and_check(changed, snapshots, base, 16)
-    assert checked.path.is_dir()  # the earlier snapshot is untouched
+    assert checked.path.is_dir() and list(snapshots.iterdir()) == [checked.path]  # a refused copy is removed
+    again = snapshot_and_check(first, snapshots, base, 32)
+    assert again.path != checked.path  # the same files again: a snapshot of its own, never shared

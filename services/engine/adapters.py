@@ -21,6 +21,7 @@ from services.adapters import Adapter, AdapterError, BaseShape, CheckedAdapter, 
 from services.catalog import LoraOptions
 
 logger = logging.getLogger("slmserve.adapters")
+SNAPSHOT_GRACE_S = 3600.0  # longer than any request's deadline (router.request_timeout_s, 600 s by default)
 
 
 class AdapterSync:
@@ -69,10 +70,12 @@ class AdapterSync:
         logger.info("serving LoRA adapter %s (rank %d) from %s", checked.name, checked.rank, adapter.source)
 
     async def _withdraw(self, name: str) -> None:
-        # Its snapshot stays until shutdown: requests already running may still reload from it.
-        del self.served[name]
+        checked = self.served.pop(name)
         await self.stack.unload_adapter(name)
         logger.info("LoRA adapter %s withdrawn (removed or changed in %s)", name, self.options.adapters_dir)
+        # Requests already running with it may still reload it from its snapshot (vLLM's cache can
+        # evict it mid-stream): the snapshot goes once they are past any deadline.
+        asyncio.get_running_loop().call_later(SNAPSHOT_GRACE_S, shutil.rmtree, checked.path, True)
 
     def _refuse(self, name: str, version: str, reason: str) -> None:
         if self.refused.get(name) != (version, reason):
