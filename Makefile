@@ -7,7 +7,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 CHECKOV := .venv-checkov/bin/checkov
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint unit loadtest bench soak fuzz manifests clean
+.PHONY: install run test lint unit loadtest bench soak fuzz manifests clean autoscaling
 
 install: $(STAMP) $(BIN)/helm $(CHECKOV)
 
@@ -56,6 +56,10 @@ bench: install
 # The kustomize base is the chart rendered with its defaults.
 manifests: install
 	$(BIN)/helm template slmserve helm/slmserve --namespace slmserve > deploy/kustomize/base/slmserve.yaml
+
+# One load step against the SLO autoscaling policy (about 4 minutes); figures go to docs/autoscaling.md.
+autoscaling: install
+	$(BIN)/python -m loadtests.autoscaling_run
 
 # 10 minutes of locust above the admission bound; figures go to docs/reliability.md.
 soak: install

@@ -27,21 +27,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AutoscalingConfig(_Strict):
-    """Ray Serve's autoscaling knobs (the subset worth exposing; names as Ray spells them)."""
+class SloOptions(_Strict):
+    """Scale on what users feel (services/autoscaling.py) instead of Ray Serve's request counts."""
 
-    min_replicas: int = Field(1, ge=0)
+    ttft_p90_s: float = Field(gt=0, description="scale up while the engines' TTFT p90 is above this")
+    queue_per_replica: float = Field(4, gt=0, description="or while more requests than this wait per replica")
+    cooldown_s: float = Field(60, ge=0, description="no second change in one direction within this")
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve's autoscaling knobs (the subset worth exposing; names as Ray spells them), plus
+    slmserve's SLO policy."""
+
+    min_replicas: int = Field(1, ge=1, description="at least 1: a cold engine start takes minutes, which "
+                                                   "no client request should wait for (scale to zero is refused)")
     max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
+    initial_replicas: int | None = Field(None, ge=1)
     target_ongoing_requests: float = Field(8, gt=0)
     upscale_delay_s: float = Field(30, ge=0)
     downscale_delay_s: float = Field(600, ge=0)
+    look_back_period_s: float | None = Field(None, gt=0, description="window Ray averages replica metrics over")
+    slo: SloOptions | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> AutoscalingConfig:
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
+
+    def to_ray(self) -> dict[str, Any]:
+        """Ray Serve's autoscaling_config: the SLO block becomes a custom policy."""
+        config = self.model_dump(exclude_none=True, exclude={"slo"})
+        if self.slo is not None:
+            config["policy"] = {"policy_function": "services.autoscaling:SloPolicy",
+                                "policy_kwargs": self.slo.model_dump()}
+        return config
 
 
 class ActorOptions(_Strict):
@@ -76,6 +96,8 @@ class DeploymentOptions(_Strict):
 
     def to_serve_options(self) -> dict[str, Any]:
         options = self.model_dump(exclude_none=True)
+        if self.autoscaling_config is not None:
+            options["autoscaling_config"] = self.autoscaling_config.to_ray()
         actor = options["ray_actor_options"]
         if not actor.get("resources"):
             actor.pop("resources", None)

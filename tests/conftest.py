@@ -12,7 +12,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
@@ -111,34 +110,12 @@ class LiveServer:
                 time.sleep(0.2)
 
 
-SESSION_ADAPTER = "smollm2-sql"  # a LoRA adapter of the session's text model (routed mode; tests/test_lora_routed.py)
-
-
-def with_session_adapter(catalog_name: str, root: Path) -> str:
-    """The test catalog with one PEFT adapter, made here, on its text model: the session's
-    application serves base and adapter requests side by side, as a LoRA-serving cluster does."""
-    from loadtests.serving import catalog_variant
-    from services.testadapters import make_adapters
-
-    if catalog_name != "test":
-        return catalog_name
-    make_adapters(root, Settings().cache_dir, {SESSION_ADAPTER: 8})
-
-    def add_lora(catalog: dict) -> None:
-        catalog["models"][0]["lora"] = {"adapters_dir": str(root), "max_loras": 1, "max_lora_rank": 8,
-                                        "refresh_s": 5}
-
-    return str(catalog_variant(catalog_name, add_lora))
-
-
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory) -> Iterator[LiveServer]:
+def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
     os.environ["SLMSERVE_API_KEYS"] = f"tests:{API_KEY},limited:{LIMITED_KEY}"
-    catalog_name = with_session_adapter(os.environ.get("SLMSERVE_TEST_CATALOG", "test"),
-                                        tmp_path_factory.mktemp("session-adapters"))
-    settings = Settings(catalog=catalog_name, port=runtime.free_ports(1)[0])
+    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=runtime.free_ports(1)[0])
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     base_url = f"http://{settings.host}:{settings.port}"
     started = time.monotonic()

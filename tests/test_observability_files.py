@@ -14,7 +14,8 @@ from services.metrics.definitions import VLLM_SERIES_ON_DASHBOARD, EdgeMetrics
 
 FILES = Path(__file__).resolve().parents[1] / "helm" / "slmserve" / "files"
 HUB_GAUGES = {"num_requests_running", "num_requests_waiting", "num_request_max", "gpu_cache_usage_perc",
-              "slmserve_model_replicas", "slmserve_model_ready", "slmserve_engine_profile"}
+              "slmserve_model_replicas", "slmserve_model_ready", "slmserve_engine_profile",
+              "slmserve_model_target_replicas"}
 PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "max", "min", "and", "or", "deriv", "le", "without",
                 "model_name", "finished_reason", "reason", "route", "status_code", "state", "clamp_min",
                 "__rate_interval", "model", "m", "s", "avg", "count", "on", "ignoring", "increase", "policy",

@@ -38,6 +38,7 @@ from services.engine.protocol import Head, Outcome, StreamItem
 from services.engine.sources import resolve_source
 from services.errors import error_json, from_vllm_error, sse_error_event
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
+from services.metrics.recent import RecentQuantile, cumulative_buckets
 from services.metrics.records import RecordBuffer
 from services.profiles import Hardware
 from services.profiles import choose as choose_profile
@@ -48,6 +49,7 @@ from services.streaming import SSE_DONE, coalesce
 logger = logging.getLogger("slmserve.engine")
 
 SNAPSHOT_PERIOD_S = 1.0
+TTFT_WINDOW_S = 10.0  # the TTFT the autoscaler sees is that of the last this many seconds
 _FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
 _USAGE_ONLY_CHUNK = '"choices":[]'
 
@@ -98,7 +100,9 @@ class EngineDeployment:
             "chat": vllm_compat.ChatCompletionRequest,
             "completions": vllm_compat.CompletionRequest,
         }
-        self.kv_usage = 0.0  # refreshed with every metrics snapshot
+        self.kv_usage = 0.0  # refreshed with every metrics snapshot, as are the next two
+        self.waiting = 0.0
+        self.recent_ttft = RecentQuantile(TTFT_WINDOW_S)
         self.load_seconds = time.monotonic() - started
         logger.info("engine for %s ready in %.1fs", self.entry.name, self.load_seconds)
         if metrics_hub is not None:
@@ -197,6 +201,8 @@ class EngineDeployment:
             families = await asyncio.to_thread(_vllm_families)
             snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families, self.profile_info())
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
+            self.waiting = snapshot.gauge("vllm:num_requests_waiting")
+            self.recent_ttft.add(cumulative_buckets(families, "vllm:time_to_first_token_seconds"))
             if self.adapters is not None:
                 try:
                     listed_at = time.time()
@@ -223,6 +229,10 @@ class EngineDeployment:
         """Serve asks about once a second (services/app.py); the routing policy reads it."""
         return routing_stats(self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters,
                              self.held_adapters_at)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve ships these to the autoscaler (services/autoscaling.py, when the catalog sets `slo`)."""
+        return {"waiting": self.waiting, "ttft_p90_s": self.recent_ttft.quantile(0.9)}
 
     async def adapter_names(self) -> list[str]:
         """The LoRA adapters this replica serves (the routed-mode router lists and resolves them)."""

@@ -89,13 +89,18 @@ class _EngineCollector:
                                      labels=["model_name", "state"])
         ready = GaugeMetricFamily("slmserve_model_ready", "1 when the model has a running replica",
                                   labels=["model_name"])
+        target = GaugeMetricFamily("slmserve_model_target_replicas", "Engine replicas the autoscaler (or "
+                                   "num_replicas) asks for", labels=["model_name"])
         for model, deployment in self.hub.deployments.items():
             state = self.hub.replica_states.get(deployment, DeploymentState())
             for replica_state, count in sorted(state.replicas.items()):
                 replicas.add_metric([model, replica_state], count)
             ready.add_metric([model], 1.0 if state.running_replicas > 0 else 0.0)
+            if state.target_replicas is not None:
+                target.add_metric([model], state.target_replicas)
         yield replicas
         yield ready
+        yield target
 
 
 class MetricsHub:
@@ -158,7 +163,8 @@ class MetricsHub:
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > 1.0:
             try:
-                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name)
+                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name,
+                                                              with_targets=True)
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass

@@ -45,6 +45,10 @@ from services.router import decisions
 # (`time.time()`), as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
 
+# The engine deployment's methods the router calls for itself (adapter lists, schemas, info): they pick
+# the least loaded replica but are neither booked as load nor counted as routing decisions.
+CONTROL_METHODS = frozenset({"adapter_names", "info", "request_schemas", "num_unfinished_requests"})
+
 MAX_SESSION_ID_CHARS = 256  # longer ids are cut: a hostile header costs nothing more
 
 
@@ -271,6 +275,9 @@ class AffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
+        method = getattr(pending_request.metadata, "call_method", "") if pending_request else ""
+        if method in CONTROL_METHODS:  # not a request: no booking, no decision counted
+            return [sorted(candidate_replicas, key=lambda replica: self.chooser.load(replica)[0])]
         session_id = getattr(pending_request.metadata, "session_id", None) if pending_request else None
         chosen, reason = self.chooser.choose(candidate_replicas, _request_body(pending_request), session_id or None)
         decisions.count(self._deployment_id.name, self.chooser.knobs.policy, reason)

@@ -1,0 +1,57 @@
+"""Quantiles of a Prometheus histogram over the last seconds, from cumulative snapshots: what an
+engine replica tells the autoscaler about the TTFT its users see now (services/autoscaling.py)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Any
+
+
+def cumulative_buckets(families: list[Any], name: str) -> dict[float, float]:
+    """`le` -> cumulative count of histogram `name`, summed over its label sets."""
+    buckets: dict[float, float] = {}
+    for family in families:
+        if family.name != name:
+            continue
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                upper = float(sample.labels["le"])
+                buckets[upper] = buckets.get(upper, 0.0) + sample.value
+    return buckets
+
+
+class RecentQuantile:
+    """Keeps cumulative bucket snapshots for `window_s`; quantiles of what was observed in between."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.snapshots: deque[tuple[float, dict[float, float]]] = deque()
+
+    def add(self, buckets: dict[float, float], now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self.snapshots.append((now, buckets))
+        while len(self.snapshots) > 2 and self.snapshots[1][0] <= now - self.window_s:
+            self.snapshots.popleft()
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of what was observed in the window, interpolated within its bucket as
+        Prometheus's histogram_quantile does (the highest finite bound when it falls in +Inf);
+        0 when nothing was observed."""
+        if len(self.snapshots) < 2:
+            return 0.0
+        (_, first), (_, last) = self.snapshots[0], self.snapshots[-1]
+        bounds = sorted(last)
+        counts = [last[bound] - first.get(bound, 0.0) for bound in bounds]
+        if not counts or counts[-1] <= 0:
+            return 0.0
+        rank = q * counts[-1]
+        lower, below = 0.0, 0.0
+        for bound, count in zip(bounds, counts, strict=True):
+            if count >= rank:
+                if not math.isfinite(bound):
+                    return lower
+                return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+            lower, below = bound, count
+        return lower
