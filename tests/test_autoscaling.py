@@ -1,5 +1,5 @@
 """The SLO autoscaling policy on its own (services/autoscaling.py), and the catalog that configures it;
-the live behaviour is in test_autoscaling_live.py."""
+the live behaviour is `make autoscaling` (loadtests/autoscaling_run.py, docs/autoscaling.md)."""
 
 from __future__ import annotations
 
