@@ -21,7 +21,7 @@ from services.engine.protocol import Head, Outcome
 from services.router.policies import MAX_SESSION_ID_CHARS
 
 logger = logging.getLogger("slmserve.edge")
-ADAPTER_QUERY_TIMEOUT_S = 5.0
+ENGINE_QUERY_TIMEOUT_S = 5.0  # the router asking an engine deployment for its adapters or profile
 
 # What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
 # engine code, which is a bug to surface, not an outage).
@@ -138,7 +138,7 @@ class RemoteEngine:
         if time.monotonic() - self._adapters_at > max_age_s and self.ready():
             self._adapters_at = time.monotonic()  # one question at a time, even when it fails
             try:
-                async with asyncio.timeout(ADAPTER_QUERY_TIMEOUT_S):
+                async with asyncio.timeout(ENGINE_QUERY_TIMEOUT_S):
                     self._adapters = await self._unary.adapter_names.remote()
             except (TimeoutError, *REPLICA_GONE):
                 logger.warning("could not ask %s for its adapters; using the last answer", self._unary.deployment_name)
@@ -149,7 +149,7 @@ class RemoteEngine:
         if not self.ready():
             return None
         try:
-            async with asyncio.timeout(ADAPTER_QUERY_TIMEOUT_S):
+            async with asyncio.timeout(ENGINE_QUERY_TIMEOUT_S):
                 return (await self._unary.info.remote())["profile"]
         except (TimeoutError, *REPLICA_GONE):
             return None
