@@ -56,7 +56,7 @@ def _request_router(entry: ModelEntry) -> dict[str, Any]:
     return {"request_router_config": RequestRouterConfig(
         request_router_class="services.router.policies.AffinityRouter",
         request_router_kwargs={**entry.routing.router_kwargs(),
-                               **({"base_names": entry.names} if entry.lora is not None else {})},
+                               **({"base_names": entry.names} if entry.adapter_affinity else {})},
         request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
         request_routing_stats_timeout_s=ROUTING_STATS_PERIOD_S)}
 

@@ -94,6 +94,12 @@ class DeploymentOptions(_Strict):
             self.num_replicas = 1
         return self
 
+    @property
+    def gpus_per_replica(self) -> float:
+        """The replica actor's own GPUs, else its placement group's GPU bundles (one per engine worker)."""
+        return self.ray_actor_options.num_gpus or sum(
+            1 for bundle in self.placement_group_bundles or [] if bundle.get("GPU", 0) >= 1)
+
     def to_serve_options(self) -> dict[str, Any]:
         options = self.model_dump(exclude_none=True)
         if self.autoscaling_config is not None:
@@ -253,8 +259,7 @@ class ModelEntry(_Strict):
         names = [profile.name for profile in self.profiles]
         if len(set(names)) != len(names):
             raise ValueError("profile names must be unique within a model")
-        gpus = self.deployment.ray_actor_options.num_gpus or sum(
-            1 for bundle in self.deployment.placement_group_bundles or [] if bundle.get("GPU", 0) >= 1)
+        gpus = self.deployment.gpus_per_replica
         for profile in self.profiles:
             if profile.tensor_parallel_size > max(1, int(gpus)):
                 raise ValueError(f"profile {profile.name!r} needs {profile.tensor_parallel_size} GPUs per replica; "
@@ -288,6 +293,12 @@ class ModelEntry(_Strict):
         return self.deployment.autoscaling_config is not None or (self.deployment.num_replicas or 1) > 1
 
     @property
+    def adapter_affinity(self) -> bool:
+        """Whether routing prefers the replicas holding a request's LoRA adapter: the policies that
+        choose by load or prefix do; a session pin and Ray's power-of-two do not."""
+        return self.lora is not None and self.routing.policy in ("prefix-affinity", "least-loaded")
+
+    @property
     def parallel_size(self) -> int:
         args = self.engine_args
         return int(args.get("tensor_parallel_size", 1)) * int(args.get("pipeline_parallel_size", 1))
@@ -297,9 +308,7 @@ class ModelEntry(_Strict):
         # A replica spanning several GPUs runs vLLM's Ray executor inside a placement group whose
         # bundles hold one GPU per worker (as Ray Serve LLM does); say so instead of failing later.
         if self.parallel_size > 1 and self.deployment.ray_actor_options.num_gpus == 0:
-            bundles = self.deployment.placement_group_bundles or []
-            gpus = sum(1 for bundle in bundles if bundle.get("GPU", 0) >= 1)
-            if gpus < self.parallel_size:
+            if self.deployment.gpus_per_replica < self.parallel_size:
                 raise ValueError(f"tensor/pipeline parallel size {self.parallel_size} needs "
                                  f"deployment.placement_group_bundles with {self.parallel_size} GPU bundles")
             if self.engine_args.get("distributed_executor_backend") != "ray":

@@ -58,8 +58,7 @@ def routing_environment(catalog: Catalog) -> dict[str, str]:
     affinity needs them, and so does adapter affinity, for `model`; other policies route without
     and save HAProxy the buffering)."""
     entry = catalog.models[0]
-    reads_body = entry.routing.policy == "prefix-affinity" or (
-        entry.lora is not None and entry.routing.policy == "least-loaded")
+    reads_body = entry.routing.policy == "prefix-affinity" or entry.adapter_affinity
     needs_body = catalog.data_plane == "direct" and entry.has_replica_choice and reads_body
     return {"RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
             "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0"}

@@ -59,7 +59,8 @@ class RoutingKnobs:
     index_blocks: int = 4096
     guard_imbalance: int = 8
     guard_kv_usage: float = 0.9
-    base_names: tuple[str, ...] = ()  # set for models with LoRA adapters: any other `model` is an adapter
+    base_names: tuple[str, ...] = ()  # set where adapter affinity applies (ModelEntry.adapter_affinity):
+    # any other `model` is a LoRA adapter
 
 
 def prompt_text(body: dict[str, Any]) -> str:
@@ -250,7 +251,7 @@ class ReplicaChooser:
             if best > 0:
                 tied = [replica for replica, count in zip(replicas, matched, strict=True) if count == best]
                 return self._guarded(self._least_loaded(tied), replicas, "prefix_hit")
-        if adapter is not None and policy in ("prefix-affinity", "least-loaded"):
+        if adapter is not None:
             holders = [replica for replica in replicas if self.holds(replica, adapter)]
             if 0 < len(holders) < len(replicas):  # held everywhere: nothing to prefer
                 return self._guarded(self._least_loaded(holders), replicas, "adapter_hit")
