@@ -46,8 +46,8 @@ def from_vllm_error(error: Any) -> tuple[int, bytes]:
 
 class APIError(Exception):
     """Raised anywhere on the request path; rendered as an OpenAI-style error body. `model` (an
-    adapter's name for adapter requests), `base_model` (default: `model`) and `reason` label the
-    rejected-requests metric when `reason` is set."""
+    adapter's name for adapter requests), `base_model` and `reason` label the rejected-requests
+    metric when `reason` is set (services/metrics/records.py RejectionRecord)."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None, model: str = "", reason: str = "",
@@ -56,7 +56,7 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}
         self.model, self.reason = model, reason
-        self.base_model = base_model or model
+        self.base_model = base_model
 
 
 def sse_error_event(status: int, message: str, *, code: str | None = None) -> str:

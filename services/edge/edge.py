@@ -166,7 +166,7 @@ class Edge:
             raise APIError(400, "`model` is required and must be a string", param="model", reason="invalid_request")
         entry = self.catalog.resolve(model)
         target = Target(entry) if entry is not None and entry.name in self.engines else None
-        if target is None and any(entry.lora is not None for entry in self.models):
+        if target is None:
             base = (await self.adapters()).get(model)
             target = Target(base, model) if base is not None else None
         if target is None:

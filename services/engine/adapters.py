@@ -33,26 +33,26 @@ class AdapterSync:
         self.snapshots = Path(tempfile.mkdtemp(prefix="slmserve-adapters-"))
         self.served: dict[str, CheckedAdapter] = {}
         self.refused: dict[str, tuple[str, str]] = {}  # name -> (fingerprint, reason), logged once each
-        self._lock = asyncio.Lock()
 
     @property
     def names(self) -> list[str]:
         return sorted(self.served)
 
     async def refresh(self) -> None:
-        async with self._lock:  # one pass at a time, whoever asks
-            found, refused_names = await asyncio.to_thread(list_adapters, Path(self.options.adapters_dir),
-                                                           self.reserved)
-            for name, reason in refused_names.items():
-                self._refuse(name, "-", reason)
-            for name in [name for name, served in self.served.items()
-                         if name not in found or found[name].fingerprint != served.fingerprint]:
-                await self._withdraw(name)
-            for name, adapter in found.items():
-                if name not in self.served and self.refused.get(name, ("",))[0] != adapter.fingerprint:
-                    await self._serve(adapter)
-            for name in set(self.refused) - set(found) - set(refused_names):
-                del self.refused[name]  # gone from the directory: a later copy is logged again
+        """One pass over the directory (the engine's start runs the first, `run_forever` the rest, so
+        two never overlap)."""
+        found, refused_names = await asyncio.to_thread(list_adapters, Path(self.options.adapters_dir),
+                                                       self.reserved)
+        for name, reason in refused_names.items():
+            self._refuse(name, "-", reason)
+        for name in [name for name, served in self.served.items()
+                     if name not in found or found[name].fingerprint != served.fingerprint]:
+            await self._withdraw(name)
+        for name, adapter in found.items():
+            if name not in self.served and self.refused.get(name, ("",))[0] != adapter.fingerprint:
+                await self._serve(adapter)
+        for name in set(self.refused) - set(found) - set(refused_names):
+            del self.refused[name]  # gone from the directory: a later copy is logged again
 
     async def _serve(self, adapter: Adapter) -> None:
         try:
@@ -63,6 +63,7 @@ class AdapterSync:
             return
         problem = await self.stack.load_adapter(checked.name, str(checked.path))
         if problem is not None:
+            shutil.rmtree(checked.path, ignore_errors=True)  # never registered: nothing reads it
             self._refuse(adapter.name, adapter.fingerprint, f"the engine refused it: {problem}")
             return
         self.served[checked.name] = checked

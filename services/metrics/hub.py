@@ -17,7 +17,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from services.metrics.definitions import EdgeMetrics
-from services.metrics.records import CompletionRecord, HTTPRecord, Record, RejectionRecord, RoutingRecord
+from services.metrics.records import (
+    CompletionRecord,
+    HTTPRecord,
+    Record,
+    RejectionRecord,
+    RoutingRecord,
+    request_labels,
+)
 from services.serve_status import DeploymentState, read_deployment_states
 
 SNAPSHOT_STALE_S = 5.0  # an engine replica that stopped reporting this long ago is gone
@@ -123,8 +130,7 @@ class MetricsHub:
             if isinstance(record, HTTPRecord):
                 edge.http_requests.labels(record.route, str(record.status_code)).inc()
             elif isinstance(record, RejectionRecord):
-                base = record.base_model or record.model_name
-                edge.rejected.labels(record.model_name, base, record.reason).inc()
+                edge.rejected.labels(*request_labels(record), record.reason).inc()
             elif isinstance(record, CompletionRecord):
                 self._record_completion(record)
             elif isinstance(record, RoutingRecord):
@@ -132,7 +138,7 @@ class MetricsHub:
                 edge.routing.labels(model, record.policy, record.reason).inc(record.count)
 
     def _record_completion(self, record: CompletionRecord) -> None:
-        edge, model = self.edge, (record.model_name, record.base_model or record.model_name)
+        edge, model = self.edge, request_labels(record)
         (edge.success if record.success else edge.failure).labels(*model).inc()
         if record.finish_reason:
             edge.finish.labels(*model, record.finish_reason).inc()

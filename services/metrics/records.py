@@ -62,6 +62,11 @@ class RoutingRecord:
 Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord
 
 
+def request_labels(record: CompletionRecord | RejectionRecord) -> tuple[str, str]:
+    """(model_name, base_model) of a request's series; a base-model request is its own base."""
+    return record.model_name, record.base_model or record.model_name
+
+
 class RecordBuffer:
     """Per-replica buffer; a background task flushes it to the hub every `period_s`. `collectors`
     are called at each flush for records kept elsewhere in the process (routing decisions)."""
