@@ -3,11 +3,14 @@ configs (seconds each, fixed seed), so the MoE and vision code paths run through
 engine on a CPU with nothing downloaded.
 
 - tiny-phimoe: PhiMoE (Phi-3.5-MoE's family): 2 layers, 4 experts, top-2, longrope.
-- tiny-idefics3: Idefics3 (SmolVLM's family; Phi-3.5-vision's processor is hub-only remote code,
-  so it cannot be built offline): SigLIP-style encoder on 64 px images, 4 tokens per image.
+- tiny-phi3v: Phi-3.5-vision itself (Phi3V): its real CLIP ViT-L/14-336 image tower cut to one layer,
+  a 2-layer Phi-3 text model, and the project's offline Phi-3.5-vision processor with one crop
+  (313 tokens per image). No weights: serve it with `load_format: dummy`.
 
-Both share one tokenizer taken from the embedded SmolLM2 GGUF with Phi-3 chat tokens added, and
-a Phi-3 chat template. Random weights produce meaningless text: tests check structure only.
+PhiMoE takes a tokenizer from the embedded SmolLM2 GGUF with Phi-3 chat tokens added, and a Phi-3
+chat template; Phi3V needs Phi-3's own vocabulary layout (`<|image|>` is id 32044) and takes the
+offline one of `services/phi35_dummy.py`. Random weights produce meaningless text: tests check
+structure only.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ GENERATED_PREFIX = "generated://"
 RECIPE_VERSION = "1"
 SEED = 1234
 PHI3_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-IDEFICS3_TOKENS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
 PHI3_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
@@ -32,11 +34,11 @@ PHI3_CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(cache_dir: Path, extra_tokens: list[str]):
+def _tokenizer(cache_dir: Path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct", cache_dir))
-    tokenizer.add_special_tokens({"additional_special_tokens": PHI3_TOKENS + extra_tokens})
+    tokenizer.add_special_tokens({"additional_special_tokens": PHI3_TOKENS})
     tokenizer.eos_token = "<|end|>"
     tokenizer.chat_template = PHI3_CHAT_TEMPLATE
     return tokenizer
@@ -55,7 +57,7 @@ def build_tiny_phimoe(out: Path, cache_dir: Path) -> None:
     import torch
     from transformers import PhimoeConfig, PhimoeForCausalLM
 
-    tokenizer = _tokenizer(cache_dir, [])
+    tokenizer = _tokenizer(cache_dir)
     head_dim = 32  # vLLM's CPU attention supports 32, 64, 80, ... only
     config = PhimoeConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -73,43 +75,25 @@ def build_tiny_phimoe(out: Path, cache_dir: Path) -> None:
     _set_architecture(out, "PhiMoEForCausalLM")
 
 
-def build_tiny_idefics3(out: Path, cache_dir: Path) -> None:
-    import torch
-    from transformers import (
-        Idefics3Config,
-        Idefics3ForConditionalGeneration,
-        Idefics3ImageProcessorPil,
-        Idefics3Processor,
-    )
+TINY_PHI3V = {  # overrides of Phi-3.5-vision's config: a 2-layer text model, CLIP cut after its first layer
+    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "num_key_value_heads": 2, "max_position_embeddings": 8192, "original_max_position_embeddings": 2048,
+    "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 16, "long_factor": [1.5] * 16},
+    "sliding_window": None,
+    "img_processor": {"image_dim_out": 1024, "model_name": "openai/clip-vit-large-patch14-336",
+                      "name": "clip_vision_model", "num_img_tokens": 144, "layer_idx": 0},
+}
 
-    tokenizer = _tokenizer(cache_dir, IDEFICS3_TOKENS)
-    image_size, patch_size, scale_factor = 64, 16, 2
-    image_seq_len = (image_size // patch_size) ** 2 // scale_factor**2  # 4 tokens per image
-    config = Idefics3Config(
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        scale_factor=scale_factor,
-        text_config={"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 64,
-                     "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "max_position_embeddings": 2048,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": image_size, "patch_size": patch_size},
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
-    )
-    torch.manual_seed(SEED)
-    Idefics3ForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(out)
-    image_processor = Idefics3ImageProcessorPil(
-        do_image_splitting=False, size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=image_seq_len, chat_template=PHI3_CHAT_TEMPLATE)
-    processor.save_pretrained(out)
-    _set_architecture(out, "Idefics3ForConditionalGeneration")
+
+def build_tiny_phi3v(out: Path, cache_dir: Path) -> None:
+    from services.phi35_dummy import build
+
+    build(out, "vision", config_overrides=TINY_PHI3V, num_crops=1)
 
 
 GENERATED_MODELS: dict[str, Callable[[Path, Path], None]] = {
     "tiny-phimoe": build_tiny_phimoe,
-    "tiny-idefics3": build_tiny_idefics3,
+    "tiny-phi3v": build_tiny_phi3v,
 }
 
 

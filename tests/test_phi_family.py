@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-TEXT, MOE, VISION = "smollm2-135m-instruct", "tiny-phimoe", "tiny-idefics3"
+TEXT, MOE, VISION = "smollm2-135m-instruct", "tiny-phimoe", "tiny-phi3v"
 IMAGE_HOST = "127.0.0.2"  # allow-listed in the test catalog; 127.0.0.1 is not
 
 
