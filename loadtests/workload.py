@@ -63,30 +63,47 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> StreamStats:
     return meter.finish(time.perf_counter())
 
 
-async def run_level(system: str, chat_url: str, model: str | list[str], concurrency: int, requests: int,
-                    prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> LevelResult:
-    """`model` may list several names (LoRA adapters, say): request i asks for model[i % len]."""
-    models = [model] if isinstance(model, str) else model
-    body = {"messages": [{"role": "user", "content": prompt_of(prompt_words)}],
+def chat_body(prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> dict:
+    """A streamed chat body of fixed prompt and output lengths (no model: the caller names it)."""
+    return {"messages": [{"role": "user", "content": prompt_of(prompt_words)}],
             "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
             "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {})}
+
+
+async def run_bodies(chat_url: str, bodies: list[dict], concurrency: int,
+                     requests: int) -> tuple[list[tuple[int, StreamStats]], float]:
+    """`requests` streams at `concurrency`, request i sending bodies[i % len]: (body index, stats) per
+    request, and the wall time."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(requests):
         queue.put_nowait(index)
-    results: list[StreamStats] = []
+    results: list[tuple[int, StreamStats]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits, trust_env=False) as client:
 
         async def worker() -> None:
             while not queue.empty():
-                index = queue.get_nowait()
-                results.append(await _one(client, chat_url, {"model": models[index % len(models)], **body}))
+                index = queue.get_nowait() % len(bodies)
+                results.append((index, await _one(client, chat_url, bodies[index])))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
-    ok = [r for r in results if r.error is None]
+    return results, wall
+
+
+def level_result(system: str, concurrency: int, stats: list[StreamStats], wall_s: float) -> LevelResult:
+    ok = [r for r in stats if r.error is None]
     return LevelResult(
-        system=system, concurrency=concurrency, requests=len(results), errors=len(results) - len(ok), wall_s=wall,
+        system=system, concurrency=concurrency, requests=len(stats), errors=len(stats) - len(ok), wall_s=wall_s,
         output_tokens=sum(r.output_tokens for r in ok), ttft_s=[r.ttft_s for r in ok if r.ttft_s is not None],
         itl_s=[gap for r in ok for gap in r.itl_s], e2e_s=[r.e2e_s for r in ok if r.e2e_s is not None])
+
+
+async def run_level(system: str, chat_url: str, model: str | list[str], concurrency: int, requests: int,
+                    prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> LevelResult:
+    """`model` may list several names (LoRA adapters, say): request i asks for model[i % len]."""
+    models = [model] if isinstance(model, str) else model
+    body = chat_body(prompt_words, max_tokens, extra_body)
+    results, wall = await run_bodies(chat_url, [{"model": name, **body} for name in models], concurrency, requests)
+    return level_result(system, concurrency, [stats for _, stats in results], wall)
