@@ -4,9 +4,11 @@ nothing may be left in flight and the platform's memory must be back near where 
 Writes the figures to docs/reliability.md.
 
 The server is started here with the `test` catalog, whose tiny-phimoe admits 4 requests in
-flight (cluster-wide); the soak sends --users users (default 12, three times that): streaming and
-plain chats at tiny-phimoe, and a weighted mix of the catalog's text models (--models). Pass: no
-error but 429s, nothing in flight for any model afterwards, platform memory grown under 5%.
+flight (cluster-wide), with the same bound on SmolLM2 (the test catalog leaves it unbounded, and an
+unbounded model on 2 cores lets a burst stretch streams past the deadline: a 504 is an error here);
+the soak sends --users users (default 12, three times a bound): streaming and plain chats at
+tiny-phimoe, and a weighted mix of the catalog's text models (--models). Pass: no error but 429s,
+nothing in flight for any model afterwards, platform memory grown under 5%.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ from pathlib import Path
 
 import psutil
 
+from loadtests.serving import catalog_variant
 from loadtests.sse import parse_model_mix
 from services.catalog import load_catalog
 from services.runtime import wait_until_ready
-from services.settings import resolve_catalog_path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
+BOUND = 4  # requests in flight per model
+
+
+def bound_every_model(catalog: dict) -> None:
+    for entry in catalog["models"]:
+        entry.setdefault("max_in_flight", BOUND)
 
 
 def platform_rss_mib(server_pid: int) -> float:
@@ -67,12 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     host = f"http://127.0.0.1:{args.port}"
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    server = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", "test", "--port",
+    catalog_path = catalog_variant("test", bound_every_model)
+    server = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog_path), "--port",
                                str(args.port)], cwd=ROOT, stdout=(out / "soak-server.log").open("w"),
                               stderr=subprocess.STDOUT)
     try:
         wait_until_ready(host, 900)
-        catalog_shape = f"{load_catalog(resolve_catalog_path('test')).data_plane} data plane"
+        catalog_shape = f"{load_catalog(catalog_path).data_plane} data plane, every model bounded at {BOUND}"
         time.sleep(10)  # let start-up settle before the baseline
         rss_before = platform_rss_mib(server.pid)
         print(f"[soak] {args.users} users on {args.model} and {args.models} for {args.minutes:g} min; "
