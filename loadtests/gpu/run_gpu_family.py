@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="text models and one vision model; sources under /tmp/phi35-SHAPE are built here")
     parser.add_argument("--concurrency", type=lambda text: [int(c) for c in text.split(",")], default=[1, 16])
     parser.add_argument("--requests-per-stream", type=int, default=6, help="requests per level = c x this (>= 12)")
+    parser.add_argument("--ready-timeout-s", type=float, default=540)
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args(argv)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     http_url = image_server(png)
     gpu = nvidia_smi("--query-gpu=name,memory.total,driver_version", "--format=csv,noheader") or "no GPU"
     watch = StartWatch(list(deployments.values()))
-    with serving(args.catalog, ready_timeout_s=540, on_start=watch.watch) as server:
+    with serving(args.catalog, ready_timeout_s=args.ready_timeout_s, on_start=watch.watch) as server:
         ready_s = round(time.monotonic() - watch.started, 1)
         time.sleep(2)
         watch.stop()
