@@ -95,6 +95,17 @@ class DeploymentOptions(_Strict):
         return self
 
     @property
+    def max_replicas(self) -> int:
+        return self.autoscaling_config.max_replicas if self.autoscaling_config else self.num_replicas or 1
+
+    @property
+    def cpus_per_replica(self) -> float:
+        """The replica actor's CPUs, else its placement group's (bundle 0 holds the replica itself)."""
+        if self.placement_group_bundles:
+            return sum(bundle.get("CPU", 0) for bundle in self.placement_group_bundles)
+        return self.ray_actor_options.num_cpus
+
+    @property
     def gpus_per_replica(self) -> float:
         """The replica actor's own GPUs, else its placement group's GPU bundles (one per engine worker)."""
         return self.ray_actor_options.num_gpus or sum(
@@ -401,6 +412,13 @@ class Catalog(_Strict):
         if self.router.data_plane == "auto":
             return "direct" if len(self.models) == 1 else "routed"
         return self.router.data_plane
+
+    @property
+    def cpus_needed(self) -> float:
+        """Logical CPUs that every deployment at its largest replica count asks Ray for (the router's
+        and the engines'; the hub and the limit broker ask for none)."""
+        deployments = [self.router.deployment, *(entry.deployment for entry in self.models)]
+        return sum(options.max_replicas * options.cpus_per_replica for options in deployments)
 
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry serving `name` (a served name or an alias)."""

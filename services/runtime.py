@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
 import tempfile
@@ -117,7 +118,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     if not ray.is_initialized():
         init_kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
         if local_ray:
-            init_kwargs |= {"num_cpus": settings.ray_num_cpus, "_node_ip_address": "127.0.0.1"}
+            init_kwargs |= {"num_cpus": local_ray_cpus(settings, catalog), "_node_ip_address": "127.0.0.1"}
         ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     application = build_application(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
@@ -126,6 +127,17 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
     timeout = ENGINE_START_TIMEOUT_S if catalog.data_plane == "direct" else ROUTER_START_TIMEOUT_S
     wait_for_ok(f"{local_base_url(settings)}/v1/health/live", timeout)
+
+
+def local_ray_cpus(settings: Settings, catalog: Catalog) -> int:
+    """Logical CPUs a local Ray advertises: the setting, raised to what the catalog's deployments ask
+    for. Ray's CPUs are scheduling tokens; fewer than the catalog needs would leave a replica pending
+    forever with nothing but a readiness timeout to show for it."""
+    needed = math.ceil(catalog.cpus_needed)
+    if needed > settings.ray_num_cpus:
+        print(f"[slmserve] the local Ray advertises {needed} logical CPUs (ray_num_cpus {settings.ray_num_cpus}): "
+              "what the catalog's deployments ask for", flush=True)
+    return max(settings.ray_num_cpus, needed)
 
 
 def local_base_url(settings: Settings) -> str:

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     cache_dir: Path = Field(Path.home() / ".cache" / "slmserve", description="converted models, vLLM caches")
     ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
-    ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises")
+    ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises (raised to the catalog's need)")
     ingress: Literal["haproxy", "proxy"] = Field(
         "haproxy", description="haproxy: Ray Serve's HAProxy forwards HTTP straight to the router replicas; "
                                "proxy: Ray Serve's Python HTTP proxy actor in between (one more hop)")

@@ -156,3 +156,21 @@ def test_lora_block_drives_the_engine_and_is_validated():
     assert "models.0.lora.adapters_dir" in _error({"models": [{**entry, "lora": {"adapters_dir": ""}}]})
     assert "comes from the entry's `lora:` block" in _error(
         {"models": [{**MINIMAL["models"][0], "engine_args": {"enable_lora": True}}]})
+
+
+def test_a_local_ray_advertises_the_cpus_the_catalog_asks_for():
+    """The GPU family catalog asks 1 (router) + 2 + 2 + 2 logical CPUs; a local Ray of the default 4
+    left the vision engine and the router pending forever (seen on the H200)."""
+    from services.runtime import local_ray_cpus
+    from services.settings import Settings
+
+    root = Path(__file__).resolve().parents[1]
+    family = load_catalog(root / "loadtests" / "gpu" / "phi35-family-h200.yaml")
+    assert family.cpus_needed == 7
+    assert local_ray_cpus(Settings(ray_num_cpus=4), family) == 7
+    assert local_ray_cpus(Settings(ray_num_cpus=16), family) == 16
+    autoscaled = parse_catalog({"models": [{"name": "m", "source": "/m", "deployment": {
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+        "placement_group_bundles": [{"CPU": 1, "GPU": 1}, {"GPU": 1}]}}]})
+    assert autoscaled.cpus_needed == 0.5 + 3 * 1  # the router's default 0.5, three replicas of one CPU bundle
+    assert local_ray_cpus(Settings(ray_num_cpus=4), load_catalog(resolve_catalog_path("test"))) == 4
