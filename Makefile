@@ -37,10 +37,9 @@ $(CHECKOV):
 run: install
 	$(BIN)/slmserve serve
 
-test: install
-	$(BIN)/ruff check services tests loadtests
+test: install lint
 	@# Debian's Prometheus and promtool for the observability tests (skipped, with the reason, if not installable)
-	deploy/tools/install_prometheus.sh
+	deploy/tools/install_debian.sh prometheus prometheus promtool
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 # Bounded locust run against a local server (starts `slmserve serve` if none answers).
@@ -72,8 +71,14 @@ fuzz: install
 unit: install
 	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)
 
+# Every check at 0 findings: lint, formatting, types (mypy, strict on services/), shell scripts.
+SHELL_SCRIPTS := .ci/run deploy/tools/*.sh loadtests/gpu/*.sh
 lint: install
 	$(BIN)/ruff check services tests loadtests
+	$(BIN)/ruff format --check services tests loadtests
+	$(BIN)/mypy
+	deploy/tools/install_debian.sh shellcheck shellcheck
+	shellcheck $(SHELL_SCRIPTS)
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache .ruff_cache

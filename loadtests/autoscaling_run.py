@@ -39,6 +39,7 @@ GPU_CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-autoscaling.yaml"
 @dataclass
 class Scenario:
     """What one run autoscales and where its figures go."""
+
     catalog: Path
     model: str
     slo: dict
@@ -50,9 +51,16 @@ class Scenario:
 
 
 def cpu_scenario() -> Scenario:
-    return Scenario(catalog_variant("cpu", autoscaled), MODEL, SLO, 48, "autoscaling-cpu", "autoscaling.png",
-                    "this machine (2 cores), the embedded model, upscale_delay_s 2, downscale_delay_s 10, "
-                    "4 sequences per engine; command `.venv/bin/python -m loadtests.autoscaling_run`")
+    return Scenario(
+        catalog_variant("cpu", autoscaled),
+        MODEL,
+        SLO,
+        48,
+        "autoscaling-cpu",
+        "autoscaling.png",
+        "this machine (2 cores), the embedded model, upscale_delay_s 2, downscale_delay_s 10, "
+        "4 sequences per engine; command `.venv/bin/python -m loadtests.autoscaling_run`",
+    )
 
 
 def gpu_scenario() -> Scenario:
@@ -63,10 +71,18 @@ def gpu_scenario() -> Scenario:
     build(Path(entry.source), "mini")
     slo = entry.deployment.autoscaling_config.slo.model_dump()
     # dummy weights pick special tokens that vLLM drops from the text: keep them so tokens can be timed
-    return Scenario(GPU_CATALOG, entry.name, slo, 256, "autoscaling-gpu", "autoscaling_gpu.png",
-                    "one H200, the Phi-3.5-mini shape (dummy weights), replicas at 0.45 of the card "
-                    f"(`{GPU_CATALOG.relative_to(ROOT)}`); command `python3 -m loadtests.autoscaling_run --gpu` "
-                    "on the GPU machine", {"skip_special_tokens": False})
+    return Scenario(
+        GPU_CATALOG,
+        entry.name,
+        slo,
+        256,
+        "autoscaling-gpu",
+        "autoscaling_gpu.png",
+        "one H200, the Phi-3.5-mini shape (dummy weights), replicas at 0.45 of the card "
+        f"(`{GPU_CATALOG.relative_to(ROOT)}`); command `python3 -m loadtests.autoscaling_run --gpu` "
+        "on the GPU machine",
+        {"skip_special_tokens": False},
+    )
 
 
 def autoscaled(catalog: dict) -> None:
@@ -78,8 +94,14 @@ def autoscaled(catalog: dict) -> None:
     entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     entry["deployment"].pop("num_replicas", None)
     entry["deployment"]["autoscaling_config"] = {
-        "min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4, "upscale_delay_s": 2,
-        "downscale_delay_s": 10, "look_back_period_s": 3, "slo": SLO}
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 4,
+        "upscale_delay_s": 2,
+        "downscale_delay_s": 10,
+        "look_back_period_s": 3,
+        "slo": SLO,
+    }
 
 
 @dataclass
@@ -152,9 +174,14 @@ def read_sample(base_url: str, started: float, model: str) -> Sample:
 
 def stream_once(client: httpx.Client, url: str, started: float, scenario: Scenario) -> Request:
     begun = time.monotonic()
-    body = {"model": scenario.model, "max_tokens": scenario.max_tokens, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}],
-            **scenario.extra_body}
+    body = {
+        "model": scenario.model,
+        "max_tokens": scenario.max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}],
+        **scenario.extra_body,
+    }
     ttft, ok, replica = None, False, None
     try:
         with client.stream("POST", url, json=body) as response:
@@ -169,9 +196,17 @@ def stream_once(client: httpx.Client, url: str, started: float, scenario: Scenar
     return Request(round(begun - started, 1), ttft, ok, replica)
 
 
-def run(base_url: str, scenario: Scenario, *, streams: int = 12, quiet_streams: int = 1,
-        step_max_s: float = 240, hold_after_scale_s: float = 15, settle_max_s: float = 120,
-        progress: Callable[[str], None] = print) -> Timeline:
+def run(
+    base_url: str,
+    scenario: Scenario,
+    *,
+    streams: int = 12,
+    quiet_streams: int = 1,
+    step_max_s: float = 240,
+    hold_after_scale_s: float = 15,
+    settle_max_s: float = 120,
+    progress: Callable[[str], None] = print,
+) -> Timeline:
     """One load step: `streams` concurrent streams until the second replica serves (plus
     `hold_after_scale_s`), then `quiet_streams` until the model is back to one replica."""
     timeline, started = Timeline(), time.monotonic()
@@ -191,6 +226,7 @@ def run(base_url: str, scenario: Scenario, *, streams: int = 12, quiet_streams: 
     for thread in threads:
         thread.start()
     try:
+
         def sample_until(condition: Callable[[Sample], bool], limit_s: float, label: str) -> bool:
             deadline = time.monotonic() + limit_s
             next_note = 0.0
@@ -198,8 +234,10 @@ def run(base_url: str, scenario: Scenario, *, streams: int = 12, quiet_streams: 
                 sample = read_sample(base_url, started, scenario.model)
                 timeline.samples.append(sample)
                 if time.monotonic() >= next_note:
-                    progress(f"[autoscaling] t={sample.t:5.0f}s {label}: target {sample.target} running "
-                             f"{sample.running:g} waiting {sample.waiting:g}, {len(timeline.requests)} requests")
+                    progress(
+                        f"[autoscaling] t={sample.t:5.0f}s {label}: target {sample.target} running "
+                        f"{sample.running:g} waiting {sample.waiting:g}, {len(timeline.requests)} requests"
+                    )
                     next_note = time.monotonic() + 10
                 if condition(sample):
                     return True
@@ -251,18 +289,20 @@ def plot(timeline: Timeline, path: Path, scenario: Scenario) -> None:
 def report(timeline: Timeline, streams: int, quiet: int, scenario: Scenario) -> str:
     figures = timeline.figures()
     ttfts = [r.ttft_s for r in timeline.requests if r.ttft_s is not None]
-    return (f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} on {scenario.machine}: {scenario.model} "
-            f"between 1 and 2 replicas on the SLO policy ({json.dumps(scenario.slo)}); {quiet} stream before and "
-            f"after a step to {streams} concurrent streams of {scenario.max_tokens} tokens.\n\n"
-            f"| figure | value |\n|---|---|\n"
-            f"| seconds from the load step to the scale-up decision | {figures['scale_up_decision_s']} |\n"
-            f"| seconds from the load step to the second replica serving | {figures['second_replica_serving_s']} |\n"
-            f"| seconds from the end of the step to one replica again | {figures['scale_down_s']} |\n"
-            f"| scale-ups / scale-downs | {figures['scale_ups']} / {figures['scale_downs']} |\n"
-            f"| requests / failed | {figures['requests']} / {figures['failed']} |\n"
-            f"| replicas that served | {figures['replicas_that_served']} |\n"
-            f"| client TTFT p50 / p90 (s) | {percentile(ttfts, 50):.2f} / {percentile(ttfts, 90):.2f} |\n\n"
-            f"![autoscaling timeline]({scenario.plot_name})\n")
+    return (
+        f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} on {scenario.machine}: {scenario.model} "
+        f"between 1 and 2 replicas on the SLO policy ({json.dumps(scenario.slo)}); {quiet} stream before and "
+        f"after a step to {streams} concurrent streams of {scenario.max_tokens} tokens.\n\n"
+        f"| figure | value |\n|---|---|\n"
+        f"| seconds from the load step to the scale-up decision | {figures['scale_up_decision_s']} |\n"
+        f"| seconds from the load step to the second replica serving | {figures['second_replica_serving_s']} |\n"
+        f"| seconds from the end of the step to one replica again | {figures['scale_down_s']} |\n"
+        f"| scale-ups / scale-downs | {figures['scale_ups']} / {figures['scale_downs']} |\n"
+        f"| requests / failed | {figures['requests']} / {figures['failed']} |\n"
+        f"| replicas that served | {figures['replicas_that_served']} |\n"
+        f"| client TTFT p50 / p90 (s) | {percentile(ttfts, 50):.2f} / {percentile(ttfts, 90):.2f} |\n\n"
+        f"![autoscaling timeline]({scenario.plot_name})\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

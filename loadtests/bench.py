@@ -45,8 +45,20 @@ def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: i
     for key, value in engine_args.items():
         flag = "--" + key.replace("_", "-")
         flags += [flag] if value is True else [] if value is False else [flag, str(value)]
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
-               "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port), *flags]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *flags,
+    ]
     return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -152,16 +164,21 @@ def main(argv: list[str] | None = None) -> int:
         runtime.start_local(settings, catalog, wait=False)
         deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
         base = f"http://127.0.0.1:{args.port}"
-        urls = {"slmserve": f"{base}/v1/chat/completions",
-                "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
-                "ray-serve-llm": f"{base}/rayllm/v1/chat/completions"}
+        urls = {
+            "slmserve": f"{base}/v1/chat/completions",
+            "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
+            "ray-serve-llm": f"{base}/rayllm/v1/chat/completions",
+        }
         runtime.wait_until_ready(base, 900)
         runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
         runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
         import ray
 
-        metrics_urls = {"slmserve": f"{base}/metrics", "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
-                        "ray-serve-llm": f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}"}
+        metrics_urls = {
+            "slmserve": f"{base}/metrics",
+            "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
+            "ray-serve-llm": f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}",
+        }
         print("[bench] all three ready; warming up", flush=True)
         for system in SYSTEMS:
             asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))
@@ -172,15 +189,19 @@ def main(argv: list[str] | None = None) -> int:
                 requests = args.requests_per_level or max(6, 2 * c)
                 for system in order:
                     with scraping(metrics_urls[system], args.scrape_hz):
-                        result = asyncio.run(run_level(system, urls[system], MODEL, c, requests, args.prompt_words,
-                                                       args.max_tokens))
+                        result = asyncio.run(
+                            run_level(system, urls[system], MODEL, c, requests, args.prompt_words, args.max_tokens)
+                        )
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
                     itl95_ms = percentile(result.itl_s, 95) * 1000
-                    print(f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
-                          f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
-                          f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}", flush=True)
+                    print(
+                        f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
+                        f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
+                        f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}",
+                        flush=True,
+                    )
         import vllm
 
         versions = {"vllm": vllm.__version__, "ray": ray.__version__}

@@ -34,8 +34,13 @@ from loadtests.serving import catalog_variant, running_replicas, wait_for_replic
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
-STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400,
-          "ignore_eos": True, "stream": True}
+STREAM = {
+    "model": MODEL,
+    "messages": [{"role": "user", "content": "Tell a long story."}],
+    "max_tokens": 400,
+    "ignore_eos": True,
+    "stream": True,
+}
 PROBE = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 HANG_S = 60.0  # a stream that neither ends nor moves for this long counts as hung
 
@@ -49,6 +54,7 @@ class StreamEnd:
 @dataclass
 class Probes:
     """One short request every `period_s` while a step recovers."""
+
     base_url: str
     period_s: float = 0.5
     results: list[tuple[float, int]] = field(default_factory=list)  # (sent at, status; 0 = no answer)
@@ -75,8 +81,13 @@ class Probes:
 def read_stream(base_url: str) -> StreamEnd:
     chunks = 0
     try:
-        with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=STREAM, trust_env=False,
-                          timeout=httpx.Timeout(10, read=HANG_S)) as response:
+        with httpx.stream(
+            "POST",
+            f"{base_url}/v1/chat/completions",
+            json=STREAM,
+            trust_env=False,
+            timeout=httpx.Timeout(10, read=HANG_S),
+        ) as response:
             if response.status_code != 200:
                 return StreamEnd("refused", 0)
             for line in response.iter_lines():
@@ -141,10 +152,14 @@ def main() -> int:
     catalog = load_catalog(path)
     settings = Settings(catalog=str(path), port=runtime.free_ports(1)[0])
     # The switches a local run sets before Ray starts (services/runtime.py), for every node's processes.
-    os.environ.update(runtime.local_environment(settings, catalog) | runtime.ingress_environment(settings)
-                      | runtime.routing_environment(catalog))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1",
-                                                              "include_dashboard": False})
+    os.environ.update(
+        runtime.local_environment(settings, catalog)
+        | runtime.ingress_environment(settings)
+        | runtime.routing_environment(catalog)
+    )
+    cluster = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    )
     # Cluster reports the host's own address for the GCS; on a machine that allows loopback only,
     # everything must use 127.0.0.1.
     gcs = f"127.0.0.1:{cluster.address.rsplit(':', 1)[1]}"
@@ -175,8 +190,9 @@ def main() -> int:
     return 0 if ok else 1
 
 
-def _under_load(base_url: str, streams: int, action, recovered=None) -> tuple[list[StreamEnd], Probes, float,
-                                                                             float | None]:
+def _under_load(
+    base_url: str, streams: int, action, recovered=None
+) -> tuple[list[StreamEnd], Probes, float, float | None]:
     """`streams` long streams and a probe loop; `action()` runs once the streams are flowing, and
     the seconds from it until `recovered()` holds are measured while the streams still run."""
     probes = Probes(base_url)
@@ -205,15 +221,26 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
     first_ok = next((sent - acted_at for sent, status in probes.results if sent > acted_at and status == 200), None)
     add_worker(cluster, gcs)
     replaced_s = until(lambda: running_replicas(base_url).get(MODEL, 0) >= 2, 600)
-    outcomes = {outcome: sum(end.outcome == outcome for end in ends) for outcome in ("done", "sse_error", "closed",
-                                                                                     "hung", "refused")}
-    print(f"[chaos] 1: streams {outcomes}; probes after the kill: {len(after)} sent, "
-          f"{sum(s != 200 for s in after)} failed; first success {first_ok}s; replacement replica running "
-          f"{replaced_s}s after the node came back", flush=True)
-    return {"step": "worker node killed mid-stream (4 streams, one replica on it)", "streams": outcomes,
-            "probes": len(after), "failed": sum(s != 200 for s in after), "first_success_s": first_ok,
-            "recovered_s": replaced_s, "recovered": "a replacement replica RUNNING after a node was added back",
-            "ok": outcomes["hung"] == 0 and first_ok is not None and first_ok < 10 and replaced_s is not None}
+    outcomes = {
+        outcome: sum(end.outcome == outcome for end in ends)
+        for outcome in ("done", "sse_error", "closed", "hung", "refused")
+    }
+    print(
+        f"[chaos] 1: streams {outcomes}; probes after the kill: {len(after)} sent, "
+        f"{sum(s != 200 for s in after)} failed; first success {first_ok}s; replacement replica running "
+        f"{replaced_s}s after the node came back",
+        flush=True,
+    )
+    return {
+        "step": "worker node killed mid-stream (4 streams, one replica on it)",
+        "streams": outcomes,
+        "probes": len(after),
+        "failed": sum(s != 200 for s in after),
+        "first_success_s": first_ok,
+        "recovered_s": replaced_s,
+        "recovered": "a replacement replica RUNNING after a node was added back",
+        "ok": outcomes["hung"] == 0 and first_ok is not None and first_ok < 10 and replaced_s is not None,
+    }
 
 
 def kill_ingress_router(base_url: str) -> dict:
@@ -230,27 +257,41 @@ def kill_ingress_router(base_url: str) -> dict:
     # recovered: none of the killed replicas is listed any more, as many new ones are, and Serve
     # reports every deployment healthy
     ends, probes, acted_at, recovered_s = _under_load(
-        base_url, 2, kill,
-        lambda: not (_ingress_routers() & killed) and len(_ingress_routers()) >= len(killed) and _all_healthy())
+        base_url,
+        2,
+        kill,
+        lambda: not (_ingress_routers() & killed) and len(_ingress_routers()) >= len(killed) and _all_healthy(),
+    )
     time.sleep(2)
     probes.stop()
     after = [status for sent, status in probes.results if sent > acted_at]
-    outcomes = {outcome: sum(end.outcome == outcome for end in ends) for outcome in ("done", "sse_error", "closed",
-                                                                                     "hung", "refused")}
-    print(f"[chaos] 2: killed {sorted(killed)}; streams {outcomes}; probes {len(after)} sent, "
-          f"{sum(s != 200 for s in after)} failed; IngressRouter replaced and healthy after {recovered_s}s", flush=True)
-    return {"step": f"every IngressRouter replica killed ({len(names)}, 2 streams)", "streams": outcomes,
-            "probes": len(after),
-            "failed": sum(s != 200 for s in after), "first_success_s": None, "recovered_s": recovered_s,
-            "recovered": "new IngressRouter replicas, every deployment HEALTHY",
-            "ok": bool(names) and outcomes["hung"] == 0 and recovered_s is not None}
+    outcomes = {
+        outcome: sum(end.outcome == outcome for end in ends)
+        for outcome in ("done", "sse_error", "closed", "hung", "refused")
+    }
+    print(
+        f"[chaos] 2: killed {sorted(killed)}; streams {outcomes}; probes {len(after)} sent, "
+        f"{sum(s != 200 for s in after)} failed; IngressRouter replaced and healthy after {recovered_s}s",
+        flush=True,
+    )
+    return {
+        "step": f"every IngressRouter replica killed ({len(names)}, 2 streams)",
+        "streams": outcomes,
+        "probes": len(after),
+        "failed": sum(s != 200 for s in after),
+        "first_success_s": None,
+        "recovered_s": recovered_s,
+        "recovered": "new IngressRouter replicas, every deployment HEALTHY",
+        "ok": bool(names) and outcomes["hung"] == 0 and recovered_s is not None,
+    }
 
 
 def _ingress_routers() -> set[str]:
     import ray
 
-    return {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)
-            if "IngressRouter" in actor["name"]}
+    return {
+        actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True) if "IngressRouter" in actor["name"]
+    }
 
 
 def _all_healthy() -> bool:
@@ -277,11 +318,21 @@ def kill_haproxy(base_url: str) -> dict:
     time.sleep(2)
     probes.stop()
     after = [status for sent, status in probes.results if sent > acted_at]
-    print(f"[chaos] 3: {killed} haproxy process(es) on :{port} killed; probes {len(after)} sent, "
-          f"{sum(s != 200 for s in after)} failed; serving again after {recovered_s}s", flush=True)
-    return {"step": "HAProxy killed", "streams": {}, "probes": len(after), "failed": sum(s != 200 for s in after),
-            "first_success_s": None, "recovered_s": recovered_s, "recovered": "the port answers 200 again",
-            "ok": killed > 0 and recovered_s is not None}
+    print(
+        f"[chaos] 3: {killed} haproxy process(es) on :{port} killed; probes {len(after)} sent, "
+        f"{sum(s != 200 for s in after)} failed; serving again after {recovered_s}s",
+        flush=True,
+    )
+    return {
+        "step": "HAProxy killed",
+        "streams": {},
+        "probes": len(after),
+        "failed": sum(s != 200 for s in after),
+        "first_success_s": None,
+        "recovered_s": recovered_s,
+        "recovered": "the port answers 200 again",
+        "ok": killed > 0 and recovered_s is not None,
+    }
 
 
 def _seconds(value: float | None) -> str:
@@ -293,7 +344,8 @@ def write_report(figures: list[dict]) -> None:
     rows = "".join(
         f"| {f['step']} | {', '.join(f'{k} {v}' for k, v in f['streams'].items() if v) or '-'} | {f['probes']} | "
         f"{f['failed']} | {_seconds(f['recovered_s'])} ({f['recovered']}) | {'pass' if f['ok'] else 'FAIL'} |\n"
-        for f in figures)
+        for f in figures
+    )
     body = f"""## Chaos on a local multi-node Ray
 
 Run {started}: `.venv/bin/python -m loadtests.chaos`. A head and two worker nodes on 127.0.0.1

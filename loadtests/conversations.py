@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-WORDS = ("river stone lantern orchard harbor meadow copper violet signal thunder marble willow canyon "
-         "ember falcon glacier velvet prism harvest beacon summit cobalt saffron timber").split()
+WORDS = (
+    "river stone lantern orchard harbor meadow copper violet signal thunder marble willow canyon "
+    "ember falcon glacier velvet prism harvest beacon summit cobalt saffron timber"
+).split()
 
 
 def system_prompt(conversation: int, words: int) -> str:
@@ -44,11 +46,26 @@ class Conversation:
     messages: list[dict] = field(default_factory=list)
 
 
-async def _send_turn(client: httpx.AsyncClient, url: str, model: str, conversation: Conversation, turn: int,
-                     max_tokens: int, headers: dict[str, str], extra_body: dict) -> Turn:
+async def _send_turn(
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    conversation: Conversation,
+    turn: int,
+    max_tokens: int,
+    headers: dict[str, str],
+    extra_body: dict,
+) -> Turn:
     conversation.messages.append({"role": "user", "content": f"Question {turn}: say something about {turn}."})
-    body = {"model": model, "messages": conversation.messages, "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}, **extra_body}
+    body = {
+        "model": model,
+        "messages": conversation.messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **extra_body,
+    }
     started, first, text, tokens = time.perf_counter(), None, [], 0
     async with client.stream("POST", url, json=body, headers=headers) as response:
         replica = response.headers.get("x-slmserve-replica")
@@ -69,13 +86,24 @@ async def _send_turn(client: httpx.AsyncClient, url: str, model: str, conversati
     return Turn(conversation.index, turn, 200, replica, first, tokens)
 
 
-async def run_conversations(base_url: str, model: str, *, conversations: int, turns: int, system_words: int,
-                            max_tokens: int, concurrency: int, session_header: str | None = None,
-                            api_key: str = "", extra_body: dict | None = None) -> tuple[list[Turn], float]:
+async def run_conversations(
+    base_url: str,
+    model: str,
+    *,
+    conversations: int,
+    turns: int,
+    system_words: int,
+    max_tokens: int,
+    concurrency: int,
+    session_header: str | None = None,
+    api_key: str = "",
+    extra_body: dict | None = None,
+) -> tuple[list[Turn], float]:
     """All turns, round-robin across conversations (turn t of every conversation before turn t+1),
     `concurrency` requests at a time; returns the turns and the wall time."""
-    chats = [Conversation(n, [{"role": "system", "content": system_prompt(n, system_words)}])
-             for n in range(conversations)]
+    chats = [
+        Conversation(n, [{"role": "system", "content": system_prompt(n, system_words)}]) for n in range(conversations)
+    ]
     url = f"{base_url}/v1/chat/completions"
     results: list[Turn] = []
     limits = httpx.Limits(max_connections=concurrency)

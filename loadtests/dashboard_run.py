@@ -26,13 +26,26 @@ MODEL = "smollm2-135m-instruct"
 BOUND = 6
 PHASES = ((1, 6), (4, 24), (8, 40))  # (concurrent streams, requests); 8 is above the bound
 RATE_WINDOW = "15s"
-UNITS = {"Time to first token": "seconds", "Inter-token latency (time per output token)": "seconds",
-         "Tokens per second": "tokens/s", "Running and waiting requests": "requests", "KV-cache usage": "fraction",
-         "Success and failure rate": "requests/s", "Rejected requests by reason": "requests/s",
-         "HTTP requests by route and status": "requests/s"}
-PANELS = ("Time to first token", "Inter-token latency (time per output token)", "Tokens per second",
-          "Running and waiting requests", "KV-cache usage", "Success and failure rate",
-          "Rejected requests by reason", "HTTP requests by route and status")
+UNITS = {
+    "Time to first token": "seconds",
+    "Inter-token latency (time per output token)": "seconds",
+    "Tokens per second": "tokens/s",
+    "Running and waiting requests": "requests",
+    "KV-cache usage": "fraction",
+    "Success and failure rate": "requests/s",
+    "Rejected requests by reason": "requests/s",
+    "HTTP requests by route and status": "requests/s",
+}
+PANELS = (
+    "Time to first token",
+    "Inter-token latency (time per output token)",
+    "Tokens per second",
+    "Running and waiting requests",
+    "KV-cache usage",
+    "Success and failure rate",
+    "Rejected requests by reason",
+    "HTTP requests by route and status",
+)
 
 
 def dashboard_panels() -> dict[str, list[tuple[str, str]]]:
@@ -40,9 +53,12 @@ def dashboard_panels() -> dict[str, list[tuple[str, str]]]:
     panels = {}
     for panel in json.loads(DASHBOARD.read_text())["panels"]:
         panels[panel["title"]] = [
-            (target.get("legendFormat", ""),
-             target["expr"].replace("$__rate_interval", RATE_WINDOW).replace('=~"$model"', '=~".+"'))
-            for target in panel["targets"]]
+            (
+                target.get("legendFormat", ""),
+                target["expr"].replace("$__rate_interval", RATE_WINDOW).replace('=~"$model"', '=~".+"'),
+            )
+            for target in panel["targets"]
+        ]
     return panels
 
 
@@ -80,8 +96,11 @@ def draw(prometheus: Prometheus, start: float, end: float, path: Path) -> dict[s
         if lines:
             axis.legend(fontsize=7)
         drawn[title] = lines
-    figure.suptitle(f"slmserve dashboard panels from a real Prometheus (rate window {RATE_WINDOW}); "
-                    f"load: {', '.join(f'{c} streams' for c, _ in PHASES)}", fontsize=11)
+    figure.suptitle(
+        f"slmserve dashboard panels from a real Prometheus (rate window {RATE_WINDOW}); "
+        f"load: {', '.join(f'{c} streams' for c, _ in PHASES)}",
+        fontsize=11,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     return drawn
@@ -102,8 +121,19 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for concurrency, requests in PHASES:
             print(f"[dashboard] {concurrency} concurrent streams, {requests} requests", flush=True)
-            results.append(asyncio.run(run_level("slmserve", f"{server.base_url}/v1/chat/completions", MODEL,
-                                                 concurrency, requests, 40, args.max_tokens)))
+            results.append(
+                asyncio.run(
+                    run_level(
+                        "slmserve",
+                        f"{server.base_url}/v1/chat/completions",
+                        MODEL,
+                        concurrency,
+                        requests,
+                        40,
+                        args.max_tokens,
+                    )
+                )
+            )
             time.sleep(5)
         prometheus.wait_for_scrapes(3)
         end = time.time()

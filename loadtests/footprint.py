@@ -41,18 +41,27 @@ def measure(data_plane: str) -> dict[str, object]:
         rss = sum(p.memory_info().rss for p in processes)
         served_by = httpx.get(f"{server.base_url}/v1/models", timeout=10).headers["x-slmserve-served-by"]
         names = sorted(" ".join(p.cmdline()[:1]).split("/")[-1][:60] for p in processes)
-        return {"data_plane": data_plane, "served_by": served_by, "processes": len(processes),
-                "rss_mib": rss / 2**20, "names": names}
+        return {
+            "data_plane": data_plane,
+            "served_by": served_by,
+            "processes": len(processes),
+            "rss_mib": rss / 2**20,
+            "names": names,
+        }
 
 
 def main() -> int:
     rows = [measure(shape) for shape in ("routed", "direct")]
-    table = ("| data plane | answered by | Python processes on the token path | platform processes | "
-             "platform RSS (MiB) |\n|---|---|---|---|---|\n")
+    table = (
+        "| data plane | answered by | Python processes on the token path | platform processes | "
+        "platform RSS (MiB) |\n|---|---|---|---|---|\n"
+    )
     hops = {"routed": "2 (router replica, engine replica)", "direct": "1 (engine replica)"}
     for row in rows:
-        table += (f"| {row['data_plane']} | {row['served_by']} | {hops[str(row['data_plane'])]} | "
-                  f"{row['processes']} | {row['rss_mib']:,.0f} |\n")
+        table += (
+            f"| {row['data_plane']} | {row['served_by']} | {hops[str(row['data_plane'])]} | "
+            f"{row['processes']} | {row['rss_mib']:,.0f} |\n"
+        )
     print(table)
     for row in rows:
         print(row["data_plane"], row["names"])

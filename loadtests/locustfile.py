@@ -30,21 +30,31 @@ MAX_RETRY_AFTER_S = 5.0  # the longest Retry-After a user honours
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:
     parser.add_argument("--model", env_var="SLMSERVE_LT_MODEL", default="default", help="model for single-model users")
-    parser.add_argument("--models", env_var="SLMSERVE_LT_MODELS", default="",
-                        help="weighted model mix for MixedModelUser, e.g. 'default:3,moe:1'")
+    parser.add_argument(
+        "--models",
+        env_var="SLMSERVE_LT_MODELS",
+        default="",
+        help="weighted model mix for MixedModelUser, e.g. 'default:3,moe:1'",
+    )
     parser.add_argument("--vision-model", env_var="SLMSERVE_LT_VISION_MODEL", default="vision")
     parser.add_argument("--prompt-words", env_var="SLMSERVE_LT_PROMPT_WORDS", type=int, default=64)
     parser.add_argument("--max-tokens", env_var="SLMSERVE_LT_MAX_TOKENS", type=int, default=64)
-    parser.add_argument("--ignore-eos", env_var="SLMSERVE_LT_IGNORE_EOS", default="true",
-                        help="fixed-length outputs (true/false)")
+    parser.add_argument(
+        "--ignore-eos", env_var="SLMSERVE_LT_IGNORE_EOS", default="true", help="fixed-length outputs (true/false)"
+    )
     parser.add_argument("--api-key", env_var="SLMSERVE_LT_API_KEY", default="", help="sent as a Bearer token")
-    parser.add_argument("--accept-429", env_var="SLMSERVE_LT_ACCEPT_429", default="false",
-                        help="count 429 (admission/rate limit) as its own entry, not as a failure (true/false)")
+    parser.add_argument(
+        "--accept-429",
+        env_var="SLMSERVE_LT_ACCEPT_429",
+        default="false",
+        help="count 429 (admission/rate limit) as its own entry, not as a failure (true/false)",
+    )
 
 
 def _report(environment, name: str, value: float, length: int = 0) -> None:
-    environment.events.request.fire(request_type="METRIC", name=name, response_time=value,
-                                    response_length=length, exception=None, context={})
+    environment.events.request.fire(
+        request_type="METRIC", name=name, response_time=value, response_length=length, exception=None, context={}
+    )
 
 
 def _tiny_png() -> str:
@@ -97,8 +107,9 @@ class OpenAIUser(HttpUser):
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
         meter = StreamMeter(started)
-        with self.client.post(path, json=body, headers=self.headers, stream=True, name=name,
-                              catch_response=True) as response:
+        with self.client.post(
+            path, json=body, headers=self.headers, stream=True, name=name, catch_response=True
+        ) as response:
             if self._rejected(response):
                 return
             if response.status_code != 200:
@@ -133,8 +144,7 @@ class StreamingChatUser(OpenAIUser):
 
     @task
     def chat_stream(self) -> None:
-        body = {"model": self.options.model, "messages": [{"role": "user", "content": self.prompt}],
-                **self._sampling()}
+        body = {"model": self.options.model, "messages": [{"role": "user", "content": self.prompt}], **self._sampling()}
         self.stream("/v1/chat/completions", body, "/v1/chat/completions [stream]")
 
 
@@ -143,8 +153,7 @@ class ChatUser(OpenAIUser):
 
     @task
     def chat(self) -> None:
-        body = {"model": self.options.model, "messages": [{"role": "user", "content": self.prompt}],
-                **self._sampling()}
+        body = {"model": self.options.model, "messages": [{"role": "user", "content": self.prompt}], **self._sampling()}
         self.complete("/v1/chat/completions", body, "/v1/chat/completions")
 
 
@@ -153,8 +162,11 @@ class CompletionUser(OpenAIUser):
 
     @task
     def completion(self) -> None:
-        self.stream("/v1/completions", {"model": self.options.model, "prompt": self.prompt, **self._sampling()},
-                    "/v1/completions [stream]")
+        self.stream(
+            "/v1/completions",
+            {"model": self.options.model, "prompt": self.prompt, **self._sampling()},
+            "/v1/completions [stream]",
+        )
 
 
 class VisionUser(OpenAIUser):
@@ -170,10 +182,15 @@ class VisionUser(OpenAIUser):
 
     @task
     def vision_chat(self) -> None:
-        content = [{"type": "text", "text": "Describe the image."},
-                   {"type": "image_url", "image_url": {"url": self.image}}]
-        body = {"model": self.options.vision_model, "messages": [{"role": "user", "content": content}],
-                **self._sampling()}
+        content = [
+            {"type": "text", "text": "Describe the image."},
+            {"type": "image_url", "image_url": {"url": self.image}},
+        ]
+        body = {
+            "model": self.options.vision_model,
+            "messages": [{"role": "user", "content": content}],
+            **self._sampling(),
+        }
         self.stream("/v1/chat/completions", body, "/v1/chat/completions [vision stream]")
 
 

@@ -2,7 +2,7 @@
 targets and labels the chart's ServiceMonitor gives on a cluster, the chart's alert
 rules loaded, and a small client for its HTTP API.
 
-The binary is Debian's `prometheus` (installed by `deploy/tools/install_prometheus.sh`, which `make
+The binary is Debian's `prometheus` (installed by `deploy/tools/install_debian.sh prometheus`, which `make
 test` runs); `prometheus_binary()` says where it is, or None.
 """
 
@@ -53,13 +53,20 @@ def scrape_config(app_url: str, interval_s: float, api_key: str = "") -> dict[st
     job: dict[str, Any] = {
         "job_name": f"serviceMonitor/{NAMESPACE}/{RELEASE}/0",
         "metrics_path": "/metrics",
-        "static_configs": [{"targets": [urlsplit(app_url).netloc], "labels": {
-            "job": RELEASE, "namespace": NAMESPACE, "service": RELEASE, "endpoint": "http"}}],
+        "static_configs": [
+            {
+                "targets": [urlsplit(app_url).netloc],
+                "labels": {"job": RELEASE, "namespace": NAMESPACE, "service": RELEASE, "endpoint": "http"},
+            }
+        ],
     }
     if api_key:
         job["authorization"] = {"type": "Bearer", "credentials": api_key}
-    return {"global": {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"},
-            "rule_files": [str(RULES)], "scrape_configs": [job]}
+    return {
+        "global": {"scrape_interval": f"{interval_s:g}s", "evaluation_interval": f"{interval_s:g}s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [job],
+    }
 
 
 @dataclass
@@ -108,15 +115,23 @@ class Prometheus:
 def local_prometheus(app_url: str, *, interval_s: float = 1.0, api_key: str = "") -> Iterator[Prometheus]:
     binary = prometheus_binary()
     if binary is None:
-        raise FileNotFoundError("no prometheus binary (deploy/tools/install_prometheus.sh installs it)")
+        raise FileNotFoundError("no prometheus binary (deploy/tools/install_debian.sh prometheus installs it)")
     port = runtime.free_ports(1)[0]
     work = Path(tempfile.mkdtemp(prefix="slmserve-prometheus-"))
     config = work / "prometheus.yml"
     config.write_text(yaml.safe_dump(scrape_config(app_url, interval_s, api_key)))
     log = work / "prometheus.log"
-    process = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={work / 'data'}",
-                                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         runtime.wait_for_ok(f"{url}/-/ready", 60)

@@ -24,16 +24,20 @@ def write_section(path: Path, name: str, body: str) -> None:
 
 
 def results_table(results: Results, levels: list[int], systems: tuple[str, ...]) -> str:
-    head = ("| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
-            "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| system | c | req/s | out tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms | e2e p50 s "
+        "| errors |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     rows = []
     for c in levels:
         for system in systems:
             r = results[(system, c)]
-            rows.append(f"| {system} | {c} | {r.requests_per_s:.2f} | {r.output_tok_per_s:.1f} | "
-                        f"{percentile(r.ttft_s, 50) * 1000:.1f} | {percentile(r.ttft_s, 95) * 1000:.1f} | "
-                        f"{percentile(r.itl_s, 50) * 1000:.2f} | {percentile(r.itl_s, 95) * 1000:.2f} | "
-                        f"{percentile(r.e2e_s, 50):.2f} | {r.errors}/{r.requests} |")
+            rows.append(
+                f"| {system} | {c} | {r.requests_per_s:.2f} | {r.output_tok_per_s:.1f} | "
+                f"{percentile(r.ttft_s, 50) * 1000:.1f} | {percentile(r.ttft_s, 95) * 1000:.1f} | "
+                f"{percentile(r.itl_s, 50) * 1000:.2f} | {percentile(r.itl_s, 95) * 1000:.2f} | "
+                f"{percentile(r.e2e_s, 50):.2f} | {r.errors}/{r.requests} |"
+            )
     return head + "\n".join(rows) + "\n"
 
 
@@ -43,38 +47,53 @@ def ratios_table(results: Results, levels: list[int], systems: tuple[str, ...]) 
     ours, others = systems[0], systems[1:]
     columns = []
     for other in others:
-        columns += [f"tok/s vs {other}", f"TTFT p50 - {other} (ms)", f"TTFT p50 vs {other}", f"ITL p50 vs {other}",
-                    f"ITL p95 vs {other}"]
+        columns += [
+            f"tok/s vs {other}",
+            f"TTFT p50 - {other} (ms)",
+            f"TTFT p50 vs {other}",
+            f"ITL p50 vs {other}",
+            f"ITL p95 vs {other}",
+        ]
     out = "| c | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     for c in levels:
         s = results[(ours, c)]
         cells = []
         for other in others:
             o = results[(other, c)]
-            cells += [f"{s.output_tok_per_s / o.output_tok_per_s:.3f}",
-                      f"{(percentile(s.ttft_s, 50) - percentile(o.ttft_s, 50)) * 1000:+.1f}",
-                      f"{percentile(s.ttft_s, 50) / percentile(o.ttft_s, 50):.3f}",
-                      f"{percentile(s.itl_s, 50) / percentile(o.itl_s, 50):.3f}",
-                      f"{percentile(s.itl_s, 95) / percentile(o.itl_s, 95):.3f}"]
+            cells += [
+                f"{s.output_tok_per_s / o.output_tok_per_s:.3f}",
+                f"{(percentile(s.ttft_s, 50) - percentile(o.ttft_s, 50)) * 1000:+.1f}",
+                f"{percentile(s.ttft_s, 50) / percentile(o.ttft_s, 50):.3f}",
+                f"{percentile(s.itl_s, 50) / percentile(o.itl_s, 50):.3f}",
+                f"{percentile(s.itl_s, 95) / percentile(o.itl_s, 95):.3f}",
+            ]
         out += f"| {c} | " + " | ".join(cells) + " |\n"
     return out
 
 
 def summarize(results: Results) -> dict[str, dict[str, float]]:
     """The figures the plots and the GPU run's JSON carry, keyed "system@c"."""
-    return {f"{system}@{c}": {"tok_s": r.output_tok_per_s, "req_s": r.requests_per_s,
-                              "ttft_p50": percentile(r.ttft_s, 50), "ttft_p95": percentile(r.ttft_s, 95),
-                              "itl_p50": percentile(r.itl_s, 50), "itl_p95": percentile(r.itl_s, 95),
-                              "errors": r.errors}
-            for (system, c), r in results.items()}
+    return {
+        f"{system}@{c}": {
+            "tok_s": r.output_tok_per_s,
+            "req_s": r.requests_per_s,
+            "ttft_p50": percentile(r.ttft_s, 50),
+            "ttft_p95": percentile(r.ttft_s, 95),
+            "itl_p50": percentile(r.itl_s, 50),
+            "itl_p95": percentile(r.itl_s, 95),
+            "errors": r.errors,
+        }
+        for (system, c), r in results.items()
+    }
 
 
 def plot(results: Results, levels: list[int], systems: tuple[str, ...], path: Path) -> None:
     plot_summary(summarize(results), levels, systems, path)
 
 
-def plot_summary(summary: dict[str, dict[str, float]], levels: list[int], systems: tuple[str, ...], path: Path,
-                 title: str = "") -> None:
+def plot_summary(
+    summary: dict[str, dict[str, float]], levels: list[int], systems: tuple[str, ...], path: Path, title: str = ""
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -33,32 +33,59 @@ def variant(policy: str, replicas: int, kv_bytes: int):
         entry["engine_args"]["kv_cache_memory_bytes"] = kv_bytes
         entry["routing"] = {"policy": policy}
         entry["env"] = {"OMP_NUM_THREADS": str(2 // replicas), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
     return catalog_variant("cpu", change)
 
 
-def measure(label: str, catalog: Path, policy: str, replicas: int, model: str, args: argparse.Namespace,
-            extra_body: dict | None = None) -> dict:
+def measure(
+    label: str,
+    catalog: Path,
+    policy: str,
+    replicas: int,
+    model: str,
+    args: argparse.Namespace,
+    extra_body: dict | None = None,
+) -> dict:
     """One setup: serve `catalog`, run the multi-turn workload once, read the engines' prefix-cache
     counters before and after. Shared with the GPU run (loadtests/gpu/run_gpu_routing.py)."""
     print(f"[routing] {label}: starting", flush=True)
     with serving(catalog, replicas=replicas) as server:
         metrics = f"{server.base_url}/metrics"
         before = prefix_cache_counts(httpx.get(metrics, timeout=30).text)
-        turns, wall = asyncio.run(run_conversations(
-            server.base_url, model, conversations=args.conversations, turns=args.turns,
-            system_words=args.system_words, max_tokens=args.max_tokens, concurrency=args.concurrency,
-            session_header="X-Session-Id" if policy == "session" else None, extra_body=extra_body))
+        turns, wall = asyncio.run(
+            run_conversations(
+                server.base_url,
+                model,
+                conversations=args.conversations,
+                turns=args.turns,
+                system_words=args.system_words,
+                max_tokens=args.max_tokens,
+                concurrency=args.concurrency,
+                session_header="X-Session-Id" if policy == "session" else None,
+                extra_body=extra_body,
+            )
+        )
         rate = hit_rate(before, prefix_cache_counts(httpx.get(metrics, timeout=30).text))
     later = [t.ttft_s for t in turns if t.turn > 1 and t.ttft_s is not None]
     every = [t.ttft_s for t in turns if t.ttft_s is not None]
     homes = {c: {t.replica for t in turns if t.conversation == c} for c in range(args.conversations)}
-    row = {"label": label, "hit_rate": rate, "ttft_p50": percentile(every, 50), "ttft_p95": percentile(every, 95),
-           "later_ttft_p50": percentile(later, 50), "tok_s": sum(t.output_tokens for t in turns) / wall,
-           "errors": sum(t.status != 200 for t in turns), "sticky": sum(len(r) == 1 for r in homes.values()),
-           "requests": len(turns)}
-    print(f"[routing] {label}: hit rate {rate:.3f}, TTFT p50 {row['ttft_p50'] * 1000:.0f} ms, "
-          f"later turns p50 {row['later_ttft_p50'] * 1000:.0f} ms, {row['tok_s']:.1f} tok/s, "
-          f"{row['sticky']}/{args.conversations} conversations on one replica, {row['errors']} errors", flush=True)
+    row = {
+        "label": label,
+        "hit_rate": rate,
+        "ttft_p50": percentile(every, 50),
+        "ttft_p95": percentile(every, 95),
+        "later_ttft_p50": percentile(later, 50),
+        "tok_s": sum(t.output_tokens for t in turns) / wall,
+        "errors": sum(t.status != 200 for t in turns),
+        "sticky": sum(len(r) == 1 for r in homes.values()),
+        "requests": len(turns),
+    }
+    print(
+        f"[routing] {label}: hit rate {rate:.3f}, TTFT p50 {row['ttft_p50'] * 1000:.0f} ms, "
+        f"later turns p50 {row['later_ttft_p50'] * 1000:.0f} ms, {row['tok_s']:.1f} tok/s, "
+        f"{row['sticky']}/{args.conversations} conversations on one replica, {row['errors']} errors",
+        flush=True,
+    )
     return row
 
 
@@ -87,18 +114,24 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def results_table(rows: list[dict], conversations: int) -> str:
-    table = ("| setup | prefix-cache hit rate | TTFT p50 ms | TTFT p95 ms | later turns TTFT p50 ms | out tok/s | "
-             "conversations on one replica | errors |\n|---|---|---|---|---|---|---|---|\n")
+    table = (
+        "| setup | prefix-cache hit rate | TTFT p50 ms | TTFT p95 ms | later turns TTFT p50 ms | out tok/s | "
+        "conversations on one replica | errors |\n|---|---|---|---|---|---|---|---|\n"
+    )
     for row in rows:
-        table += (f"| {row['label']} | {row['hit_rate']:.3f} | {row['ttft_p50'] * 1000:.0f} | "
-                  f"{row['ttft_p95'] * 1000:.0f} | {row['later_ttft_p50'] * 1000:.0f} | {row['tok_s']:.1f} | "
-                  f"{row['sticky']}/{conversations} | {row['errors']}/{row['requests']} |\n")
+        table += (
+            f"| {row['label']} | {row['hit_rate']:.3f} | {row['ttft_p50'] * 1000:.0f} | "
+            f"{row['ttft_p95'] * 1000:.0f} | {row['later_ttft_p50'] * 1000:.0f} | {row['tok_s']:.1f} | "
+            f"{row['sticky']}/{conversations} | {row['errors']}/{row['requests']} |\n"
+        )
     by = {row["label"]: row for row in rows}
     p2, affinity = by.get("power-of-two"), by.get("prefix-affinity")
     if p2 and affinity:
-        table += (f"\nprefix-affinity over power-of-two: hit rate {affinity['hit_rate'] / p2['hit_rate']:.2f}x, "
-                  f"TTFT p50 {affinity['ttft_p50'] / p2['ttft_p50']:.2f}x, "
-                  f"tok/s {affinity['tok_s'] / p2['tok_s']:.2f}x")
+        table += (
+            f"\nprefix-affinity over power-of-two: hit rate {affinity['hit_rate'] / p2['hit_rate']:.2f}x, "
+            f"TTFT p50 {affinity['ttft_p50'] / p2['ttft_p50']:.2f}x, "
+            f"tok/s {affinity['tok_s'] / p2['tok_s']:.2f}x"
+        )
         if (single := by.get(SINGLE)) is not None:
             table += f"; hit rate {affinity['hit_rate'] / single['hit_rate']:.2f}x one replica's"
         table += ".\n"
@@ -135,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    setups = [("power-of-two", "power-of-two", 2, KV_PER_REPLICA),
-              ("prefix-affinity", "prefix-affinity", 2, KV_PER_REPLICA),
-              ("session", "session", 2, KV_PER_REPLICA),
-              (SINGLE, "prefix-affinity", 1, 4 * KV_PER_REPLICA)]
-    rows = [measure(label, variant(policy, replicas, kv), policy, replicas, MODEL, args)
-            for label, policy, replicas, kv in setups]
+    setups = [
+        ("power-of-two", "power-of-two", 2, KV_PER_REPLICA),
+        ("prefix-affinity", "prefix-affinity", 2, KV_PER_REPLICA),
+        ("session", "session", 2, KV_PER_REPLICA),
+        (SINGLE, "prefix-affinity", 1, 4 * KV_PER_REPLICA),
+    ]
+    rows = [
+        measure(label, variant(policy, replicas, kv), policy, replicas, MODEL, args)
+        for label, policy, replicas, kv in setups
+    ]
     write_report(rows, args, started)
     return 0
 

@@ -28,8 +28,12 @@ def _ready(host: str) -> bool:
 
 def _start_server(port: int, catalog: str) -> subprocess.Popen:
     print(f"[loadtest] no server answers; starting `slmserve serve --catalog {catalog} --port {port}`", flush=True)
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", catalog, "--port", str(port)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--catalog", catalog, "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def summarize(prefix: Path) -> str:
@@ -37,8 +41,10 @@ def summarize(prefix: Path) -> str:
         rows = list(csv.DictReader(handle))
     lines = [f"{'entry':44} {'count':>7} {'fail':>5} {'p50':>9} {'p95':>9} {'mean':>9}"]
     for row in rows:
-        lines.append(f"{row['Type'] + ' ' + row['Name']:44.44} {row['Request Count']:>7} {row['Failure Count']:>5} "
-                     f"{row['50%']:>9} {row['95%']:>9} {float(row['Average Response Time']):>9.1f}")
+        lines.append(
+            f"{row['Type'] + ' ' + row['Name']:44.44} {row['Request Count']:>7} {row['Failure Count']:>5} "
+            f"{row['50%']:>9} {row['95%']:>9} {float(row['Average Response Time']):>9.1f}"
+        )
     lines.append("(ttft/itl and HTTP rows in ms; output_tokens rows in tokens)")
     return "\n".join(lines)
 
@@ -65,9 +71,27 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-               "--host", args.host, "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.time,
-               "--csv", args.out, "--only-summary", *locust_extra, *args.user_classes]
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(ROOT / "loadtests" / "locustfile.py"),
+        "--headless",
+        "--host",
+        args.host,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        args.time,
+        "--csv",
+        args.out,
+        "--only-summary",
+        *locust_extra,
+        *args.user_classes,
+    ]
     print(f"[loadtest] {args.users} users for {args.time} against {args.host}", flush=True)
     try:
         code = subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})

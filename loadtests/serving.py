@@ -65,8 +65,14 @@ def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str 
 
 
 @contextmanager
-def serving(catalog: str | Path, *, api_keys: str = "", ready_timeout_s: float = 900, replicas: int = 1,
-            on_start: Callable[[str], None] | None = None) -> Iterator[ServerProcess]:
+def serving(
+    catalog: str | Path,
+    *,
+    api_keys: str = "",
+    ready_timeout_s: float = 900,
+    replicas: int = 1,
+    on_start: Callable[[str], None] | None = None,
+) -> Iterator[ServerProcess]:
     """`slmserve serve --catalog CATALOG` on a free port; yields once it is ready with `replicas`
     engine replicas per model, stops it (Ctrl-C, then a kill) afterwards. `on_start(base_url)` runs
     right after the start, before the wait."""
@@ -75,9 +81,13 @@ def serving(catalog: str | Path, *, api_keys: str = "", ready_timeout_s: float =
     log = Path(tempfile.mkdtemp(prefix="slmserve-serve-")) / "serve.log"
     env = {key: value for key, value in os.environ.items() if key not in ("SLMSERVE_API_KEYS", "RAY_ADDRESS")}
     env |= {"SLMSERVE_API_KEYS": api_keys, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog),
-                                "--port", str(port)], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog), "--port", str(port)],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         if on_start is not None:
             on_start(base_url)

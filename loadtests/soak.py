@@ -60,7 +60,7 @@ def scrape(host: str, name: str, model: str) -> float:
     with urllib.request.urlopen(f"{host}/metrics", timeout=10) as response:
         text = response.read().decode()
     prefix = f'{name}{{model_name="{model}"}} '
-    return sum(float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix))
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,33 +68,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--users", type=int, default=12)
     parser.add_argument("--model", default="tiny-phimoe")
-    parser.add_argument("--models", default="tiny-phimoe:2,smollm2-135m-instruct:1",
-                        help="the mix that MixedModelUser streams")
+    parser.add_argument(
+        "--models", default="tiny-phimoe:2,smollm2-135m-instruct:1", help="the mix that MixedModelUser streams"
+    )
     parser.add_argument("--port", type=int, default=8300)
     args = parser.parse_args(argv)
     host = f"http://127.0.0.1:{args.port}"
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
     catalog_path = catalog_variant("test", bound_every_model)
-    server = subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog_path), "--port",
-                               str(args.port)], cwd=ROOT, stdout=(out / "soak-server.log").open("w"),
-                              stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog_path), "--port", str(args.port)],
+        cwd=ROOT,
+        stdout=(out / "soak-server.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_until_ready(host, 900)
         catalog_shape = f"{load_catalog(catalog_path).data_plane} data plane, every model bounded at {BOUND}"
         time.sleep(10)  # let start-up settle before the baseline
         rss_before = platform_rss_mib(server.pid)
-        print(f"[soak] {args.users} users on {args.model} and {args.models} for {args.minutes:g} min; "
-              f"platform RSS {rss_before:.0f} MiB", flush=True)
+        print(
+            f"[soak] {args.users} users on {args.model} and {args.models} for {args.minutes:g} min; "
+            f"platform RSS {rss_before:.0f} MiB",
+            flush=True,
+        )
         prefix = out / "soak"
         started = time.monotonic()
-        code = subprocess.call([
-            sys.executable, "-m", "locust", "-f", str(ROOT / "loadtests" / "locustfile.py"), "--headless",
-            "--host", host, "-u", str(args.users), "-r", str(args.users), "-t", f"{int(args.minutes * 60)}s",
-            "--csv", str(prefix), "--only-summary", "--model", args.model, "--max-tokens", "64",
-            "--models", args.models, "--accept-429", "true", "StreamingChatUser", "ChatUser", "MixedModelUser"],
+        code = subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                str(ROOT / "loadtests" / "locustfile.py"),
+                "--headless",
+                "--host",
+                host,
+                "-u",
+                str(args.users),
+                "-r",
+                str(args.users),
+                "-t",
+                f"{int(args.minutes * 60)}s",
+                "--csv",
+                str(prefix),
+                "--only-summary",
+                "--model",
+                args.model,
+                "--max-tokens",
+                "64",
+                "--models",
+                args.models,
+                "--accept-429",
+                "true",
+                "StreamingChatUser",
+                "ChatUser",
+                "MixedModelUser",
+            ],
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         duration = time.monotonic() - started
         time.sleep(15)  # engines drain, metrics snapshots arrive
         with open(f"{prefix}_stats.csv") as handle:
@@ -104,14 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         errors = sum(int(row["Failure Count"]) for row in http_rows)
         rejected = int(rows.get("429 rejected", {}).get("Request Count", 0))
         models = {args.model} | {name for name, _ in parse_model_mix(args.models)}
-        running = sum(scrape(host, gauge, model) for model in models
-                      for gauge in ("num_requests_running", "num_requests_waiting"))
+        running = sum(
+            scrape(host, gauge, model) for model in models for gauge in ("num_requests_running", "num_requests_waiting")
+        )
         rss_after = platform_rss_mib(server.pid)
         growth = (rss_after - rss_before) / rss_before
-        summary = (f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | {args.users} users, "
-                   f"{duration / 60:.1f} min on {', '.join(sorted(models))} ({catalog_shape}) | {requests} | "
-                   f"{rejected} | {errors} | {running:.0f} | "
-                   f"{rss_before:.0f} -> {rss_after:.0f} MiB ({growth:+.1%}) |")
+        summary = (
+            f"| {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC | {args.users} users, "
+            f"{duration / 60:.1f} min on {', '.join(sorted(models))} ({catalog_shape}) | {requests} | "
+            f"{rejected} | {errors} | {running:.0f} | "
+            f"{rss_before:.0f} -> {rss_after:.0f} MiB ({growth:+.1%}) |"
+        )
         print(summary)
         _write(summary)
         ok = code in (0, 1) and errors == 0 and running == 0 and growth < 0.05
@@ -125,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
 def _write(row: str) -> None:
     path = ROOT / "docs" / "reliability.md"
     text = path.read_text()
-    header = ("| run | load | requests | 429 (admission) | errors | in flight after | platform memory |\n"
-              "|---|---|---|---|---|---|---|\n")
+    header = (
+        "| run | load | requests | 429 (admission) | errors | in flight after | platform memory |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
     before, _, rest = text.partition(MARK_START)
     earlier = [line for line in rest.partition(MARK_END)[0].splitlines() if line.startswith("| 20")]
     section = f"{MARK_START}\n{header}" + "\n".join([row, *earlier]) + f"\n{MARK_END}"

@@ -86,8 +86,10 @@ class StreamMeter:
 
 def prompt_of(words: int) -> str:
     """A deterministic prompt of about `words` tokens for SmolLM2/Phi tokenizers."""
-    vocabulary = ("river stone light garden paper window music forest ocean quiet morning cloud "
-                  "bridge letter valley summer winter engine harbor market").split()
+    vocabulary = (
+        "river stone light garden paper window music forest ocean quiet morning cloud "
+        "bridge letter valley summer winter engine harbor market"
+    ).split()
     body = " ".join(vocabulary[i % len(vocabulary)] for i in range(max(words - 8, 1)))
     return f"Continue this list of words: {body}"
 

@@ -34,10 +34,17 @@ class LevelResult:
         return self.output_tokens / self.wall_s
 
     def merged(self, other: LevelResult) -> LevelResult:
-        return LevelResult(self.system, self.concurrency, self.requests + other.requests,
-                           self.errors + other.errors, self.wall_s + other.wall_s,
-                           self.output_tokens + other.output_tokens, self.ttft_s + other.ttft_s,
-                           self.itl_s + other.itl_s, self.e2e_s + other.e2e_s)
+        return LevelResult(
+            self.system,
+            self.concurrency,
+            self.requests + other.requests,
+            self.errors + other.errors,
+            self.wall_s + other.wall_s,
+            self.output_tokens + other.output_tokens,
+            self.ttft_s + other.ttft_s,
+            self.itl_s + other.itl_s,
+            self.e2e_s + other.e2e_s,
+        )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -65,13 +72,21 @@ async def _one(client: httpx.AsyncClient, url: str, body: dict) -> StreamStats:
 
 def chat_body(prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> dict:
     """A streamed chat body of fixed prompt and output lengths (no model: the caller names it)."""
-    return {"messages": [{"role": "user", "content": prompt_of(prompt_words)}],
-            "max_tokens": max_tokens, "min_tokens": max_tokens, "ignore_eos": True, "temperature": 0.0,
-            "stream": True, "stream_options": {"include_usage": True}, **(extra_body or {})}
+    return {
+        "messages": [{"role": "user", "content": prompt_of(prompt_words)}],
+        "max_tokens": max_tokens,
+        "min_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        **(extra_body or {}),
+    }
 
 
-async def run_bodies(chat_url: str, bodies: list[dict], concurrency: int,
-                     requests: int) -> tuple[list[tuple[int, StreamStats]], float]:
+async def run_bodies(
+    chat_url: str, bodies: list[dict], concurrency: int, requests: int
+) -> tuple[list[tuple[int, StreamStats]], float]:
     """`requests` streams at `concurrency`, request i sending bodies[i % len]: (body index, stats) per
     request, and the wall time."""
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -95,13 +110,28 @@ async def run_bodies(chat_url: str, bodies: list[dict], concurrency: int,
 def level_result(system: str, concurrency: int, stats: list[StreamStats], wall_s: float) -> LevelResult:
     ok = [r for r in stats if r.error is None]
     return LevelResult(
-        system=system, concurrency=concurrency, requests=len(stats), errors=len(stats) - len(ok), wall_s=wall_s,
-        output_tokens=sum(r.output_tokens for r in ok), ttft_s=[r.ttft_s for r in ok if r.ttft_s is not None],
-        itl_s=[gap for r in ok for gap in r.itl_s], e2e_s=[r.e2e_s for r in ok if r.e2e_s is not None])
+        system=system,
+        concurrency=concurrency,
+        requests=len(stats),
+        errors=len(stats) - len(ok),
+        wall_s=wall_s,
+        output_tokens=sum(r.output_tokens for r in ok),
+        ttft_s=[r.ttft_s for r in ok if r.ttft_s is not None],
+        itl_s=[gap for r in ok for gap in r.itl_s],
+        e2e_s=[r.e2e_s for r in ok if r.e2e_s is not None],
+    )
 
 
-async def run_level(system: str, chat_url: str, model: str | list[str], concurrency: int, requests: int,
-                    prompt_words: int, max_tokens: int, extra_body: dict | None = None) -> LevelResult:
+async def run_level(
+    system: str,
+    chat_url: str,
+    model: str | list[str],
+    concurrency: int,
+    requests: int,
+    prompt_words: int,
+    max_tokens: int,
+    extra_body: dict | None = None,
+) -> LevelResult:
     """`model` may list several names (LoRA adapters, say): request i asks for model[i % len]."""
     models = [model] if isinstance(model, str) else model
     body = chat_body(prompt_words, max_tokens, extra_body)

@@ -51,18 +51,35 @@ class BaseShape:
         config = config.get("text_config") or config
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
-        return cls(hidden, heads, int(config.get("num_key_value_heads") or heads),
-                   int(config.get("head_dim") or hidden // heads), int(config["intermediate_size"]),
-                   int(config["num_hidden_layers"]))
+        return cls(
+            hidden,
+            heads,
+            int(config.get("num_key_value_heads") or heads),
+            int(config.get("head_dim") or hidden // heads),
+            int(config["intermediate_size"]),
+            int(config["num_hidden_layers"]),
+        )
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each LoRA-able linear layer, under the names both the
         Llama and the Phi-3 families use (Phi-3 packs q/k/v and gate/up)."""
-        q, kv, hidden, inner = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
-            self.hidden_size, self.intermediate_size
-        return {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
-                "qkv_proj": (hidden, q + 2 * kv), "gate_proj": (hidden, inner), "up_proj": (hidden, inner),
-                "gate_up_proj": (hidden, 2 * inner), "down_proj": (inner, hidden)}
+        q, kv, hidden, inner = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.hidden_size,
+            self.intermediate_size,
+        )
+        return {
+            "q_proj": (hidden, q),
+            "k_proj": (hidden, kv),
+            "v_proj": (hidden, kv),
+            "o_proj": (q, hidden),
+            "qkv_proj": (hidden, q + 2 * kv),
+            "gate_proj": (hidden, inner),
+            "up_proj": (hidden, inner),
+            "gate_up_proj": (hidden, 2 * inner),
+            "down_proj": (inner, hidden),
+        }
 
 
 @dataclass(frozen=True)
@@ -130,8 +147,11 @@ def safetensors_shapes(path: Path) -> dict[str, list[int]]:
             raise AdapterError(f"{path.name} is not a safetensors file") from None
     if not isinstance(header, dict):
         raise AdapterError(f"{path.name} is not a safetensors file")
-    return {key: value.get("shape", []) for key, value in header.items()
-            if key != "__metadata__" and isinstance(value, dict)}
+    return {
+        key: value.get("shape", [])
+        for key, value in header.items()
+        if key != "__metadata__" and isinstance(value, dict)
+    }
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -178,8 +198,10 @@ def check_adapter(directory: Path, base: BaseShape, max_rank: int) -> int:
         module_rank, width = (shape[0], shape[1]) if side == "A" else (shape[1], shape[0])
         expected = in_features if side == "A" else out_features
         if width != expected:
-            raise AdapterError(f"tensor {key!r} has shape {shape}; the base model's {module} needs {expected} "
-                               f"there (an adapter of another base model?)")
+            raise AdapterError(
+                f"tensor {key!r} has shape {shape}; the base model's {module} needs {expected} "
+                f"there (an adapter of another base model?)"
+            )
         rank = max(rank, module_rank)
     if rank > max_rank:
         raise AdapterError(f"rank {rank} is above the catalog's lora.max_lora_rank {max_rank}")

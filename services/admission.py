@@ -48,8 +48,9 @@ class RateLimit:
 
 
 class Admission:
-    def __init__(self, max_in_flight: dict[str, int | None], limits: dict[str, RateLimit],
-                 default_limit: RateLimit) -> None:
+    def __init__(
+        self, max_in_flight: dict[str, int | None], limits: dict[str, RateLimit], default_limit: RateLimit
+    ) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight: dict[str, int] = dict.fromkeys(max_in_flight, 0)
         self.limits = limits
@@ -71,8 +72,9 @@ class Admission:
         """Raises Rejected, or counts the request in flight (release it with `release`)."""
         bound = self.max_in_flight.get(model)
         if bound is not None and self.in_flight[model] >= bound:
-            raise Rejected(f"model `{model}` is at capacity ({bound} requests in flight); retry shortly",
-                           "queue_full", 1)
+            raise Rejected(
+                f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", "queue_full", 1
+            )
         limit = self.limits.get(tenant, self.default_limit)
         checks = []
         if limit.requests_per_minute:
@@ -82,8 +84,11 @@ class Admission:
         for bucket, amount, kind in checks:
             wait = bucket.wait_for(amount)
             if wait > 0:
-                raise Rejected(f"rate limit of {kind} per minute reached for `{tenant}`; retry in {math.ceil(wait)}s",
-                               f"rate_limited_{kind}", wait)
+                raise Rejected(
+                    f"rate limit of {kind} per minute reached for `{tenant}`; retry in {math.ceil(wait)}s",
+                    f"rate_limited_{kind}",
+                    wait,
+                )
         for bucket, amount, _ in checks:
             bucket.take(amount)
         self.in_flight[model] += 1

@@ -53,17 +53,23 @@ def _request_router(entry: ModelEntry) -> dict[str, Any]:
         return {}
     from ray.serve.config import RequestRouterConfig
 
-    return {"request_router_config": RequestRouterConfig(
-        request_router_class="services.router.policies.AffinityRouter",
-        request_router_kwargs={**entry.routing.router_kwargs(),
-                               **({"base_names": entry.names} if entry.adapter_affinity else {})},
-        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
-        request_routing_stats_timeout_s=ROUTING_STATS_PERIOD_S)}
+    return {
+        "request_router_config": RequestRouterConfig(
+            request_router_class="services.router.policies.AffinityRouter",
+            request_router_kwargs={
+                **entry.routing.router_kwargs(),
+                **({"base_names": entry.names} if entry.adapter_affinity else {}),
+            },
+            request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+            request_routing_stats_timeout_s=ROUTING_STATS_PERIOD_S,
+        )
+    }
 
 
 def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
-    return serve.deployment(cls).options(name=entry.deployment_name, **_serve_options(entry.deployment, entry.env),
-                                         **_request_router(entry))
+    return serve.deployment(cls).options(
+        name=entry.deployment_name, **_serve_options(entry.deployment, entry.env), **_request_router(entry)
+    )
 
 
 def _limit_broker(catalog: Catalog) -> Application | None:
@@ -72,9 +78,11 @@ def _limit_broker(catalog: Catalog) -> Application | None:
 
     if not has_limits(catalog):
         return None
-    return serve.deployment(LimitBroker).options(
-        name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0}
-    ).bind(catalog.model_dump(mode="json"))
+    return (
+        serve.deployment(LimitBroker)
+        .options(name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+        .bind(catalog.model_dump(mode="json"))
+    )
 
 
 def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> Application:
@@ -83,14 +91,17 @@ def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> A
 
     entry = catalog.models[0]
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
-        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"), _limit_broker(catalog))
+        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"), _limit_broker(catalog)
+    )
     # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
     # without HAProxy, Serve's proxy actor routes to the engine replicas itself.
     if not entry.has_replica_choice or not haproxy_enabled():
         return engine
-    router = serve.deployment(serve.ingress()(IngressRouter)).options(
-        name="IngressRouter", **_serve_options(catalog.router.deployment, {})).bind(engine, hub,
-                                                                                 catalog.router.session_header)
+    router = (
+        serve.deployment(serve.ingress()(IngressRouter))
+        .options(name="IngressRouter", **_serve_options(catalog.router.deployment, {}))
+        .bind(engine, hub, catalog.router.session_header)
+    )
     return engine._with_ingress_request_router(router)
 
 
@@ -98,10 +109,13 @@ def _routed_application(catalog: Catalog, app_name: str, cache_dir: str, hub: Ap
     from services.engine.deployment import EngineDeployment
     from services.router.deployment import Router
 
-    engines = [_engine_deployment(entry, EngineDeployment).bind(entry.model_dump(mode="json"), cache_dir, hub)
-               for entry in catalog.models]
+    engines = [
+        _engine_deployment(entry, EngineDeployment).bind(entry.model_dump(mode="json"), cache_dir, hub)
+        for entry in catalog.models
+    ]
     router = serve.deployment(serve.ingress()(Router)).options(
-        name="Router", **_serve_options(catalog.router.deployment, {}))
+        name="Router", **_serve_options(catalog.router.deployment, {})
+    )
     return router.bind(catalog.model_dump(mode="json"), app_name, hub, _limit_broker(catalog), *engines)
 
 
@@ -114,10 +128,18 @@ def _with_tracing(catalog: Catalog) -> Catalog:
     if endpoint is None:
         return catalog
     engine_env = {"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf", "OTEL_SERVICE_NAME": "vllm"}
-    models = [entry.model_copy(update={"engine_args": {"otlp_traces_endpoint": endpoint, **entry.engine_args},
-                                       "env": {**engine_env, **entry.env}}) for entry in catalog.models]
-    return catalog.model_copy(update={"models": models, "tracing": catalog.tracing.model_copy(
-        update={"otlp_traces_endpoint": endpoint})})
+    models = [
+        entry.model_copy(
+            update={
+                "engine_args": {"otlp_traces_endpoint": endpoint, **entry.engine_args},
+                "env": {**engine_env, **entry.env},
+            }
+        )
+        for entry in catalog.models
+    ]
+    return catalog.model_copy(
+        update={"models": models, "tracing": catalog.tracing.model_copy(update={"otlp_traces_endpoint": endpoint})}
+    )
 
 
 def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
@@ -125,9 +147,11 @@ def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Ap
 
     catalog = _with_tracing(catalog)
 
-    hub = serve.deployment(MetricsHub).options(
-        name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0}
-    ).bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
+    hub = (
+        serve.deployment(MetricsHub)
+        .options(name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+        .bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
+    )
     if catalog.data_plane == "direct":
         return _direct_application(catalog, str(cache_dir), hub)
     return _routed_application(catalog, app_name, str(cache_dir), hub)

@@ -29,8 +29,11 @@ class KeyRing:
     def load(cls, inline: str = "", file: Path | None = None) -> KeyRing:
         entries = [item for item in inline.split(",") if item.strip()]
         if file is not None:
-            entries += [line.strip() for line in file.read_text().splitlines()
-                        if line.strip() and not line.lstrip().startswith("#")]
+            entries += [
+                line.strip()
+                for line in file.read_text().splitlines()
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
         return cls(entries)
 
     @property

@@ -42,8 +42,11 @@ class SloPolicy:
         desired = ctx.target_num_replicas
         over = waiting > self.queue_per_replica * current or ttft > self.ttft_p90_s
         target_ongoing = getattr(ctx.config, "target_ongoing_requests", None) or 1
-        idle = (waiting == 0 and ttft <= self.ttft_p90_s / 2
-                and ctx.total_num_requests <= DOWNSCALE_FILL * target_ongoing * (current - 1))
+        idle = (
+            waiting == 0
+            and ttft <= self.ttft_p90_s / 2
+            and ctx.total_num_requests <= DOWNSCALE_FILL * target_ongoing * (current - 1)
+        )
         if over and _cooled(ctx.last_scale_up_time, now, self.cooldown_s):
             desired = current + 1
         elif idle and current > 1 and _cooled(ctx.last_scale_down_time, now, self.cooldown_s):

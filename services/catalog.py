@@ -39,8 +39,12 @@ class AutoscalingConfig(_Strict):
     """Ray Serve's autoscaling knobs (the subset worth exposing; names as Ray spells them), plus
     slmserve's SLO policy."""
 
-    min_replicas: int = Field(1, ge=1, description="at least 1: a cold engine start takes minutes, which "
-                                                   "no client request should wait for (scale to zero is refused)")
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        description="at least 1: a cold engine start takes minutes, which "
+        "no client request should wait for (scale to zero is refused)",
+    )
     max_replicas: int = Field(1, ge=1)
     initial_replicas: int | None = Field(None, ge=1)
     target_ongoing_requests: float = Field(8, gt=0)
@@ -59,8 +63,10 @@ class AutoscalingConfig(_Strict):
         """Ray Serve's autoscaling_config: the SLO block becomes a custom policy."""
         config = self.model_dump(exclude_none=True, exclude={"slo"})
         if self.slo is not None:
-            config["policy"] = {"policy_function": "services.autoscaling:SloPolicy",
-                                "policy_kwargs": self.slo.model_dump()}
+            config["policy"] = {
+                "policy_function": "services.autoscaling:SloPolicy",
+                "policy_kwargs": self.slo.model_dump(),
+            }
         return config
 
 
@@ -80,7 +86,8 @@ class DeploymentOptions(_Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     ray_actor_options: ActorOptions = Field(default_factory=ActorOptions)
     placement_group_bundles: list[dict[str, float]] | None = Field(
-        None, description="one bundle per engine worker; bundle 0 also holds the replica itself")
+        None, description="one bundle per engine worker; bundle 0 also holds the replica itself"
+    )
     placement_group_strategy: Literal["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"] | None = None
     health_check_period_s: float = Field(10, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
@@ -109,7 +116,8 @@ class DeploymentOptions(_Strict):
     def gpus_per_replica(self) -> float:
         """The replica actor's own GPUs, else its placement group's GPU bundles (one per engine worker)."""
         return self.ray_actor_options.num_gpus or sum(
-            1 for bundle in self.placement_group_bundles or [] if bundle.get("GPU", 0) >= 1)
+            1 for bundle in self.placement_group_bundles or [] if bundle.get("GPU", 0) >= 1
+        )
 
     def to_serve_options(self) -> dict[str, Any]:
         options = self.model_dump(exclude_none=True)
@@ -125,14 +133,18 @@ class RoutingOptions(_Strict):
     """How requests for one model pick among its engine replicas (services/router/policies.py)."""
 
     policy: Literal["prefix-affinity", "session", "least-loaded", "power-of-two"] = Field(
-        "prefix-affinity", description="prefix-affinity: the replica that served the longest matching prompt "
-                                       "prefix (a session header pins); session: the session header pins; "
-                                       "least-loaded; power-of-two: Ray Serve's default (random in direct mode)")
+        "prefix-affinity",
+        description="prefix-affinity: the replica that served the longest matching prompt "
+        "prefix (a session header pins); session: the session header pins; "
+        "least-loaded; power-of-two: Ray Serve's default (random in direct mode)",
+    )
     block_chars: int = Field(256, ge=16, le=65536, description="prompt characters per hashed block")
-    index_blocks: int = Field(4096, ge=16, le=10_000_000,
-                              description="prefix-index bound per replica, in blocks (LRU beyond it)")
-    guard_imbalance: int = Field(8, ge=1, description="skip the preferred replica when it holds this many more "
-                                                      "requests than the least loaded")
+    index_blocks: int = Field(
+        4096, ge=16, le=10_000_000, description="prefix-index bound per replica, in blocks (LRU beyond it)"
+    )
+    guard_imbalance: int = Field(
+        8, ge=1, description="skip the preferred replica when it holds this many more requests than the least loaded"
+    )
     guard_kv_usage: float = Field(0.9, gt=0, le=1, description="or when its KV-cache usage is above this")
 
     def router_kwargs(self) -> dict[str, Any]:
@@ -150,10 +162,12 @@ class LoraOptions(_Strict):
 
     adapters_dir: str = Field(min_length=1, description="directory of adapter subdirectories (a PVC in clusters)")
     max_loras: int = Field(4, ge=1, description="adapters in one batch (vLLM's max_loras)")
-    max_lora_rank: int = Field(16, description=f"largest rank served, one of {LORA_RANKS}; larger adapters are "
-                                               "left out")
-    max_cpu_loras: int | None = Field(None, ge=1, description="adapters an engine keeps loaded (vLLM's LRU cache); "
-                                                              "default max_loras")
+    max_lora_rank: int = Field(
+        16, description=f"largest rank served, one of {LORA_RANKS}; larger adapters are left out"
+    )
+    max_cpu_loras: int | None = Field(
+        None, ge=1, description="adapters an engine keeps loaded (vLLM's LRU cache); default max_loras"
+    )
     refresh_s: float = Field(30, gt=0, le=3600, description="how often each replica rescans adapters_dir")
 
     @field_validator("max_lora_rank")
@@ -181,11 +195,13 @@ class EngineProfile(_Strict):
     (services/profiles.py). Its settings are laid over the entry's engine_args."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    precision: Literal["bf16", "fp8"] = Field("bf16", description="fp8: vLLM's online fp8 quantization "
-                                                                 "(needs compute capability 8.9+)")
+    precision: Literal["bf16", "fp8"] = Field(
+        "bf16", description="fp8: vLLM's online fp8 quantization (needs compute capability 8.9+)"
+    )
     tensor_parallel_size: int = Field(1, ge=1, le=16)
-    gpus: list[str] = Field(default_factory=list, description="GPU families it suits (H100, H200, L40S, ...); "
-                                                                "empty: any GPU")
+    gpus: list[str] = Field(
+        default_factory=list, description="GPU families it suits (H100, H200, L40S, ...); empty: any GPU"
+    )
     optimize: Literal["throughput", "latency"] = "throughput"
     min_gpu_memory_gib: float | None = Field(None, gt=0)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments of this profile")
@@ -220,11 +236,13 @@ class ModelEntry(_Strict):
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
     max_in_flight: int | None = Field(
-        None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429")
+        None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429"
+    )
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
     lora: LoraOptions | None = Field(None, description="serve LoRA adapters of this model from a directory")
-    profiles: list[EngineProfile] = Field(default_factory=list, description="engine setups per GPU; each replica "
-                                                                            "picks the best for its hardware")
+    profiles: list[EngineProfile] = Field(
+        default_factory=list, description="engine setups per GPU; each replica picks the best for its hardware"
+    )
 
     @field_validator("name", "aliases")
     @classmethod
@@ -240,9 +258,7 @@ class ModelEntry(_Strict):
         if value.startswith(EMBEDDED_PREFIX):
             embedded = value.removeprefix(EMBEDDED_PREFIX)
             if embedded not in EMBEDDED_MODELS:
-                raise ValueError(
-                    f"unknown embedded model {embedded!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
-                )
+                raise ValueError(f"unknown embedded model {embedded!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}")
         if value.startswith(GENERATED_PREFIX) and value.removeprefix(GENERATED_PREFIX) not in GENERATED_MODELS:
             raise ValueError(f"unknown generated model {value!r}; known: {', '.join(sorted(GENERATED_MODELS))}")
         if not value:
@@ -262,8 +278,11 @@ class ModelEntry(_Strict):
 
     def vllm_engine_args(self, profile: EngineProfile | None = None) -> dict[str, Any]:
         """engine_args plus what the entry's other blocks ask of the engine (a profile, LoRA)."""
-        return {**self.engine_args, **(profile.vllm_engine_args() if profile else {}),
-                **(self.lora.engine_args() if self.lora else {})}
+        return {
+            **self.engine_args,
+            **(profile.vllm_engine_args() if profile else {}),
+            **(self.lora.engine_args() if self.lora else {}),
+        }
 
     @model_validator(mode="after")
     def _profiles_fit_the_replica(self) -> ModelEntry:
@@ -273,8 +292,10 @@ class ModelEntry(_Strict):
         gpus = self.deployment.gpus_per_replica
         for profile in self.profiles:
             if profile.tensor_parallel_size > max(1, int(gpus)):
-                raise ValueError(f"profile {profile.name!r} needs {profile.tensor_parallel_size} GPUs per replica; "
-                                 f"the deployment gives a replica {gpus:g}")
+                raise ValueError(
+                    f"profile {profile.name!r} needs {profile.tensor_parallel_size} GPUs per replica; "
+                    f"the deployment gives a replica {gpus:g}"
+                )
         return self
 
     @property
@@ -320,8 +341,10 @@ class ModelEntry(_Strict):
         # bundles hold one GPU per worker (as Ray Serve LLM does); say so instead of failing later.
         if self.parallel_size > 1 and self.deployment.ray_actor_options.num_gpus == 0:
             if self.deployment.gpus_per_replica < self.parallel_size:
-                raise ValueError(f"tensor/pipeline parallel size {self.parallel_size} needs "
-                                 f"deployment.placement_group_bundles with {self.parallel_size} GPU bundles")
+                raise ValueError(
+                    f"tensor/pipeline parallel size {self.parallel_size} needs "
+                    f"deployment.placement_group_bundles with {self.parallel_size} GPU bundles"
+                )
             if self.engine_args.get("distributed_executor_backend") != "ray":
                 raise ValueError("multi-GPU replicas need engine_args.distributed_executor_backend: ray")
         return self
@@ -353,13 +376,17 @@ class RouterOptions(_Strict):
     admission limits hold across the cluster (services/limits.py)."""
 
     data_plane: Literal["auto", "direct", "routed"] = Field(
-        "auto", description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "
-                            "(one model per catalog); routed: a router replica dispatches by `model` "
-                            "to each model's engine deployment; auto: direct for one model, else routed")
+        "auto",
+        description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "
+        "(one model per catalog); routed: a router replica dispatches by `model` "
+        "to each model's engine deployment; auto: direct for one model, else routed",
+    )
     session_header: str = Field(
-        "X-Session-Id", pattern=r"^[A-Za-z0-9-]{1,64}$",
+        "X-Session-Id",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
         description="request header that names a conversation for session affinity (one name per cluster: "
-                    "Ray Serve's HAProxy forwards one)")
+        "Ray Serve's HAProxy forwards one)",
+    )
     request_timeout_s: float = Field(600, gt=0, description="deadline of a request; the engine aborts it after")
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
@@ -374,8 +401,11 @@ class TracingOptions(_Strict):
     """OpenTelemetry traces of each request, from the edge and from vLLM's engine (services/tracing.py)."""
 
     otlp_traces_endpoint: str | None = Field(
-        None, pattern=r"^https?://", description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; "
-                                                 "unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing")
+        None,
+        pattern=r"^https?://",
+        description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; "
+        "unset: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing",
+    )
     service_name: str = Field("slmserve", min_length=1, description="the edge's `service.name`")
 
 
@@ -403,8 +433,10 @@ class Catalog(_Strict):
     @model_validator(mode="after")
     def _direct_serves_one_model(self) -> Catalog:
         if self.router.data_plane == "direct" and len(self.models) != 1:
-            raise ValueError("router.data_plane 'direct' serves exactly one model per application "
-                             f"(this catalog has {len(self.models)}): use 'routed' or one catalog per model")
+            raise ValueError(
+                "router.data_plane 'direct' serves exactly one model per application "
+                f"(this catalog has {len(self.models)}): use 'routed' or one catalog per model"
+            )
         return self
 
     @property

@@ -77,16 +77,25 @@ def _profiles(args: argparse.Namespace) -> int:
     print(f"hardware: {hardware.describe()}")
     for entry in catalog.models:
         chosen = choose(entry.profiles, hardware, args.pin)
-        print(f"\n{entry.name}: " + (f"runs profile {chosen.name}" if chosen else
-                                      "runs its own engine_args (no profile fits)" if entry.profiles else
-                                      "lists no profiles"))
+        print(
+            f"\n{entry.name}: "
+            + (
+                f"runs profile {chosen.name}"
+                if chosen
+                else "runs its own engine_args (no profile fits)"
+                if entry.profiles
+                else "lists no profiles"
+            )
+        )
         for profile in entry.profiles:
             problems = missing(profile, hardware)
             mark = "*" if profile is chosen else " "
             fits = "fits" if not problems else "needs " + "; ".join(problems)
             gpus = "/".join(profile.gpus) or "any GPU"
-            print(f"  {mark} {profile.name:<24} {profile.precision:<5} tp={profile.tensor_parallel_size} "
-                  f"{profile.optimize:<10} {gpus:<16} {fits}")
+            print(
+                f"  {mark} {profile.name:<24} {profile.precision:<5} tp={profile.tensor_parallel_size} "
+                f"{profile.optimize:<10} {gpus:<16} {fits}"
+            )
     return 0
 
 
@@ -96,8 +105,9 @@ def _deploy_status(args: argparse.Namespace) -> int:
     try:
         return _report_status(args)
     except ApiException as error:
-        raise ValueError(f"Kubernetes API answered {error.status} {error.reason} for "
-                         f"rayservice {args.namespace}/{args.name}") from None
+        raise ValueError(
+            f"Kubernetes API answered {error.status} {error.reason} for rayservice {args.namespace}/{args.name}"
+        ) from None
 
 
 def _report_status(args: argparse.Namespace) -> int:
@@ -108,8 +118,14 @@ def _report_status(args: argparse.Namespace) -> int:
         report = read_report(client, args.name, args.namespace)
         print(format_report(report))
         return 0 if report.ready else 1
-    report = wait_for_ready(client, args.name, args.namespace, args.timeout, args.poll,
-                            on_report=lambda r: print(format_report(r) + "\n", flush=True))
+    report = wait_for_ready(
+        client,
+        args.name,
+        args.namespace,
+        args.timeout,
+        args.poll,
+        on_report=lambda r: print(format_report(r) + "\n", flush=True),
+    )
     if not report.ready:
         print(f"timed out after {args.timeout:.0f}s", file=sys.stderr)
     return 0 if report.ready else 1
@@ -122,16 +138,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--catalog", help="catalog name (cpu, phi35, test) or YAML path [SLMSERVE_CATALOG]")
     serve.add_argument("--port", type=int, help="HTTP port [SLMSERVE_PORT, 8000]")
     serve.add_argument("--host", help="bind address [SLMSERVE_HOST, 127.0.0.1]")
-    serve.add_argument("--ingress", choices=["haproxy", "proxy"],
-                       help="HAProxy straight to the router, or Serve's proxy actor [SLMSERVE_INGRESS, haproxy]")
+    serve.add_argument(
+        "--ingress",
+        choices=["haproxy", "proxy"],
+        help="HAProxy straight to the router, or Serve's proxy actor [SLMSERVE_INGRESS, haproxy]",
+    )
     serve.add_argument("--ready-timeout", type=float, default=900, help="seconds to wait for engines")
     serve.set_defaults(func=_serve)
     catalog = commands.add_parser("catalog", help="work with catalog files")
     catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True)
     validate = catalog_commands.add_parser("validate", help="validate a catalog file")
     validate.add_argument("file")
-    validate.add_argument("--engine-args", action="store_true",
-                          help="also check engine_args names against the installed vLLM")
+    validate.add_argument(
+        "--engine-args", action="store_true", help="also check engine_args names against the installed vLLM"
+    )
     validate.set_defaults(func=_validate)
     show = catalog_commands.add_parser("show", help="print a catalog as validated JSON")
     show.add_argument("catalog")
@@ -140,8 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     profiles_commands = profiles.add_subparsers(dest="profiles_command", required=True)
     profiles_list = profiles_commands.add_parser("list", help="each model's profiles and the one a machine runs")
     profiles_list.add_argument("--catalog", default="phi35", help="catalog name or YAML path")
-    profiles_list.add_argument("--gpu", help="the GPUs one engine replica gets, e.g. H100x2, L4, cpu "
-                                                  "(default: what this machine has)")
+    profiles_list.add_argument(
+        "--gpu", help="the GPUs one engine replica gets, e.g. H100x2, L4, cpu (default: what this machine has)"
+    )
     profiles_list.add_argument("--pin", help="as SLMSERVE_PROFILE: check that this profile can run there")
     profiles_list.set_defaults(func=_profiles)
     deploy = commands.add_parser("deploy", help="inspect a deployment on Kubernetes")
@@ -161,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     except (CatalogError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-
 
 
 if __name__ == "__main__":

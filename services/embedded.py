@@ -74,8 +74,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
 def ensure_embedded_model(name: str, cache_dir: Path) -> Path:
     """Return the HF directory of embedded model `name`, converting it on first use."""
     if name not in EMBEDDED_MODELS:
-        raise EmbeddedModelError(
-            f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}"
-        )
-    return build_once(cache_dir / "models" / name, RECIPE_VERSION,
-                      lambda out_dir: convert_gguf(_gguf_path(*EMBEDDED_MODELS[name]), out_dir))
+        raise EmbeddedModelError(f"unknown embedded model {name!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}")
+    return build_once(
+        cache_dir / "models" / name,
+        RECIPE_VERSION,
+        lambda out_dir: convert_gguf(_gguf_path(*EMBEDDED_MODELS[name]), out_dir),
+    )

@@ -49,9 +49,18 @@ class APIError(Exception):
     adapter's name for adapter requests), `base_model` and `reason` label the rejected-requests
     metric when `reason` is set (services/metrics/records.py RejectionRecord)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None, model: str = "", reason: str = "",
-                 base_model: str = "") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        model: str = "",
+        reason: str = "",
+        base_model: str = "",
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.headers = headers or {}

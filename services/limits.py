@@ -43,16 +43,19 @@ class Refused:
 
 def admission_for(catalog: Catalog) -> Admission:
     limits = catalog.router.rate_limits
-    return Admission({entry.name: entry.max_in_flight for entry in catalog.models},
-                     {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
-                     RateLimit(**limits.default.model_dump()))
+    return Admission(
+        {entry.name: entry.max_in_flight for entry in catalog.models},
+        {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
+        RateLimit(**limits.default.model_dump()),
+    )
 
 
 def has_limits(catalog: Catalog) -> bool:
     limits = catalog.router.rate_limits
     rates = [limits.default, *limits.tenants.values()]
     return any(entry.max_in_flight for entry in catalog.models) or any(
-        rate.requests_per_minute or rate.tokens_per_minute for rate in rates)
+        rate.requests_per_minute or rate.tokens_per_minute for rate in rates
+    )
 
 
 class LimitBroker:

@@ -69,12 +69,15 @@ def _decode_image(data: bytes, policy: MediaPolicy) -> str:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size is known before decoding
             kind = image.format
             if kind not in ALLOWED_FORMATS:
-                raise MediaError(f"image format {kind or 'unknown'} is not supported (png, jpeg, webp, gif)",
-                                 "invalid_image")
+                raise MediaError(
+                    f"image format {kind or 'unknown'} is not supported (png, jpeg, webp, gif)", "invalid_image"
+                )
             width, height = image.size
             if width * height > policy.max_image_pixels:
-                raise MediaError(f"image is {width}x{height} pixels; the limit is {policy.max_image_pixels} pixels",
-                                 "image_too_large")
+                raise MediaError(
+                    f"image is {width}x{height} pixels; the limit is {policy.max_image_pixels} pixels",
+                    "image_too_large",
+                )
             image.load()  # decode fully: truncated or corrupt data fails here, not in the engine
             if kind == "GIF":
                 out = io.BytesIO()
@@ -129,8 +132,10 @@ class URLGuard:
         name, None where the URL may be fetched as it is (an address literal, an allow-listed host)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
-            raise MediaError(f"image URL scheme {parts.scheme or '(none)'!r} is refused; use data:, http or https",
-                             "image_url_refused")
+            raise MediaError(
+                f"image URL scheme {parts.scheme or '(none)'!r} is refused; use data:, http or https",
+                "image_url_refused",
+            )
         host = (parts.hostname or "").lower()
         if not host:
             raise MediaError("image URL has no host", "image_url_refused")
@@ -150,8 +155,10 @@ class URLGuard:
             raise MediaError(f"image URL host {host!r} does not resolve", "image_fetch_failed")
         refused = sorted({str(a) for a in addresses if not self._address_allowed(a)})
         if refused:
-            raise MediaError(f"image URL host {host!r} resolves to a non-public address ({', '.join(refused)}); "
-                             "refused", "image_url_refused")
+            raise MediaError(
+                f"image URL host {host!r} resolves to a non-public address ({', '.join(refused)}); refused",
+                "image_url_refused",
+            )
         return None if literal else addresses[0]
 
 
@@ -162,8 +169,7 @@ def pinned(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str,
     literal = f"[{address}]" if address.version == 6 else str(address)
     netloc = f"{literal}:{parts.port}" if parts.port else literal
     host_header = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
-    return (urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header},
-            {"sni_hostname": str(parts.hostname)})
+    return (urlunsplit(parts._replace(netloc=netloc)), {"Host": host_header}, {"sni_hostname": str(parts.hostname)})
 
 
 class MediaFetcher:
@@ -174,17 +180,21 @@ class MediaFetcher:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                             timeout=httpx.Timeout(self.policy.fetch_timeout_s),
-                                             headers={"User-Agent": "slmserve-media-fetcher"})
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                trust_env=False,
+                timeout=httpx.Timeout(self.policy.fetch_timeout_s),
+                headers={"User-Agent": "slmserve-media-fetcher"},
+            )
         return self._client
 
     async def fetch(self, url: str) -> bytes:
         try:
             return await asyncio.wait_for(self._fetch(url), self.policy.fetch_timeout_s)
         except TimeoutError:
-            raise MediaError(f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s",
-                             "image_fetch_timeout") from None
+            raise MediaError(
+                f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", "image_fetch_timeout"
+            ) from None
 
     async def _fetch(self, url: str) -> bytes:
         for _ in range(self.policy.max_redirects + 1):
@@ -196,12 +206,14 @@ class MediaFetcher:
                         url = urljoin(url, response.headers.get("location", ""))
                         continue
                     if response.status_code != 200:
-                        raise MediaError(f"fetching the image failed: HTTP {response.status_code}",
-                                         "image_fetch_failed")
+                        raise MediaError(
+                            f"fetching the image failed: HTTP {response.status_code}", "image_fetch_failed"
+                        )
                     return await self._read_limited(response)
             except httpx.TimeoutException:
-                raise MediaError(f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s",
-                                 "image_fetch_timeout") from None
+                raise MediaError(
+                    f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", "image_fetch_timeout"
+                ) from None
             except httpx.HTTPError as error:
                 raise MediaError(f"fetching the image failed: {type(error).__name__}", "image_fetch_failed") from None
         raise MediaError(f"image URL redirected more than {self.policy.max_redirects} times", "image_fetch_failed")
@@ -246,18 +258,21 @@ def _part_url(part: dict[str, Any]) -> str:
     return url
 
 
-async def prepare_images(body: dict[str, Any], *, model: str, accepts_images: bool, max_images: int,
-                         fetcher: MediaFetcher) -> MediaOutcome | None:
+async def prepare_images(
+    body: dict[str, Any], *, model: str, accepts_images: bool, max_images: int, fetcher: MediaFetcher
+) -> MediaOutcome | None:
     """Check and inline every image of a chat request in place; None when it has none."""
     parts = _image_parts(body.get("messages"))
     if not parts:
         return None
     if not accepts_images:
-        raise MediaError(f"model `{model}` does not accept images; send text only or pick a vision model",
-                         "model_not_multimodal")
+        raise MediaError(
+            f"model `{model}` does not accept images; send text only or pick a vision model", "model_not_multimodal"
+        )
     if len(parts) > max_images:
-        raise MediaError(f"{len(parts)} images sent; model `{model}` accepts at most {max_images} per request",
-                         "too_many_images")
+        raise MediaError(
+            f"{len(parts)} images sent; model `{model}` accepts at most {max_images} per request", "too_many_images"
+        )
     started = time.perf_counter()
     urls = await asyncio.gather(*(fetcher.load(_part_url(part)) for part in parts))
     for part, url in zip(parts, urls, strict=True):

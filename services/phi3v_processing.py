@@ -82,8 +82,9 @@ def _hd_transform(image: Image.Image, num_crops: int) -> Image.Image:
 class Phi3VImageProcessor(BaseImageProcessor):
     model_input_names = ["pixel_values", "image_sizes", "num_img_tokens"]
 
-    def __init__(self, num_crops: int = 4, image_mean=None, image_std=None, do_convert_rgb: bool = True,
-                 **kwargs) -> None:
+    def __init__(
+        self, num_crops: int = 4, image_mean=None, image_std=None, do_convert_rgb: bool = True, **kwargs
+    ) -> None:
         super().__init__(**kwargs)
         self.num_crops = num_crops
         self.image_mean = image_mean or CLIP_MEAN
@@ -97,14 +98,19 @@ class Phi3VImageProcessor(BaseImageProcessor):
         if self.do_convert_rgb:
             image = image.convert("RGB")
         hd = _hd_transform(image, self.num_crops)
-        array = (np.asarray(hd, dtype=np.float32) / 255.0 - np.array(self.image_mean, dtype=np.float32)) \
-            / np.array(self.image_std, dtype=np.float32)
+        array = (np.asarray(hd, dtype=np.float32) / 255.0 - np.array(self.image_mean, dtype=np.float32)) / np.array(
+            self.image_std, dtype=np.float32
+        )
         tensor = torch.from_numpy(array).permute(2, 0, 1)  # (3, H, W)
         _, height, width = tensor.shape
-        global_view = torch.nn.functional.interpolate(tensor[None], size=(CROP, CROP), mode="bicubic",
-                                                      align_corners=False)
-        crops = (tensor.reshape(3, height // CROP, CROP, width // CROP, CROP)
-                 .permute(1, 3, 0, 2, 4).reshape(-1, 3, CROP, CROP))
+        global_view = torch.nn.functional.interpolate(
+            tensor[None], size=(CROP, CROP), mode="bicubic", align_corners=False
+        )
+        crops = (
+            tensor.reshape(3, height // CROP, CROP, width // CROP, CROP)
+            .permute(1, 3, 0, 2, 4)
+            .reshape(-1, 3, CROP, CROP)
+        )
         views = torch.cat([global_view, crops], dim=0)
         padded = torch.zeros(self.num_crops + 1, 3, CROP, CROP)
         padded[: views.shape[0]] = views
@@ -115,11 +121,13 @@ class Phi3VImageProcessor(BaseImageProcessor):
         if not isinstance(images, list | tuple):
             images = [images]
         processed = [self._pixels(image) for image in images]
-        return BatchFeature(data={
-            "pixel_values": torch.stack([pixels for pixels, _, _ in processed]),
-            "image_sizes": torch.tensor([size for _, size, _ in processed]),
-            "num_img_tokens": [tokens for _, _, tokens in processed],
-        })
+        return BatchFeature(
+            data={
+                "pixel_values": torch.stack([pixels for pixels, _, _ in processed]),
+                "image_sizes": torch.tensor([size for _, size, _ in processed]),
+                "num_img_tokens": [tokens for _, _, tokens in processed],
+            }
+        )
 
 
 class Phi3VProcessor(ProcessorMixin):

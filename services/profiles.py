@@ -20,8 +20,16 @@ FP8_MIN_COMPUTE_CAPABILITY = 8.9
 BF16_MIN_COMPUTE_CAPABILITY = 8.0  # Ampere on
 # Known GPUs for `--gpu NAMExCOUNT`: memory (GiB) and compute capability.
 KNOWN_GPUS: dict[str, tuple[float, float]] = {
-    "B200": (180, 10.0), "H200": (141, 9.0), "H100": (80, 9.0), "H20": (96, 9.0), "GH200": (96, 9.0),
-    "L40S": (48, 8.9), "L4": (24, 8.9), "A100": (80, 8.0), "A10G": (24, 8.6), "A10": (24, 8.6),
+    "B200": (180, 10.0),
+    "H200": (141, 9.0),
+    "H100": (80, 9.0),
+    "H20": (96, 9.0),
+    "GH200": (96, 9.0),
+    "L40S": (48, 8.9),
+    "L4": (24, 8.9),
+    "A100": (80, 8.0),
+    "A10G": (24, 8.6),
+    "A10": (24, 8.6),
     "T4": (16, 7.5),
 }
 
@@ -49,8 +57,10 @@ class Hardware:
     def describe(self) -> str:
         if not self.gpu_count:
             return "no GPU (CPU engine)"
-        return (f"{self.gpu_count}x {self.gpu_name} ({self.memory_gib:.0f} GiB, "
-                f"compute capability {self.compute_capability:g})")
+        return (
+            f"{self.gpu_count}x {self.gpu_name} ({self.memory_gib:.0f} GiB, "
+            f"compute capability {self.compute_capability:g})"
+        )
 
     @classmethod
     def parse(cls, text: str) -> Hardware:
@@ -74,8 +84,12 @@ class Hardware:
         if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
             return cls()
         properties = torch.cuda.get_device_properties(0)
-        return cls(properties.name, torch.cuda.device_count(), properties.total_memory / 2**30,
-                   float(f"{properties.major}.{properties.minor}"))
+        return cls(
+            properties.name,
+            torch.cuda.device_count(),
+            properties.total_memory / 2**30,
+            float(f"{properties.major}.{properties.minor}"),
+        )
 
 
 def missing(profile: Any, hardware: Hardware) -> list[str]:
@@ -88,11 +102,14 @@ def missing(profile: Any, hardware: Hardware) -> list[str]:
     if profile.gpus and hardware.family not in {name.upper() for name in profile.gpus}:
         problems.append(f"a GPU of {'/'.join(profile.gpus)} (has {hardware.family or hardware.gpu_name})")
     if profile.precision == "fp8" and hardware.compute_capability < FP8_MIN_COMPUTE_CAPABILITY:
-        problems.append(f"fp8 tensor cores (compute capability >= {FP8_MIN_COMPUTE_CAPABILITY}, "
-                        f"has {hardware.compute_capability:g})")
+        problems.append(
+            f"fp8 tensor cores (compute capability >= {FP8_MIN_COMPUTE_CAPABILITY}, "
+            f"has {hardware.compute_capability:g})"
+        )
     if hardware.compute_capability < BF16_MIN_COMPUTE_CAPABILITY:  # fp8 profiles keep bf16 activations
-        problems.append(f"bf16 (compute capability >= {BF16_MIN_COMPUTE_CAPABILITY:g}, "
-                        f"has {hardware.compute_capability:g})")
+        problems.append(
+            f"bf16 (compute capability >= {BF16_MIN_COMPUTE_CAPABILITY:g}, has {hardware.compute_capability:g})"
+        )
     if profile.min_gpu_memory_gib and hardware.memory_gib < profile.min_gpu_memory_gib:
         problems.append(f"{profile.min_gpu_memory_gib:g} GiB per GPU (has {hardware.memory_gib:.0f})")
     return problems
@@ -109,12 +126,14 @@ def choose(profiles: list[Any], hardware: Hardware, pinned: str | None = None) -
     if pinned:
         by_name = {profile.name: profile for profile in profiles}
         if pinned not in by_name:
-            raise ProfileError(f"SLMSERVE_PROFILE={pinned!r} is not a profile of this model; "
-                               f"it has: {', '.join(by_name) or 'none'}")
+            raise ProfileError(
+                f"SLMSERVE_PROFILE={pinned!r} is not a profile of this model; it has: {', '.join(by_name) or 'none'}"
+            )
         problems = missing(by_name[pinned], hardware)
         if problems:
-            raise ProfileError(f"profile {pinned!r} cannot run on {hardware.describe()}: it needs "
-                               + "; ".join(problems))
+            raise ProfileError(
+                f"profile {pinned!r} cannot run on {hardware.describe()}: it needs " + "; ".join(problems)
+            )
         return by_name[pinned]
     fitting = [(index, profile) for index, profile in enumerate(profiles) if not missing(profile, hardware)]
     return min(fitting, key=_rank)[1] if fitting else None

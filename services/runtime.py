@@ -61,8 +61,10 @@ def routing_environment(catalog: Catalog) -> dict[str, str]:
     entry = catalog.models[0]
     reads_body = entry.routing.policy == "prefix-affinity" or entry.adapter_affinity
     needs_body = catalog.data_plane == "direct" and entry.has_replica_choice and reads_body
-    return {"RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
-            "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0"}
+    return {
+        "RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0",
+    }
 
 
 def ingress_environment(settings: Settings) -> dict[str, str]:
@@ -135,8 +137,11 @@ def local_ray_cpus(settings: Settings, catalog: Catalog) -> int:
     forever with nothing but a readiness timeout to show for it."""
     needed = math.ceil(catalog.cpus_needed)
     if needed > settings.ray_num_cpus:
-        print(f"[slmserve] the local Ray advertises {needed} logical CPUs (ray_num_cpus {settings.ray_num_cpus}): "
-              "what the catalog's deployments ask for", flush=True)
+        print(
+            f"[slmserve] the local Ray advertises {needed} logical CPUs (ray_num_cpus {settings.ray_num_cpus}): "
+            "what the catalog's deployments ask for",
+            flush=True,
+        )
     return max(settings.ray_num_cpus, needed)
 
 
@@ -168,8 +173,9 @@ def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
 
 def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict:
     """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
-    body = wait_for_ok(f"{base_url}/v1/health/ready", timeout_s,
-                       progress="waiting for engines to load..." if progress else "")
+    body = wait_for_ok(
+        f"{base_url}/v1/health/ready", timeout_s, progress="waiting for engines to load..." if progress else ""
+    )
     return json.loads(body)
 
 

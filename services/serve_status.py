@@ -26,8 +26,9 @@ def read_deployment_states(app_name: str, *, with_targets: bool = False) -> dict
     if application is None:
         return {}
     states = {
-        name: DeploymentState(status=str(getattr(status.status, "value", status.status)),
-                              replicas=dict(status.replica_states))
+        name: DeploymentState(
+            status=str(getattr(status.status, "value", status.status)), replicas=dict(status.replica_states)
+        )
         for name, status in application.deployments.items()
     }
     if with_targets:

@@ -21,16 +21,20 @@ class Settings(BaseSettings):
     ray_address: str = Field("local", description="'local' starts a private Ray; 'auto' joins a cluster")
     ray_num_cpus: int = Field(4, ge=1, description="logical CPUs a local Ray advertises (raised to the catalog's need)")
     ingress: Literal["haproxy", "proxy"] = Field(
-        "haproxy", description="haproxy: Ray Serve's HAProxy forwards HTTP straight to the router replicas; "
-                               "proxy: Ray Serve's Python HTTP proxy actor in between (one more hop)")
+        "haproxy",
+        description="haproxy: Ray Serve's HAProxy forwards HTTP straight to the router replicas; "
+        "proxy: Ray Serve's Python HTTP proxy actor in between (one more hop)",
+    )
     app_name: str = "slmserve"
     api_keys: str = Field("", description="'tenant:key,key,...'; with api_keys_file, turns auth on", repr=False)
     api_keys_file: Path | None = None
     media_allow_hosts: list[str] = Field(default_factory=list, description="added to the catalog's media.allow_hosts")
-    media_allow_networks: list[str] = Field(default_factory=list,
-                                            description="added to the catalog's media.allow_networks")
-    profile: str | None = Field(None, description="engine profile to run (services/profiles.py); a pin the "
-                                                  "hardware cannot run fails the start")
+    media_allow_networks: list[str] = Field(
+        default_factory=list, description="added to the catalog's media.allow_networks"
+    )
+    profile: str | None = Field(
+        None, description="engine profile to run (services/profiles.py); a pin the hardware cannot run fails the start"
+    )
 
 
 def resolve_catalog_path(catalog: str) -> Path:

@@ -22,8 +22,15 @@ def _save_adapter(model, out: Path, rank: int, seed: int) -> None:
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=ATTENTION_MODULES, init_lora_weights=False,
-                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        target_modules=ATTENTION_MODULES,
+        init_lora_weights=False,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     peft_model = get_peft_model(model, config)
     peft_model.save_pretrained(out)
     peft_model.unload()  # the base model comes back unchanged for the next adapter
@@ -48,8 +55,16 @@ def make_wrong_base_adapter(out: Path, seed: int = 99) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    other = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    other = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     _save_adapter(other, out, 8, seed)
     return out
 
@@ -57,6 +72,7 @@ def make_wrong_base_adapter(out: Path, seed: int = 99) -> Path:
 def make_missing_weights_adapter(out: Path) -> Path:
     """An adapter directory with its config but no weights file."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
-                                                         "target_modules": ATTENTION_MODULES}))
+    (out / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ATTENTION_MODULES})
+    )
     return out

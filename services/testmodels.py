@@ -15,6 +15,7 @@ structure only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -60,14 +61,29 @@ def build_tiny_phimoe(out: Path, cache_dir: Path) -> None:
     tokenizer = _tokenizer(cache_dir)
     head_dim = 32  # vLLM's CPU attention supports 32, 64, 80, ... only
     config = PhimoeConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2,
-        max_position_embeddings=8192, original_max_position_embeddings=2048,
-        rope_scaling={"rope_type": "longrope", "short_factor": [1.0] * (head_dim // 2),
-                      "long_factor": [1.5] * (head_dim // 2), "short_mscale": 1.0, "long_mscale": 1.0,
-                      "original_max_position_embeddings": 2048, "rope_theta": 10000.0},
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=8192,
+        original_max_position_embeddings=2048,
+        rope_scaling={
+            "rope_type": "longrope",
+            "short_factor": [1.0] * (head_dim // 2),
+            "long_factor": [1.5] * (head_dim // 2),
+            "short_mscale": 1.0,
+            "long_mscale": 1.0,
+            "original_max_position_embeddings": 2048,
+            "rope_theta": 10000.0,
+        },
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(SEED)
     PhimoeForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
@@ -76,12 +92,22 @@ def build_tiny_phimoe(out: Path, cache_dir: Path) -> None:
 
 
 TINY_PHI3V = {  # overrides of Phi-3.5-vision's config: a 2-layer text model, CLIP cut after its first layer
-    "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "num_key_value_heads": 2, "max_position_embeddings": 8192, "original_max_position_embeddings": 2048,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 8192,
+    "original_max_position_embeddings": 2048,
     "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 16, "long_factor": [1.5] * 16},
     "sliding_window": None,
-    "img_processor": {"image_dim_out": 1024, "model_name": "openai/clip-vit-large-patch14-336",
-                      "name": "clip_vision_model", "num_img_tokens": 144, "layer_idx": 0},
+    "img_processor": {
+        "image_dim_out": 1024,
+        "model_name": "openai/clip-vit-large-patch14-336",
+        "name": "clip_vision_model",
+        "num_img_tokens": 144,
+        "layer_idx": 0,
+    },
 }
 
 
@@ -106,4 +132,13 @@ def ensure_generated_model(name: str, cache_dir: Path) -> Path:
         print(f"[slmserve] generating test model {name}", flush=True)
         GENERATED_MODELS[name](out, cache_dir)
 
-    return build_once(cache_dir / "models" / name, RECIPE_VERSION, build)
+    return build_once(cache_dir / "models" / name, _recipe_version(), build)
+
+
+def _recipe_version() -> str:
+    """Bumped by hand for a recipe change; the offline processor's source is part of the recipe, since
+    a generated vision directory carries a copy of it."""
+    from services import phi3v_processing
+
+    digest = hashlib.sha256(Path(phi3v_processing.__file__).read_bytes()).hexdigest()[:12]
+    return f"{RECIPE_VERSION}-{digest}"

@@ -59,8 +59,9 @@ class Tracing:
         if self._tracer is None:
             yield trace.INVALID_SPAN
             return
-        with self._tracer.start_as_current_span(f"slmserve.{name}", context=trace.set_span_in_context(request_span),
-                                                end_on_exit=True) as span:
+        with self._tracer.start_as_current_span(
+            f"slmserve.{name}", context=trace.set_span_in_context(request_span), end_on_exit=True
+        ) as span:
             yield span
 
     def headers_for(self, request_span: Span) -> dict[str, str] | None:

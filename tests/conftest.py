@@ -35,8 +35,9 @@ def _ready_status(base_url: str) -> tuple[int, dict[str, str]]:
 
 
 def _post_json(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json", **AUTH})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **AUTH}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -49,9 +50,11 @@ def fresh_start_burst(base_url: str, headers: dict[str, str], model: str, rounds
     repeated. Returns (status, seconds) per request; each is bounded at 10 s on the client side.
     Per round 7 requests should succeed (the odd role is the issue's own valid request) and 6 fail."""
     odd_but_valid = {"model": model, "messages": [{"role": "wizard", "content": "hi"}], "max_tokens": 4}
-    invalid = [{"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
-               {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
-               {"model": model, "messages": "not a list"}]
+    invalid = [
+        {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+        {"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
+        {"model": model, "messages": "not a list"},
+    ]
     valid = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
     def send(body: dict) -> tuple[int, float]:
@@ -130,8 +133,10 @@ def live_server() -> Iterator[LiveServer]:
                 break
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
-        early_chat = _post_json(f"{base_url}/v1/chat/completions",
-                                {"model": catalog.models[0].name, "messages": [{"role": "user", "content": "hi"}]})
+        early_chat = _post_json(
+            f"{base_url}/v1/chat/completions",
+            {"model": catalog.models[0].name, "messages": [{"role": "user", "content": "hi"}]},
+        )
         runtime.wait_until_ready(base_url, READY_TIMEOUT_S)
         startup_seconds = time.monotonic() - started
         burst = fresh_start_burst(base_url, AUTH, catalog.models[0].name)

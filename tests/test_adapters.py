@@ -45,11 +45,14 @@ def test_peft_adapters_for_the_base_pass_with_their_rank(made, base):
     assert len(shapes) == 30 * 4 * 2  # 30 layers, q/k/v/o, A and B
 
 
-@pytest.mark.parametrize(("name", "max_rank", "reason"), [
-    ("r32", 16, "rank 32 is above the catalog's lora.max_lora_rank 16"),
-    ("wrong-base", 64, "an adapter of another base model?"),
-    ("no-weights", 64, "adapter_model.safetensors is missing"),
-])
+@pytest.mark.parametrize(
+    ("name", "max_rank", "reason"),
+    [
+        ("r32", 16, "rank 32 is above the catalog's lora.max_lora_rank 16"),
+        ("wrong-base", 64, "an adapter of another base model?"),
+        ("no-weights", 64, "adapter_model.safetensors is missing"),
+    ],
+)
 def test_adapters_that_do_not_fit_are_refused_with_the_reason(made, base, name, max_rank, reason):
     with pytest.raises(AdapterError, match=reason.replace("?", r"\?")):
         check_adapter(made / name, base, max_rank)
@@ -71,8 +74,13 @@ def test_damaged_files_are_refused_not_crashed_on(made, base, tmp_path):
     (dora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "use_dora": True}))
     pickled = variant("pickled")
     (pickled / "adapter_model.safetensors").rename(pickled / "adapter_model.bin")
-    for directory, reason in [(garbage, "not a safetensors file"), (huge_header, "implausible header"),
-                              (bad_config, "not valid JSON"), (dora, "DoRA"), (pickled, "pickled")]:
+    for directory, reason in [
+        (garbage, "not a safetensors file"),
+        (huge_header, "implausible header"),
+        (bad_config, "not valid JSON"),
+        (dora, "DoRA"),
+        (pickled, "pickled"),
+    ]:
         with pytest.raises(AdapterError, match=reason):
             check_adapter(directory, base, 64)
 

@@ -72,8 +72,11 @@ def test_token_estimate_is_never_negative():
 
 
 def test_which_requests_a_limit_applies_to():
-    admission = Admission({"bounded": 2, "free": None}, {"vip": RateLimit(), "small": RateLimit(requests_per_minute=3)},
-                          RateLimit(tokens_per_minute=100))
+    admission = Admission(
+        {"bounded": 2, "free": None},
+        {"vip": RateLimit(), "small": RateLimit(requests_per_minute=3)},
+        RateLimit(tokens_per_minute=100),
+    )
     assert admission.applies("bounded", "vip")  # the model's bound covers everyone
     assert not admission.applies("free", "vip")  # listed without rates: unlimited despite the default
     assert admission.applies("free", "small") and admission.applies("free", "anyone-else")  # the default

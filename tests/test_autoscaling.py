@@ -30,24 +30,29 @@ class Context:  # the fields of Ray Serve's AutoscalingContext the policy reads
 
 
 def signals(waiting: list[float], ttft: list[float]) -> dict:
-    return {"waiting": {f"r{i}": value for i, value in enumerate(waiting)},
-            "ttft_p90_s": {f"r{i}": value for i, value in enumerate(ttft)}}
+    return {
+        "waiting": {f"r{i}": value for i, value in enumerate(waiting)},
+        "ttft_p90_s": {f"r{i}": value for i, value in enumerate(ttft)},
+    }
 
 
 POLICY = SloPolicy(ttft_p90_s=2.0, queue_per_replica=2, cooldown_s=60)
 
 
-@pytest.mark.parametrize(("context", "expected"), [
-    (Context(total_num_requests=10, aggregated_metrics=signals([6], [0.5])), 2),  # queue over 2 per replica
-    (Context(total_num_requests=3, aggregated_metrics=signals([0], [2.5])), 2),  # TTFT over its target
-    (Context(total_num_requests=3, aggregated_metrics=signals([1], [1.5])), 1),  # within both: hold
-    (Context(2, 2, total_num_requests=1, aggregated_metrics=signals([0, 0], [0.2, 0.3])), 1),  # idle: down
-    (Context(2, 2, total_num_requests=4, aggregated_metrics=signals([0, 0], [0.2, 0.3])), 2),  # 4 > 0.8 x 4
-    (Context(2, 2, total_num_requests=1, aggregated_metrics=signals([0, 0], [0.2, 1.5])), 2),  # TTFT not low
-    (Context(1, 2, total_num_requests=10, aggregated_metrics=signals([6], [3.0])), 2),  # the second is starting
-    (Context(0, 1, total_num_requests=5), 1),  # Ray's cold start owns 0 replicas
-    (Context(total_num_requests=0), 1),  # no metrics yet: hold
-])
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [
+        (Context(total_num_requests=10, aggregated_metrics=signals([6], [0.5])), 2),  # queue over 2 per replica
+        (Context(total_num_requests=3, aggregated_metrics=signals([0], [2.5])), 2),  # TTFT over its target
+        (Context(total_num_requests=3, aggregated_metrics=signals([1], [1.5])), 1),  # within both: hold
+        (Context(2, 2, total_num_requests=1, aggregated_metrics=signals([0, 0], [0.2, 0.3])), 1),  # idle: down
+        (Context(2, 2, total_num_requests=4, aggregated_metrics=signals([0, 0], [0.2, 0.3])), 2),  # 4 > 0.8 x 4
+        (Context(2, 2, total_num_requests=1, aggregated_metrics=signals([0, 0], [0.2, 1.5])), 2),  # TTFT not low
+        (Context(1, 2, total_num_requests=10, aggregated_metrics=signals([6], [3.0])), 2),  # the second is starting
+        (Context(0, 1, total_num_requests=5), 1),  # Ray's cold start owns 0 replicas
+        (Context(total_num_requests=0), 1),  # no metrics yet: hold
+    ],
+)
 def test_one_step_per_tick_towards_the_slo(context, expected):
     desired, state = POLICY(context)
     assert desired == expected
@@ -67,8 +72,18 @@ def test_a_cooldown_keeps_one_load_step_to_one_scale_up_and_one_scale_down():
 def test_the_catalog_turns_slo_into_ray_s_custom_policy_and_refuses_scale_to_zero():
     from ray.serve.config import AutoscalingConfig
 
-    entry = {"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {
-        "min_replicas": 1, "max_replicas": 3, "upscale_delay_s": 5, "slo": {"ttft_p90_s": 1.5}}}}
+    entry = {
+        "name": "m",
+        "source": "org/m",
+        "deployment": {
+            "autoscaling_config": {
+                "min_replicas": 1,
+                "max_replicas": 3,
+                "upscale_delay_s": 5,
+                "slo": {"ttft_p90_s": 1.5},
+            }
+        },
+    }
     options = parse_catalog({"models": [entry]}).models[0].deployment.to_serve_options()
     ray_config = AutoscalingConfig(**options["autoscaling_config"])  # Ray accepts it and pickles the policy
     assert ray_config.policy.policy_function == "services.autoscaling:SloPolicy"
@@ -77,8 +92,9 @@ def test_the_catalog_turns_slo_into_ray_s_custom_policy_and_refuses_scale_to_zer
     plain = parse_catalog({"models": [{**entry, "deployment": {"autoscaling_config": {"max_replicas": 2}}}]})
     assert "policy" not in plain.models[0].deployment.to_serve_options()["autoscaling_config"]
     with pytest.raises(CatalogError, match="min_replicas"):
-        parse_catalog({"models": [{**entry, "deployment": {"autoscaling_config": {"min_replicas": 0,
-                                                                                   "max_replicas": 2}}}]})
+        parse_catalog(
+            {"models": [{**entry, "deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}}]}
+        )
 
 
 def test_recent_ttft_quantiles_come_from_the_window_s_observations_only():

@@ -70,9 +70,19 @@ def test_unknown_embedded_model():
 
 
 def test_serve_options_follow_ray_names():
-    catalog = parse_catalog({"models": [{**MINIMAL["models"][0], "deployment": {
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4},
-        "ray_actor_options": {"num_gpus": 1, "num_cpus": 2}}}]})
+    catalog = parse_catalog(
+        {
+            "models": [
+                {
+                    **MINIMAL["models"][0],
+                    "deployment": {
+                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4},
+                        "ray_actor_options": {"num_gpus": 1, "num_cpus": 2},
+                    },
+                }
+            ]
+        }
+    )
     options = catalog.models[0].deployment.to_serve_options()
     assert options["autoscaling_config"]["max_replicas"] == 3
     assert "num_replicas" not in options
@@ -104,9 +114,12 @@ def test_catalog_names_resolve_to_shipped_files():
 
 
 def test_multi_gpu_replicas_need_placement_bundles_and_ray_executor():
-    entry = {"name": "moe", "source": "microsoft/Phi-3.5-MoE-instruct",
-             "engine_args": {"tensor_parallel_size": 2},
-             "deployment": {"ray_actor_options": {"num_gpus": 0}}}
+    entry = {
+        "name": "moe",
+        "source": "microsoft/Phi-3.5-MoE-instruct",
+        "engine_args": {"tensor_parallel_size": 2},
+        "deployment": {"ray_actor_options": {"num_gpus": 0}},
+    }
     assert "placement_group_bundles" in _error({"models": [entry]})
     entry["deployment"]["placement_group_bundles"] = [{"CPU": 1, "GPU": 1}, {"GPU": 1}]
     assert "distributed_executor_backend" in _error({"models": [entry]})
@@ -132,16 +145,21 @@ def test_unknown_generated_model_and_media_policy_fields():
 def test_production_catalog_encodes_gpu_sizing():
     catalog = load_catalog(resolve_catalog_path("phi35"))
     by_name = {entry.name: entry for entry in catalog.models}
-    assert set(by_name) == {"microsoft/Phi-3.5-mini-instruct", "microsoft/Phi-3.5-MoE-instruct",
-                            "microsoft/Phi-3.5-vision-instruct"}
+    assert set(by_name) == {
+        "microsoft/Phi-3.5-mini-instruct",
+        "microsoft/Phi-3.5-MoE-instruct",
+        "microsoft/Phi-3.5-vision-instruct",
+    }
     moe = by_name["microsoft/Phi-3.5-MoE-instruct"]
     assert moe.parallel_size == 2 and moe.deployment.placement_group_strategy == "STRICT_PACK"
     vision = by_name["microsoft/Phi-3.5-vision-instruct"]
     assert vision.engine_args["trust_remote_code"] is True and vision.max_images == 4
     assert all(entry.deployment.autoscaling_config for entry in catalog.models)
     assert {entry.deployment_name for entry in catalog.models} == {
-        "engine-microsoft-Phi-3.5-mini-instruct", "engine-microsoft-Phi-3.5-MoE-instruct",
-        "engine-microsoft-Phi-3.5-vision-instruct"}
+        "engine-microsoft-Phi-3.5-mini-instruct",
+        "engine-microsoft-Phi-3.5-MoE-instruct",
+        "engine-microsoft-Phi-3.5-vision-instruct",
+    }
 
 
 def test_lora_block_drives_the_engine_and_is_validated():
@@ -149,13 +167,16 @@ def test_lora_block_drives_the_engine_and_is_validated():
     parsed = parse_catalog({"models": [entry]}).models[0]
     assert parsed.vllm_engine_args() == {"enable_lora": True, "max_loras": 2, "max_lora_rank": 32}
     assert parsed.lora is not None and parsed.lora.refresh_s == 30
-    assert "max_lora_rank must be one of" in _error({"models": [{**entry, "lora": {"adapters_dir": "/a",
-                                                                                   "max_lora_rank": 12}}]})
+    assert "max_lora_rank must be one of" in _error(
+        {"models": [{**entry, "lora": {"adapters_dir": "/a", "max_lora_rank": 12}}]}
+    )
     assert "max_cpu_loras must be at least max_loras" in _error(
-        {"models": [{**entry, "lora": {"adapters_dir": "/a", "max_loras": 4, "max_cpu_loras": 2}}]})
+        {"models": [{**entry, "lora": {"adapters_dir": "/a", "max_loras": 4, "max_cpu_loras": 2}}]}
+    )
     assert "models.0.lora.adapters_dir" in _error({"models": [{**entry, "lora": {"adapters_dir": ""}}]})
     assert "comes from the entry's `lora:` block" in _error(
-        {"models": [{**MINIMAL["models"][0], "engine_args": {"enable_lora": True}}]})
+        {"models": [{**MINIMAL["models"][0], "engine_args": {"enable_lora": True}}]}
+    )
 
 
 def test_a_local_ray_advertises_the_cpus_the_catalog_asks_for():
@@ -169,8 +190,19 @@ def test_a_local_ray_advertises_the_cpus_the_catalog_asks_for():
     assert family.cpus_needed == 7
     assert local_ray_cpus(Settings(ray_num_cpus=4), family) == 7
     assert local_ray_cpus(Settings(ray_num_cpus=16), family) == 16
-    autoscaled = parse_catalog({"models": [{"name": "m", "source": "/m", "deployment": {
-        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
-        "placement_group_bundles": [{"CPU": 1, "GPU": 1}, {"GPU": 1}]}}]})
+    autoscaled = parse_catalog(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "source": "/m",
+                    "deployment": {
+                        "autoscaling_config": {"min_replicas": 1, "max_replicas": 3},
+                        "placement_group_bundles": [{"CPU": 1, "GPU": 1}, {"GPU": 1}],
+                    },
+                }
+            ]
+        }
+    )
     assert autoscaled.cpus_needed == 0.5 + 3 * 1  # the router's default 0.5, three replicas of one CPU bundle
     assert local_ray_cpus(Settings(ray_num_cpus=4), load_catalog(resolve_catalog_path("test"))) == 4

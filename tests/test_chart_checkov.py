@@ -22,10 +22,19 @@ JUSTIFICATIONS = ROOT / "deploy" / "checkov-justifications.yaml"
 def pods_kuberay_creates(rayservice: dict) -> list[dict]:
     cluster = rayservice["spec"]["rayClusterConfig"]
     groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
-    return [{"apiVersion": "v1", "kind": "Pod",
-             "metadata": {"name": f"{rayservice['metadata']['name']}-{name}", "namespace": "llm",
-                          **group["template"].get("metadata", {})},
-             "spec": group["template"]["spec"]} for name, group in groups]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{rayservice['metadata']['name']}-{name}",
+                "namespace": "llm",
+                **group["template"].get("metadata", {}),
+            },
+            "spec": group["template"]["spec"],
+        }
+        for name, group in groups
+    ]
 
 
 def test_every_checkov_finding_is_fixed_or_justified(tmp_path: Path):
@@ -33,9 +42,23 @@ def test_every_checkov_finding_is_fixed_or_justified(tmp_path: Path):
     docs = render(*ALL_FEATURES)
     docs += pods_kuberay_creates(by_kind(docs, "RayService")[0])
     (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(docs))
-    result = subprocess.run([CHECKOV, "--directory", str(tmp_path), "--framework", "kubernetes", "--skip-download",
-                             "--output", "json", "--quiet", "--compact"],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            CHECKOV,
+            "--directory",
+            str(tmp_path),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+            "--quiet",
+            "--compact",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode in (0, 1), result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["summary"]["passed"] > 50, report["summary"]  # it really read the containers

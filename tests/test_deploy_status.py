@@ -24,20 +24,34 @@ NS, NAME, CLUSTER = "llm", "slm-slmserve", "slm-slmserve-raycluster-x7k2p"
 def rayservice(ready: bool) -> dict:
     deployments = {
         "Router": {"status": "HEALTHY", "message": ""},
-        "engine-microsoft-Phi-3.5-mini-instruct": {"status": "HEALTHY" if ready else "UPDATING",
-                                                   "message": "" if ready else "Deploying: 0/1 replicas running."},
+        "engine-microsoft-Phi-3.5-mini-instruct": {
+            "status": "HEALTHY" if ready else "UPDATING",
+            "message": "" if ready else "Deploying: 0/1 replicas running.",
+        },
     }
     return {
-        "apiVersion": "ray.io/v1", "kind": "RayService", "metadata": {"name": NAME, "namespace": NS},
+        "apiVersion": "ray.io/v1",
+        "kind": "RayService",
+        "metadata": {"name": NAME, "namespace": NS},
         "status": {
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                            "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints",
-                            "message": "" if ready else "no serve endpoints yet"}],
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    "reason": "NonZeroServeEndpoints" if ready else "ZeroServeEndpoints",
+                    "message": "" if ready else "no serve endpoints yet",
+                }
+            ],
             "activeServiceStatus": {
                 "rayClusterName": CLUSTER,
                 "rayClusterStatus": {"state": "ready", "readyWorkerReplicas": 1 if ready else 0},
-                "applicationStatuses": {"slmserve": {"status": "RUNNING" if ready else "DEPLOYING", "message": "",
-                                                     "serveDeploymentStatuses": deployments}},
+                "applicationStatuses": {
+                    "slmserve": {
+                        "status": "RUNNING" if ready else "DEPLOYING",
+                        "message": "",
+                        "serveDeploymentStatuses": deployments,
+                    }
+                },
             },
         },
     }
@@ -46,12 +60,16 @@ def rayservice(ready: bool) -> dict:
 def pod(name: str, group: str, phase: str, ready: bool, unschedulable: str = "") -> dict:
     conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
     if unschedulable:
-        conditions.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                           "message": unschedulable})
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": {"ray.io/cluster": CLUSTER, "ray.io/group": group}},
-            "spec": {"containers": [{"name": "ray", "image": "slmserve"}]},
-            "status": {"phase": phase, "conditions": conditions}}
+        conditions.append(
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": unschedulable}
+        )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"ray.io/cluster": CLUSTER, "ray.io/group": group}},
+        "spec": {"containers": [{"name": "ray", "image": "slmserve"}]},
+        "status": {"phase": phase, "conditions": conditions},
+    }
 
 
 class FakeAPI:
@@ -80,15 +98,31 @@ def handler_for(api: FakeAPI):
                 api.rayservice_reads += 1
                 return self._json(200, rayservice(ready=api.rayservice_reads > api.ready_after))
             if url.path.startswith("/apis/ray.io/v1/namespaces/"):
-                return self._json(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                        "reason": "NotFound", "code": 404, "message": "rayservices not found"})
+                return self._json(
+                    404,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": "NotFound",
+                        "code": 404,
+                        "message": "rayservices not found",
+                    },
+                )
             if url.path == f"/api/v1/namespaces/{NS}/pods":
                 api.selectors.append(parse_qs(url.query).get("labelSelector", [""])[0])
                 ready = api.rayservice_reads > api.ready_after
-                items = [pod(f"{CLUSTER}-head-abcde", "headgroup", "Running", True),
-                         pod(f"{CLUSTER}-gpu-1x-worker-1", "gpu-1x", "Running", ready),
-                         pod(f"{CLUSTER}-gpu-2x-worker-1", "gpu-2x", "Pending", False,
-                             "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")]
+                items = [
+                    pod(f"{CLUSTER}-head-abcde", "headgroup", "Running", True),
+                    pod(f"{CLUSTER}-gpu-1x-worker-1", "gpu-1x", "Running", ready),
+                    pod(
+                        f"{CLUSTER}-gpu-2x-worker-1",
+                        "gpu-2x",
+                        "Pending",
+                        False,
+                        "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    ),
+                ]
                 return self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})
             return self._json(404, {"kind": "Status", "code": 404, "message": "not found"})
 
@@ -101,12 +135,18 @@ def fake_api(tmp_path: Path) -> Iterator[tuple[FakeAPI, Path]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler_for(api))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "double",
-        "clusters": [{"name": "double", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
-        "contexts": [{"name": "double", "context": {"cluster": "double", "user": "u", "namespace": NS}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "double",
+                "clusters": [{"name": "double", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+                "contexts": [{"name": "double", "context": {"cluster": "double", "user": "u", "namespace": NS}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+            }
+        )
+    )
     yield api, kubeconfig
     server.shutdown()
 
@@ -130,8 +170,22 @@ def test_status_reports_applications_groups_and_pending_gpu_pods(fake_api, capsy
 def test_wait_polls_until_ready(fake_api, capsys):
     api, kubeconfig = fake_api
     api.ready_after = 2
-    code = cli_main(["deploy", "status", NAME, "-n", NS, "--kubeconfig", str(kubeconfig), "--wait",
-                     "--timeout", "30", "--poll", "0.05"])
+    code = cli_main(
+        [
+            "deploy",
+            "status",
+            NAME,
+            "-n",
+            NS,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--wait",
+            "--timeout",
+            "30",
+            "--poll",
+            "0.05",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert api.rayservice_reads == 3
@@ -141,8 +195,22 @@ def test_wait_polls_until_ready(fake_api, capsys):
 def test_wait_times_out(fake_api, capsys):
     api, kubeconfig = fake_api
     api.ready_after = 10_000
-    code = cli_main(["deploy", "status", NAME, "-n", NS, "--kubeconfig", str(kubeconfig), "--wait",
-                     "--timeout", "0.3", "--poll", "0.1"])
+    code = cli_main(
+        [
+            "deploy",
+            "status",
+            NAME,
+            "-n",
+            NS,
+            "--kubeconfig",
+            str(kubeconfig),
+            "--wait",
+            "--timeout",
+            "0.3",
+            "--poll",
+            "0.1",
+        ]
+    )
     assert code == 1
     assert "timed out" in capsys.readouterr().err
 

@@ -46,9 +46,12 @@ def _send_early(base_url: str, into: dict) -> None:
     into["placeholders"] = 0
     while time.monotonic() < deadline:
         try:
-            response = httpx.post(f"{base_url}/v1/chat/completions", headers=AUTH, timeout=READY_TIMEOUT_S,
-                                  json={"model": "default", "messages": [{"role": "user", "content": "hi"}],
-                                        "max_tokens": 2})
+            response = httpx.post(
+                f"{base_url}/v1/chat/completions",
+                headers=AUTH,
+                timeout=READY_TIMEOUT_S,
+                json={"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+            )
         except httpx.TransportError:  # HAProxy not listening yet
             time.sleep(0.2)
             continue
@@ -80,13 +83,22 @@ def direct_server(live_server) -> Iterator[DirectServer]:
 def test_the_engine_replica_answers_http_itself(direct_server):
     client = openai.OpenAI(base_url=f"{direct_server.base_url}/v1", api_key=DIRECT_KEY, max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0)
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0
+    )
     assert raw.headers["x-slmserve-served-by"] == "engine"
     reply = raw.parse()
     assert reply.model == MODEL and reply.usage.completion_tokens > 0
-    with direct_server.http.stream("POST", "/v1/chat/completions", json={
-            "model": "default", "messages": [{"role": "user", "content": "Count to five."}], "max_tokens": 16,
-            "stream": True, "stream_options": {"include_usage": True}}) as response:
+    with direct_server.http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": "default",
+            "messages": [{"role": "user", "content": "Count to five."}],
+            "max_tokens": 16,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as response:
         assert response.headers["x-slmserve-served-by"] == "engine"
         frames = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert frames[-1] == "data: [DONE]"
@@ -100,13 +112,21 @@ def test_edge_concerns_run_in_the_engine_replica(direct_server):
     assert httpx.get(f"{direct_server.base_url}/v1/models", timeout=10).status_code == 401
     unknown = http.post("/v1/chat/completions", json={"model": "tiny-phimoe", "messages": []})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
-    bad = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                                                  "max_tokens": -5})
+    bad = http.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -5}
+    )
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
     nested = http.post("/v1/chat/completions", content=b"[" * 200_000, headers={"Content-Type": "application/json"})
     assert nested.status_code == 400 and nested.json()["error"]["type"] == "invalid_request_error"
-    image = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]})
+    image = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
+            ],
+        },
+    )
     assert image.status_code == 400 and image.json()["error"]["code"] == "model_not_multimodal"
     assert [card["id"] for card in http.get("/v1/models").json()["data"]] == [MODEL]
     assert http.get("/v1/health/ready").json() == {"status": "ready", "models": {MODEL: True}}
@@ -115,15 +135,23 @@ def test_edge_concerns_run_in_the_engine_replica(direct_server):
 
 def test_a_client_that_leaves_mid_stream_stops_the_engine(direct_server):
     http = direct_server.http
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1500,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         assert any(next(lines).startswith("data: ") for _ in range(4))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the hub's view of the engine refreshes every second
-        running = [line for line in http.get("/metrics").text.splitlines()
-                   if line.startswith(f'num_requests_running{{model_name="{MODEL}"}}')]
+        running = [
+            line
+            for line in http.get("/metrics").text.splitlines()
+            if line.startswith(f'num_requests_running{{model_name="{MODEL}"}}')
+        ]
         if running and float(running[0].split()[-1]) == 0:
             return
         time.sleep(0.5)
@@ -141,10 +169,21 @@ def test_two_instances_never_answer_for_each_other(direct_server, live_server):
     # held, then refused by the direct instance itself: never served by the session's instance.
     assert direct_server.early.get("status") == 401, direct_server.early
     assert direct_server.early.get("served_by") == "engine"
-    assert httpx.post(f"{direct_server.base_url}/v1/completions", headers=AUTH, timeout=30,
-                      json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 401
-    assert live_server.http.post("/v1/completions", headers=DIRECT_AUTH,
-                                 json={"model": MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 401
+    assert (
+        httpx.post(
+            f"{direct_server.base_url}/v1/completions",
+            headers=AUTH,
+            timeout=30,
+            json={"model": MODEL, "prompt": "hi", "max_tokens": 2},
+        ).status_code
+        == 401
+    )
+    assert (
+        live_server.http.post(
+            "/v1/completions", headers=DIRECT_AUTH, json={"model": MODEL, "prompt": "hi", "max_tokens": 2}
+        ).status_code
+        == 401
+    )
     session_models = {card["id"] for card in live_server.http.get("/v1/models").json()["data"]}
     direct_models = {card["id"] for card in direct_server.http.get("/v1/models").json()["data"]}
     assert direct_models == {MODEL} and session_models == {entry.name for entry in live_server.catalog.models}

@@ -18,16 +18,23 @@ from tests.conftest import API_KEY
 
 MOE = "tiny-phimoe"
 BOUND = 4
-LONG_STREAM = {"model": MOE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1500,
-               "ignore_eos": True, "stream": True}
+LONG_STREAM = {
+    "model": MOE,
+    "messages": [{"role": "user", "content": "hello"}],
+    "max_tokens": 1500,
+    "ignore_eos": True,
+    "stream": True,
+}
 
 
 def _post_and_hang_up(base_url: str, body: dict) -> None:
     """Send a whole request, then close the connection before any byte of the answer arrives."""
     address = urlsplit(base_url)
     payload = json.dumps(body).encode()
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {API_KEY}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {address.netloc}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
     with socket.create_connection((address.hostname, address.port), timeout=10) as sock:
         sock.sendall(head + payload)
 
@@ -36,8 +43,9 @@ def _all_slots_admit(live_server) -> list[int]:
     """BOUND concurrent short requests: all 200 only if no slot is still held by a departed client."""
     body = {"model": MOE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     with concurrent.futures.ThreadPoolExecutor(BOUND) as pool:
-        return list(pool.map(lambda _: live_server.http.post("/v1/chat/completions", json=body).status_code,
-                             range(BOUND)))
+        return list(
+            pool.map(lambda _: live_server.http.post("/v1/chat/completions", json=body).status_code, range(BOUND))
+        )
 
 
 def test_clients_gone_before_the_first_byte_hold_no_slot_and_leave_no_work(live_server):
@@ -50,8 +58,13 @@ def test_clients_gone_before_the_first_byte_hold_no_slot_and_leave_no_work(live_
 
 def test_streams_dropped_mid_generation_under_load_leave_no_work(live_server):
     def read_a_little_then_leave(_: int) -> int:
-        with httpx.stream("POST", f"{live_server.api_url}/chat/completions", json=LONG_STREAM, timeout=60,
-                          headers={"Authorization": f"Bearer {API_KEY}"}) as response:
+        with httpx.stream(
+            "POST",
+            f"{live_server.api_url}/chat/completions",
+            json=LONG_STREAM,
+            timeout=60,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as response:
             if response.status_code == 200:
                 lines = response.iter_lines()
                 assert any(next(lines).startswith("data: ") for _ in range(4))

@@ -81,8 +81,9 @@ def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
     recovery_s = recovered_at - killed_at
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(
-        {"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)}))
+    (out / "reliability.json").write_text(
+        json.dumps({"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)})
+    )
 
 
 def test_deleting_the_application_drains_in_flight_streams(live_server):

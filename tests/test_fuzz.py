@@ -28,19 +28,54 @@ from tests.conftest import AUTH
 EXAMPLES = int(os.environ.get("SLMSERVE_FUZZ_EXAMPLES", "100"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
-json_scalars = (st.none() | st.booleans() | st.integers(-(2**40), 2**40)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
-json_values = st.recursive(json_scalars, lambda children: st.lists(children, max_size=4)
-                           | st.dictionaries(st.text(max_size=12), children, max_size=4), max_leaves=12)
-FIELDS = ["model", "messages", "max_tokens", "temperature", "top_p", "n", "stream", "stop", "seed", "logprobs",
-          "top_logprobs", "response_format", "stream_options", "tools", "tool_choice", "presence_penalty",
-          "min_p", "top_k", "ignore_eos", "prompt", "max_completion_tokens", "logit_bias", "user"]
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+FIELDS = [
+    "model",
+    "messages",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "stream",
+    "stop",
+    "seed",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "min_p",
+    "top_k",
+    "ignore_eos",
+    "prompt",
+    "max_completion_tokens",
+    "logit_bias",
+    "user",
+]
 MODELS = ["smollm2-135m-instruct", "default", "tiny-phimoe", "vision", "nope", ""]
-message = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
-                                 "content": st.text(max_size=60) | json_values})
+message = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "system", "assistant", "tool", "x"]),
+        "content": st.text(max_size=60) | json_values,
+    }
+)
 request_bodies = st.fixed_dictionaries(
     {"model": st.sampled_from(MODELS) | json_scalars, "messages": st.lists(message, max_size=3) | json_values},
-    optional={name: json_values for name in FIELDS if name not in ("model", "messages")})
+    optional={name: json_values for name in FIELDS if name not in ("model", "messages")},
+)
 
 
 def _bounded(body: dict) -> dict:
@@ -80,14 +115,19 @@ def test_openapi_document_describes_the_real_routes(live_server):
     assert "messages" in doc["components"]["schemas"]["ChatCompletionRequest"]["required"]
 
 
-SCHEMA_CHECKS = [schema_checks.not_a_server_error, schema_checks.status_code_conformance,
-                 schema_checks.content_type_conformance, schema_checks.response_schema_conformance]
+SCHEMA_CHECKS = [
+    schema_checks.not_a_server_error,
+    schema_checks.status_code_conformance,
+    schema_checks.content_type_conformance,
+    schema_checks.response_schema_conformance,
+]
 
 
 def test_schemathesis_cases_get_only_declared_answers_and_no_5xx(live_server):
     schema = schemathesis.openapi.from_url(f"{live_server.base_url}/openapi.json")
-    cases = (schema.as_strategy(generation_mode=GenerationMode.POSITIVE)
-             | schema.as_strategy(generation_mode=GenerationMode.NEGATIVE))
+    cases = schema.as_strategy(generation_mode=GenerationMode.POSITIVE) | schema.as_strategy(
+        generation_mode=GenerationMode.NEGATIVE
+    )
 
     answers: collections.Counter[str] = collections.Counter()
 
@@ -117,16 +157,22 @@ def test_fuzzed_chat_and_completion_bodies_never_get_a_5xx(live_server):
             assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
     check()
-    assert live_server.http.post("/v1/chat/completions", json={
-        "model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}).status_code == 200
+    assert (
+        live_server.http.post(
+            "/v1/chat/completions",
+            json={"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        ).status_code
+        == 200
+    )
 
 
 def test_fuzzed_raw_bodies_never_get_a_5xx(live_server):
     @FUZZ
     @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
     def check(raw: bytes) -> None:
-        response = live_server.http.post("/v1/chat/completions", content=raw,
-                                         headers={"Content-Type": "application/json"}, timeout=60)
+        response = live_server.http.post(
+            "/v1/chat/completions", content=raw, headers={"Content-Type": "application/json"}, timeout=60
+        )
         assert response.status_code < 500, (response.status_code, response.text[:300])
 
     check()
@@ -140,8 +186,13 @@ def test_image_references_raise_only_media_errors(messages, model_accepts_images
 
     async def run() -> None:
         try:
-            await prepare_images({"messages": messages}, model="m", accepts_images=model_accepts_images,
-                                 max_images=limit, fetcher=fetcher)
+            await prepare_images(
+                {"messages": messages},
+                model="m",
+                accepts_images=model_accepts_images,
+                max_images=limit,
+                fetcher=fetcher,
+            )
         except MediaError:
             pass
 
@@ -149,8 +200,10 @@ def test_image_references_raise_only_media_errors(messages, model_accepts_images
 
 
 @FUZZ
-@given(data=st.binary(max_size=2048), header=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff",
-                                                              b"RIFF\x00\x00\x00\x00WEBP"]))
+@given(
+    data=st.binary(max_size=2048),
+    header=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP"]),
+)
 def test_image_bytes_raise_only_media_errors(data, header):
     try:
         _decode_image(header + data, MediaPolicy(max_image_pixels=4096 * 4096))
@@ -177,7 +230,8 @@ def test_catalogs_raise_only_catalog_errors(data):
 
 
 @FUZZ
-@given(body=st.dictionaries(st.sampled_from(["prompt", "messages", "max_tokens", "max_completion_tokens"]),
-                            json_values))
+@given(
+    body=st.dictionaries(st.sampled_from(["prompt", "messages", "max_tokens", "max_completion_tokens"]), json_values)
+)
 def test_token_estimates_never_fail(body):
     assert estimate_tokens(body) >= 0

@@ -28,11 +28,26 @@ CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
 K8S_VERSION = "1.33.0"
 CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool"}
 ALL_FEATURES = [
-    "--set", "ingress.enabled=true", "--set", "metrics.serviceMonitor.enabled=true",
-    "--set", "metrics.podMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
-    "--set", "metrics.grafanaDashboard.enabled=true", "--set", "karpenter.enabled=true",
-    "--set", "secrets.hfToken.name=hf", "--set", "secrets.apiKeys.name=keys", "--set", "head.appProbes=true",
-    "--set", "metrics.serviceMonitor.authorization.name=scrape-key",
+    "--set",
+    "ingress.enabled=true",
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.podMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.grafanaDashboard.enabled=true",
+    "--set",
+    "karpenter.enabled=true",
+    "--set",
+    "secrets.hfToken.name=hf",
+    "--set",
+    "secrets.apiKeys.name=keys",
+    "--set",
+    "head.appProbes=true",
+    "--set",
+    "metrics.serviceMonitor.authorization.name=scrape-key",
 ]
 
 
@@ -44,8 +59,13 @@ def helm() -> str:
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([helm(), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache"})
+    return subprocess.run(
+        [helm(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache"},
+    )
 
 
 def render(*args: str) -> list[dict]:
@@ -104,8 +124,19 @@ def test_lint_strict_and_render_validates(values: Path | None):
 def test_every_optional_object_renders_and_validates():
     docs = render(*ALL_FEATURES)
     kinds = {doc["kind"] for doc in docs}
-    assert kinds >= {"RayService", "Service", "Ingress", "PersistentVolumeClaim", "PodDisruptionBudget",
-                     "NetworkPolicy", "ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "NodePool"}
+    assert kinds >= {
+        "RayService",
+        "Service",
+        "Ingress",
+        "PersistentVolumeClaim",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NodePool",
+    }
     validate_all(docs)
     rule = by_kind(docs, "PrometheusRule")[0]
     assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
@@ -126,19 +157,23 @@ def test_serve_config_is_the_catalog(name: str):
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000}
 
 
-@pytest.mark.parametrize(("name", "data_plane", "shape"), [
-    ("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed"), ("test", "routed", "routed")])
+@pytest.mark.parametrize(
+    ("name", "data_plane", "shape"),
+    [("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed"), ("test", "routed", "routed")],
+)
 def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_plane: str, shape: str):
     catalog = serve_config(render("--set", f"catalog.name={name}", "--set", f"serve.dataPlane={data_plane}"))[
-        "applications"][0]["args"]["catalog"]
+        "applications"
+    ][0]["args"]["catalog"]
     assert parse_catalog(catalog).data_plane == shape
     if data_plane:
         assert catalog["router"]["data_plane"] == data_plane
 
 
 def test_a_direct_data_plane_needs_a_one_model_catalog():
-    catalog = serve_config(render("--set", "catalog.name=phi35", "--set", "serve.dataPlane=direct"))[
-        "applications"][0]["args"]["catalog"]
+    catalog = serve_config(render("--set", "catalog.name=phi35", "--set", "serve.dataPlane=direct"))["applications"][0][
+        "args"
+    ]["catalog"]
     with pytest.raises(CatalogError, match="exactly one model"):
         parse_catalog(catalog)
 
@@ -183,8 +218,11 @@ def test_group_selectors_merge_with_gpu_selector():
     docs = render("-f", str(CHART / "examples" / "values-gfd.yaml"))
     groups = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
     selector = groups[1]["template"]["spec"]["nodeSelector"]
-    assert selector == {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
-                        "nvidia.com/gpu.count": "8"}
+    assert selector == {
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+        "nvidia.com/gpu.count": "8",
+    }
     assert by_kind(docs, "PersistentVolumeClaim") == []  # existingClaim: nothing created
     volumes = {v["name"]: v for v in groups[0]["template"]["spec"]["volumes"]}
     assert volumes["model-cache"]["persistentVolumeClaim"]["claimName"] == "shared-model-cache"
@@ -213,17 +251,39 @@ def test_tracing_reaches_every_ray_container_only_when_set():
 
 def lora_catalog(tmp_path: Path, adapters_dir: str) -> str:
     values = tmp_path / "lora.yaml"
-    values.write_text(yaml.safe_dump({"catalog": {"inline": {"models": [
-        {"name": "phi", "source": "microsoft/Phi-3.5-mini-instruct", "lora": {"adapters_dir": adapters_dir}}]}}}))
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "catalog": {
+                    "inline": {
+                        "models": [
+                            {
+                                "name": "phi",
+                                "source": "microsoft/Phi-3.5-mini-instruct",
+                                "lora": {"adapters_dir": adapters_dir},
+                            }
+                        ]
+                    }
+                }
+            }
+        )
+    )
     return str(values)
 
 
 @pytest.mark.parametrize("source", ["pvc", "init"])
 def test_lora_adapters_come_from_a_pvc_or_an_init_container_on_every_ray_pod(tmp_path: Path, source: str):
     args = ["-f", lora_catalog(tmp_path, "/adapters/phi"), "--set", "loraAdapters.enabled=true"]
-    args += (["--set", "loraAdapters.existingClaim=phi-adapters"] if source == "pvc" else
-             ["--set", "loraAdapters.initContainer.image=registry.example/adapters:1",
-              "--set-json", 'loraAdapters.initContainer.command=["cp","-r","/src/.","/adapters/"]'])
+    args += (
+        ["--set", "loraAdapters.existingClaim=phi-adapters"]
+        if source == "pvc"
+        else [
+            "--set",
+            "loraAdapters.initContainer.image=registry.example/adapters:1",
+            "--set-json",
+            'loraAdapters.initContainer.command=["cp","-r","/src/.","/adapters/"]',
+        ]
+    )
     docs = render(*args)
     validate_all(docs)
     cluster = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
@@ -243,11 +303,27 @@ def test_lora_adapters_come_from_a_pvc_or_an_init_container_on_every_ray_pod(tmp
 
 
 def test_lora_adapters_need_a_source_and_the_catalog_s_directory_on_the_volume(tmp_path: Path):
-    result = run_helm("template", "rel", str(CHART), "-f", lora_catalog(tmp_path, "/adapters/phi"),
-                      "--set", "loraAdapters.enabled=true")
+    result = run_helm(
+        "template",
+        "rel",
+        str(CHART),
+        "-f",
+        lora_catalog(tmp_path, "/adapters/phi"),
+        "--set",
+        "loraAdapters.enabled=true",
+    )
     assert result.returncode != 0 and "loraAdapters.existingClaim" in result.stderr
-    result = run_helm("template", "rel", str(CHART), "-f", lora_catalog(tmp_path, "/elsewhere"),
-                      "--set", "loraAdapters.enabled=true", "--set", "loraAdapters.existingClaim=x")
+    result = run_helm(
+        "template",
+        "rel",
+        str(CHART),
+        "-f",
+        lora_catalog(tmp_path, "/elsewhere"),
+        "--set",
+        "loraAdapters.enabled=true",
+        "--set",
+        "loraAdapters.existingClaim=x",
+    )
     assert result.returncode != 0 and "outside loraAdapters.mountPath /adapters" in result.stderr
 
 
@@ -279,24 +355,57 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == flag
 
 
-@pytest.mark.parametrize(("models", "data_plane", "forward_body"), [
-    ([{"name": "m", "source": "org/m"}], "", "0"),  # one fixed replica: no replica choice, no router
-    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "", "1"),
-    ([{"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 4}}}], "", "1"),
-    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "session"}}], "", "0"),
-    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "least-loaded"}}],
-     "", "0"),
-    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "least-loaded"},
-       "lora": {"adapters_dir": "/adapters"}}], "", "1"),  # adapter affinity reads `model`
-    ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "routed", "0"),
-    ([{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}], "", "0"),
-])
+@pytest.mark.parametrize(
+    ("models", "data_plane", "forward_body"),
+    [
+        ([{"name": "m", "source": "org/m"}], "", "0"),  # one fixed replica: no replica choice, no router
+        ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "", "1"),
+        ([{"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 4}}}], "", "1"),
+        (
+            [{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "session"}}],
+            "",
+            "0",
+        ),
+        (
+            [
+                {
+                    "name": "m",
+                    "source": "org/m",
+                    "deployment": {"num_replicas": 2},
+                    "routing": {"policy": "least-loaded"},
+                }
+            ],
+            "",
+            "0",
+        ),
+        (
+            [
+                {
+                    "name": "m",
+                    "source": "org/m",
+                    "deployment": {"num_replicas": 2},
+                    "routing": {"policy": "least-loaded"},
+                    "lora": {"adapters_dir": "/adapters"},
+                }
+            ],
+            "",
+            "1",
+        ),  # adapter affinity reads `model`
+        ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "routed", "0"),
+        ([{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}], "", "0"),
+    ],
+)
 def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, models, data_plane, forward_body):
     """Mirrors services/runtime.py routing_environment (unit-tested there) for the cluster."""
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"catalog": {"inline": {"router": {"session_header": "X-Conversation"},
-                                                             "models": models}},
-                                      "serve": {"dataPlane": data_plane}}))
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "catalog": {"inline": {"router": {"session_header": "X-Conversation"}, "models": models}},
+                "serve": {"dataPlane": data_plane},
+            }
+        )
+    )
     cluster = by_kind(render("-f", str(values)), "RayService")[0]["spec"]["rayClusterConfig"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
         env = {e["name"]: e.get("value") for e in template["spec"]["containers"][0]["env"]}
@@ -314,22 +423,34 @@ def test_with_api_keys_the_service_monitor_sends_a_key():
     assert "authorization" not in plain["spec"]["endpoints"][0]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--set", "serve.ingress=nginx"], "ingress"),
-    (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
-    (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
-    (["--set", "autoscaler.upscalingMode=Fast"], "upscalingMode"),
-    (["--set-json", 'workerGroups=[{"name":"g","gpusPerPod":0,"minReplicas":0,"maxReplicas":1,"resources":{}}]'],
-     "gpusPerPod"),
-    (["--set-json", 'workerGroups=[{"name":"g","gpusPerPod":1,"minReplicas":0,"maxReplicas":1,"resources":{},'
-      '"typo":1}]'], "typo"),
-    (["--set", "service.port=70000"], "port"),
-    (["--set", "modelCache.size=lots"], "size"),
-    (["--set", "tracing.otlpTracesEndpoint=collector:4318"], "otlpTracesEndpoint"),
-    (["--set", "catalog.name=nosuch"], "no file catalogs/nosuch.yaml"),
-    (["--set", "metrics.serviceMonitor.enabled=true", "--set", "secrets.apiKeys.name=keys"],
-     "metrics.serviceMonitor.authorization.name is required"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "serve.ingress=nginx"], "ingress"),
+        (["--set", "imagee.tag=x"], "additional properties 'imagee' not allowed"),
+        (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
+        (["--set", "autoscaler.upscalingMode=Fast"], "upscalingMode"),
+        (
+            ["--set-json", 'workerGroups=[{"name":"g","gpusPerPod":0,"minReplicas":0,"maxReplicas":1,"resources":{}}]'],
+            "gpusPerPod",
+        ),
+        (
+            [
+                "--set-json",
+                'workerGroups=[{"name":"g","gpusPerPod":1,"minReplicas":0,"maxReplicas":1,"resources":{},"typo":1}]',
+            ],
+            "typo",
+        ),
+        (["--set", "service.port=70000"], "port"),
+        (["--set", "modelCache.size=lots"], "size"),
+        (["--set", "tracing.otlpTracesEndpoint=collector:4318"], "otlpTracesEndpoint"),
+        (["--set", "catalog.name=nosuch"], "no file catalogs/nosuch.yaml"),
+        (
+            ["--set", "metrics.serviceMonitor.enabled=true", "--set", "secrets.apiKeys.name=keys"],
+            "metrics.serviceMonitor.authorization.name is required",
+        ),
+    ],
+)
 def test_bad_values_are_rejected(args: list[str], message: str):
     result = run_helm("template", "rel", str(CHART), *args)
     assert result.returncode != 0

@@ -32,6 +32,7 @@ class _Method:
             if self.fail:
                 raise ConnectionError("broker gone")
             return self.function(*args)
+
         if self.function.__name__ != "admit":
             return self.function(*args)
         granted = asyncio.ensure_future(answer())  # runs in the broker whether or not the caller waits
@@ -74,6 +75,7 @@ def test_two_edges_share_one_in_flight_bound():
         left.release(tickets[0])
         assert await right.admit("bounded", "anyone", 10)
         assert broker.in_flight()["bounded"] == 4
+
     asyncio.run(scenario())
 
 
@@ -88,6 +90,7 @@ def test_two_edges_share_one_tenant_rate():
             except Rejected as rejected:
                 assert rejected.reason == "rate_limited_requests" and rejected.retry_after_s >= 1
         assert admitted == 3  # 3 a minute in all, not 3 per edge
+
     asyncio.run(scenario())
 
 
@@ -98,6 +101,7 @@ def test_requests_no_limit_applies_to_never_ask_the_broker():
         edge.release(None)
         assert handle.calls == []
         assert not has_limits(parse_catalog({"models": [{"name": "m", "source": "org/m"}]}))
+
     asyncio.run(scenario())
 
 
@@ -107,6 +111,7 @@ def test_an_unreachable_broker_fails_closed_for_limited_requests_only():
         with pytest.raises(LimiterUnavailable):
             await edge.admit("bounded", "anyone", 10)
         assert await edge.admit("free", "anyone", 10) is None  # no limit applies: served as usual
+
     asyncio.run(scenario())
 
 
@@ -127,6 +132,7 @@ def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
 def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives_up, monkeypatch):
     """The client left (Serve cancels the request) or the broker was slow: the broker may still grant
     the ticket after the edge stopped waiting, and that slot must come back, not wait for expiry."""
+
     async def scenario() -> None:
         broker = LimitBroker(CATALOG)
         edge = SharedLimits(parse_catalog(CATALOG), Handle(broker, admit_delay_s=0.2))
@@ -143,4 +149,5 @@ def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives
         assert broker.in_flight().get("bounded", 0) == 0  # not granted yet
         await asyncio.sleep(0.3)
         assert broker.tickets == {} and broker.in_flight().get("bounded", 0) == 0
+
     asyncio.run(scenario())

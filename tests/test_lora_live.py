@@ -51,8 +51,13 @@ def server(adapters_dir: Path) -> Iterator[ServerProcess]:
         entry["deployment"]["num_replicas"] = 2
         entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         entry["engine_args"]["kv_cache_memory_bytes"] = 268435456
-        entry["lora"] = {"adapters_dir": str(adapters_dir), "max_loras": 2, "max_lora_rank": 16, "max_cpu_loras": 2,
-                         "refresh_s": REFRESH_S}
+        entry["lora"] = {
+            "adapters_dir": str(adapters_dir),
+            "max_loras": 2,
+            "max_lora_rank": 16,
+            "max_cpu_loras": 2,
+            "refresh_s": REFRESH_S,
+        }
 
     with serving(catalog_variant("cpu", with_adapters), replicas=2) as running:
         yield running
@@ -81,14 +86,16 @@ def wait_until(condition, timeout_s: float = 6 * REFRESH_S + 10) -> None:
 
 def metric_samples(server: ServerProcess, name: str) -> list:
     text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
-    return [sample for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name == name]
+    return [
+        sample for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name
+    ]
 
 
 def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(server):
     """Each engine caches two of the three adapters, the last two it registered at start (first in this
     module, before other tests move the caches): a request for the third goes to the least loaded
     replica, which then holds it, and that adapter's next requests follow it there."""
+
     def replica_for(model: str, question: str) -> str:
         body = {"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": question}]}
         response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json=body)
@@ -96,9 +103,13 @@ def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(server):
         return response.headers["x-slmserve-replica"]
 
     def decisions() -> Counter[str]:
-        return Counter({sample.labels["reason"]: sample.value
-                        for sample in metric_samples(server, "slmserve_routing_decisions_total")
-                        if sample.labels["model_name"] == MODEL})
+        return Counter(
+            {
+                sample.labels["reason"]: sample.value
+                for sample in metric_samples(server, "slmserve_routing_decisions_total")
+                if sample.labels["model_name"] == MODEL
+            }
+        )
 
     before = decisions()
     homes = Counter(replica_for("alpha-r8", f"question {n}") for n in range(8))
@@ -132,11 +143,14 @@ def test_base_and_adapter_requests_batched_together_each_get_their_own_answer(se
     alone = {name: answer(client, name) for name in (MODEL, "alpha-r8", "beta-r16")}
 
     async def together() -> list[tuple[str, str]]:
-        async with openai.AsyncOpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0,
-                                      timeout=120) as async_client:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120
+        ) as async_client:
+
             async def one(model: str) -> tuple[str, str]:
-                reply = await async_client.chat.completions.create(model=model, messages=QUESTION, max_tokens=12,
-                                                                   temperature=0)
+                reply = await async_client.chat.completions.create(
+                    model=model, messages=QUESTION, max_tokens=12, temperature=0
+                )
                 return model, reply.choices[0].message.content or ""
 
             return await asyncio.gather(*(one(model) for model in list(alone) * 3))
@@ -179,9 +193,11 @@ def test_adapter_requests_are_counted_under_the_adapter_with_their_base(server, 
     answer(client, "gamma-r8")
     deadline = time.monotonic() + 10
     while True:
-        counts = {sample.labels["base_model"]: sample.value
-                  for sample in metric_samples(server, "request_success_total")
-                  if sample.labels["model_name"] == "gamma-r8"}
+        counts = {
+            sample.labels["base_model"]: sample.value
+            for sample in metric_samples(server, "request_success_total")
+            if sample.labels["model_name"] == "gamma-r8"
+        }
         if counts or time.monotonic() > deadline:
             break
         time.sleep(0.5)

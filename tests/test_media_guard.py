@@ -19,12 +19,25 @@ def check(url: str, **policy) -> None:
     asyncio.run(URLGuard(MediaPolicy(**policy)).check(url))
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/", "http://127.8.9.10/", "http://0.0.0.0/", "http://10.1.2.3/", "http://172.16.0.1/",
-    "http://192.168.1.1/", "http://169.254.169.254/", "http://100.64.0.1/", "http://224.0.0.1/",
-    "http://[::1]/", "http://[fe80::1]/", "http://[fd00:ec2::254]/", "http://[::ffff:10.0.0.1]/",
-    "http://localhost/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://127.8.9.10/",
+        "http://0.0.0.0/",
+        "http://10.1.2.3/",
+        "http://172.16.0.1/",
+        "http://192.168.1.1/",
+        "http://169.254.169.254/",
+        "http://100.64.0.1/",
+        "http://224.0.0.1/",
+        "http://[::1]/",
+        "http://[fe80::1]/",
+        "http://[fd00:ec2::254]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://localhost/",
+    ],
+)
 def test_internal_addresses_are_refused(url):
     with pytest.raises(MediaError) as raised:
         check(url)
@@ -128,6 +141,7 @@ def _rebinding_resolver(first: str, then: str, calls: list[str]):
     async def resolve(host: str, port: int) -> list[str]:
         calls.append(host)
         return [first if len(calls) == 1 else then]
+
     return resolve
 
 
@@ -136,8 +150,9 @@ def test_a_rebinding_host_is_fetched_from_the_address_that_was_checked():
     it; the fetch must connect to the checked address (the Host header unchanged), never loopback."""
     with _servers_on_one_port("127.0.0.2", "127.0.0.1") as (allowed, internal):
         calls: list[str] = []
-        fetcher = MediaFetcher(MediaPolicy(allow_networks=["127.0.0.2/32"]),
-                               resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls))
+        fetcher = MediaFetcher(
+            MediaPolicy(allow_networks=["127.0.0.2/32"]), resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls)
+        )
         port = allowed.server_port
         data = asyncio.run(fetcher.fetch(f"http://rebind.test:{port}/cat.png"))
     assert data == _png()
@@ -148,8 +163,9 @@ def test_a_rebinding_host_is_fetched_from_the_address_that_was_checked():
 def test_every_redirect_hop_is_resolved_and_checked_again():
     with _servers_on_one_port("127.0.0.2", "127.0.0.1") as (allowed, internal):
         calls: list[str] = []
-        fetcher = MediaFetcher(MediaPolicy(allow_networks=["127.0.0.2/32"]),
-                               resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls))
+        fetcher = MediaFetcher(
+            MediaPolicy(allow_networks=["127.0.0.2/32"]), resolve=_rebinding_resolver("127.0.0.2", "127.0.0.1", calls)
+        )
         with pytest.raises(MediaError) as raised:
             asyncio.run(fetcher.fetch(f"http://rebind.test:{allowed.server_port}/hop"))
     assert raised.value.code == "image_url_refused" and "127.0.0.1" in str(raised.value)

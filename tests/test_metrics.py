@@ -9,11 +9,19 @@ from prometheus_client.parser import text_string_to_metric_families
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 NIM_TYPES = {
-    "num_requests_running": "gauge", "num_requests_waiting": "gauge", "num_request_max": "gauge",
-    "gpu_cache_usage_perc": "gauge", "prompt_tokens": "counter", "generation_tokens": "counter",
-    "request_success": "counter", "request_failure": "counter", "request_finish": "counter",
-    "time_to_first_token_seconds": "histogram", "time_per_output_token_seconds": "histogram",
-    "e2e_request_latency_seconds": "histogram", "request_prompt_tokens": "histogram",
+    "num_requests_running": "gauge",
+    "num_requests_waiting": "gauge",
+    "num_request_max": "gauge",
+    "gpu_cache_usage_perc": "gauge",
+    "prompt_tokens": "counter",
+    "generation_tokens": "counter",
+    "request_success": "counter",
+    "request_failure": "counter",
+    "request_finish": "counter",
+    "time_to_first_token_seconds": "histogram",
+    "time_per_output_token_seconds": "histogram",
+    "e2e_request_latency_seconds": "histogram",
+    "request_prompt_tokens": "histogram",
     "request_generation_tokens": "histogram",
 }
 
@@ -30,8 +38,11 @@ def value(families, sample_name: str, **labels: str) -> float:
     family = families.get(family_name) or families.get(sample_name)
     if family is None:
         return 0.0
-    return sum(sample.value for sample in family.samples
-               if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        sample.value
+        for sample in family.samples
+        if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def wait_for(live_server, sample_name: str, expected: float, **labels: str):
@@ -50,8 +61,14 @@ def test_every_nim_metric_is_exposed_with_its_type(live_server):
         for name, kind in NIM_TYPES.items():
             assert name in families, f"{name} missing from {path}"
             assert families[name].type == kind, name
-    ttft_buckets = sorted({float(s.labels["le"]) for s in families["time_to_first_token_seconds"].samples
-                           if s.name.endswith("_bucket") and s.labels.get("model_name") == MODEL} - {float("inf")})
+    ttft_buckets = sorted(
+        {
+            float(s.labels["le"])
+            for s in families["time_to_first_token_seconds"].samples
+            if s.name.endswith("_bucket") and s.labels.get("model_name") == MODEL
+        }
+        - {float("inf")}
+    )
     if ttft_buckets:  # present once a request was recorded
         assert ttft_buckets == [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
 
@@ -67,9 +84,14 @@ def test_counts_tokens_and_finish_reasons_match_what_clients_saw(live_server, cl
         reasons[response.choices[0].finish_reason] += 1
     for max_tokens in (30, 1, 2):  # streamed: stop, length, length
         finish, usage = None, None
-        for chunk in client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=max_tokens,
-                                                    temperature=0, stream=True,
-                                                    stream_options={"include_usage": True}):
+        for chunk in client.chat.completions.create(
+            model=MODEL,
+            messages=FRANCE,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        ):
             if chunk.usage:
                 usage = chunk.usage
             if chunk.choices and chunk.choices[0].finish_reason:
@@ -91,8 +113,12 @@ def test_counts_tokens_and_finish_reasons_match_what_clients_saw(live_server, cl
     assert delta("generation_tokens_total") == completion_sum
     assert delta("request_finish_total", finished_reason="stop") == reasons["stop"]
     assert delta("request_finish_total", finished_reason="length") == reasons["length"]
-    for histogram in ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_prompt_tokens",
-                      "request_generation_tokens"):
+    for histogram in (
+        "time_to_first_token_seconds",
+        "e2e_request_latency_seconds",
+        "request_prompt_tokens",
+        "request_generation_tokens",
+    ):
         assert delta(f"{histogram}_count") == n, histogram
     assert delta("request_prompt_tokens_sum") == prompt_sum
     assert delta("request_generation_tokens_sum") == completion_sum
@@ -102,8 +128,11 @@ def test_counts_tokens_and_finish_reasons_match_what_clients_saw(live_server, cl
 def test_failed_request_counts_as_failure(live_server):
     m = {"model_name": MODEL}
     before = scrape(live_server)
-    response = live_server.http.post("/v1/chat/completions", timeout=60,
-                          json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]})
+    response = live_server.http.post(
+        "/v1/chat/completions",
+        timeout=60,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]},
+    )
     assert response.status_code == 400
     after = wait_for(live_server, "request_failure_total", value(before, "request_failure_total", **m) + 1, **m)
     assert value(after, "request_failure_total", **m) - value(before, "request_failure_total", **m) == 1
@@ -113,11 +142,17 @@ def test_failed_request_counts_as_failure(live_server):
 def test_router_counts_routes_and_rejections(live_server):
     before = scrape(live_server)
     live_server.http.post("/v1/chat/completions", json={"model": "ghost", "messages": FRANCE})
-    after = wait_for(live_server, "slmserve_rejected_requests_total",
-                     value(before, "slmserve_rejected_requests_total", reason="model_not_found") + 1,
-                     reason="model_not_found")
-    assert value(after, "slmserve_rejected_requests_total", reason="model_not_found") - \
-        value(before, "slmserve_rejected_requests_total", reason="model_not_found") == 1
+    after = wait_for(
+        live_server,
+        "slmserve_rejected_requests_total",
+        value(before, "slmserve_rejected_requests_total", reason="model_not_found") + 1,
+        reason="model_not_found",
+    )
+    assert (
+        value(after, "slmserve_rejected_requests_total", reason="model_not_found")
+        - value(before, "slmserve_rejected_requests_total", reason="model_not_found")
+        == 1
+    )
     assert value(after, "slmserve_http_requests_total", route="/v1/chat/completions", status_code="404") >= 1
     assert value(after, "slmserve_model_ready", model_name=MODEL) == 1
     assert value(after, "slmserve_model_replicas", model_name=MODEL, state="RUNNING") == 1
@@ -127,8 +162,10 @@ def test_engine_gauges_and_vllm_series(live_server):
     deadline = time.monotonic() + 15
     while True:  # idle: running and waiting return to 0 (engine snapshots arrive once a second)
         families = scrape(live_server)
-        idle = (value(families, "num_requests_running", model_name=MODEL) == 0
-                and value(families, "num_requests_waiting", model_name=MODEL) == 0)
+        idle = (
+            value(families, "num_requests_running", model_name=MODEL) == 0
+            and value(families, "num_requests_waiting", model_name=MODEL) == 0
+        )
         settled = value(families, "vllm:request_success_total", model_name=MODEL) >= 6
         if (idle and settled) or time.monotonic() > deadline:
             break
@@ -166,8 +203,11 @@ def test_a_healthy_hub_shows_zero_failures_and_rejections():
     from services.metrics.hub import MetricsHub
 
     text = generate_latest(MetricsHub("app", {"m1": "engine-m1", "m2": "engine-m2"}).registry).decode()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     for model in ("m1", "m2"):
         labels = (("base_model", model), ("model_name", model))
         assert samples[("request_failure_total", labels)] == 0

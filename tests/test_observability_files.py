@@ -13,13 +13,51 @@ from prometheus_client import CollectorRegistry
 from services.metrics.definitions import VLLM_SERIES_ON_DASHBOARD, EdgeMetrics
 
 FILES = Path(__file__).resolve().parents[1] / "helm" / "slmserve" / "files"
-HUB_GAUGES = {"num_requests_running", "num_requests_waiting", "num_request_max", "gpu_cache_usage_perc",
-              "slmserve_model_replicas", "slmserve_model_ready", "slmserve_engine_profile",
-              "slmserve_model_target_replicas"}
-PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "max", "min", "and", "or", "deriv", "le", "without",
-                "model_name", "finished_reason", "reason", "route", "status_code", "state", "clamp_min",
-                "__rate_interval", "model", "m", "s", "avg", "count", "on", "ignoring", "increase", "policy",
-                "replica", "base_model", "profile", "precision", "tensor_parallel_size"}
+HUB_GAUGES = {
+    "num_requests_running",
+    "num_requests_waiting",
+    "num_request_max",
+    "gpu_cache_usage_perc",
+    "slmserve_model_replicas",
+    "slmserve_model_ready",
+    "slmserve_engine_profile",
+    "slmserve_model_target_replicas",
+}
+PROMQL_WORDS = {
+    "sum",
+    "by",
+    "rate",
+    "histogram_quantile",
+    "max",
+    "min",
+    "and",
+    "or",
+    "deriv",
+    "le",
+    "without",
+    "model_name",
+    "finished_reason",
+    "reason",
+    "route",
+    "status_code",
+    "state",
+    "clamp_min",
+    "__rate_interval",
+    "model",
+    "m",
+    "s",
+    "avg",
+    "count",
+    "on",
+    "ignoring",
+    "increase",
+    "policy",
+    "replica",
+    "base_model",
+    "profile",
+    "precision",
+    "tensor_parallel_size",
+}
 
 
 def exposed_sample_names() -> set[str]:
@@ -35,7 +73,7 @@ def exposed_sample_names() -> set[str]:
 
 
 def metric_names(expr: str) -> set[str]:
-    expr = re.sub(r'\{[^}]*\}', "", expr)  # label matchers
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges
     tokens = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr))
     return {token for token in tokens if token not in PROMQL_WORDS}
@@ -48,8 +86,16 @@ def test_dashboard_is_well_formed_and_queries_real_metrics():
     panels = dashboard["panels"]
     assert len({panel["id"] for panel in panels}) == len(panels)
     titles = " ".join(panel["title"].lower() for panel in panels)
-    for topic in ("first token", "inter-token", "end-to-end", "tokens per second", "waiting", "kv-cache",
-                  "failure", "replicas"):
+    for topic in (
+        "first token",
+        "inter-token",
+        "end-to-end",
+        "tokens per second",
+        "waiting",
+        "kv-cache",
+        "failure",
+        "replicas",
+    ):
         assert topic in titles, topic
     for panel in panels:
         assert panel["targets"], panel["title"]
@@ -73,8 +119,12 @@ def test_alert_rules_are_well_formed_and_query_real_metrics():
             unknown = metric_names(rule["expr"]) - exposed
             assert not unknown, f"{rule['alert']}: unknown metrics {unknown}"
             alerts[rule["alert"]] = rule
-    assert {"SlmserveTTFTp95OverSLO", "SlmserveErrorRatioHigh", "SlmserveQueueGrowing",
-            "SlmserveNoReadyReplica"} <= set(alerts)
+    assert {
+        "SlmserveTTFTp95OverSLO",
+        "SlmserveErrorRatioHigh",
+        "SlmserveQueueGrowing",
+        "SlmserveNoReadyReplica",
+    } <= set(alerts)
 
 
 def test_metric_name_extraction_sees_unknown_names():

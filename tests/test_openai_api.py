@@ -27,8 +27,12 @@ def test_chat_answers_coherently(client):
 def test_chat_stream_arrives_incrementally_with_usage(client):
     arrivals, pieces, usage = [], [], None
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Write a short poem about the sea."}],
-        max_tokens=48, temperature=0, stream=True, stream_options={"include_usage": True},
+        model=MODEL,
+        messages=[{"role": "user", "content": "Write a short poem about the sea."}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
         extra_body={"ignore_eos": True},
     )
     for chunk in stream:
@@ -49,8 +53,9 @@ def test_completions_non_stream_and_stream(client):
     assert response.usage.completion_tokens <= 8
     streamed = "".join(
         chunk.choices[0].text
-        for chunk in client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8,
-                                               temperature=0, stream=True)
+        for chunk in client.completions.create(
+            model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0, stream=True
+        )
         if chunk.choices
     )
     assert streamed == response.choices[0].text
@@ -65,23 +70,34 @@ def test_models_lists_catalog_and_resolves_aliases(client, live_server):
 
 
 def test_greedy_is_deterministic(client):
-    texts = {client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=20, temperature=0)
-             .choices[0].message.content for _ in range(2)}
+    texts = {
+        client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=20, temperature=0)
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    }
     assert len(texts) == 1
 
 
 def test_seed_reproduces_sampling(client):
     def sample(seed: int) -> str:
-        return client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Tell me a story."}], max_tokens=24,
-            temperature=1.0, seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Tell me a story."}],
+                max_tokens=24,
+                temperature=1.0,
+                seed=seed,
+            )
+            .choices[0]
+            .message.content
+        )
 
     assert sample(1234) == sample(1234)
 
 
 def test_stop_sequence_and_length_finish(client):
-    stopped = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=30, temperature=0,
-                                             stop=["Paris"])
+    stopped = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=30, temperature=0, stop=["Paris"])
     assert "Paris" not in stopped.choices[0].message.content
     assert stopped.choices[0].finish_reason == "stop"
     cut = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=3, temperature=0)
@@ -90,8 +106,12 @@ def test_stop_sequence_and_length_finish(client):
 
 
 def test_request_id_is_echoed(live_server):
-    response = live_server.http.post("/v1/chat/completions", headers={"X-Request-Id": "trace-42"},
-                          json={"model": MODEL, "messages": FRANCE, "max_tokens": 2}, timeout=60)
+    response = live_server.http.post(
+        "/v1/chat/completions",
+        headers={"X-Request-Id": "trace-42"},
+        json={"model": MODEL, "messages": FRANCE, "max_tokens": 2},
+        timeout=60,
+    )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "trace-42"
     assert response.json()["id"].endswith("trace-42")
@@ -100,7 +120,8 @@ def test_request_id_is_echoed(live_server):
 def test_sixteen_concurrent_requests_succeed(async_client):
     async def one(i: int):
         return await async_client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=16)
+            model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=16
+        )
 
     async def run_all():
         return await asyncio.gather(*(one(i) for i in range(16)))
@@ -139,10 +160,17 @@ def test_health_and_info_routes(live_server):
     assert [info["shortName"] for info in model_info] == names
     # The test catalog lists no profiles: each engine runs its own engine_args, and says so.
     assert [info["profile"]["name"] for info in model_info] == ["default"] * len(names)
-    assert model_info[0]["profile"] == {"name": "default", "precision": "float32", "tensor_parallel_size": 1,
-                                        "hardware": "no GPU (CPU engine)"}
-    profiles = [line for line in live_server.http.get("/metrics").text.splitlines()
-                if line.startswith("slmserve_engine_profile{")]
+    assert model_info[0]["profile"] == {
+        "name": "default",
+        "precision": "float32",
+        "tensor_parallel_size": 1,
+        "hardware": "no GPU (CPU engine)",
+    }
+    profiles = [
+        line
+        for line in live_server.http.get("/metrics").text.splitlines()
+        if line.startswith("slmserve_engine_profile{")
+    ]
     assert len(profiles) == len(names) and all(line.endswith(" 1.0") for line in profiles), profiles
 
 
@@ -187,21 +215,37 @@ def _assert_error(response: httpx.Response, status: int, *, param: str | None = 
         ({"model": MODEL, "messages": FRANCE, "n": 0}, 400, None),
         ({"model": MODEL, "messages": [{"role": "user", "content": "word " * 3000}]}, 400, None),
     ],
-    ids=["messages-type", "model-missing", "max-tokens-too-large", "max-tokens-negative", "temperature-type",
-         "n-zero", "prompt-too-long"],
+    ids=[
+        "messages-type",
+        "model-missing",
+        "max-tokens-too-large",
+        "max-tokens-negative",
+        "temperature-type",
+        "n-zero",
+        "prompt-too-long",
+    ],
 )
 def test_bad_chat_requests_get_openai_errors(live_server, body, status, param):
     response = live_server.http.post("/v1/chat/completions", json=body, timeout=60)
     _assert_error(response, status, param=param)
 
 
-@pytest.mark.parametrize(("route", "field", "value"), [
-    ("chat/completions", "stream", "yes"), ("chat/completions", "stream", 1), ("completions", "echo", "true"),
-    ("chat/completions", "n", True), ("chat/completions", "n", 1.5), ("chat/completions", "max_tokens", "5"),
-    ("completions", "max_tokens", 4.0), ("chat/completions", "temperature", "0.5"),
-    ("chat/completions", "temperature", False), ("chat/completions", "seed", "7"),
-    ("chat/completions", "stream_options", "include_usage"),
-])
+@pytest.mark.parametrize(
+    ("route", "field", "value"),
+    [
+        ("chat/completions", "stream", "yes"),
+        ("chat/completions", "stream", 1),
+        ("completions", "echo", "true"),
+        ("chat/completions", "n", True),
+        ("chat/completions", "n", 1.5),
+        ("chat/completions", "max_tokens", "5"),
+        ("completions", "max_tokens", 4.0),
+        ("chat/completions", "temperature", "0.5"),
+        ("chat/completions", "temperature", False),
+        ("chat/completions", "seed", "7"),
+        ("chat/completions", "stream_options", "include_usage"),
+    ],
+)
 def test_wrong_json_types_are_400_not_coerced(live_server, route, field, value):
     """Issue 16 finding 4: OpenAI answers 400 for a wrongly typed field; vLLM's models coerced some."""
     body = {"model": MODEL, "max_tokens": 2, **({"messages": FRANCE} if route.startswith("chat") else {"prompt": "hi"})}
@@ -211,8 +255,17 @@ def test_wrong_json_types_are_400_not_coerced(live_server, route, field, value):
 
 
 def test_right_json_types_and_null_pass(live_server):
-    body = {"model": MODEL, "messages": FRANCE, "max_tokens": 2, "temperature": 1, "top_p": 0.9, "n": 1,
-            "stream": False, "seed": None, "stream_options": None}
+    body = {
+        "model": MODEL,
+        "messages": FRANCE,
+        "max_tokens": 2,
+        "temperature": 1,
+        "top_p": 0.9,
+        "n": 1,
+        "stream": False,
+        "seed": None,
+        "stream_options": None,
+    }
     assert live_server.http.post("/v1/chat/completions", json=body).status_code == 200
 
 
@@ -223,15 +276,20 @@ def test_unknown_model_is_404_model_not_found(client):
 
 
 def test_malformed_json_and_unknown_route(live_server):
-    _assert_error(live_server.http.post("/v1/chat/completions", content=b"{not json",
-                             headers={"Content-Type": "application/json"}), 400)
+    _assert_error(
+        live_server.http.post(
+            "/v1/chat/completions", content=b"{not json", headers={"Content-Type": "application/json"}
+        ),
+        400,
+    )
     _assert_error(live_server.http.post("/v1/chat/completions", json=[1, 2]), 400)
     _assert_error(live_server.http.get("/v1/nowhere"), 404)
 
 
 def test_prompt_too_long_for_completions_too(live_server):
-    response = live_server.http.post("/v1/completions",
-                          json={"model": MODEL, "prompt": "word " * 3000, "max_tokens": 4}, timeout=60)
+    response = live_server.http.post(
+        "/v1/completions", json={"model": MODEL, "prompt": "word " * 3000, "max_tokens": 4}, timeout=60
+    )
     error = _assert_error(response, 400)
     assert "context" in error["message"] or "length" in error["message"]
 
@@ -251,11 +309,15 @@ def test_stream_without_include_usage_has_no_usage_chunk(live_server):
     assert not any('"usage":{' in line for line in lines)
 
 
-@pytest.mark.parametrize("body", [
-    {"model": MODEL, "messages": []},  # found by fuzzing: vLLM's own validator error escaped as a 503
-    {"model": MODEL},
-    {"model": MODEL, "prompt": ""},
-], ids=["messages-empty", "prompt-missing", "prompt-empty"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": MODEL, "messages": []},  # found by fuzzing: vLLM's own validator error escaped as a 503
+        {"model": MODEL},
+        {"model": MODEL, "prompt": ""},
+    ],
+    ids=["messages-empty", "prompt-missing", "prompt-empty"],
+)
 def test_completions_without_a_prompt_are_400(live_server, body):
     response = live_server.http.post("/v1/completions", json=body, timeout=60)
     _assert_error(response, 400)

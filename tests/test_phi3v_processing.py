@@ -14,14 +14,17 @@ from services.testmodels import TINY_PHI3V
 
 # (width, height, num_crops) -> (hd width, hd height, tokens), worked by hand:
 # tokens = (h*w + 1) * 144 + 1 + (h + 1) * 12 for an h x w grid of 336-px crops.
-@pytest.mark.parametrize("width,height,num_crops,hd,tokens", [
-    (48, 48, 1, (336, 336), 2 * 144 + 1 + 2 * 12),            # 1x1 grid: 313
-    (672, 672, 4, (672, 672), 5 * 144 + 1 + 3 * 12),          # 2x2: 757, the phi35 catalog's figure
-    (1000, 200, 4, (1344, 336), 5 * 144 + 1 + 2 * 12),        # 1 row of 4 crops, height padded 268 -> 336
-    (200, 1000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),        # the same image turned: 4 rows of 1
-    (1344, 1344, 16, (1344, 1344), 17 * 144 + 1 + 5 * 12),    # 4x4 at 16 crops
-    (50, 8000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),         # vLLM's most-features probe image
-])
+@pytest.mark.parametrize(
+    "width,height,num_crops,hd,tokens",
+    [
+        (48, 48, 1, (336, 336), 2 * 144 + 1 + 2 * 12),  # 1x1 grid: 313
+        (672, 672, 4, (672, 672), 5 * 144 + 1 + 3 * 12),  # 2x2: 757, the phi35 catalog's figure
+        (1000, 200, 4, (1344, 336), 5 * 144 + 1 + 2 * 12),  # 1 row of 4 crops, height padded 268 -> 336
+        (200, 1000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),  # the same image turned: 4 rows of 1
+        (1344, 1344, 16, (1344, 1344), 17 * 144 + 1 + 5 * 12),  # 4x4 at 16 crops
+        (50, 8000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),  # vLLM's most-features probe image
+    ],
+)
 def test_token_counts_follow_the_published_formula(width, height, num_crops, hd, tokens):
     assert hd_size(width, height, num_crops) == hd
     assert num_image_tokens(width, height, num_crops) == tokens
@@ -37,7 +40,7 @@ def test_pixels_hold_the_global_view_then_the_crops_then_zero_padding():
     red = (1.0 - 0.48145466) / 0.26862954  # CLIP-normalized red channel of a pure red pixel
     first_crop_centre = out["pixel_values"][0, 1, 0, 168, 168].item()
     assert first_crop_centre == pytest.approx(red, abs=1e-4)
-    assert out["pixel_values"][1, 4].abs().sum() == 0   # three crops used of four: the last is padding
+    assert out["pixel_values"][1, 4].abs().sum() == 0  # three crops used of four: the last is padding
     assert out["pixel_values"][1, :4].abs().sum(dim=(1, 2, 3)).min() > 0  # the global view and the crops
 
 

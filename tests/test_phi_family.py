@@ -94,21 +94,28 @@ def image_server() -> Iterator[str]:
 
 def test_models_route_by_name_and_alias(client):
     for name, alias in ((TEXT, "default"), (MOE, "moe"), (VISION, "vision")):
-        response = client.chat.completions.create(model=alias, messages=[{"role": "user", "content": "hi"}],
-                                                  max_tokens=3)
+        response = client.chat.completions.create(
+            model=alias, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
         assert response.model == name
         assert response.usage.completion_tokens >= 1
 
 
 def test_moe_chat_and_stream(client):
-    response = client.chat.completions.create(model=MOE, messages=[{"role": "user", "content": "hello"}],
-                                              max_tokens=8, extra_body={"ignore_eos": True})
+    response = client.chat.completions.create(
+        model=MOE, messages=[{"role": "user", "content": "hello"}], max_tokens=8, extra_body={"ignore_eos": True}
+    )
     assert response.choices[0].finish_reason == "length"
     assert response.usage.completion_tokens == 8
     chunks, usage = 0, None
-    for chunk in client.chat.completions.create(model=MOE, messages=[{"role": "user", "content": "hello"}],
-                                                max_tokens=12, stream=True, stream_options={"include_usage": True},
-                                                extra_body={"ignore_eos": True}):
+    for chunk in client.chat.completions.create(
+        model=MOE,
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=12,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    ):
         chunks += 1
         usage = chunk.usage or usage
     assert usage.completion_tokens == 12 and chunks >= 3
@@ -127,8 +134,9 @@ def test_vision_prompt_tokens_grow_per_image(live_server):
 
 
 def test_vision_streams_like_text(live_server):
-    body = vision_body(data_url(image_bytes()), stream=True, stream_options={"include_usage": True},
-                       ignore_eos=True, max_tokens=6)
+    body = vision_body(
+        data_url(image_bytes()), stream=True, stream_options={"include_usage": True}, ignore_eos=True, max_tokens=6
+    )
     with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -155,8 +163,9 @@ def test_image_decoding_errors(live_server):
     assert_image_error(post(live_server, vision_body(data_url(b"definitely not an image"))), "invalid_image")
     assert_image_error(post(live_server, vision_body("data:image/png;base64,@@@not-base64@@@")), "invalid_image")
     assert_image_error(post(live_server, vision_body(data_url(image_bytes()[:40]))), "invalid_image")
-    assert "BMP" in assert_image_error(post(live_server, vision_body(data_url(image_bytes("BMP"), "image/bmp"))),
-                                       "invalid_image")
+    assert "BMP" in assert_image_error(
+        post(live_server, vision_body(data_url(image_bytes("BMP"), "image/bmp"))), "invalid_image"
+    )
     assert_image_error(post(live_server, vision_body("")), "invalid_image")
 
 
@@ -176,10 +185,18 @@ def test_too_many_images_and_image_to_text_model(live_server):
     assert_image_error(post(live_server, vision_body(image, model=MOE)), "model_not_multimodal")
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1/x.png", "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.png",
-    "http://[::1]/x.png", "http://[::ffff:127.0.0.1]/x.png", "http://100.64.0.1/x.png", "http://localhost/x.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/x.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.1/x.png",
+        "http://[::1]/x.png",
+        "http://[::ffff:127.0.0.1]/x.png",
+        "http://100.64.0.1/x.png",
+        "http://localhost/x.png",
+    ],
+)
 def test_ssrf_guard_refuses_internal_addresses(live_server, url):
     assert "non-public" in assert_image_error(post(live_server, vision_body(url)), "image_url_refused")
 
@@ -190,17 +207,19 @@ def test_non_http_urls_and_paths_are_refused(live_server, url):
 
 
 def test_redirects_to_forbidden_hosts_are_refused(live_server, image_server):
-    assert "127.0.0.1" in assert_image_error(post(live_server, vision_body(f"{image_server}/to-loopback")),
-                                             "image_url_refused")
-    assert "169.254.169.254" in assert_image_error(post(live_server, vision_body(f"{image_server}/to-metadata")),
-                                                   "image_url_refused")
-    assert "redirected" in assert_image_error(post(live_server, vision_body(f"{image_server}/loop")),
-                                              "image_fetch_failed")
+    assert "127.0.0.1" in assert_image_error(
+        post(live_server, vision_body(f"{image_server}/to-loopback")), "image_url_refused"
+    )
+    assert "169.254.169.254" in assert_image_error(
+        post(live_server, vision_body(f"{image_server}/to-metadata")), "image_url_refused"
+    )
+    assert "redirected" in assert_image_error(
+        post(live_server, vision_body(f"{image_server}/loop")), "image_fetch_failed"
+    )
 
 
 def test_fetch_failures_and_timeouts(live_server, image_server):
-    assert "404" in assert_image_error(post(live_server, vision_body(f"{image_server}/missing")),
-                                       "image_fetch_failed")
+    assert "404" in assert_image_error(post(live_server, vision_body(f"{image_server}/missing")), "image_fetch_failed")
     assert_image_error(post(live_server, vision_body(f"{image_server}/text")), "invalid_image")
     started = time.monotonic()
     assert_image_error(post(live_server, vision_body(f"{image_server}/slow")), "image_fetch_timeout")
@@ -224,13 +243,25 @@ def test_concurrent_mixed_traffic_across_all_three(async_client):
     async def one(i: int):
         if i % 3 == 0:
             return await async_client.chat.completions.create(
-                model=TEXT, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=8)
+                model=TEXT, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=8
+            )
         if i % 3 == 1:
             return await async_client.chat.completions.create(
-                model=MOE, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=8)
+                model=MOE, messages=[{"role": "user", "content": f"Say {i}"}], max_tokens=8
+            )
         return await async_client.chat.completions.create(
-            model=VISION, max_tokens=8, messages=[{"role": "user", "content": [
-                {"type": "text", "text": f"Say {i}"}, {"type": "image_url", "image_url": {"url": image}}]}])
+            model=VISION,
+            max_tokens=8,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": f"Say {i}"},
+                        {"type": "image_url", "image_url": {"url": image}},
+                    ],
+                }
+            ],
+        )
 
     async def run_all():  # 4 per model: tiny-phimoe admits 4 in flight (test catalog)
         return await asyncio.gather(*(one(i) for i in range(12)))

@@ -1,7 +1,7 @@
 """The shipped alert rules under Prometheus's own tools: `promtool check rules`, and `promtool test
 rules` unit tests (tests/prometheus/alert_rules_test.yaml) in which every alert fires on series that
 should fire it and stays quiet on their neighbours. promtool comes with Debian's prometheus package,
-which `make test` installs (deploy/tools/install_prometheus.sh)."""
+which `make test` installs (deploy/tools/install_debian.sh prometheus)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ UNIT_TESTS = Path(__file__).resolve().parent / "prometheus" / "alert_rules_test.
 def promtool() -> str:
     found = promtool_binary()
     if found is None:
-        pytest.skip("promtool is not installed and deploy/tools/install_prometheus.sh could not install it")
+        pytest.skip("promtool is not installed and deploy/tools/install_debian.sh could not install it")
     return found
 
 
@@ -32,12 +32,17 @@ def test_promtool_accepts_the_shipped_rules(promtool):
 
 
 def test_every_alert_fires_and_stays_quiet_where_it_should(promtool):
-    result = subprocess.run([promtool, "test", "rules", UNIT_TESTS.name], capture_output=True, text=True,
-                            timeout=60, cwd=UNIT_TESTS.parent)
+    result = subprocess.run(
+        [promtool, "test", "rules", UNIT_TESTS.name], capture_output=True, text=True, timeout=60, cwd=UNIT_TESTS.parent
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
-    fired = {case["alertname"] for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]
-             for case in test["alert_rule_test"] if case["exp_alerts"]}
+    fired = {
+        case["alertname"]
+        for test in yaml.safe_load(UNIT_TESTS.read_text())["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
     assert fired == alerts  # a new alert needs a unit test that makes it fire
 
 

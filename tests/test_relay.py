@@ -39,8 +39,16 @@ class EngineStream:
 
 def _relay(stream: EngineStream, released: list[str]) -> tuple[StreamRelay, RecordBuffer]:
     records = RecordBuffer(hub=None, period_s=3600)
-    relay = StreamRelay(stream, "req-1", CompletionRecord("m", success=True), time.perf_counter(), records,
-                        asyncio.get_running_loop().time() + 60, lambda: released.append("slot"), lambda: None)
+    relay = StreamRelay(
+        stream,
+        "req-1",
+        CompletionRecord("m", success=True),
+        time.perf_counter(),
+        records,
+        asyncio.get_running_loop().time() + 60,
+        lambda: released.append("slot"),
+        lambda: None,
+    )
     return relay, records
 
 

@@ -13,5 +13,7 @@ def test_a_section_is_replaced_in_place_or_appended(tmp_path: Path):
     write_section(doc, "a", "## A\nnew a\n")
     write_section(doc, "b", "## B\n")
     write_section(doc, "b", "## B, again\n")
-    assert doc.read_text() == ("# Benchmarks\n\nintro\n\n<!-- a:start -->\n## A\nnew a\n<!-- a:end -->\n\n"
-                               "hand-written notes\n\n<!-- b:start -->\n## B, again\n<!-- b:end -->\n")
+    assert doc.read_text() == (
+        "# Benchmarks\n\nintro\n\n<!-- a:start -->\n## A\nnew a\n<!-- a:end -->\n\n"
+        "hand-written notes\n\n<!-- b:start -->\n## B, again\n<!-- b:end -->\n"
+    )

@@ -52,8 +52,11 @@ def _decisions(server: ServerProcess) -> Counter[str]:
 
 def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
     before, decided = prefix_cache_counts(_metrics(server)), _decisions(server)
-    turns, _ = asyncio.run(run_conversations(server.base_url, MODEL, conversations=6, turns=3, system_words=600,
-                                             max_tokens=8, concurrency=2))
+    turns, _ = asyncio.run(
+        run_conversations(
+            server.base_url, MODEL, conversations=6, turns=3, system_words=600, max_tokens=8, concurrency=2
+        )
+    )
     assert [turn.status for turn in turns] == [200] * 18
     homes = {conversation: {t.replica for t in turns if t.conversation == conversation} for conversation in range(6)}
     assert all(len(replicas) == 1 for replicas in homes.values()), homes
@@ -65,9 +68,12 @@ def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
 
 def test_a_session_header_picks_the_replica_a_new_conversation_starts_on(server):
     def replica_for(session: str, question: str) -> str:
-        response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, headers={"X-Session-Id": session},
-                              json={"model": MODEL, "max_tokens": 2,
-                                    "messages": [{"role": "user", "content": f"{question} " * 150}]})
+        response = httpx.post(
+            f"{server.base_url}/v1/chat/completions",
+            timeout=60,
+            headers={"X-Session-Id": session},
+            json={"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": f"{question} " * 150}]},
+        )
         assert response.status_code == 200
         return response.headers["x-slmserve-replica"]
 
@@ -77,9 +83,16 @@ def test_a_session_header_picks_the_replica_a_new_conversation_starts_on(server)
 
 
 def test_new_work_goes_to_the_idle_peer_of_a_saturated_replica(server):
-    long_body = {"model": MODEL, "max_tokens": 400, "ignore_eos": True, "stream": True,
-                 "messages": [{"role": "system", "content": system_prompt(99, 300)},
-                              {"role": "user", "content": "Tell a long story."}]}
+    long_body = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": system_prompt(99, 300)},
+            {"role": "user", "content": "Tell a long story."},
+        ],
+    }
 
     def long_stream(_: int) -> str | None:
         with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=long_body, timeout=300) as response:
@@ -100,8 +113,13 @@ def test_new_work_goes_to_the_idle_peer_of_a_saturated_replica(server):
 def test_the_in_flight_bound_holds_across_both_replicas(server):
     """16 streams held open at once: the catalog's bound of 12 admits 12 in all (a bound per replica
     would admit all 16, 12 on each), the other 4 get 429 queue_full."""
-    body = {"model": MODEL, "max_tokens": 400, "ignore_eos": True, "stream": True,
-            "messages": [{"role": "user", "content": "Tell a long story."}]}
+    body = {
+        "model": MODEL,
+        "max_tokens": 400,
+        "ignore_eos": True,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+    }
     everyone_answered = threading.Barrier(16, timeout=120)
 
     def hold(_: int) -> tuple[int, str | None]:
@@ -121,13 +139,26 @@ def test_the_in_flight_bound_holds_across_both_replicas(server):
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-Session-Id": ""}, {"X-Session-Id": "s" * 8000}])
-@pytest.mark.parametrize(("route", "body", "statuses"), [
-    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, {200}),
-    ("completions", {"prompt": "", "max_tokens": 2}, {200, 400}),  # vLLM's answer, whatever routing did
-    ("chat/completions", {"messages": [], "max_tokens": 2}, {200, 400}),
-    ("chat/completions", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, {400}),
-])
+@pytest.mark.parametrize(
+    ("route", "body", "statuses"),
+    [
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}, {200}),
+        ("completions", {"prompt": "", "max_tokens": 2}, {200, 400}),  # vLLM's answer, whatever routing did
+        ("chat/completions", {"messages": [], "max_tokens": 2}, {200, 400}),
+        (
+            "chat/completions",
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+                    }
+                ]
+            },
+            {400},
+        ),
+    ],
+)
 def test_odd_routing_input_gets_the_usual_answer(server, headers, route, body, statuses):
     """Bad or missing routing input is a clean fallback: the answer is what the request itself earns."""
     response = httpx.post(f"{server.base_url}/v1/{route}", json={"model": MODEL, **body}, headers=headers, timeout=60)

@@ -20,8 +20,10 @@ class FakeReplica:
 
 
 def chat(system: str, *turns: str) -> dict:
-    return {"model": "m", "messages": [{"role": "system", "content": system},
-                                       *({"role": "user", "content": turn} for turn in turns)]}
+    return {
+        "model": "m",
+        "messages": [{"role": "system", "content": system}, *({"role": "user", "content": turn} for turn in turns)],
+    }
 
 
 def report(replica: FakeReplica, ongoing: int, kv_usage: float = 0.0) -> None:
@@ -40,9 +42,16 @@ def test_block_hashes_are_chained_over_complete_blocks():
 
 
 def test_prompt_text_reads_roles_and_text_parts_and_survives_junk():
-    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
-                                                       {"type": "image_url", "image_url": {"url": "x"}}]},
-                         "junk", {"role": "assistant", "content": None}]}
+    body = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}],
+            },
+            "junk",
+            {"role": "assistant", "content": None},
+        ]
+    }
     assert prompt_text(body) == "<user>hi<assistant>"
     assert prompt_text({"prompt": "once upon"}) == "once upon"
     assert prompt_text({"prompt": [1, 2, 3]}) == "" and prompt_text({}) == ""
@@ -138,8 +147,9 @@ def test_sessions_stay_put_and_only_a_gone_replica_s_sessions_move():
 
 
 @pytest.mark.parametrize("session_id", [None, "", "x" * 100_000])
-@pytest.mark.parametrize("body", [None, {}, {"messages": []}, {"messages": "nope"}, {"prompt": ""},
-                                  chat("", "image only"), {"prompt": 7}])
+@pytest.mark.parametrize(
+    "body", [None, {}, {"messages": []}, {"messages": "nope"}, {"prompt": ""}, chat("", "image only"), {"prompt": 7}]
+)
 def test_odd_input_falls_back_cleanly(body, session_id):
     replicas = [FakeReplica("a"), FakeReplica("b")]
     for policy in ("prefix-affinity", "session", "least-loaded"):
@@ -170,8 +180,13 @@ def test_an_adapter_s_requests_go_where_it_is_held_within_the_load_guard():
     a, b = FakeReplica("a"), FakeReplica("b")
     policy = adapter_chooser(guard_imbalance=4)
     report(a, 0)
-    b.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "adapters": ["sql"], "adapters_at": time.time(),
-                       "at": time.time()}
+    b.routing_stats = {
+        "ongoing": 0,
+        "kv_usage": 0.0,
+        "adapters": ["sql"],
+        "adapters_at": time.time(),
+        "at": time.time(),
+    }
     assert policy.choose([a, b], ask("sql", "short"), None) == (b, "adapter_hit")  # b's engine holds it
     # An adapter nobody holds goes to the least loaded, which then counts as holding it.
     first, reason = policy.choose([a, b], ask("poet", "short"), None)
@@ -193,8 +208,9 @@ def test_base_model_requests_and_models_without_adapters_ignore_adapter_affinity
         report(replica, 0)
     b.routing_stats["adapters"] = ["sql"]
     policy = adapter_chooser()
-    assert {policy.choose([a, b], ask(name, f"q{n}"), None)[1] for n, name in enumerate(["m", "m-alias"] * 3)} \
-        == {"fallback"}
+    assert {policy.choose([a, b], ask(name, f"q{n}"), None)[1] for n, name in enumerate(["m", "m-alias"] * 3)} == {
+        "fallback"
+    }
     assert chooser().choose([a, b], ask("sql", "q"), None)[1] == "fallback"  # no base_names: no adapters
 
 

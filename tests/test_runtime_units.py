@@ -35,8 +35,10 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
 
     one = {"name": "m", "source": "org/m"}
     two = {**one, "deployment": {"num_replicas": 2}}
-    assert env([one]) == {"RAY_SERVE_SESSION_ID_HEADER_KEY": "x-session-id",
-                          "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0"}  # nothing to choose
+    assert env([one]) == {
+        "RAY_SERVE_SESSION_ID_HEADER_KEY": "x-session-id",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0",
+    }  # nothing to choose
     assert env([two])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
     assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
     with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}

@@ -15,11 +15,13 @@ TEXT, MOE = "smollm2-135m-instruct", "tiny-phimoe"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-def call(live_server, key: str | None, path: str = "/v1/chat/completions", body: dict | None = None,
-         method: str = "POST") -> httpx.Response:
+def call(
+    live_server, key: str | None, path: str = "/v1/chat/completions", body: dict | None = None, method: str = "POST"
+) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}".strip()} if key is not None else {}
-    return httpx.request(method, f"{live_server.base_url}{path}", headers=headers, timeout=60,
-                         json=body if method == "POST" else None)
+    return httpx.request(
+        method, f"{live_server.base_url}{path}", headers=headers, timeout=60, json=body if method == "POST" else None
+    )
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str) -> dict:
@@ -32,9 +34,16 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
 @pytest.mark.parametrize("key", [None, "", "sk-wrong", f"{API_KEY}x"])
 def test_missing_or_wrong_key_is_401_on_every_api_route(live_server, key):
     body = {"model": TEXT, "messages": HELLO, "max_tokens": 2}
-    for method, path in (("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
-                         ("GET", "/v1/models/default"), ("GET", "/v1/metrics"), ("GET", "/metrics"),
-                         ("GET", "/v1/metadata"), ("GET", "/v1/nowhere")):
+    for method, path in (
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/default"),
+        ("GET", "/v1/metrics"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/metadata"),
+        ("GET", "/v1/nowhere"),
+    ):
         response = call(live_server, key, path, body, method)
         error = assert_openai_error(response, 401, "invalid_api_key")
         assert error["type"] == "authentication_error"

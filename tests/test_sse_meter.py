@@ -15,12 +15,12 @@ def chunk(content: str | None = None, finish: str | None = None, usage: dict | N
 def test_known_stream_gives_exact_ttft_itl_and_tokens():
     meter = StreamMeter(started=100.0)
     timeline = [
-        (100.05, chunk("")),            # role chunk, no text: not a token
-        (100.25, chunk("Hello")),       # first token: TTFT 0.25
-        (100.25, ""),                   # SSE separator
-        (100.30, ": keep-alive"),       # comment
-        (100.35, chunk(" world")),      # ITL 0.10
-        (100.65, chunk("!", "stop")),   # ITL 0.30
+        (100.05, chunk("")),  # role chunk, no text: not a token
+        (100.25, chunk("Hello")),  # first token: TTFT 0.25
+        (100.25, ""),  # SSE separator
+        (100.30, ": keep-alive"),  # comment
+        (100.35, chunk(" world")),  # ITL 0.10
+        (100.65, chunk("!", "stop")),  # ITL 0.30
         (100.70, chunk(usage={"prompt_tokens": 5, "completion_tokens": 3})),
         (100.80, "data: [DONE]"),
     ]

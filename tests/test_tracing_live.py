@@ -45,9 +45,15 @@ class OTLPHandler(http.server.BaseHTTPRequestHandler):
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:
-                    self.server.spans.append(ExportedSpan(  # type: ignore[attr-defined]
-                        attributes.get("service.name", ""), span.name, span.trace_id.hex(), span.span_id.hex(),
-                        span.parent_span_id.hex()))
+                    self.server.spans.append(
+                        ExportedSpan(  # type: ignore[attr-defined]
+                            attributes.get("service.name", ""),
+                            span.name,
+                            span.trace_id.hex(),
+                            span.span_id.hex(),
+                            span.parent_span_id.hex(),
+                        )
+                    )
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -73,6 +79,7 @@ def traced_server(receiver: Receiver) -> Iterator[ServerProcess]:
 
     def traced(catalog: dict) -> None:
         catalog["tracing"] = {"otlp_traces_endpoint": endpoint}
+
     with serving(catalog_variant("cpu", traced)) as running:
         yield running
 
@@ -85,18 +92,25 @@ def spans_of(receiver: Receiver, trace_id: str, names: set[str], timeout_s: floa
         if names <= {span.name for span in spans}:
             return spans
         time.sleep(0.5)
-    raise AssertionError(f"trace {trace_id}: {sorted({s.name for s in receiver.spans if s.trace_id == trace_id})}"
-                         f" arrived, wanted {sorted(names)}")
+    raise AssertionError(
+        f"trace {trace_id}: {sorted({s.name for s in receiver.spans if s.trace_id == trace_id})}"
+        f" arrived, wanted {sorted(names)}"
+    )
 
 
 def test_one_trace_holds_the_edges_and_the_engines_spans_under_the_clients_parent(traced_server, receiver):
     client = openai.OpenAI(base_url=f"{traced_server.base_url}/v1", api_key="unused", max_retries=0)
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Say hi."}], max_tokens=4, stream=True,
-        extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"})
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hi."}],
+        max_tokens=4,
+        stream=True,
+        extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01"},
+    )
     assert [chunk for chunk in stream]
-    spans = spans_of(receiver, CLIENT_TRACE, {"slmserve.chat", "slmserve.admission", "slmserve.engine.head",
-                                              "llm_request"})
+    spans = spans_of(
+        receiver, CLIENT_TRACE, {"slmserve.chat", "slmserve.admission", "slmserve.engine.head", "llm_request"}
+    )
     by_name = {span.name: span for span in spans}
     request = by_name["slmserve.chat"]
     assert request.service == "slmserve" and request.parent_id == CLIENT_PARENT
@@ -127,7 +141,10 @@ def test_a_rejected_request_is_traced_too(traced_server, receiver):
     client = openai.OpenAI(base_url=f"{traced_server.base_url}/v1", api_key="unused", max_retries=0)
     trace_id = "0af7651916cd43dd8448eb211c80319c"
     with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}],
-                                       extra_headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"})
+        client.chat.completions.create(
+            model="no-such-model",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"},
+        )
     (request,) = spans_of(receiver, trace_id, {"slmserve.chat"})
     assert request.parent_id == "b7ad6b7169203331"

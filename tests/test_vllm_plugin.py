@@ -30,8 +30,11 @@ def test_base_model_tokens_get_no_adapter_and_adapter_tokens_are_unchanged():
     finally:
         import importlib
 
-        for module in (lora_ops, importlib.import_module("vllm.lora.ops.torch_ops"),
-                       importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")):
+        for module in (
+            lora_ops,
+            importlib.import_module("vllm.lora.ops.torch_ops"),
+            importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"),
+        ):
             for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice"):
                 patched = getattr(module, name, None)
                 if patched is not None and hasattr(patched, "__wrapped__"):

@@ -8,7 +8,7 @@ set -euo pipefail
 total=${1:?number of pieces}; shift
 mkdir -p /tmp/ch
 for piece in .gpu/p*/core_*; do [ -e "$piece" ] && cp "$piece" /tmp/ch/; done
-have=$(ls /tmp/ch | wc -l)
+have=$(find /tmp/ch -name "core_*" | wc -l)
 echo "[device] pieces: $have/$total; $(nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader)"
 [ "$have" -lt "$total" ] && exit 0
 if [ ! -d /tmp/site/vllm ]; then

@@ -28,8 +28,12 @@ def build_adapters(out: Path, names: list[str], rank: int = 16, shape: str = "mi
     hidden, inner = config["hidden_size"], config["intermediate_size"]
     head_dim = hidden // config["num_attention_heads"]
     qkv = hidden + 2 * config["num_key_value_heads"] * head_dim
-    sizes = {"qkv_proj": (hidden, qkv), "o_proj": (hidden, hidden), "gate_up_proj": (hidden, 2 * inner),
-             "down_proj": (inner, hidden)}
+    sizes = {
+        "qkv_proj": (hidden, qkv),
+        "o_proj": (hidden, hidden),
+        "gate_up_proj": (hidden, 2 * inner),
+        "down_proj": (inner, hidden),
+    }
     made = []
     for offset, name in enumerate(names):
         generator = torch.Generator().manual_seed(seed + offset)
@@ -39,17 +43,32 @@ def build_adapters(out: Path, names: list[str], rank: int = 16, shape: str = "mi
                 kind = "self_attn" if module in ("qkv_proj", "o_proj") else "mlp"
                 prefix = f"base_model.model.model.layers.{layer}.{kind}.{module}"
                 fan_in, fan_out = sizes[module]
-                tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=generator) / fan_in**0.5
-                                                      ).to(torch.bfloat16)
-                tensors[f"{prefix}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=generator) * 0.01
-                                                      ).to(torch.bfloat16)
+                tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, fan_in, generator=generator) / fan_in**0.5).to(
+                    torch.bfloat16
+                )
+                tensors[f"{prefix}.lora_B.weight"] = (torch.randn(fan_out, rank, generator=generator) * 0.01).to(
+                    torch.bfloat16
+                )
         directory = out / name
         directory.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(directory / "adapter_model.safetensors"))
-        (directory / "adapter_config.json").write_text(json.dumps({
-            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": 2 * rank, "lora_dropout": 0.0,
-            "target_modules": list(LORA_MODULES), "bias": "none", "fan_in_fan_out": False, "use_dora": False,
-            "base_model_name_or_path": "microsoft/Phi-3.5-mini-instruct"}, indent=1))
+        (directory / "adapter_config.json").write_text(
+            json.dumps(
+                {
+                    "peft_type": "LORA",
+                    "task_type": "CAUSAL_LM",
+                    "r": rank,
+                    "lora_alpha": 2 * rank,
+                    "lora_dropout": 0.0,
+                    "target_modules": list(LORA_MODULES),
+                    "bias": "none",
+                    "fan_in_fan_out": False,
+                    "use_dora": False,
+                    "base_model_name_or_path": "microsoft/Phi-3.5-mini-instruct",
+                },
+                indent=1,
+            )
+        )
         made.append(directory)
     return made
 

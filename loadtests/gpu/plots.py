@@ -1,8 +1,8 @@
 """Plots of what the GPU runs bring back (drawn here: the GPU machine has no matplotlib).
 
-    .venv/bin/python -m loadtests.gpu.plots bench docs/gpu/gpu_results_run8_direct_h200.json docs/benchmark_gpu.png
-    .venv/bin/python -m loadtests.gpu.plots routing docs/routing_gpu.png docs/gpu/gpu_routing_run1_16gib.json
-    .venv/bin/python -m loadtests.gpu.plots lora docs/gpu/gpu_lora_run1_h200.json docs/lora_gpu.png
+.venv/bin/python -m loadtests.gpu.plots bench docs/gpu/gpu_results_run8_direct_h200.json docs/benchmark_gpu.png
+.venv/bin/python -m loadtests.gpu.plots routing docs/routing_gpu.png docs/gpu/gpu_routing_run1_16gib.json
+.venv/bin/python -m loadtests.gpu.plots lora docs/gpu/gpu_lora_run1_h200.json docs/lora_gpu.png
 """
 
 from __future__ import annotations
@@ -23,16 +23,21 @@ def plot_lora(run: dict, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = run["rows"]
-    labels = {("no-lora", "base"): "LoRA off, base", ("lora", "base"): "LoRA on, base",
-              ("lora", "4 adapters"): "LoRA on, 4 adapters"}
+    labels = {
+        ("no-lora", "base"): "LoRA off, base",
+        ("lora", "base"): "LoRA on, base",
+        ("lora", "4 adapters"): "LoRA on, 4 adapters",
+    }
     levels = sorted({row["concurrency"] for row in rows})
     figure, axes = plt.subplots(1, 3, figsize=(13, 4))
     metrics = [("output_tok_per_s", "output tok/s"), ("ttft_p50_ms", "TTFT p50 (ms)"), ("itl_p95_ms", "ITL p95 (ms)")]
     width = 0.8 / len(labels)
     for axis, (key, title) in zip(axes, metrics, strict=True):
         for offset, (setup, label) in enumerate(labels.items()):
-            values = [next((r[key] for r in rows if (r["setup"], r["traffic"]) == setup and r["concurrency"] == c),
-                           0) for c in levels]
+            values = [
+                next((r[key] for r in rows if (r["setup"], r["traffic"]) == setup and r["concurrency"] == c), 0)
+                for c in levels
+            ]
             axis.bar([i + offset * width for i in range(len(levels))], values, width, label=label)
         axis.set_xticks([i + width for i in range(len(levels))], [f"c={c}" for c in levels])
         axis.set_title(title)
@@ -60,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         run = json.loads(args.results.read_text())
         systems = tuple(dict.fromkeys(key.split("@")[0] for key in run["results"]))
-        plot_summary(run["results"], run["levels"], systems, args.png,
-                     f"{run['gpu'].split(',')[0]}, {run['shape']} shape, {run['data_plane']} data plane")
+        plot_summary(
+            run["results"],
+            run["levels"],
+            systems,
+            args.png,
+            f"{run['gpu'].split(',')[0]}, {run['shape']} shape, {run['data_plane']} data plane",
+        )
     else:
         rows: dict[str, dict] = {}
         for path in args.results:

@@ -36,8 +36,9 @@ def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for words in range(8, 400):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt_of(words)}],
-                                             add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt_of(words)}], add_generation_prompt=True, tokenize=False
+        )
         if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target_tokens:
             return words
     return 400
@@ -53,10 +54,28 @@ def start_profilers(out: Path, seconds: int = 8) -> list[subprocess.Popen]:
         command = " ".join(process.info["cmdline"] or [])
         for role, marker in roles.items():
             if marker in command:
-                profilers.append(subprocess.Popen(
-                    ["py-spy", "record", "--pid", str(process.info["pid"]), "--duration", str(seconds), "--rate", "250",
-                     "--format", "raw", "--nonblocking", "--gil", "--output", str(out / f"profile-{role}.txt")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                profilers.append(
+                    subprocess.Popen(
+                        [
+                            "py-spy",
+                            "record",
+                            "--pid",
+                            str(process.info["pid"]),
+                            "--duration",
+                            str(seconds),
+                            "--rate",
+                            "250",
+                            "--format",
+                            "raw",
+                            "--nonblocking",
+                            "--gil",
+                            "--output",
+                            str(out / f"profile-{role}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
     return profilers
 
 
@@ -71,10 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", choices=sorted(SHAPES), default="mini", help="the dummy model's architecture")
     parser.add_argument("--systems", default="slmserve,bare-vllm")
     parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy", help="slmserve's HTTP ingress")
-    parser.add_argument("--scrape-hz", type=float, default=1.0,
-                        help="metrics scrapes per second of the system being measured (as in make bench)")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the proxy, router and engine replica during slmserve's highest level")
+    parser.add_argument(
+        "--scrape-hz",
+        type=float,
+        default=1.0,
+        help="metrics scrapes per second of the system being measured (as in make bench)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the proxy, router and engine replica during slmserve's highest level",
+    )
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.levels.split(",")]
     systems = tuple(args.systems.split(","))
@@ -89,8 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     entry = catalog.models[0]
     model_dir = build(Path(entry.source), args.shape)
     words = prompt_words_for(model_dir, args.prompt_tokens)
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    gpu = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     print(f"[gpu-bench] {gpu}; prompt of {words} words = ~{args.prompt_tokens} tokens", flush=True)
     timings: dict[str, float] = {}
     bare = None
@@ -107,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         runtime.wait_until_ready("http://127.0.0.1:8200", 600)
         timings["slmserve_start_s"] = time.monotonic() - started
         print(f"[gpu-bench] slmserve ready in {timings['slmserve_start_s']:.1f}s", flush=True)
-        urls = {"slmserve": "http://127.0.0.1:8200/v1/chat/completions",
-                "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions"}
+        urls = {
+            "slmserve": "http://127.0.0.1:8200/v1/chat/completions",
+            "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions",
+        }
         metrics_urls = {"slmserve": "http://127.0.0.1:8200/metrics", "bare-vllm": "http://127.0.0.1:8201/metrics"}
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
@@ -120,16 +151,29 @@ def main(argv: list[str] | None = None) -> int:
                     profiling = args.profile and round_index == 0 and system == "slmserve" and c == levels[-1]
                     profilers = start_profilers(out) if profiling else []
                     with scraping(metrics_urls[system], args.scrape_hz):
-                        result = asyncio.run(run_level(system, urls[system], entry.name, c, max(8, 2 * c), words,
-                                                       args.max_tokens, VISIBLE_TOKENS))
+                        result = asyncio.run(
+                            run_level(
+                                system,
+                                urls[system],
+                                entry.name,
+                                c,
+                                max(8, 2 * c),
+                                words,
+                                args.max_tokens,
+                                VISIBLE_TOKENS,
+                            )
+                        )
                     for profiler in profilers:
                         profiler.wait(timeout=60)
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
-                    print(f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
-                          f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
-                          f"{percentile(result.itl_s, 50) * 1000:6.2f} ms ITL p95 "
-                          f"{percentile(result.itl_s, 95) * 1000:6.2f} ms errors {result.errors}", flush=True)
+                    print(
+                        f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
+                        f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
+                        f"{percentile(result.itl_s, 50) * 1000:6.2f} ms ITL p95 "
+                        f"{percentile(result.itl_s, 95) * 1000:6.2f} ms errors {result.errors}",
+                        flush=True,
+                    )
         table = results_table(results, levels, systems)
         ratios = ratios_table(results, levels, systems) if len(systems) > 1 else ""
         print(table)
@@ -142,12 +186,24 @@ def main(argv: list[str] | None = None) -> int:
             f"GPU: {gpu}; vllm {vllm.__version__}; ray {ray.__version__}; Python {sys.version.split()[0]}\n"
             f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}, "
             f"data plane: {catalog.data_plane}; metrics scraped {args.scrape_hz:g}/s while measuring\n"
-            f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}")
-        (out / "gpu_results.json").write_text(json.dumps({
-            "gpu": gpu, "shape": args.shape, "ingress": args.ingress, "data_plane": catalog.data_plane,
-            "scrape_hz": args.scrape_hz, "timings": timings, "levels": levels,
-            "prompt_words": words,
-            "results": summarize(results)}, indent=1))
+            f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}"
+        )
+        (out / "gpu_results.json").write_text(
+            json.dumps(
+                {
+                    "gpu": gpu,
+                    "shape": args.shape,
+                    "ingress": args.ingress,
+                    "data_plane": catalog.data_plane,
+                    "scrape_hz": args.scrape_hz,
+                    "timings": timings,
+                    "levels": levels,
+                    "prompt_words": words,
+                    "results": summarize(results),
+                },
+                indent=1,
+            )
+        )
     finally:
         if bare is not None:
             bare.terminate()

@@ -49,6 +49,7 @@ def photo_png(width: int = 640, height: int = 480) -> bytes:
 
 def image_server(png: bytes) -> str:
     """A local HTTP server for the image on 127.0.0.1 (the catalog allow-lists it)."""
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             self.send_response(200)
@@ -84,6 +85,7 @@ class StartWatch:
                 except (httpx.HTTPError, ValueError):
                     pass  # not serving /metrics yet
                 time.sleep(1)
+
         threading.Thread(target=poll, daemon=True).start()
 
     def stop(self) -> None:
@@ -120,24 +122,44 @@ def gpu_memory_by_model(deployments: dict[str, str]) -> dict[str, int]:
 def vision_body(model: str, image_url: str, words: int, max_tokens: int) -> dict:
     body = chat_body(words, max_tokens, VISIBLE_TOKENS)
     text = body["messages"][0]["content"]
-    body["messages"] = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
-                                                     {"type": "text", "text": text}]}]
+    body["messages"] = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": text}],
+        }
+    ]
     return {"model": model, **body}
 
 
 def image_checks(base_url: str, model: str, data_url: str, http_url: str) -> dict:
     """One request each: by data URL, by allow-listed http URL, and by a metadata-address URL (refused)."""
     checks = {}
-    for label, url in (("data_url", data_url), ("http_url", http_url),
-                       ("metadata_address", "http://169.254.169.254/latest/photo.png")):
-        body = {"model": model, "max_tokens": 4, **VISIBLE_TOKENS,
-                "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                                          {"type": "text", "text": "Describe the image."}]}]}
+    for label, url in (
+        ("data_url", data_url),
+        ("http_url", http_url),
+        ("metadata_address", "http://169.254.169.254/latest/photo.png"),
+    ):
+        body = {
+            "model": model,
+            "max_tokens": 4,
+            **VISIBLE_TOKENS,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url}},
+                        {"type": "text", "text": "Describe the image."},
+                    ],
+                }
+            ],
+        }
         response = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=120)
         answer = response.json()
-        checks[label] = {"status": response.status_code,
-                         "prompt_tokens": answer.get("usage", {}).get("prompt_tokens"),
-                         "error_code": (answer.get("error") or {}).get("code")}
+        checks[label] = {
+            "status": response.status_code,
+            "prompt_tokens": answer.get("usage", {}).get("prompt_tokens"),
+            "error_code": (answer.get("error") or {}).get("code"),
+        }
         print(f"[gpu-family] image by {label}: {checks[label]}", flush=True)
     return checks
 
@@ -147,28 +169,44 @@ def summarize_by_model(results, wall_s: float, labels: list[str], concurrency: i
     for index, label in enumerate(labels):
         stats = [s for i, s in results if i == index]
         result = level_result(label, concurrency, stats, wall_s)
-        rows.append({"concurrency": concurrency, "traffic": label, "requests": result.requests,
-                     "errors": result.errors, "output_tok_per_s": round(result.output_tok_per_s, 1),
-                     "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
-                     "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
-                     "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
-                     "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2)})
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "traffic": label,
+                "requests": result.requests,
+                "errors": result.errors,
+                "output_tok_per_s": round(result.output_tok_per_s, 1),
+                "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
+                "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
+                "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
+                "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2),
+            }
+        )
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| c | traffic | req | err | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['concurrency']} | {r['traffic']} | {r['requests']} | {r['errors']} | {r['output_tok_per_s']} | "
-              f"{r['ttft_p50_ms']} | {r['ttft_p95_ms']} | {r['itl_p50_ms']} | {r['itl_p95_ms']} |" for r in rows]
+    lines = [
+        "| c | traffic | req | err | tok/s | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['concurrency']} | {r['traffic']} | {r['requests']} | {r['errors']} | {r['output_tok_per_s']} | "
+        f"{r['ttft_p50_ms']} | {r['ttft_p95_ms']} | {r['itl_p50_ms']} | {r['itl_p95_ms']} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="out")
-    parser.add_argument("--catalog", type=Path, default=CATALOG,
-                        help="text models and one vision model; sources under /tmp/phi35-SHAPE are built here")
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        default=CATALOG,
+        help="text models and one vision model; sources under /tmp/phi35-SHAPE are built here",
+    )
     parser.add_argument("--concurrency", type=lambda text: [int(c) for c in text.split(",")], default=[1, 16])
     parser.add_argument("--requests-per-stream", type=int, default=6, help="requests per level = c x this (>= 12)")
     parser.add_argument("--ready-timeout-s", type=float, default=540)
@@ -202,12 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         memory = gpu_memory_by_model(deployments)
         metadata = httpx.get(f"{server.base_url}/v1/metadata", timeout=30).json()
         profiles = {info["shortName"]: info.get("profile") for info in metadata.get("modelInfo", [])}
-        print(f"[gpu-family] ready in {ready_s}s; per model {watch.ready_s}; GPU MiB {memory}; profiles {profiles}",
-              flush=True)
+        print(
+            f"[gpu-family] ready in {ready_s}s; per model {watch.ready_s}; GPU MiB {memory}; profiles {profiles}",
+            flush=True,
+        )
         checks = image_checks(server.base_url, vision, data_url, http_url)
         text = chat_body(words, args.max_tokens, VISIBLE_TOKENS)
         bodies = [{"model": name, **text} for name in texts] + [
-            vision_body(vision, image, words, args.max_tokens) for image in (data_url, http_url)]
+            vision_body(vision, image, words, args.max_tokens) for image in (data_url, http_url)
+        ]
         labels = [f"{name} text" for name in texts] + [f"{vision}, data URL", f"{vision}, http URL"]
         url = f"{server.base_url}/v1/chat/completions"
         asyncio.run(run_bodies(url, [{**b, "max_tokens": 8, "min_tokens": 8} for b in bodies], 4, 8))  # warm
@@ -217,18 +258,37 @@ def main(argv: list[str] | None = None) -> int:
             results, wall = asyncio.run(run_bodies(url, bodies, concurrency, requests))
             level = summarize_by_model(results, wall, labels, concurrency)
             rows += level
-            print(f"[gpu-family] c={concurrency}: {requests} requests in {wall:.1f}s, "
-                  f"{sum(r['errors'] for r in level)} errors", flush=True)
-    text_out = (f"Run {began}. {gpu}; three engines on the card (catalog {args.catalog.name}); ready in {ready_s} s, "
-                f"first replica RUNNING per model {watch.ready_s} s; GPU memory per model (MiB) {memory}; "
-                f"profiles {profiles}. Mixed load: requests cycle through the kinds below; ~{args.prompt_tokens}-"
-                f"token text prompts, {args.max_tokens} output tokens (ignore_eos), images 640x480 PNG. "
-                f"tok/s per kind is its tokens over the level's whole wall time.\n\nImage checks: {checks}\n\n"
-                f"{table(rows)}\n")
+            print(
+                f"[gpu-family] c={concurrency}: {requests} requests in {wall:.1f}s, "
+                f"{sum(r['errors'] for r in level)} errors",
+                flush=True,
+            )
+    text_out = (
+        f"Run {began}. {gpu}; three engines on the card (catalog {args.catalog.name}); ready in {ready_s} s, "
+        f"first replica RUNNING per model {watch.ready_s} s; GPU memory per model (MiB) {memory}; "
+        f"profiles {profiles}. Mixed load: requests cycle through the kinds below; ~{args.prompt_tokens}-"
+        f"token text prompts, {args.max_tokens} output tokens (ignore_eos), images 640x480 PNG. "
+        f"tok/s per kind is its tokens over the level's whole wall time.\n\nImage checks: {checks}\n\n"
+        f"{table(rows)}\n"
+    )
     (out / "gpu_family.md").write_text(text_out)
-    (out / "gpu_family.json").write_text(json.dumps({
-        "gpu": gpu, "began": began, "ready_s": ready_s, "model_ready_s": watch.ready_s, "gpu_memory_mib": memory,
-        "profiles": profiles, "image_checks": checks, "args": vars(args), "rows": rows}, indent=1, default=str))
+    (out / "gpu_family.json").write_text(
+        json.dumps(
+            {
+                "gpu": gpu,
+                "began": began,
+                "ready_s": ready_s,
+                "model_ready_s": watch.ready_s,
+                "gpu_memory_mib": memory,
+                "profiles": profiles,
+                "image_checks": checks,
+                "args": vars(args),
+                "rows": rows,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     print(text_out, flush=True)
     return 0
 

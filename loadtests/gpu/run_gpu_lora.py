@@ -30,25 +30,36 @@ VISIBLE_TOKENS = {"skip_special_tokens": False}  # dummy weights: see run_gpu_be
 
 
 def row(setup: str, traffic: str, result: LevelResult) -> dict:
-    return {"setup": setup, "traffic": traffic, "concurrency": result.concurrency, "requests": result.requests,
-            "errors": result.errors, "output_tok_per_s": round(result.output_tok_per_s, 1),
-            "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
-            "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
-            "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
-            "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2)}
+    return {
+        "setup": setup,
+        "traffic": traffic,
+        "concurrency": result.concurrency,
+        "requests": result.requests,
+        "errors": result.errors,
+        "output_tok_per_s": round(result.output_tok_per_s, 1),
+        "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
+        "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
+        "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
+        "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2),
+    }
 
 
 def table(rows: list[dict]) -> str:
     base = {(r["concurrency"]): r for r in rows if r["setup"] == "lora" and r["traffic"] == "base"}
-    lines = ["| engine | traffic | c | req | err | tok/s | vs base traffic | TTFT p50 ms | TTFT p95 ms | ITL p50 ms "
-             "| ITL p95 ms |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| engine | traffic | c | req | err | tok/s | vs base traffic | TTFT p50 ms | TTFT p95 ms | ITL p50 ms "
+        "| ITL p95 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         ref = base.get(r["concurrency"])
         ratio = f"{r['output_tok_per_s'] / ref['output_tok_per_s']:.3f}x" if ref else ""
         engine = "LoRA on (4 adapters)" if r["setup"] == "lora" else "LoRA off"
-        lines.append(f"| {engine} | {r['traffic']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
-                     f"{r['output_tok_per_s']} | {ratio} | {r['ttft_p50_ms']} | {r['ttft_p95_ms']} | "
-                     f"{r['itl_p50_ms']} | {r['itl_p95_ms']} |")
+        lines.append(
+            f"| {engine} | {r['traffic']} | {r['concurrency']} | {r['requests']} | {r['errors']} | "
+            f"{r['output_tok_per_s']} | {ratio} | {r['ttft_p50_ms']} | {r['ttft_p95_ms']} | "
+            f"{r['itl_p50_ms']} | {r['itl_p95_ms']} |"
+        )
     return "\n".join(lines)
 
 
@@ -59,10 +70,14 @@ def measure(setup: str, catalog: Path, traffics: dict[str, list[str]], args: arg
         for concurrency in args.concurrency:
             requests = max(args.min_requests, concurrency * args.rounds)
             for traffic, models in traffics.items():
-                asyncio.run(run_level(setup, url, models, concurrency, concurrency, args.prompt_words, 8,
-                                      VISIBLE_TOKENS))  # warm: each adapter loaded, graphs captured
-                result = asyncio.run(run_level(setup, url, models, concurrency, requests, args.prompt_words,
-                                               args.max_tokens, VISIBLE_TOKENS))
+                asyncio.run(
+                    run_level(setup, url, models, concurrency, concurrency, args.prompt_words, 8, VISIBLE_TOKENS)
+                )  # warm: each adapter loaded, graphs captured
+                result = asyncio.run(
+                    run_level(
+                        setup, url, models, concurrency, requests, args.prompt_words, args.max_tokens, VISIBLE_TOKENS
+                    )
+                )
                 rows.append(row(setup, traffic, result))
                 print(f"[gpu-lora] {setup} {traffic} c={concurrency}: {rows[-1]}", flush=True)
     return rows
@@ -83,17 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = build(Path("/tmp/phi35-mini"), "mini")
     build_adapters(Path("/tmp/phi35-adapters"), ADAPTERS, rank=16)
     args.prompt_words = prompt_words_for(model_dir, args.prompt_tokens)
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
+    gpu = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     rows = measure("lora", CATALOG, {"base": [MODEL], "4 adapters": ADAPTERS}, args)
     wait_for_free_gpu()
-    rows += measure("no-lora", catalog_variant(str(CATALOG), lambda catalog: catalog["models"][0].pop("lora")),
-                    {"base": [MODEL]}, args)
-    text = (f"Run {started}. {gpu}; Phi-3.5-mini shape, dummy bf16 weights, one replica on the card; four "
-            f"rank-16 adapters on qkv/o/gate_up/down (max_loras 4); ~{args.prompt_tokens}-token prompts, "
-            f"{args.max_tokens} output tokens, concurrency x {args.rounds} requests per level (at least "
-            f"{args.min_requests}). 'vs base traffic': output tok/s against base-model requests on the same "
-            f"LoRA-enabled engine.\n\n{table(rows)}\n")
+    rows += measure(
+        "no-lora",
+        catalog_variant(str(CATALOG), lambda catalog: catalog["models"][0].pop("lora")),
+        {"base": [MODEL]},
+        args,
+    )
+    text = (
+        f"Run {started}. {gpu}; Phi-3.5-mini shape, dummy bf16 weights, one replica on the card; four "
+        f"rank-16 adapters on qkv/o/gate_up/down (max_loras 4); ~{args.prompt_tokens}-token prompts, "
+        f"{args.max_tokens} output tokens, concurrency x {args.rounds} requests per level (at least "
+        f"{args.min_requests}). 'vs base traffic': output tok/s against base-model requests on the same "
+        f"LoRA-enabled engine.\n\n{table(rows)}\n"
+    )
     (out / "gpu_lora.md").write_text(text)
     (out / "gpu_lora.json").write_text(json.dumps({"gpu": gpu, "args": vars(args), "rows": rows}, indent=1))
     print(text, flush=True)

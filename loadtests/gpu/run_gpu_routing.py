@@ -41,8 +41,9 @@ def wait_for_free_gpu(timeout_s: float = 120, below_mib: int = 4096) -> None:
     """Until the last setup's engines have let go of the card (the next ones ask for 40% each)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        used = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                              capture_output=True, text=True).stdout.split()
+        used = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
+        ).stdout.split()
         if used and int(used[0]) < below_mib:
             return
         time.sleep(2)
@@ -57,6 +58,7 @@ def setup(policy: str, replicas: int, kv_bytes: int | None) -> Path:
         entry["deployment"]["ray_actor_options"]["num_gpus"] = 1 / replicas
         if kv_bytes is not None:
             entry["engine_args"]["kv_cache_memory_bytes"] = kv_bytes
+
     return catalog_variant(str(CATALOG), change)
 
 
@@ -76,27 +78,45 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     model_dir = build(Path("/tmp/phi35-mini"), "mini")
     args.system_words = words_for_prefix(model_dir, args.prefix_tokens)
-    gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                         capture_output=True, text=True).stdout.strip()
-    print(f"[gpu-routing] {gpu}; system prompts of {args.system_words} words = ~{args.prefix_tokens} tokens",
-          flush=True)
+    gpu = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    print(
+        f"[gpu-routing] {gpu}; system prompts of {args.system_words} words = ~{args.prefix_tokens} tokens", flush=True
+    )
     kv = int(args.replica_kv_gib * 2**30)
-    known = {"prefix-affinity": ("prefix-affinity", 2, kv), "power-of-two": ("power-of-two", 2, kv),
-             "session": ("session", 2, kv), "single": ("prefix-affinity", 1, 40 * 2**30)}
+    known = {
+        "prefix-affinity": ("prefix-affinity", 2, kv),
+        "power-of-two": ("power-of-two", 2, kv),
+        "session": ("session", 2, kv),
+        "single": ("prefix-affinity", 1, 40 * 2**30),
+    }
     rows = []
     for name in args.setups.split(","):
         policy, replicas, kv_bytes = known[name]
         label = SINGLE if name == "single" else name
         wait_for_free_gpu()
-        rows.append(measure(label, setup(policy, replicas, kv_bytes), policy, replicas, "phi-3.5-mini", args,
-                            extra_body=VISIBLE_TOKENS))
+        rows.append(
+            measure(
+                label,
+                setup(policy, replicas, kv_bytes),
+                policy,
+                replicas,
+                "phi-3.5-mini",
+                args,
+                extra_body=VISIBLE_TOKENS,
+            )
+        )
         table = results_table(rows, args.conversations)
         (out / "gpu_routing.md").write_text(
             f"Run {started}. {gpu}; Phi-3.5-mini shape, dummy bf16 weights; {args.conversations} conversations x "
             f"{args.turns} turns, ~{args.prefix_tokens}-token system prompts, {args.max_tokens} output tokens, "
             f"{args.concurrency} at a time; two replicas share the card "
             f"(num_gpus 0.5, {args.replica_kv_gib:g} GiB KV each); "
-            f"'{SINGLE}': one replica with 40 GiB KV.\n\n{table}")
+            f"'{SINGLE}': one replica with 40 GiB KV.\n\n{table}"
+        )
         (out / "gpu_routing.json").write_text(json.dumps({"gpu": gpu, "args": vars(args), "rows": rows}, indent=1))
         print(table, flush=True)
     return 0

@@ -67,14 +67,20 @@ def read_report(api_client: Any, name: str, namespace: str) -> Report:
     from kubernetes import client
 
     rayservice = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name)
+        GROUP, VERSION, namespace, PLURAL, name
+    )
     status = rayservice.get("status") or {}
     active = status.get("activeServiceStatus") or {}
     cluster = active.get("rayClusterName") or ""
     applications = {
-        app: {"status": info.get("status", "?"), "message": info.get("message", ""),
-              "deployments": {d: (s.get("status", "?"), s.get("message", ""))
-                              for d, s in (info.get("serveDeploymentStatuses") or {}).items()}}
+        app: {
+            "status": info.get("status", "?"),
+            "message": info.get("message", ""),
+            "deployments": {
+                d: (s.get("status", "?"), s.get("message", ""))
+                for d, s in (info.get("serveDeploymentStatuses") or {}).items()
+            },
+        }
         for app, info in (active.get("applicationStatuses") or {}).items()
     }
     pods: list[PodState] = []
@@ -82,20 +88,28 @@ def read_report(api_client: Any, name: str, namespace: str) -> Report:
         listed = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={cluster}")
         pods = sorted((_pod_state(pod) for pod in listed.items), key=lambda p: (p.group, p.name))
     return Report(
-        name=name, namespace=namespace, ready=_is_ready(status),
-        conditions=[{k: str(c.get(k, "")) for k in ("type", "status", "reason", "message")}
-                    for c in status.get("conditions") or []],
-        service_status=status.get("serviceStatus", ""), cluster=cluster,
+        name=name,
+        namespace=namespace,
+        ready=_is_ready(status),
+        conditions=[
+            {k: str(c.get(k, "")) for k in ("type", "status", "reason", "message")}
+            for c in status.get("conditions") or []
+        ],
+        service_status=status.get("serviceStatus", ""),
+        cluster=cluster,
         cluster_state=(active.get("rayClusterStatus") or {}).get("state", ""),
-        applications=applications, pods=pods,
+        applications=applications,
+        pods=pods,
     )
 
 
 def format_report(report: Report) -> str:
     lines = [f"RayService {report.namespace}/{report.name}: {'READY' if report.ready else 'NOT READY'}"]
     for condition in report.conditions:
-        lines.append(f"  condition {condition['type']}={condition['status']} {condition['reason']}"
-                     f"{': ' + condition['message'] if condition['message'] else ''}")
+        lines.append(
+            f"  condition {condition['type']}={condition['status']} {condition['reason']}"
+            f"{': ' + condition['message'] if condition['message'] else ''}"
+        )
     if report.service_status:
         lines.append(f"  service status: {report.service_status}")
     lines.append(f"  ray cluster: {report.cluster or '(none yet)'} {report.cluster_state}".rstrip())
@@ -116,8 +130,9 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def wait_for_ready(api_client: Any, name: str, namespace: str, timeout_s: float, poll_s: float = 10,
-                   on_report: Any = None) -> Report:
+def wait_for_ready(
+    api_client: Any, name: str, namespace: str, timeout_s: float, poll_s: float = 10, on_report: Any = None
+) -> Report:
     deadline = time.monotonic() + timeout_s
     while True:
         report = read_report(api_client, name, namespace)

@@ -33,8 +33,14 @@ def _edge(request: Request) -> Edge:
     return request.app.state.edge
 
 
-def _error_response(status: int, message: str, *, param: str | None = None, code: str | None = None,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
@@ -125,9 +131,11 @@ async def ready(request: Request) -> JSONResponse:
     edge = _edge(request)
     models = {entry.name: edge.is_ready(entry) for entry in edge.models}
     is_ready = all(models.values())
-    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models},
-                        status_code=200 if is_ready else 503,
-                        headers=None if is_ready else {"Retry-After": RETRY_AFTER_S})
+    return JSONResponse(
+        {"status": "ready" if is_ready else "not_ready", "models": models},
+        status_code=200 if is_ready else 503,
+        headers=None if is_ready else {"Retry-After": RETRY_AFTER_S},
+    )
 
 
 @ROUTES.get("/health")
@@ -143,8 +151,12 @@ async def openapi_json(request: Request) -> JSONResponse:
     if edge.openapi is None:
         loaded = [entry for entry in edge.models if edge.is_ready(entry)]
         if not loaded:
-            raise APIError(503, "no model is loaded yet; the API description needs one", code="model_not_ready",
-                           headers={"Retry-After": RETRY_AFTER_S})
+            raise APIError(
+                503,
+                "no model is loaded yet; the API description needs one",
+                code="model_not_ready",
+                headers={"Retry-After": RETRY_AFTER_S},
+            )
         schemas = await edge.engines[loaded[0].name].request_schemas()
         edge.openapi = openapi_document(request.app.openapi(), schemas, edge.models)
     return JSONResponse(edge.openapi)
@@ -160,8 +172,15 @@ async def metadata(request: Request) -> dict[str, Any]:
     edge = _edge(request)
     return {
         "version": __version__,
-        "modelInfo": [{"shortName": entry.name, "modelUrl": entry.source, "aliases": entry.aliases,
-                       "profile": await edge.engines[entry.name].profile()} for entry in edge.models],
+        "modelInfo": [
+            {
+                "shortName": entry.name,
+                "modelUrl": entry.source,
+                "aliases": entry.aliases,
+                "profile": await edge.engines[entry.name].profile(),
+            }
+            for entry in edge.models
+        ],
         "repository_override": "",
         "assetInfo": [],
         "licenseInfo": {},

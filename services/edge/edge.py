@@ -66,8 +66,9 @@ def _request_id(request: Request) -> str:
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
-    too_large = APIError(413, f"request body is larger than {limit} bytes", code="request_too_large",
-                         reason="request_too_large")
+    too_large = APIError(
+        413, f"request body is larger than {limit} bytes", code="request_too_large", reason="request_too_large"
+    )
     if int(request.headers.get("content-length") or 0) > limit:
         raise too_large
     chunks, size = [], 0
@@ -92,11 +93,23 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
 # strictly, the same for every route and model: booleans are only true/false, integers only whole
 # JSON numbers without a fraction (never a boolean), numbers any JSON number; null means unset.
 STRICT_FIELDS = {
-    "stream": "boolean", "echo": "boolean", "ignore_eos": "boolean",
-    "n": "integer", "best_of": "integer", "max_tokens": "integer", "max_completion_tokens": "integer",
-    "min_tokens": "integer", "seed": "integer", "top_k": "integer", "top_logprobs": "integer",
-    "temperature": "number", "top_p": "number", "min_p": "number", "presence_penalty": "number",
-    "frequency_penalty": "number", "repetition_penalty": "number",
+    "stream": "boolean",
+    "echo": "boolean",
+    "ignore_eos": "boolean",
+    "n": "integer",
+    "best_of": "integer",
+    "max_tokens": "integer",
+    "max_completion_tokens": "integer",
+    "min_tokens": "integer",
+    "seed": "integer",
+    "top_k": "integer",
+    "top_logprobs": "integer",
+    "temperature": "number",
+    "top_p": "number",
+    "min_p": "number",
+    "presence_penalty": "number",
+    "frequency_penalty": "number",
+    "repetition_penalty": "number",
 }
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
 
@@ -120,9 +133,17 @@ def check_field_types(body: dict[str, Any]) -> None:
 
 
 class Edge:
-    def __init__(self, catalog: Catalog, engines: dict[str, Engine], records: RecordBuffer,
-                 readiness: SelfReadiness | ControllerReadiness, *, served_by: str, replica: str | None = None,
-                 limit_broker: Any = None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        engines: dict[str, Engine],
+        records: RecordBuffer,
+        readiness: SelfReadiness | ControllerReadiness,
+        *,
+        served_by: str,
+        replica: str | None = None,
+        limit_broker: Any = None,
+    ) -> None:
         self.catalog = catalog
         self.engines = engines  # model name -> engine; a direct-mode edge holds its own model only
         self.records = records
@@ -131,10 +152,12 @@ class Edge:
         self.replica = replica  # the engine replica's id in direct mode: X-Slmserve-Replica
         self.created = int(time.time())
         settings = Settings()
-        policy = catalog.media.model_copy(update={
-            "allow_hosts": catalog.media.allow_hosts + settings.media_allow_hosts,
-            "allow_networks": catalog.media.allow_networks + settings.media_allow_networks,
-        })
+        policy = catalog.media.model_copy(
+            update={
+                "allow_hosts": catalog.media.allow_hosts + settings.media_allow_hosts,
+                "allow_networks": catalog.media.allow_networks + settings.media_allow_networks,
+            }
+        )
         self.media = MediaFetcher(policy)
         self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
         self.limits = SharedLimits(catalog, limit_broker)  # cluster-wide (services/limits.py)
@@ -170,12 +193,22 @@ class Edge:
             base = (await self.adapters()).get(model)
             target = Target(base, model) if base is not None else None
         if target is None:
-            raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found",
-                           reason="model_not_found")
+            raise APIError(
+                404,
+                f"The model `{model}` does not exist.",
+                param="model",
+                code="model_not_found",
+                reason="model_not_found",
+            )
         if not self.is_ready(target.entry):
-            raise APIError(503, f"model `{target.entry.name}` is still loading; retry shortly",
-                           code="model_not_ready", headers={"Retry-After": RETRY_AFTER_S},
-                           model=target.entry.name, reason="model_not_ready")
+            raise APIError(
+                503,
+                f"model `{target.entry.name}` is still loading; retry shortly",
+                code="model_not_ready",
+                headers={"Retry-After": RETRY_AFTER_S},
+                model=target.entry.name,
+                reason="model_not_ready",
+            )
         return target
 
     async def forward(self, route: str, request: Request) -> Response:
@@ -205,42 +238,79 @@ class Edge:
         if route == "chat":
             try:
                 with self.tracing.phase(span, "images"):
-                    media = await prepare_images(body, model=model_name, accepts_images="image" in entry.modalities,
-                                                 max_images=entry.max_images, fetcher=self.media)
+                    media = await prepare_images(
+                        body,
+                        model=model_name,
+                        accepts_images="image" in entry.modalities,
+                        max_images=entry.max_images,
+                        fetcher=self.media,
+                    )
             except MediaError as error:
-                raise APIError(400, str(error), param="messages", code=error.code, model=model_name,
-                               base_model=entry.name, reason=error.code) from None
+                raise APIError(
+                    400,
+                    str(error),
+                    param="messages",
+                    code=error.code,
+                    model=model_name,
+                    base_model=entry.name,
+                    reason=error.code,
+                ) from None
         try:
             with self.tracing.phase(span, "admission"):
                 ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
         except Rejected as rejected:
-            raise APIError(429, str(rejected), code=rejected.reason, model=model_name, base_model=entry.name,
-                           reason=rejected.reason, headers={"Retry-After": str(rejected.retry_after_s)}) from None
+            raise APIError(
+                429,
+                str(rejected),
+                code=rejected.reason,
+                model=model_name,
+                base_model=entry.name,
+                reason=rejected.reason,
+                headers={"Retry-After": str(rejected.retry_after_s)},
+            ) from None
         except LimiterUnavailable as error:
-            raise APIError(503, "the admission limiter is unavailable; retry shortly", code="limiter_unavailable",
-                           headers={"Retry-After": RETRY_AFTER_S}, model=model_name, base_model=entry.name,
-                           reason="limiter_unavailable") from error
+            raise APIError(
+                503,
+                "the admission limiter is unavailable; retry shortly",
+                code="limiter_unavailable",
+                headers={"Retry-After": RETRY_AFTER_S},
+                model=model_name,
+                base_model=entry.name,
+                reason="limiter_unavailable",
+            ) from error
         streaming = False
         try:
             request_id = _request_id(request)
             session_id = request.headers.get(self.catalog.router.session_header) or None
-            stream = self.engines[entry.name].open(route, body, request_id, session_id,
-                                                   self.tracing.headers_for(span))
+            stream = self.engines[entry.name].open(route, body, request_id, session_id, self.tracing.headers_for(span))
             try:
                 with self.tracing.phase(span, "engine.head"):
                     async with asyncio.timeout_at(deadline):
                         head = await stream.head()
             except TimeoutError:
                 stream.cancel()
-                raise APIError(504, "the request exceeded its deadline and was aborted", code="timeout",
-                               model=model_name, base_model=entry.name, reason="timeout") from None
+                raise APIError(
+                    504,
+                    "the request exceeded its deadline and was aborted",
+                    code="timeout",
+                    model=model_name,
+                    base_model=entry.name,
+                    reason="timeout",
+                ) from None
             except REPLICA_GONE as error:  # routed mode: the replica died or was torn down before answering
                 self.readiness.mark_failed(entry.deployment_name)
-                raise APIError(503, f"model `{entry.name}` is unavailable right now; retry shortly",
-                               code="replica_unavailable", headers={"Retry-After": RETRY_AFTER_S},
-                               model=model_name, base_model=entry.name, reason="replica_unavailable") from error
-            record = CompletionRecord(model_name, success=head.status == 200, base_model=entry.name,
-                                      vision_s=media.seconds if media else None)
+                raise APIError(
+                    503,
+                    f"model `{entry.name}` is unavailable right now; retry shortly",
+                    code="replica_unavailable",
+                    headers={"Retry-After": RETRY_AFTER_S},
+                    model=model_name,
+                    base_model=entry.name,
+                    reason="replica_unavailable",
+                ) from error
+            record = CompletionRecord(
+                model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None
+            )
             if head.body is not None:
                 if head.outcome is not None:
                     record.ttft_s = record.e2e_s = time.perf_counter() - arrived
@@ -253,8 +323,18 @@ class Edge:
                 self.limits.release(ticket)
                 self.tracing.end(span, 200)
 
-            return RelayResponse(StreamRelay(stream, request_id, record, arrived, self.records, deadline,
-                                             stream_ended, lambda: self.readiness.mark_failed(entry.deployment_name)))
+            return RelayResponse(
+                StreamRelay(
+                    stream,
+                    request_id,
+                    record,
+                    arrived,
+                    self.records,
+                    deadline,
+                    stream_ended,
+                    lambda: self.readiness.mark_failed(entry.deployment_name),
+                )
+            )
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.limits.release(ticket)

@@ -35,8 +35,14 @@ class EngineStream(Protocol):
 
 
 class Engine(Protocol):
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
-             trace_headers: dict[str, str] | None = None) -> EngineStream: ...
+    def open(
+        self,
+        route: str,
+        body: dict[str, Any],
+        request_id: str,
+        session_id: str | None,
+        trace_headers: dict[str, str] | None = None,
+    ) -> EngineStream: ...
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
     async def adapter_names(self, max_age_s: float) -> list[str]: ...
@@ -71,8 +77,14 @@ class LocalEngine:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
-             trace_headers: dict[str, str] | None = None) -> LocalStream:
+    def open(
+        self,
+        route: str,
+        body: dict[str, Any],
+        request_id: str,
+        session_id: str | None,
+        trace_headers: dict[str, str] | None = None,
+    ) -> LocalStream:
         # the replica was chosen already (HAProxy, or the IngressRouter)
         return LocalStream(self.engine.stream(route, body, request_id, trace_headers))
 
@@ -119,8 +131,14 @@ class RemoteEngine:
         self._adapters: list[str] = []
         self._adapters_at = float("-inf")
 
-    def open(self, route: str, body: dict[str, Any], request_id: str, session_id: str | None,
-             trace_headers: dict[str, str] | None = None) -> RemoteStream:
+    def open(
+        self,
+        route: str,
+        body: dict[str, Any],
+        request_id: str,
+        session_id: str | None,
+        trace_headers: dict[str, str] | None = None,
+    ) -> RemoteStream:
         # The engine deployment's request router (services/router/policies.py) sees `body` and the
         # session id when it picks the replica.
         handle = self.handle.options(session_id=session_id[:MAX_SESSION_ID_CHARS]) if session_id else self.handle

@@ -55,9 +55,18 @@ class EdgeMiddleware:
 async def _unauthorized(send: Any) -> None:
     import json
 
-    body = json.dumps(error_body(401, "a valid API key is required: send `Authorization: Bearer <key>`",
-                                 code="invalid_api_key")).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b"Bearer")]})
+    body = json.dumps(
+        error_body(401, "a valid API key is required: send `Authorization: Bearer <key>`", code="invalid_api_key")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b"Bearer"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -17,12 +17,18 @@ from services.edge.middleware import needs_key
 OPENAI_ERROR = {
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
-    }},
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
 }
 BODY_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 _ERROR_MEANINGS = {
@@ -39,13 +45,18 @@ _ROUTER_OWNED = ("request_id",)
 
 
 def _error_responses(*statuses: str) -> dict[str, Any]:
-    return {status: {"description": _ERROR_MEANINGS[status],
-                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}}
-            for status in statuses}
+    return {
+        status: {
+            "description": _ERROR_MEANINGS[status],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}},
+        }
+        for status in statuses
+    }
 
 
-def openapi_document(base: dict[str, Any], request_schemas: dict[str, dict[str, Any]],
-                     models: list[ModelEntry]) -> dict[str, Any]:
+def openapi_document(
+    base: dict[str, Any], request_schemas: dict[str, dict[str, Any]], models: list[ModelEntry]
+) -> dict[str, Any]:
     """`base` is FastAPI's document; `request_schemas` maps route kind to a JSON schema whose
     `$defs` refer to `#/components/schemas/...`; `models` are the ones this edge serves."""
     doc = copy.deepcopy(base)
@@ -60,17 +71,26 @@ def openapi_document(base: dict[str, Any], request_schemas: dict[str, dict[str, 
         for field in _ROUTER_OWNED:
             schema["properties"].pop(field, None)
         # The edge picks the engine by `model`: required, and one of the catalog's names.
-        schema["properties"]["model"] = {"type": "string", "enum": model_names,
-                                         "description": "a catalog model name or alias (GET /v1/models)"}
+        schema["properties"]["model"] = {
+            "type": "string",
+            "enum": model_names,
+            "description": "a catalog model name or alias (GET /v1/models)",
+        }
         schema["required"] = sorted({*schema.get("required", []), "model"})
         components[schema["title"]] = schema
         operation = doc["paths"][path]["post"]
-        operation["requestBody"] = {"required": True, "content": {"application/json": {
-            "schema": {"$ref": f"#/components/schemas/{schema['title']}"}}}}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema['title']}"}}},
+        }
         operation["responses"] = {
-            "200": {"description": "the completion; with `stream: true`, server-sent events of chunks",
-                    "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": {"type": "string"}}}},
+            "200": {
+                "description": "the completion; with `stream: true`, server-sent events of chunks",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
             **_error_responses("400", "401", "404", "413", "429", "503", "504"),
         }
     for path, operations in doc["paths"].items():
@@ -84,5 +104,6 @@ def openapi_document(base: dict[str, Any], request_schemas: dict[str, dict[str, 
     for path in ("/v1/health/ready", "/health"):
         doc["paths"][path]["get"]["responses"]["503"] = {
             "description": "not every model has a running replica yet; see Retry-After",
-            "content": {"application/json": {"schema": {"type": "object"}}}}
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
     return doc

@@ -27,9 +27,17 @@ logger = logging.getLogger("slmserve.edge")
 
 
 class StreamRelay:
-    def __init__(self, stream: EngineStream, request_id: str, record: CompletionRecord, arrived: float,
-                 records: RecordBuffer, deadline: float, release: Callable[[], None],
-                 on_replica_failure: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        stream: EngineStream,
+        request_id: str,
+        record: CompletionRecord,
+        arrived: float,
+        records: RecordBuffer,
+        deadline: float,
+        release: Callable[[], None],
+        on_replica_failure: Callable[[], None],
+    ) -> None:
         self.stream, self.request_id, self.record, self.arrived = stream, request_id, record, arrived
         self.records, self.deadline = records, deadline
         self.release, self.on_replica_failure = release, on_replica_failure
@@ -60,8 +68,9 @@ class StreamRelay:
             if isinstance(error, REPLICA_GONE):
                 self.on_replica_failure()
             record.finish_reason = "error"
-            yield sse_error_event(503, "the model replica serving this stream failed; retry the request",
-                                  code="replica_failed")
+            yield sse_error_event(
+                503, "the model replica serving this stream failed; retry the request", code="replica_failed"
+            )
             yield SSE_DONE
         finally:
             self.finish()
@@ -90,8 +99,9 @@ class RelayResponse(StreamingResponse):
     would leak the admission slot and leave the engine generating for nobody."""
 
     def __init__(self, relay: StreamRelay) -> None:
-        super().__init__(relay, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            relay, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         self.relay = relay
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # type: ignore[override]

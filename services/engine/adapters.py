@@ -41,12 +41,14 @@ class AdapterSync:
     async def refresh(self) -> None:
         """One pass over the directory (the engine's start runs the first, `run_forever` the rest, so
         two never overlap)."""
-        found, refused_names = await asyncio.to_thread(list_adapters, Path(self.options.adapters_dir),
-                                                       self.reserved)
+        found, refused_names = await asyncio.to_thread(list_adapters, Path(self.options.adapters_dir), self.reserved)
         for name, reason in refused_names.items():
             self._refuse(name, "-", reason)
-        for name in [name for name, served in self.served.items()
-                     if name not in found or found[name].fingerprint != served.fingerprint]:
+        for name in [
+            name
+            for name, served in self.served.items()
+            if name not in found or found[name].fingerprint != served.fingerprint
+        ]:
             await self._withdraw(name)
         for name, adapter in found.items():
             if name not in self.served and self.refused.get(name, ("",))[0] != adapter.fingerprint:
@@ -56,8 +58,9 @@ class AdapterSync:
 
     async def _serve(self, adapter: Adapter) -> None:
         try:
-            checked = await asyncio.to_thread(snapshot_and_check, adapter, self.snapshots, self.base,
-                                              self.options.max_lora_rank)
+            checked = await asyncio.to_thread(
+                snapshot_and_check, adapter, self.snapshots, self.base, self.options.max_lora_rank
+            )
         except (AdapterError, OSError) as error:
             self._refuse(adapter.name, adapter.fingerprint, str(error))
             return

@@ -83,8 +83,12 @@ class EngineDeployment:
         self.hardware = Hardware.detect()
         self.profile = choose_profile(self.entry.profiles, self.hardware, Settings().profile)
         if self.entry.profiles:
-            logger.info("%s on %s: profile %s", self.entry.name, self.hardware.describe(),
-                        self.profile.name if self.profile else "none fits, the entry's own engine_args")
+            logger.info(
+                "%s on %s: profile %s",
+                self.entry.name,
+                self.hardware.describe(),
+                self.profile.name if self.profile else "none fits, the entry's own engine_args",
+            )
         namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.vllm_engine_args(self.profile))
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
@@ -108,8 +112,9 @@ class EngineDeployment:
         if metrics_hub is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
-    async def generate(self, route: str, body: dict[str, Any], request_id: str,
-                       trace_headers: dict[str, str] | None = None) -> AsyncIterator[StreamItem]:
+    async def generate(
+        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
+    ) -> AsyncIterator[StreamItem]:
         """`stream` for callers through a Serve handle (routed mode), with queued frames joined."""
         frames = self.stream(route, body, request_id, trace_headers)
         head = await anext(frames)
@@ -120,8 +125,9 @@ class EngineDeployment:
         else:
             await frames.aclose()
 
-    async def stream(self, route: str, body: dict[str, Any], request_id: str,
-                     trace_headers: dict[str, str] | None = None) -> AsyncIterator[StreamItem]:
+    async def stream(
+        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
+    ) -> AsyncIterator[StreamItem]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
         the stream's Outcome just before the final [DONE]. Closing it aborts the request.
         `trace_headers` (W3C) make vLLM's engine span a child of the edge's request span."""
@@ -149,8 +155,11 @@ class EngineDeployment:
             return
         if not hasattr(result, "__aiter__"):
             usage = result.usage
-            outcome = Outcome(usage.prompt_tokens, usage.completion_tokens or 0,
-                              result.choices[-1].finish_reason if result.choices else None)
+            outcome = Outcome(
+                usage.prompt_tokens,
+                usage.completion_tokens or 0,
+                result.choices[-1].finish_reason if result.choices else None,
+            )
             yield Head(200, result.model_dump_json().encode(), outcome)
             return
         yield Head(200, None, None)
@@ -161,8 +170,12 @@ class EngineDeployment:
         finally:
             await frames.aclose()
 
-    async def _frames(self, chunks: AsyncIterator[str], request_id: str, client_wants_usage: bool,
-                      ) -> AsyncIterator[str | Outcome]:
+    async def _frames(
+        self,
+        chunks: AsyncIterator[str],
+        request_id: str,
+        client_wants_usage: bool,
+    ) -> AsyncIterator[str | Outcome]:
         """vLLM's SSE chunks, minus the usage chunk the client did not ask for, with the Outcome
         placed just before [DONE] (clients hang up right after [DONE])."""
         outcome = Outcome()
@@ -219,16 +232,19 @@ class EngineDeployment:
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
         """JSON schemas of the bodies this engine accepts (vLLM's protocol models), for the
         router's OpenAPI document; `$defs` refer to `#/components/schemas/...`."""
-        return {route: model.model_json_schema(ref_template="#/components/schemas/{model}")
-                for route, model in self.request_types.items()}
+        return {
+            route: model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for route, model in self.request_types.items()
+        }
 
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()
 
     def record_routing_stats(self) -> dict[str, Any]:
         """Serve asks about once a second (services/app.py); the routing policy reads it."""
-        return routing_stats(self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters,
-                             self.held_adapters_at)
+        return routing_stats(
+            self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters, self.held_adapters_at
+        )
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve ships these to the autoscaler (services/autoscaling.py, when the catalog sets `slo`)."""
@@ -251,10 +267,12 @@ class EngineDeployment:
     def profile_info(self) -> dict[str, Any]:
         """The engine profile this replica runs (`/v1/metadata`, the slmserve_engine_profile metric)."""
         profile = self.profile
-        return {"name": profile.name if profile else "default",
-                "precision": profile.precision if profile else str(self.entry.engine_args.get("dtype", "auto")),
-                "tensor_parallel_size": profile.tensor_parallel_size if profile else self.entry.parallel_size,
-                "hardware": self.hardware.describe()}
+        return {
+            "name": profile.name if profile else "default",
+            "precision": profile.precision if profile else str(self.entry.engine_args.get("dtype", "auto")),
+            "tensor_parallel_size": profile.tensor_parallel_size if profile else self.entry.parallel_size,
+            "hardware": self.hardware.describe(),
+        }
 
     async def check_health(self) -> None:
         # Ray Serve calls this periodically; a dead engine core makes the replica restart.
@@ -271,14 +289,21 @@ class DirectEngine(EngineDeployment):
     and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
     app `__serve_build_asgi_app__` returns once the engine has loaded."""
 
-    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any],
-                       limit_broker: Any = None) -> None:
+    async def __init__(
+        self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any], limit_broker: Any = None
+    ) -> None:
         await super().__init__(entry, cache_dir, metrics_hub)
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = limit_broker
 
     async def __serve_build_asgi_app__(self) -> Any:
-        edge = Edge(self.catalog, {self.entry.name: LocalEngine(self)}, RecordBuffer(self.metrics_hub),
-                    SelfReadiness(), served_by="engine", replica=serve.get_replica_context().replica_id.unique_id,
-                    limit_broker=self.limit_broker)
+        edge = Edge(
+            self.catalog,
+            {self.entry.name: LocalEngine(self)},
+            RecordBuffer(self.metrics_hub),
+            SelfReadiness(),
+            served_by="engine",
+            replica=serve.get_replica_context().replica_id.unique_id,
+            limit_broker=self.limit_broker,
+        )
         return build_app(edge)

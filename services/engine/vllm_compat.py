@@ -157,8 +157,7 @@ class ServingStack:
     async def loaded_adapters(self) -> list[str]:
         """Names of the registered adapters the engine holds in its LoRA cache right now."""
         ids = await self.engine.list_loras()
-        return sorted(request.lora_name for request in self.models.lora_requests.values()
-                      if request.lora_int_id in ids)
+        return sorted(request.lora_name for request in self.models.lora_requests.values() if request.lora_int_id in ids)
 
     async def shutdown(self) -> None:
         await self._exit_stack.aclose()

@@ -61,8 +61,11 @@ def mask_base_tokens_in_cpu_lora_ops() -> bool:
         return True
     if not cpu_lora_ops_apply_the_last_adapter_to_base_tokens():
         return False
-    modules = [lora_ops, importlib.import_module("vllm.lora.ops.torch_ops"),
-               importlib.import_module("vllm.lora.punica_wrapper.punica_cpu")]
+    modules = [
+        lora_ops,
+        importlib.import_module("vllm.lora.ops.torch_ops"),
+        importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"),
+    ]
     for name in _CPU_LORA_OPS:
         fixed = _without_slot_minus_one(getattr(lora_ops, name))
         for module in modules:

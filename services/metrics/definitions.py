@@ -14,12 +14,24 @@ E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # vLLM's own series the dashboard reads, passed through by the hub with a `replica` label.
-VLLM_SERIES_ON_DASHBOARD = frozenset({"vllm:num_requests_running", "vllm:num_requests_waiting",
-                                      "vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"})
+VLLM_SERIES_ON_DASHBOARD = frozenset(
+    {
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+    }
+)
 # Rejections a healthy system may simply not have had yet; their series start at 0 so that dashboards
 # and alert rules see 0 instead of no data (other reasons, such as image errors, appear when they occur).
-EXPECTED_REJECTIONS = ("queue_full", "rate_limited_requests", "rate_limited_tokens", "model_not_ready", "timeout",
-                       "replica_unavailable")
+EXPECTED_REJECTIONS = (
+    "queue_full",
+    "rate_limited_requests",
+    "rate_limited_tokens",
+    "model_not_ready",
+    "timeout",
+    "replica_unavailable",
+)
 
 
 class EdgeMetrics:
@@ -30,29 +42,67 @@ class EdgeMetrics:
         self.generation_tokens = Counter("generation_tokens", "Generated tokens", REQUEST, registry=registry)
         self.success = Counter("request_success", "Requests that finished successfully", REQUEST, registry=registry)
         self.failure = Counter("request_failure", "Requests that failed", REQUEST, registry=registry)
-        self.finish = Counter("request_finish", "Finished requests by finish reason",
-                              (*REQUEST, "finished_reason"), registry=registry)
-        self.ttft = Histogram("time_to_first_token_seconds", "Time from arrival at the router to the first token",
-                              REQUEST, buckets=TTFT_BUCKETS, registry=registry)
-        self.tpot = Histogram("time_per_output_token_seconds", "Time per output token after the first",
-                              REQUEST, buckets=TPOT_BUCKETS, registry=registry)
-        self.e2e = Histogram("e2e_request_latency_seconds", "Time from arrival at the router to the last byte",
-                             REQUEST, buckets=E2E_BUCKETS, registry=registry)
-        self.request_prompt_tokens = Histogram("request_prompt_tokens", "Prompt tokens per request", REQUEST,
-                                               buckets=TOKEN_BUCKETS, registry=registry)
-        self.request_generation_tokens = Histogram("request_generation_tokens", "Generated tokens per request",
-                                                   REQUEST, buckets=TOKEN_BUCKETS, registry=registry)
-        self.vision_encoder = Histogram("vision_encoder_latency_seconds",
-                                        "Image decoding and preparation time per vision request", REQUEST,
-                                        buckets=VISION_BUCKETS, registry=registry)
+        self.finish = Counter(
+            "request_finish", "Finished requests by finish reason", (*REQUEST, "finished_reason"), registry=registry
+        )
+        self.ttft = Histogram(
+            "time_to_first_token_seconds",
+            "Time from arrival at the router to the first token",
+            REQUEST,
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.tpot = Histogram(
+            "time_per_output_token_seconds",
+            "Time per output token after the first",
+            REQUEST,
+            buckets=TPOT_BUCKETS,
+            registry=registry,
+        )
+        self.e2e = Histogram(
+            "e2e_request_latency_seconds",
+            "Time from arrival at the router to the last byte",
+            REQUEST,
+            buckets=E2E_BUCKETS,
+            registry=registry,
+        )
+        self.request_prompt_tokens = Histogram(
+            "request_prompt_tokens", "Prompt tokens per request", REQUEST, buckets=TOKEN_BUCKETS, registry=registry
+        )
+        self.request_generation_tokens = Histogram(
+            "request_generation_tokens",
+            "Generated tokens per request",
+            REQUEST,
+            buckets=TOKEN_BUCKETS,
+            registry=registry,
+        )
+        self.vision_encoder = Histogram(
+            "vision_encoder_latency_seconds",
+            "Image decoding and preparation time per vision request",
+            REQUEST,
+            buckets=VISION_BUCKETS,
+            registry=registry,
+        )
         # slmserve's own, for what NIM lacks
-        self.http_requests = Counter("slmserve_http_requests", "HTTP requests by route and status code",
-                                     ("route", "status_code"), registry=registry)
-        self.rejected = Counter("slmserve_rejected_requests", "Requests refused before reaching an engine",
-                                (*REQUEST, "reason"), registry=registry)
-        self.routing = Counter("slmserve_routing_decisions", "Engine replica choices by policy and reason "
-                               "(prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
-                               (*MODEL, "policy", "reason"), registry=registry)
+        self.http_requests = Counter(
+            "slmserve_http_requests",
+            "HTTP requests by route and status code",
+            ("route", "status_code"),
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "slmserve_rejected_requests",
+            "Requests refused before reaching an engine",
+            (*REQUEST, "reason"),
+            registry=registry,
+        )
+        self.routing = Counter(
+            "slmserve_routing_decisions",
+            "Engine replica choices by policy and reason "
+            "(prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
+            (*MODEL, "policy", "reason"),
+            registry=registry,
+        )
 
     def initialize(self, model_names: list[str]) -> None:
         """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""

@@ -66,38 +66,48 @@ class _EngineCollector:
             for model in self.hub.model_names:
                 family.add_metric([model], sum(read(s) for s in by_model.get(model, [])))
             yield family
-        kv = GaugeMetricFamily("gpu_cache_usage_perc", "KV-cache usage, 0..1, mean over replicas",
-                               labels=["model_name"])
+        kv = GaugeMetricFamily(
+            "gpu_cache_usage_perc", "KV-cache usage, 0..1, mean over replicas", labels=["model_name"]
+        )
         for model in self.hub.model_names:
             replicas = by_model.get(model, [])
             kv.add_metric([model], sum(s.gauge(*KV_USAGE_NAMES) for s in replicas) / len(replicas) if replicas else 0)
         yield kv
-        profiles = GaugeMetricFamily("slmserve_engine_profile", "Engine replicas by the profile they run "
-                                     "(services/profiles.py)", labels=["model_name", "profile", "precision",
-                                                                       "tensor_parallel_size"])
+        profiles = GaugeMetricFamily(
+            "slmserve_engine_profile",
+            "Engine replicas by the profile they run (services/profiles.py)",
+            labels=["model_name", "profile", "precision", "tensor_parallel_size"],
+        )
         counted: dict[tuple[str, ...], int] = defaultdict(int)
         for snapshot in snapshots:
             info = snapshot.profile
             if info:
-                counted[(snapshot.model_name, str(info["name"]), str(info["precision"]),
-                         str(info["tensor_parallel_size"]))] += 1
+                counted[
+                    (snapshot.model_name, str(info["name"]), str(info["precision"]), str(info["tensor_parallel_size"]))
+                ] += 1
         for labels, replicas_running in sorted(counted.items()):
             profiles.add_metric(list(labels), replicas_running)
         yield profiles
         merged: dict[str, Metric] = {}
         for snapshot in snapshots:
             for family in snapshot.families:
-                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type,
-                                                            family.unit))
+                out = merged.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type, family.unit)
+                )
                 for sample in family.samples:
                     out.add_sample(sample.name, {**sample.labels, "replica": snapshot.replica_id}, sample.value)
         yield from merged.values()
-        replicas = GaugeMetricFamily("slmserve_model_replicas", "Engine replicas by state",
-                                     labels=["model_name", "state"])
-        ready = GaugeMetricFamily("slmserve_model_ready", "1 when the model has a running replica",
-                                  labels=["model_name"])
-        target = GaugeMetricFamily("slmserve_model_target_replicas", "Engine replicas the autoscaler (or "
-                                   "num_replicas) asks for", labels=["model_name"])
+        replicas = GaugeMetricFamily(
+            "slmserve_model_replicas", "Engine replicas by state", labels=["model_name", "state"]
+        )
+        ready = GaugeMetricFamily(
+            "slmserve_model_ready", "1 when the model has a running replica", labels=["model_name"]
+        )
+        target = GaugeMetricFamily(
+            "slmserve_model_target_replicas",
+            "Engine replicas the autoscaler (or num_replicas) asks for",
+            labels=["model_name"],
+        )
         for model, deployment in self.hub.deployments.items():
             state = self.hub.replica_states.get(deployment, DeploymentState())
             for replica_state, count in sorted(state.replicas.items()):
@@ -169,8 +179,7 @@ class MetricsHub:
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > 1.0:
             try:
-                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name,
-                                                              with_targets=True)
+                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name, with_targets=True)
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass

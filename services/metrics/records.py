@@ -71,8 +71,9 @@ class RecordBuffer:
     """Per-replica buffer; a background task flushes it to the hub every `period_s`. `collectors`
     are called at each flush for records kept elsewhere in the process (routing decisions)."""
 
-    def __init__(self, hub: Any, period_s: float = 0.5,
-                 collectors: tuple[Callable[[], list[Record]], ...] = ()) -> None:
+    def __init__(
+        self, hub: Any, period_s: float = 0.5, collectors: tuple[Callable[[], list[Record]], ...] = ()
+    ) -> None:
         self.hub = hub
         self.period_s = period_s
         self.collectors = collectors

@@ -26,11 +26,18 @@ from services.router import decisions
 class Router:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
-    def __init__(self, catalog: dict[str, Any], app_name: str, metrics_hub: DeploymentHandle,
-                 limit_broker: DeploymentHandle | None, *engines: DeploymentHandle) -> None:
+    def __init__(
+        self,
+        catalog: dict[str, Any],
+        app_name: str,
+        metrics_hub: DeploymentHandle,
+        limit_broker: DeploymentHandle | None,
+        *engines: DeploymentHandle,
+    ) -> None:
         parsed = Catalog.model_validate(catalog)
-        handles: dict[str, Engine] = {entry.name: RemoteEngine(handle)
-                                      for entry, handle in zip(parsed.models, engines, strict=True)}
+        handles: dict[str, Engine] = {
+            entry.name: RemoteEngine(handle) for entry, handle in zip(parsed.models, engines, strict=True)
+        }
         readiness = ControllerReadiness(app_name, [entry.deployment_name for entry in parsed.models])
         records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
         self.edge = Edge(parsed, handles, records, readiness, served_by="router", limit_broker=limit_broker)

@@ -73,8 +73,11 @@ def prompt_text(body: dict[str, Any]) -> str:
                 continue
             content = message.get("content")
             if isinstance(content, list):
-                content = "".join(part.get("text", "") for part in content
-                                  if isinstance(part, dict) and isinstance(part.get("text"), str))
+                content = "".join(
+                    part.get("text", "")
+                    for part in content
+                    if isinstance(part, dict) and isinstance(part.get("text"), str)
+                )
             parts.append(f"<{message.get('role')}>{content if isinstance(content, str) else ''}")
         return "".join(parts)
     prompt = body.get("prompt")
@@ -86,7 +89,7 @@ def block_hashes(text: str, block_chars: int, salt: str = "") -> list[int]:
     salt: a LoRA adapter's name, since the same text under another adapter is another KV cache)."""
     hashes, previous = [], salt.encode()
     for start in range(0, len(text) - block_chars + 1, block_chars):
-        previous = hashlib.blake2b(previous + text[start:start + block_chars].encode(), digest_size=8).digest()
+        previous = hashlib.blake2b(previous + text[start : start + block_chars].encode(), digest_size=8).digest()
         hashes.append(int.from_bytes(previous, "little"))
     return hashes
 
@@ -196,8 +199,10 @@ class ReplicaChooser:
         """Whether the replica has the adapter in its engine's LoRA cache (last report) or was sent
         a request for it after that report (so it is loading it now)."""
         self.load(replica)  # brings the book up to the latest report
-        return adapter in (replica.routing_stats or {}).get("adapters", ()) or \
-            adapter in self.adapters_sent[replica.replica_id]
+        return (
+            adapter in (replica.routing_stats or {}).get("adapters", ())
+            or adapter in self.adapters_sent[replica.replica_id]
+        )
 
     def adapter_of(self, body: dict[str, Any] | None) -> str | None:
         model = body.get("model") if body is not None else None
@@ -222,8 +227,9 @@ class ReplicaChooser:
             return least, "load_guard"
         return preferred, reason
 
-    def choose(self, replicas: Sequence[Replica], body: dict[str, Any] | None,
-               session_id: str | None) -> tuple[Replica, str]:
+    def choose(
+        self, replicas: Sequence[Replica], body: dict[str, Any] | None, session_id: str | None
+    ) -> tuple[Replica, str]:
         """The replica for one request, and why (the routing-decision metric's `reason`); books the
         request on it."""
         adapter = self.adapter_of(body)
@@ -236,8 +242,9 @@ class ReplicaChooser:
             self.index.add(chosen.replica_id, block_hashes(prompt_text(body), self.knobs.block_chars, adapter or ""))
         return chosen, reason
 
-    def _pick(self, replicas: Sequence[Replica], body: dict[str, Any] | None,
-              session_id: str | None, adapter: str | None) -> tuple[Replica, str]:
+    def _pick(
+        self, replicas: Sequence[Replica], body: dict[str, Any] | None, session_id: str | None, adapter: str | None
+    ) -> tuple[Replica, str]:
         if len(replicas) == 1:
             return replicas[0], "single_replica"
         policy = self.knobs.policy
@@ -272,8 +279,9 @@ class AffinityRouter(RequestRouter):
         super().update_replicas(replicas)
         self.chooser.forget_all_but({replica.replica_id for replica in replicas})
 
-    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
-                              pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+    async def choose_replicas(
+        self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
+    ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
         method = getattr(pending_request.metadata, "call_method", "") if pending_request else ""
@@ -286,9 +294,15 @@ class AffinityRouter(RequestRouter):
         return [[chosen], rest] if rest else [[chosen]]  # type: ignore[list-item]
 
 
-def routing_stats(ongoing: int, kv_usage: float, adapters: list[str] | None = None,
-                  adapters_at: float = 0.0) -> dict[str, Any]:
+def routing_stats(
+    ongoing: int, kv_usage: float, adapters: list[str] | None = None, adapters_at: float = 0.0
+) -> dict[str, Any]:
     """What an engine replica reports for `ReplicaChooser` (its `record_routing_stats`): requests it
     holds and KV-cache usage now, the LoRA adapters its engine's cache held at `adapters_at`."""
-    return {"ongoing": ongoing, "kv_usage": kv_usage, "adapters": adapters or [], "adapters_at": adapters_at,
-            "at": time.time()}
+    return {
+        "ongoing": ongoing,
+        "kv_usage": kv_usage,
+        "adapters": adapters or [],
+        "adapters_at": adapters_at,
+        "at": time.time(),
+    }
