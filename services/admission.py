@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Admission:
         self.in_flight[model] -= 1
 
 
-def estimate_tokens(body: dict) -> int:
+def estimate_tokens(body: dict[str, Any]) -> int:
     """Prompt (~4 characters a token) plus the requested output: what a request may cost. Never
     negative: a bogus max_tokens must not refill the caller's token bucket (vLLM rejects it later)."""
     text = body.get("prompt") if "prompt" in body else body.get("messages")

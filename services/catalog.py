@@ -231,7 +231,7 @@ class ModelEntry(_Strict):
     aliases: list[str] = Field(default_factory=list)
     source: str = Field(description="Hugging Face id, local directory, or embedded://NAME")
     task: Literal["generate"] = "generate"
-    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: ["text"])
+    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: list[Literal["text", "image"]](["text"]))
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=_deploy_status)
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except (CatalogError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -109,7 +109,7 @@ class SharedLimits:
 
     async def admit(self, model: str, tenant: str, estimated_tokens: int) -> str | None:
         """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
-        if not self.applies(model, tenant):
+        if self.broker is None or not self.rules.applies(model, tenant):
             return None
         # Shielded: an edge that gives up on the call (its client left and Serve cancelled the request,
         # or the broker was slow) may still be granted a ticket later; it is released the moment it lands.
@@ -126,12 +126,15 @@ class SharedLimits:
             raise LimiterUnavailable(str(error)) from error
         if isinstance(decision, Refused):
             raise Rejected(decision.message, decision.reason, decision.retry_after_s)
-        return decision.ticket
+        ticket: str = decision.ticket
+        return ticket
 
     def release(self, ticket: str | None) -> None:
-        if ticket is not None:
+        if ticket is not None and self.broker is not None:
             self.broker.release.remote(ticket)  # not awaited: an end of request never waits on it
 
     def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
-        if not call.cancelled() and call.exception() is None and isinstance(call.result(), Admitted):
-            self.release(call.result().ticket)
+        if not call.cancelled() and call.exception() is None:
+            decision = call.result()
+            if isinstance(decision, Admitted):
+                self.release(decision.ticket)

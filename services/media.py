@@ -109,7 +109,7 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 async def system_resolver(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [info[4][0].split("%")[0] for info in infos]
+    return [str(info[4][0]).split("%")[0] for info in infos]
 
 
 class URLGuard:
@@ -240,7 +240,7 @@ class MediaFetcher:
 
 
 def _image_parts(messages: Any) -> list[dict[str, Any]]:
-    parts = []
+    parts: list[dict[str, Any]] = []
     if not isinstance(messages, list):
         return parts
     for message in messages:

@@ -12,6 +12,7 @@ import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 VOCAB = 32064
 SPECIALS = [
@@ -121,7 +122,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def build(out: Path, shape: str = "mini", config_overrides: dict | None = None, num_crops: int = NUM_CROPS) -> Path:
+def build(
+    out: Path, shape: str = "mini", config_overrides: dict[str, Any] | None = None, num_crops: int = NUM_CROPS
+) -> Path:
     """Write the directory for `shape`; `config_overrides` shrink it (the tiny CPU test models)."""
     out.mkdir(parents=True, exist_ok=True)
     config = {**SHAPES[shape], **(config_overrides or {})}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,11 +80,16 @@ def _hd_transform(image: Image.Image, num_crops: int) -> Image.Image:
     return canvas.transpose(Image.Transpose.TRANSPOSE) if transposed else canvas
 
 
-class Phi3VImageProcessor(BaseImageProcessor):
+class Phi3VImageProcessor(BaseImageProcessor):  # type: ignore[misc]  # transformers reads as untyped
     model_input_names = ["pixel_values", "image_sizes", "num_img_tokens"]
 
     def __init__(
-        self, num_crops: int = 4, image_mean=None, image_std=None, do_convert_rgb: bool = True, **kwargs
+        self,
+        num_crops: int = 4,
+        image_mean: list[float] | None = None,
+        image_std: list[float] | None = None,
+        do_convert_rgb: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_crops = num_crops
@@ -117,7 +123,7 @@ class Phi3VImageProcessor(BaseImageProcessor):
         tokens = num_image_tokens(image.width, image.height, self.num_crops)
         return padded, [height, width], tokens
 
-    def preprocess(self, images, return_tensors=None, **kwargs) -> BatchFeature:
+    def preprocess(self, images: Any, return_tensors: str | None = None, **kwargs: Any) -> BatchFeature:
         if not isinstance(images, list | tuple):
             images = [images]
         processed = [self._pixels(image) for image in images]
@@ -130,21 +136,24 @@ class Phi3VImageProcessor(BaseImageProcessor):
         )
 
 
-class Phi3VProcessor(ProcessorMixin):
+class Phi3VProcessor(ProcessorMixin):  # type: ignore[misc]  # transformers reads as untyped
     """Tokenizer plus image processor. `<|image_N|>` in the text stands for the N-th image; it becomes
     that image's run of `<|image|>` tokens (the hub's processor writes -N there and vLLM rewrites
     those to `<|image|>`; this one writes `<|image|>` directly)."""
 
-    def __init__(self, image_processor, tokenizer) -> None:
+    def __init__(self, image_processor: Phi3VImageProcessor, tokenizer: Any) -> None:
         super().__init__(image_processor, tokenizer)
         # vLLM reads the placeholder of image i as img_tokens[i] (the hub lists a million of them).
         self.img_tokens = [f"<|image_{i + 1}|>" for i in range(MAX_IMAGES)]
 
     def calc_num_image_tokens_from_image_size(self, width: int, height: int) -> int:
-        return self.image_processor.calc_num_image_tokens_from_image_size(width, height)
+        tokens: int = self.image_processor.calc_num_image_tokens_from_image_size(width, height)
+        return tokens
 
     @classmethod
-    def from_pretrained(cls, path, tokenizer=None, num_crops: int | None = None, **kwargs):
+    def from_pretrained(
+        cls, path: str, tokenizer: Any = None, num_crops: int | None = None, **kwargs: Any
+    ) -> Phi3VProcessor:
         # Built directly, so loading does not depend on how a transformers release resolves the
         # sub-processors of remote code.
         image_processor = Phi3VImageProcessor.from_pretrained(path)
@@ -152,9 +161,11 @@ class Phi3VProcessor(ProcessorMixin):
             image_processor.num_crops = num_crops
         return cls(image_processor, tokenizer or AutoTokenizer.from_pretrained(path))
 
-    def __call__(self, text=None, images=None, return_tensors=None, **kwargs) -> BatchFeature:
+    def __call__(
+        self, text: Any = None, images: Any = None, return_tensors: str | None = None, **kwargs: Any
+    ) -> BatchFeature:
         pixels = self.image_processor.preprocess(images) if images else None
-        data: dict = {}
+        data: dict[str, Any] = {}
         if pixels is not None:
             data.update(pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"])
         if text is not None:

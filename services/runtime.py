@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from services.catalog import Catalog
 from services.embedded import EMBEDDED_PREFIX
@@ -118,7 +119,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     from services.app import build_application
 
     if not ray.is_initialized():
-        init_kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
+        init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if local_ray:
             init_kwargs |= {"num_cpus": local_ray_cpus(settings, catalog), "_node_ip_address": "127.0.0.1"}
         ray.init(address=settings.ray_address, **init_kwargs)
@@ -159,7 +160,8 @@ def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read()
+                body: bytes = response.read()
+                return body
         except urllib.error.HTTPError as error:
             last = error.read().decode(errors="replace")
         except (urllib.error.URLError, OSError) as error:
@@ -171,12 +173,13 @@ def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
 
 
-def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict:
+def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict[str, Any]:
     """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
     body = wait_for_ok(
         f"{base_url}/v1/health/ready", timeout_s, progress="waiting for engines to load..." if progress else ""
     )
-    return json.loads(body)
+    answer: dict[str, Any] = json.loads(body)
+    return answer
 
 
 def shutdown() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from services.embedded import ensure_embedded_model
 
@@ -17,7 +18,7 @@ BASE_MODEL = "smollm2-135m-instruct"
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
-def _save_adapter(model, out: Path, rank: int, seed: int) -> None:
+def _save_adapter(model: Any, out: Path, rank: int, seed: int) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from services.embedded import ensure_embedded_model
 from services.model_cache import build_once
@@ -35,7 +36,7 @@ PHI3_CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(cache_dir: Path):
+def _tokenizer(cache_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_embedded_model("smollm2-135m-instruct", cache_dir))

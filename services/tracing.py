@@ -20,6 +20,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from services.catalog import TracingOptions
 
+__all__ = ["Span", "Tracing", "traces_endpoint"]  # Span: the type the edge passes around
 ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 PROPAGATOR = TraceContextTextMapPropagator()  # W3C traceparent / tracestate
 

@@ -30,7 +30,8 @@ ROUTES = APIRouter()
 
 
 def _edge(request: Request) -> Edge:
-    return request.app.state.edge
+    edge: Edge = request.app.state.edge
+    return edge
 
 
 def _error_response(

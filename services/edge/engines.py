@@ -92,13 +92,16 @@ class LocalEngine:
         return True  # an engine replica only answers HTTP once its engine has loaded
 
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
-        return await self.engine.request_schemas()
+        schemas: dict[str, dict[str, Any]] = await self.engine.request_schemas()
+        return schemas
 
     async def adapter_names(self, max_age_s: float) -> list[str]:
-        return await self.engine.adapter_names()  # this replica's own registry: always current
+        names: list[str] = await self.engine.adapter_names()  # this replica's own registry: always current
+        return names
 
     async def profile(self) -> dict[str, Any] | None:
-        return self.engine.profile_info()
+        info: dict[str, Any] | None = self.engine.profile_info()
+        return info
 
 
 class RemoteStream:
@@ -111,7 +114,8 @@ class RemoteStream:
         return head
 
     def __aiter__(self) -> AsyncIterator[str | Outcome]:
-        return self._response
+        items: AsyncIterator[str | Outcome] = self._response
+        return items
 
     def cancel(self) -> None:
         self._response.cancel()  # the engine replica aborts the request; a no-op once it ended
@@ -145,10 +149,11 @@ class RemoteEngine:
         return RemoteStream(handle.generate.remote(route, body, request_id, trace_headers))
 
     def ready(self) -> bool:
-        return self.handle.running_replicas_populated()
+        return bool(self.handle.running_replicas_populated())
 
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
-        return await self._unary.request_schemas.remote()
+        schemas: dict[str, dict[str, Any]] = await self._unary.request_schemas.remote()
+        return schemas
 
     async def adapter_names(self, max_age_s: float) -> list[str]:
         """The adapters an engine replica serves, asked again once the last answer is older than
@@ -168,6 +173,8 @@ class RemoteEngine:
             return None
         try:
             async with asyncio.timeout(ENGINE_QUERY_TIMEOUT_S):
-                return (await self._unary.info.remote())["profile"]
+                info: dict[str, Any] = await self._unary.info.remote()
+                profile: dict[str, Any] | None = info["profile"]
+                return profile
         except (TimeoutError, *REPLICA_GONE):
             return None

@@ -23,7 +23,7 @@ class EdgeMiddleware:
         if replica:  # direct mode: which engine replica answered (routing can be seen from outside)
             self.identity.append((b"x-slmserve-replica", replica.encode()))
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -31,7 +31,7 @@ class EdgeMiddleware:
         keys = getattr(state, "keys", None)
         status = 500
 
-        async def send_and_watch(message: dict) -> None:
+        async def send_and_watch(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

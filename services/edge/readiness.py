@@ -51,7 +51,7 @@ class ControllerReadiness:
     ready_period_s: float = 2.0  # once all are up
     states: dict[str, DeploymentState] = field(default_factory=dict)
     _suspects: dict[str, _Suspect] = field(default_factory=dict)
-    _task: asyncio.Task | None = None
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._task is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -48,7 +48,7 @@ class StreamRelay:
     def __aiter__(self) -> AsyncIterator[str]:
         return self.chunks
 
-    async def _chunks(self) -> AsyncIterator[str]:
+    async def _chunks(self) -> AsyncGenerator[str, None]:
         record = self.record
         try:
             async with asyncio.timeout_at(self.deadline):
@@ -104,7 +104,7 @@ class RelayResponse(StreamingResponse):
         )
         self.relay = relay
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:  # type: ignore[override]
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:

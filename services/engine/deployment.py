@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +75,7 @@ def _vllm_families() -> list[Any]:
 class EngineDeployment:
     """Wrapped by `serve.deployment` in services.app with the catalog entry's options."""
 
-    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:
+    async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         self.entry = ModelEntry.model_validate(entry)
         self.metrics_hub = metrics_hub
         started = time.monotonic()
@@ -114,10 +114,11 @@ class EngineDeployment:
 
     async def generate(
         self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """`stream` for callers through a Serve handle (routed mode), with queued frames joined."""
         frames = self.stream(route, body, request_id, trace_headers)
         head = await anext(frames)
+        assert isinstance(head, Head)  # every stream opens with its head
         yield head
         if head.body is None:
             async for item in coalesce(frames):
@@ -127,7 +128,7 @@ class EngineDeployment:
 
     async def stream(
         self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
         the stream's Outcome just before the final [DONE]. Closing it aborts the request.
         `trace_headers` (W3C) make vLLM's engine span a child of the edge's request span."""
@@ -175,7 +176,7 @@ class EngineDeployment:
         chunks: AsyncIterator[str],
         request_id: str,
         client_wants_usage: bool,
-    ) -> AsyncIterator[str | Outcome]:
+    ) -> AsyncGenerator[str | Outcome, None]:
         """vLLM's SSE chunks, minus the usage chunk the client did not ask for, with the Outcome
         placed just before [DONE] (clients hang up right after [DONE])."""
         outcome = Outcome()
@@ -289,7 +290,7 @@ class DirectEngine(EngineDeployment):
     and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
     app `__serve_build_asgi_app__` returns once the engine has loaded."""
 
-    async def __init__(
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
         self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any], limit_broker: Any = None
     ) -> None:
         await super().__init__(entry, cache_dir, metrics_hub)

@@ -29,7 +29,8 @@ def _first(*candidates: tuple[str, str]) -> Any:
 def vllm_version() -> str:
     import vllm
 
-    return vllm.__version__
+    version: str = vllm.__version__
+    return version
 
 
 ChatCompletionRequest = _first(
@@ -113,7 +114,8 @@ def engine_namespace(model: str, served_names: list[str], engine_args: dict[str,
     for key, value in engine_args.items():
         setattr(namespace, key, value)
     namespace.served_model_name = served_names
-    return namespace
+    parsed: argparse.Namespace = namespace
+    return parsed
 
 
 class ServingStack:
@@ -142,7 +144,8 @@ class ServingStack:
 
     def base_model_config(self) -> dict[str, Any]:
         """The base model's Hugging Face config as a dict (what LoRA tensors must fit)."""
-        return self.engine.model_config.hf_config.to_dict()
+        config: dict[str, Any] = self.engine.model_config.hf_config.to_dict()
+        return config
 
     async def load_adapter(self, name: str, path: str) -> str | None:
         """Register a LoRA adapter under `name` through vLLM's own runtime-loading path (which loads
@@ -164,7 +167,8 @@ class ServingStack:
 
     def num_unfinished_requests(self) -> int:
         """Requests the engine still holds (running or waiting); 0 when idle."""
-        return self.engine.output_processor.get_num_unfinished_requests()
+        unfinished: int = self.engine.output_processor.get_num_unfinished_requests()
+        return unfinished
 
     async def check_health(self) -> None:
         """Raises if the engine core died (vLLM's own liveness check)."""

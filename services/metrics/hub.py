@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,22 +56,25 @@ class _EngineCollector:
         by_model: dict[str, list[EngineSnapshot]] = defaultdict(list)
         for snapshot in snapshots:
             by_model[snapshot.model_name].append(snapshot)
-        gauges = {
+        gauges: dict[str, tuple[str, Callable[[EngineSnapshot], float]]] = {
             "num_requests_running": ("Requests running in the engines", lambda s: s.gauge("vllm:num_requests_running")),
             "num_requests_waiting": ("Requests waiting in the engines", lambda s: s.gauge("vllm:num_requests_waiting")),
             "num_request_max": ("Most requests the engines run at once", lambda s: float(s.max_num_seqs)),
         }
         for name, (help_text, read) in gauges.items():
-            family = GaugeMetricFamily(name, help_text, labels=["model_name"])
+            gauge = GaugeMetricFamily(name, help_text, labels=["model_name"])
             for model in self.hub.model_names:
-                family.add_metric([model], sum(read(s) for s in by_model.get(model, [])))
-            yield family
+                gauge.add_metric([model], sum(read(s) for s in by_model.get(model, [])))
+            yield gauge
         kv = GaugeMetricFamily(
             "gpu_cache_usage_perc", "KV-cache usage, 0..1, mean over replicas", labels=["model_name"]
         )
         for model in self.hub.model_names:
-            replicas = by_model.get(model, [])
-            kv.add_metric([model], sum(s.gauge(*KV_USAGE_NAMES) for s in replicas) / len(replicas) if replicas else 0)
+            model_replicas = by_model.get(model, [])
+            kv.add_metric(
+                [model],
+                sum(s.gauge(*KV_USAGE_NAMES) for s in model_replicas) / len(model_replicas) if model_replicas else 0,
+            )
         yield kv
         profiles = GaugeMetricFamily(
             "slmserve_engine_profile",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,13 +72,13 @@ class RecordBuffer:
     are called at each flush for records kept elsewhere in the process (routing decisions)."""
 
     def __init__(
-        self, hub: Any, period_s: float = 0.5, collectors: tuple[Callable[[], list[Record]], ...] = ()
+        self, hub: Any, period_s: float = 0.5, collectors: tuple[Callable[[], Sequence[Record]], ...] = ()
     ) -> None:
         self.hub = hub
         self.period_s = period_s
         self.collectors = collectors
         self._records: list[Record] = []
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     def start(self) -> None:

@@ -268,7 +268,7 @@ class ReplicaChooser:
         return self._least_loaded(replicas), "least_loaded" if policy == "least-loaded" else "fallback"
 
 
-class AffinityRouter(RequestRouter):
+class AffinityRouter(RequestRouter):  # type: ignore[misc]  # Ray reads as untyped
     """Ray Serve's request-router interface over `ReplicaChooser`; configured per engine deployment
     from the catalog's `routing:` block (services/app.py)."""
 
@@ -291,7 +291,7 @@ class AffinityRouter(RequestRouter):
         chosen, reason = self.chooser.choose(candidate_replicas, _request_body(pending_request), session_id or None)
         decisions.count(self._deployment_id.name, self.chooser.knobs.policy, reason)
         rest = [replica for replica in candidate_replicas if replica is not chosen]
-        return [[chosen], rest] if rest else [[chosen]]  # type: ignore[list-item]
+        return [[chosen], rest] if rest else [[chosen]]
 
 
 def routing_stats(
