@@ -35,6 +35,8 @@ UNITS = {
     "Success and failure rate": "requests/s",
     "Rejected requests by reason": "requests/s",
     "HTTP requests by route and status": "requests/s",
+    "Engine replicas: by state, and the autoscaler's target": "replicas",
+    "Engine replicas by profile": "replicas",
 }
 PANELS = (
     "Time to first token",
@@ -45,6 +47,8 @@ PANELS = (
     "Success and failure rate",
     "Rejected requests by reason",
     "HTTP requests by route and status",
+    "Engine replicas: by state, and the autoscaler's target",
+    "Engine replicas by profile",
 )
 
 
@@ -75,7 +79,7 @@ def draw(prometheus: Prometheus, start: float, end: float, path: Path) -> dict[s
     import matplotlib.pyplot as plt
 
     panels = dashboard_panels()
-    figure, axes = plt.subplots(4, 2, figsize=(13, 13))
+    figure, axes = plt.subplots(5, 2, figsize=(13, 16))
     drawn: dict[str, int] = {}
     for axis, title in zip(axes.flat, PANELS, strict=True):
         lines = 0
