@@ -53,7 +53,7 @@ def hd_size(width: int, height: int, num_crops: int) -> tuple[int, int]:
     if transposed:
         width, height = height, width
     new_width = _scale(width, height, num_crops) * CROP
-    new_height = int(new_width / (width / height))
+    new_height = max(1, int(new_width / (width / height)))  # a sliver image keeps one row (the hub resizes to 0)
     padded_height = math.ceil(new_height / CROP) * CROP
     return (padded_height, new_width) if transposed else (new_width, padded_height)
 
@@ -71,7 +71,7 @@ def _hd_transform(image: Image.Image, num_crops: int) -> Image.Image:
         image = image.transpose(Image.Transpose.TRANSPOSE)
         width, height = image.size
     new_width = _scale(width, height, num_crops) * CROP
-    new_height = int(new_width / (width / height))
+    new_height = max(1, int(new_width / (width / height)))  # a sliver image keeps one row (the hub resizes to 0)
     image = image.resize((new_width, new_height), Image.Resampling.BILINEAR)
     padded_height = math.ceil(new_height / CROP) * CROP
     top = (padded_height - new_height) // 2

@@ -23,6 +23,8 @@ from services.testmodels import TINY_PHI3V
         (200, 1000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),  # the same image turned: 4 rows of 1
         (1344, 1344, 16, (1344, 1344), 17 * 144 + 1 + 5 * 12),  # 4x4 at 16 crops
         (50, 8000, 4, (336, 1344), 5 * 144 + 1 + 5 * 12),  # vLLM's most-features probe image
+        (1, 1000, 1, (336, 336), 2 * 144 + 1 + 2 * 12),  # a sliver keeps one row (the hub's resize to 0 px fails)
+        (4000, 1, 4, (1344, 336), 5 * 144 + 1 + 2 * 12),
     ],
 )
 def test_token_counts_follow_the_published_formula(width, height, num_crops, hd, tokens):
@@ -62,3 +64,9 @@ def test_a_built_directory_loads_as_remote_code_and_expands_image_tags(tmp_path)
     with_more_crops = AutoProcessor.from_pretrained(str(tmp_path / "phi3v"), trust_remote_code=True, num_crops=4)
     assert with_more_crops.image_processor.num_crops == 4
     assert torch.equal(out["image_sizes"], torch.tensor([[336, 336], [336, 336]]))
+
+
+def test_a_sliver_image_is_processed_not_refused():
+    out = Phi3VImageProcessor(num_crops=4).preprocess([Image.new("RGB", (1, 1000)), Image.new("RGB", (4000, 1))])
+    assert out["image_sizes"].tolist() == [[1344, 336], [336, 1344]]
+    assert out["num_img_tokens"] == [5 * 144 + 1 + 5 * 12, 5 * 144 + 1 + 2 * 12]
