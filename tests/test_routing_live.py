@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -39,6 +40,24 @@ def server() -> Iterator[ServerProcess]:
 
 def _metrics(server: ServerProcess) -> str:
     return httpx.get(f"{server.base_url}/metrics", timeout=30).text
+
+
+def _wait_until_idle(server: ServerProcess, timeout_s: float = 60) -> None:
+    """Until the engines hold nothing: the streams a test left are aborted and their admission slots
+    free (a replica frees the slot where it aborts the request), so the next test starts from zero."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = sum(
+            sample.value
+            for family in text_string_to_metric_families(_metrics(server))
+            for sample in family.samples
+            if sample.name in ("num_requests_running", "num_requests_waiting") and sample.labels["model_name"] == MODEL
+        )
+        if held == 0:
+            time.sleep(1.5)  # the engines' snapshots are a second old: one more, to be sure
+            return
+        assert time.monotonic() < deadline, f"the engines still hold {held} requests after {timeout_s:.0f}s"
+        time.sleep(0.5)
 
 
 def _decisions(server: ServerProcess) -> Counter[str]:
@@ -101,10 +120,12 @@ def test_new_work_goes_to_the_idle_peer_of_a_saturated_replica(server):
                     return response.headers.get("x-slmserve-replica")  # leave once the stream runs
         return None
 
+    _wait_until_idle(server)  # the guard compares loads: start from none
     before = _decisions(server)
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
         streams = list(pool.map(long_stream, range(10)))
     held = Counter(streams)
+    _wait_until_idle(server)
     assert sum(held.values()) == 10 and len(held) == 2, held  # the load guard split the prefix's streams
     assert max(held.values()) >= 8
     assert _decisions(server)["load_guard"] > before["load_guard"]
@@ -135,6 +156,7 @@ def test_the_in_flight_bound_holds_across_both_replicas(server):
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(hold, range(16)))
+    _wait_until_idle(server)
     assert sorted(answers, key=str) == sorted([(200, None)] * BOUND + [(429, "queue_full")] * 4, key=str), answers
 
 
