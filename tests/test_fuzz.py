@@ -26,7 +26,15 @@ from services.media import MediaError, MediaFetcher, MediaPolicy, _data_url_byte
 from tests.conftest import AUTH
 
 EXAMPLES = int(os.environ.get("SLMSERVE_FUZZ_EXAMPLES", "100"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: CI runs the same cases every time (a CI run once drew 33 chat cases that all earned a
+# 400 or 404, where this test needs the engines to answer some); `make fuzz` explores further with
+# more examples, and SLMSERVE_FUZZ_RANDOM=1 draws new ones.
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=os.environ.get("SLMSERVE_FUZZ_RANDOM") != "1",
+)
 
 json_scalars = (
     st.none()
