@@ -27,8 +27,9 @@ import httpx
 
 from loadtests.gpu.make_phi35 import build
 from loadtests.gpu.run_gpu_bench import prompt_words_for
+from loadtests.gpu.run_gpu_lora import row
 from loadtests.serving import running_replicas, serving
-from loadtests.workload import chat_body, level_result, percentile, run_bodies
+from loadtests.workload import chat_body, level_result, run_bodies
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-family-h200.yaml"
@@ -165,24 +166,11 @@ def image_checks(base_url: str, model: str, data_url: str, http_url: str) -> dic
 
 
 def summarize_by_model(results, wall_s: float, labels: list[str], concurrency: int) -> list[dict]:
-    rows = []
-    for index, label in enumerate(labels):
-        stats = [s for i, s in results if i == index]
-        result = level_result(label, concurrency, stats, wall_s)
-        rows.append(
-            {
-                "concurrency": concurrency,
-                "traffic": label,
-                "requests": result.requests,
-                "errors": result.errors,
-                "output_tok_per_s": round(result.output_tok_per_s, 1),
-                "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
-                "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
-                "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
-                "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2),
-            }
-        )
-    return rows
+    """One row per kind of request (run_gpu_lora's row), each kind's tokens over the level's wall time."""
+    return [
+        row("family", label, level_result(label, concurrency, [s for i, s in results if i == index], wall_s))
+        for index, label in enumerate(labels)
+    ]
 
 
 def table(rows: list[dict]) -> str:
