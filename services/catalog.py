@@ -226,12 +226,19 @@ class EngineProfile(_Strict):
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:-]*$")
 
 
+Modality = Literal["text", "image"]
+
+
+def _text_only() -> list[Modality]:
+    return ["text"]
+
+
 class ModelEntry(_Strict):
     name: str = Field(description="the served model name clients put in `model`")
     aliases: list[str] = Field(default_factory=list)
     source: str = Field(description="Hugging Face id, local directory, or embedded://NAME")
     task: Literal["generate"] = "generate"
-    modalities: list[Literal["text", "image"]] = Field(default_factory=lambda: list[Literal["text", "image"]](["text"]))
+    modalities: list[Modality] = Field(default_factory=_text_only)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments")
     deployment: DeploymentOptions = Field(default_factory=DeploymentOptions)
     env: dict[str, str] = Field(default_factory=dict, description="environment of the engine replicas")
