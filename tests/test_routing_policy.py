@@ -114,19 +114,14 @@ def test_the_load_guard_sends_a_preferred_but_busy_replica_s_work_elsewhere():
     assert policy.choose([a, b], chat(SYSTEM, "4"), None) == (away, "load_guard")
 
 
-def test_what_was_sent_since_the_last_report_counts_as_load(monkeypatch):
-    from services.router.policies import IN_TRANSIT_S
-
-    clock = [1000.0]
-    monkeypatch.setattr("services.router.policies.time.time", lambda: clock[0])
+def test_what_was_sent_since_the_last_report_counts_as_load():
     a, b = FakeReplica("a"), FakeReplica("b")
     report(a, 0)
     report(b, 0)
     policy = chooser(policy="least-loaded")
     picks = [policy.choose([a, b], None, None)[0].replica_id for _ in range(10)]
     assert sorted(picks.count(name) for name in "ab") == [5, 5]  # alternates although reports are stale
-    clock[0] += IN_TRANSIT_S + 0.1
-    report(a, 0)  # a fresh report replaces what was booked well before it
+    report(a, 0)  # a fresh report replaces what was booked since the last one
     assert policy.load(a) == (0, 0.0) and policy.load(b) == (5, 0.0)
 
 
@@ -230,8 +225,7 @@ def test_prefix_blocks_of_one_text_under_two_adapters_are_two_cache_entries():
 
 def test_a_report_counts_the_sends_before_it_and_not_those_after(monkeypatch):
     """A report made between two sends replaces only the first (CI saw the flake where a report that
-    predated in-flight sends wiped them, so a busy replica looked idle). A send made less than
-    IN_TRANSIT_S before the report may not have reached the engine by then: it still counts."""
+    predated in-flight sends wiped them, so a busy replica looked idle)."""
     clock = [1000.0]
     monkeypatch.setattr("services.router.policies.time.time", lambda: clock[0])
     a, b = FakeReplica("a"), FakeReplica("b")
@@ -240,20 +234,5 @@ def test_a_report_counts_the_sends_before_it_and_not_those_after(monkeypatch):
     policy.choose([a, b], None, None)  # to a, at t=1000
     clock[0] += 1.0
     policy.choose([a, b], None, None)  # to a, at t=1001
-    a.routing_stats = {"ongoing": 1, "kv_usage": 0.0, "at": 1001.5}  # made between them, arriving now
+    a.routing_stats = {"ongoing": 1, "kv_usage": 0.0, "at": 1000.5}  # made between them, arriving now
     assert policy.load(a)[0] == 2  # the first send is in the report, the second is not yet
-
-
-def test_a_send_still_in_transit_when_the_report_was_made_counts(monkeypatch):
-    """Ten streams of one prefix in a burst: a report made a moment after the sends, before the
-    requests reached the engine, must not make the replica look idle (the CI flake where the load
-    guard never split such a burst)."""
-    clock = [1000.0]
-    monkeypatch.setattr("services.router.policies.time.time", lambda: clock[0])
-    a, b = FakeReplica("a"), FakeReplica("b")
-    policy = chooser(policy="least-loaded")
-    report(b, 50)
-    for _ in range(3):
-        policy.choose([a, b], None, None)  # to a
-    a.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "at": 1000.2}  # the engine had none of them yet
-    assert policy.load(a)[0] == 3

@@ -44,12 +44,6 @@ from services.router import decisions
 # or the replica is too busy to report and their count would only grow. Times are wall-clock
 # (`time.time()`), as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
-# A report counts only the sends made this long before it. The engine counts a request once vLLM
-# holds it, and before that it crosses HAProxy and the replica's edge (body, admission, rendering):
-# a send made just before a report may not be in it. Counting such a send twice for under a second
-# errs towards spreading load; dropping it made a burst look like nothing (CI: ten streams of one
-# prefix all stayed on one replica, the guard never saw the imbalance).
-IN_TRANSIT_S = 1.0
 
 # The engine deployment's methods the router calls for itself (adapter lists, schemas, info): they pick
 # the least loaded replica but are neither booked as load nor counted as routing decisions.
@@ -197,7 +191,7 @@ class ReplicaChooser:
             for adapter in [name for name, at in adapters.items() if at <= adapters_at]:
                 del adapters[adapter]
         horizon = time.time() - SENT_WINDOW_S
-        while sent and (sent[0] < horizon or sent[0] <= reported_at - IN_TRANSIT_S):
+        while sent and (sent[0] < horizon or sent[0] <= reported_at):
             sent.popleft()
         return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
 
