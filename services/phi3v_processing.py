@@ -170,14 +170,17 @@ class Phi3VProcessor(ProcessorMixin):  # type: ignore[misc]  # transformers read
             data.update(pixel_values=pixels["pixel_values"], image_sizes=pixels["image_sizes"])
         if text is not None:
             text = text[0] if isinstance(text, list | tuple) else text
-            counts = pixels["num_img_tokens"] if pixels is not None else []
-            image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
             input_ids: list[int] = []
-            for index, chunk in enumerate(IMAGE_TAG.split(text)):
-                if index % 2 == 0:
-                    input_ids += self.tokenizer(chunk).input_ids
-                else:
-                    input_ids += [image_id] * counts[int(chunk) - 1]
+            if pixels is None:  # as the model's own processor: no images, the text (tags too) is tokenized
+                input_ids = self.tokenizer(text).input_ids  # vLLM 0.24 asks this for its prompt updates
+            else:
+                counts = pixels["num_img_tokens"]
+                image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+                for index, chunk in enumerate(IMAGE_TAG.split(text)):
+                    if index % 2 == 0:
+                        input_ids += self.tokenizer(chunk).input_ids
+                    else:
+                        input_ids += [image_id] * counts[int(chunk) - 1]
             data["input_ids"] = torch.tensor([input_ids])
             data["attention_mask"] = torch.ones_like(data["input_ids"])
         return BatchFeature(data=data)

@@ -280,9 +280,12 @@ class EngineDeployment:
         await self.stack.check_health()
 
     async def __del__(self) -> None:
-        await self.stack.shutdown()
-        if self.adapters is not None:
-            self.adapters.close()
+        # Serve calls this after a failed __init__ too: shut down only what was built.
+        stack, adapters = getattr(self, "stack", None), getattr(self, "adapters", None)
+        if stack is not None:
+            await stack.shutdown()
+        if adapters is not None:
+            adapters.close()
 
 
 class DirectEngine(EngineDeployment):
