@@ -11,12 +11,13 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import yaml
 
 from services.cli import main as cli_main
+from services.deploy.status import SERVE_DETAILS_PATH
 
 NS, NAME, CLUSTER = "llm", "slm-slmserve", "slm-slmserve-raycluster-x7k2p"
 
@@ -72,11 +73,34 @@ def pod(name: str, group: str, phase: str, ready: bool, unschedulable: str = "")
     }
 
 
+def serve_details(ready: bool) -> dict:
+    """Ray's ServeInstanceDetails, trimmed to what `deploy status` reads: once ready, the engine is
+    scaling from one replica to two (one RUNNING, one STARTING, target 2)."""
+
+    def deployment(states: list[str], target: int) -> dict:
+        return {
+            "status": "HEALTHY",
+            "target_num_replicas": target,
+            "replicas": [{"replica_id": f"r{i}", "state": state} for i, state in enumerate(states)],
+        }
+
+    engine = deployment(["RUNNING", "STARTING"], 2) if ready else deployment(["STARTING"], 1)
+    return {
+        "applications": {
+            "slmserve": {
+                "status": "RUNNING" if ready else "DEPLOYING",
+                "deployments": {"Router": deployment(["RUNNING"], 1), "engine-microsoft-Phi-3.5-mini-instruct": engine},
+            }
+        }
+    }
+
+
 class FakeAPI:
     def __init__(self) -> None:
         self.rayservice_reads = 0
         self.ready_after = 0  # reads before the RayService turns ready
         self.selectors: list[str] = []
+        self.dashboard_up = True  # the head's dashboard answers through the service proxy
 
 
 def handler_for(api: FakeAPI):
@@ -93,7 +117,7 @@ def handler_for(api: FakeAPI):
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            url = urlsplit(self.path)
+            url = urlsplit(unquote(self.path))  # the client sends a service proxy's "name:port" as %3A
             if url.path == f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}":
                 api.rayservice_reads += 1
                 return self._json(200, rayservice(ready=api.rayservice_reads > api.ready_after))
@@ -109,6 +133,10 @@ def handler_for(api: FakeAPI):
                         "message": "rayservices not found",
                     },
                 )
+            if url.path == f"/api/v1/namespaces/{NS}/services/{CLUSTER}-head-svc:dashboard/proxy/{SERVE_DETAILS_PATH}":
+                if not api.dashboard_up:
+                    return self._json(503, {"kind": "Status", "code": 503, "message": "no endpoints available"})
+                return self._json(200, serve_details(ready=api.rayservice_reads > api.ready_after))
             if url.path == f"/api/v1/namespaces/{NS}/pods":
                 api.selectors.append(parse_qs(url.query).get("labelSelector", [""])[0])
                 ready = api.rayservice_reads > api.ready_after
@@ -160,7 +188,11 @@ def test_status_reports_applications_groups_and_pending_gpu_pods(fake_api, capsy
     assert f"RayService {NS}/{NAME}: NOT READY" in out
     assert "condition Ready=False ZeroServeEndpoints: no serve endpoints yet" in out
     assert "application slmserve: DEPLOYING" in out
-    assert "deployment engine-microsoft-Phi-3.5-mini-instruct: UPDATING Deploying: 0/1 replicas running." in out
+    assert (
+        "deployment engine-microsoft-Phi-3.5-mini-instruct: UPDATING [0/1 replicas running/target] "
+        "Deploying: 0/1 replicas running." in out
+    )
+    assert "deployment Router: HEALTHY [1/1 replicas running/target]" in out
     assert "group gpu-1x: 1 pods, 1 running, 0 ready, 0 pending" in out
     assert "group gpu-2x: 1 pods, 0 running, 0 ready, 1 pending" in out
     assert "Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in out
@@ -190,6 +222,16 @@ def test_wait_polls_until_ready(fake_api, capsys):
     assert code == 0
     assert api.rayservice_reads == 3
     assert out.count("NOT READY") == 2 and f"RayService {NS}/{NAME}: READY" in out
+    assert "deployment engine-microsoft-Phi-3.5-mini-instruct: HEALTHY [1/2 replicas running/target]" in out
+
+
+def test_status_says_when_the_serve_api_cannot_be_read(fake_api, capsys):
+    api, kubeconfig = fake_api
+    api.dashboard_up = False
+    code = cli_main(["deploy", "status", NAME, "-n", NS, "--kubeconfig", str(kubeconfig)])
+    out = capsys.readouterr().out
+    assert code == 0  # the RayService is ready; the replica counts are extra
+    assert "replicas: not read from the Serve API (503" in out and "replicas running/target" not in out
 
 
 def test_wait_times_out(fake_api, capsys):

@@ -1,19 +1,29 @@
 """`slmserve deploy status`: what a platform engineer asks of a RayService while GPUs come up.
 
 Reads, through the `kubernetes` client: the RayService's conditions and Serve application and
-deployment statuses, the RayCluster it runs on, and its pods grouped by worker group, with the
-scheduler's reason for every pending pod (e.g. "0/4 nodes are available: 4 Insufficient
-nvidia.com/gpu"), then prints one summary.
+deployment statuses, the RayCluster it runs on, each Serve deployment's replicas (running against
+the autoscaler's target, from Ray's Serve REST API on the head's dashboard port, reached through the
+API server's service proxy), and its pods grouped by worker group, with the scheduler's reason for
+every pending pod (e.g. "0/4 nodes are available: 4 Insufficient nvidia.com/gpu"), then prints one
+summary.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 GROUP, VERSION, PLURAL = "ray.io", "v1", "rayservices"
+SERVE_DETAILS_PATH = "api/serve/applications/"  # Ray's ServeInstanceDetails (ray/serve/schema.py)
+
+
+@dataclass
+class Replicas:
+    running: int
+    target: int
 
 
 @dataclass
@@ -36,6 +46,8 @@ class Report:
     cluster_state: str
     applications: dict[str, dict[str, Any]]
     pods: list[PodState] = field(default_factory=list)
+    replicas: dict[str, Replicas] = field(default_factory=dict)  # Serve deployment -> replicas
+    replicas_unread: str = ""  # why the replicas could not be read (the dashboard not up yet, say)
 
     @property
     def pending(self) -> list[PodState]:
@@ -63,6 +75,25 @@ def _pod_state(pod: Any) -> PodState:
     return PodState(pod.metadata.name, labels.get("ray.io/group", "?"), pod.status.phase, ready, reason)
 
 
+def read_replicas(api_client: Any, namespace: str, cluster: str, app: str) -> dict[str, Replicas]:
+    """Running and target replicas per Serve deployment of `app`, from the head's dashboard (KubeRay
+    names its service `<cluster>-head-svc`, port `dashboard`) through the API server's proxy."""
+    from kubernetes import client
+
+    response = client.CoreV1Api(api_client).connect_get_namespaced_service_proxy_with_path(
+        f"{cluster}-head-svc:dashboard", namespace, SERVE_DETAILS_PATH, _preload_content=False
+    )
+    details = json.loads(response.data)
+    deployments = ((details.get("applications") or {}).get(app) or {}).get("deployments") or {}
+    return {
+        name: Replicas(
+            running=sum(replica.get("state") == "RUNNING" for replica in info.get("replicas") or []),
+            target=int(info.get("target_num_replicas", 0)),
+        )
+        for name, info in deployments.items()
+    }
+
+
 def read_report(api_client: Any, name: str, namespace: str) -> Report:
     from kubernetes import client
 
@@ -84,9 +115,16 @@ def read_report(api_client: Any, name: str, namespace: str) -> Report:
         for app, info in (active.get("applicationStatuses") or {}).items()
     }
     pods: list[PodState] = []
+    replicas: dict[str, Replicas] = {}
+    replicas_unread = ""
     if cluster:
         listed = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={cluster}")
         pods = sorted((_pod_state(pod) for pod in listed.items), key=lambda p: (p.group, p.name))
+        for app in applications:
+            try:
+                replicas.update(read_replicas(api_client, namespace, cluster, app))
+            except (client.exceptions.ApiException, ValueError) as error:
+                replicas_unread = f"{getattr(error, 'status', '')} {getattr(error, 'reason', error)}".strip()
     return Report(
         name=name,
         namespace=namespace,
@@ -100,6 +138,8 @@ def read_report(api_client: Any, name: str, namespace: str) -> Report:
         cluster_state=(active.get("rayClusterStatus") or {}).get("state", ""),
         applications=applications,
         pods=pods,
+        replicas=replicas,
+        replicas_unread=replicas_unread,
     )
 
 
@@ -116,7 +156,11 @@ def format_report(report: Report) -> str:
     for app, info in report.applications.items():
         lines.append(f"  application {app}: {info['status']} {info['message']}".rstrip())
         for deployment, (state, message) in sorted(info["deployments"].items()):
-            lines.append(f"    deployment {deployment}: {state} {message}".rstrip())
+            counts = report.replicas.get(deployment)
+            replicas = f" [{counts.running}/{counts.target} replicas running/target]" if counts else ""
+            lines.append(f"    deployment {deployment}: {state}{replicas} {message}".rstrip())
+    if report.replicas_unread:
+        lines.append(f"  replicas: not read from the Serve API ({report.replicas_unread})")
     groups: dict[str, list[PodState]] = defaultdict(list)
     for pod in report.pods:
         groups[pod.group].append(pod)
