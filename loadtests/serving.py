@@ -64,6 +64,15 @@ def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str 
     raise TimeoutError(f"{base_url}: not {count} running replicas after {timeout_s:.0f}s")
 
 
+def _exited(process: subprocess.Popen[bytes], log: Path) -> str:
+    """Why `slmserve serve` ended before it was ready ("" while it runs): its exit code and last line."""
+    if process.poll() is None:
+        return ""
+    said = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("[slmserve] ")]
+    last = next((line for line in reversed(said) if line != "[slmserve] shutting down"), "(nothing said)")
+    return f"slmserve serve exited with {process.returncode}: {last[:1000]}"
+
+
 @contextmanager
 def serving(
     catalog: str | Path,
@@ -91,7 +100,7 @@ def serving(
     try:
         if on_start is not None:
             on_start(base_url)
-        runtime.wait_until_ready(base_url, ready_timeout_s)
+        runtime.wait_until_ready(base_url, ready_timeout_s, failed=lambda: _exited(process, log))
         if replicas > 1:
             key = api_keys.split(",")[0].split(":")[-1] if api_keys else ""
             wait_for_replicas(base_url, replicas, ready_timeout_s, key)

@@ -23,16 +23,18 @@ def _serve(args: argparse.Namespace) -> int:
     base_url = runtime.local_base_url(settings)
     print(f"[slmserve] starting {len(catalog.models)} model(s) from catalog {settings.catalog!r}", flush=True)
     started = time.monotonic()
-    runtime.start_local(settings, catalog, wait=False)
     stop = {"now": False}
 
     def _interrupt(*_: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        runtime.wait_until_ready(base_url, args.ready_timeout, progress=True)
+        runtime.start_local(settings, catalog, wait=False)
+        signal.signal(signal.SIGINT, _interrupt)
+        signal.signal(signal.SIGTERM, _interrupt)
+        runtime.wait_until_ready(
+            base_url, args.ready_timeout, progress=True, failed=lambda: runtime.deploy_failures(settings.app_name)
+        )
         print(f"[slmserve] ready in {time.monotonic() - started:.0f}s: {base_url}/v1", flush=True)
         for entry in catalog.models:
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
@@ -40,8 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("[slmserve] Ctrl-C to stop", flush=True)
         while not stop["now"]:
             time.sleep(0.5)
-    except (TimeoutError, KeyboardInterrupt) as error:
-        if isinstance(error, TimeoutError):
+    except (TimeoutError, runtime.DeployFailed, KeyboardInterrupt) as error:
+        if not isinstance(error, KeyboardInterrupt):
             print(f"[slmserve] {error}", file=sys.stderr, flush=True)
             return 1
     finally:

@@ -6,11 +6,13 @@ import contextlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +131,9 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     # without that wait, which is what lets readiness report 503 while engines load.
     serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
     timeout = ENGINE_START_TIMEOUT_S if catalog.data_plane == "direct" else ROUTER_START_TIMEOUT_S
-    wait_for_ok(f"{local_base_url(settings)}/v1/health/live", timeout)
+    wait_for_ok(
+        f"{local_base_url(settings)}/v1/health/live", timeout, failed=lambda: deploy_failures(settings.app_name)
+    )
 
 
 def local_ray_cpus(settings: Settings, catalog: Catalog) -> int:
@@ -151,9 +155,42 @@ def local_base_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
+class DeployFailed(RuntimeError):
+    """What is being waited for cannot come: Serve gave up on a deployment, or the server exited."""
+
+
+def deploy_failures(app_name: str) -> str:
+    """Serve's message for each deployment of `app_name` that it gave up on ("" while none has):
+    a replica whose start keeps failing ends DEPLOY_FAILED, and readiness alone would wait on it."""
+    from ray import serve
+
+    application = serve.status().applications.get(app_name)
+    if application is None:
+        return ""
+    failures = [
+        f"{name}: {_first_and_last_lines(status.message) or 'DEPLOY_FAILED'}"
+        for name, status in application.deployments.items()
+        if str(getattr(status.status, "value", status.status)) == "DEPLOY_FAILED"
+    ]
+    return f"Serve gave up on {'; '.join(failures)}" if failures else ""
+
+
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
+
+
+def _first_and_last_lines(message: str) -> str:
+    """Serve's first line, then the traceback's last exception line and the line after it (the
+    exception the constructor raised, and pydantic's reason where it is a ValidationError)."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    raised = [index for index, line in enumerate(lines) if EXCEPTION_LINE.match(line)]
+    cause = lines[raised[-1] : raised[-1] + 2] if raised else lines[-1:]
+    return " ... ".join(lines[:1] + [line[:300] for line in cause if line != lines[0]])
+
+
+def wait_for_ok(url: str, timeout_s: float, *, progress: str = "", failed: Callable[[], str] | None = None) -> bytes:
     """Poll `url` until it answers 200; return the body. Raises TimeoutError with the last answer.
-    With `progress`, print that line (and the last answer) every 10 s while waiting."""
+    With `progress`, print that line (and the last answer) every 10 s while waiting. `failed` is
+    asked every 10 s too: a non-empty answer raises DeployFailed at once."""
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     next_note = time.monotonic() + 10
@@ -166,17 +203,26 @@ def wait_for_ok(url: str, timeout_s: float, *, progress: str = "") -> bytes:
             last = error.read().decode(errors="replace")
         except (urllib.error.URLError, OSError) as error:
             last = str(error)
-        if progress and time.monotonic() >= next_note:
-            print(f"[slmserve] {progress} ({last.strip()[:120]})", flush=True)
+        if time.monotonic() >= next_note:
+            if progress:
+                print(f"[slmserve] {progress} ({last.strip()[:120]})", flush=True)
+            if failed is not None and (reason := failed()):
+                raise DeployFailed(reason)
             next_note = time.monotonic() + 10
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
 
 
-def wait_until_ready(base_url: str, timeout_s: float, *, progress: bool = False) -> dict[str, Any]:
-    """Poll /v1/health/ready until 200; return its body. Raises TimeoutError."""
+def wait_until_ready(
+    base_url: str, timeout_s: float, *, progress: bool = False, failed: Callable[[], str] | None = None
+) -> dict[str, Any]:
+    """Poll /v1/health/ready until 200; return its body. Raises TimeoutError, or DeployFailed as
+    soon as `failed()` names a reason (`deploy_failures` for the Ray driver itself)."""
     body = wait_for_ok(
-        f"{base_url}/v1/health/ready", timeout_s, progress="waiting for engines to load..." if progress else ""
+        f"{base_url}/v1/health/ready",
+        timeout_s,
+        progress="waiting for engines to load..." if progress else "",
+        failed=failed,
     )
     answer: dict[str, Any] = json.loads(body)
     return answer
