@@ -162,15 +162,12 @@ class DeployFailed(RuntimeError):
 def deploy_failures(app_name: str) -> str:
     """Serve's message for each deployment of `app_name` that it gave up on ("" while none has):
     a replica whose start keeps failing ends DEPLOY_FAILED, and readiness alone would wait on it."""
-    from ray import serve
+    from services.serve_status import read_deployment_states
 
-    application = serve.status().applications.get(app_name)
-    if application is None:
-        return ""
     failures = [
-        f"{name}: {_first_and_last_lines(status.message) or 'DEPLOY_FAILED'}"
-        for name, status in application.deployments.items()
-        if str(getattr(status.status, "value", status.status)) == "DEPLOY_FAILED"
+        f"{name}: {_failure_summary(state.message) or 'DEPLOY_FAILED'}"
+        for name, state in read_deployment_states(app_name).items()
+        if state.status == "DEPLOY_FAILED"
     ]
     return f"Serve gave up on {'; '.join(failures)}" if failures else ""
 
@@ -178,7 +175,7 @@ def deploy_failures(app_name: str) -> str:
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception)\b.*:")
 
 
-def _first_and_last_lines(message: str) -> str:
+def _failure_summary(message: str) -> str:
     """Serve's first line, then the traceback's last exception line and the line after it (the
     exception the constructor raised, and pydantic's reason where it is a ValidationError)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]

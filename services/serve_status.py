@@ -13,6 +13,7 @@ class DeploymentState:
     status: str = "UNKNOWN"
     replicas: dict[str, int] = field(default_factory=dict)  # replica state (RUNNING, STARTING, ...) -> count
     target_replicas: int | None = None  # what the autoscaler (or num_replicas) asks for
+    message: str = ""  # the controller's word on the status (a DEPLOY_FAILED one carries the traceback)
 
     @property
     def running_replicas(self) -> int:
@@ -27,7 +28,9 @@ def read_deployment_states(app_name: str, *, with_targets: bool = False) -> dict
         return {}
     states = {
         name: DeploymentState(
-            status=str(getattr(status.status, "value", status.status)), replicas=dict(status.replica_states)
+            status=str(getattr(status.status, "value", status.status)),
+            replicas=dict(status.replica_states),
+            message=status.message,
         )
         for name, status in application.deployments.items()
     }

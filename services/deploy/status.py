@@ -46,7 +46,7 @@ class Report:
     cluster_state: str
     applications: dict[str, dict[str, Any]]
     pods: list[PodState] = field(default_factory=list)
-    replicas: dict[str, Replicas] = field(default_factory=dict)  # Serve deployment -> replicas
+    replicas: dict[tuple[str, str], Replicas] = field(default_factory=dict)  # (application, deployment)
     replicas_unread: str = ""  # why the replicas could not be read (the dashboard not up yet, say)
 
     @property
@@ -75,22 +75,23 @@ def _pod_state(pod: Any) -> PodState:
     return PodState(pod.metadata.name, labels.get("ray.io/group", "?"), pod.status.phase, ready, reason)
 
 
-def read_replicas(api_client: Any, namespace: str, cluster: str, app: str) -> dict[str, Replicas]:
-    """Running and target replicas per Serve deployment of `app`, from the head's dashboard (KubeRay
-    names its service `<cluster>-head-svc`, port `dashboard`) through the API server's proxy."""
+def read_replicas(api_client: Any, namespace: str, cluster: str) -> dict[tuple[str, str], Replicas]:
+    """Running and target replicas per (application, Serve deployment), in one read of the head's
+    dashboard (KubeRay names its service `<cluster>-head-svc`, port `dashboard`) through the API
+    server's proxy."""
     from kubernetes import client
 
     response = client.CoreV1Api(api_client).connect_get_namespaced_service_proxy_with_path(
         f"{cluster}-head-svc:dashboard", namespace, SERVE_DETAILS_PATH, _preload_content=False
     )
-    details = json.loads(response.data)
-    deployments = ((details.get("applications") or {}).get(app) or {}).get("deployments") or {}
+    applications = json.loads(response.data).get("applications") or {}
     return {
-        name: Replicas(
+        (app, name): Replicas(
             running=sum(replica.get("state") == "RUNNING" for replica in info.get("replicas") or []),
             target=int(info.get("target_num_replicas", 0)),
         )
-        for name, info in deployments.items()
+        for app, details in applications.items()
+        for name, info in (details.get("deployments") or {}).items()
     }
 
 
@@ -115,16 +116,15 @@ def read_report(api_client: Any, name: str, namespace: str) -> Report:
         for app, info in (active.get("applicationStatuses") or {}).items()
     }
     pods: list[PodState] = []
-    replicas: dict[str, Replicas] = {}
+    replicas: dict[tuple[str, str], Replicas] = {}
     replicas_unread = ""
     if cluster:
         listed = client.CoreV1Api(api_client).list_namespaced_pod(namespace, label_selector=f"ray.io/cluster={cluster}")
         pods = sorted((_pod_state(pod) for pod in listed.items), key=lambda p: (p.group, p.name))
-        for app in applications:
-            try:
-                replicas.update(read_replicas(api_client, namespace, cluster, app))
-            except (client.exceptions.ApiException, ValueError) as error:
-                replicas_unread = f"{getattr(error, 'status', '')} {getattr(error, 'reason', error)}".strip()
+        try:
+            replicas = read_replicas(api_client, namespace, cluster)
+        except (client.exceptions.ApiException, ValueError) as error:
+            replicas_unread = f"{getattr(error, 'status', '')} {getattr(error, 'reason', error)}".strip()
     return Report(
         name=name,
         namespace=namespace,
@@ -156,7 +156,7 @@ def format_report(report: Report) -> str:
     for app, info in report.applications.items():
         lines.append(f"  application {app}: {info['status']} {info['message']}".rstrip())
         for deployment, (state, message) in sorted(info["deployments"].items()):
-            counts = report.replicas.get(deployment)
+            counts = report.replicas.get((app, deployment))
             replicas = f" [{counts.running}/{counts.target} replicas running/target]" if counts else ""
             lines.append(f"    deployment {deployment}: {state}{replicas} {message}".rstrip())
     if report.replicas_unread:
