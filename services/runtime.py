@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
+import random
 import re
 import socket
 import tempfile
@@ -47,13 +47,32 @@ ROUTER_START_TIMEOUT_S = 180  # routed mode: the router replica answers within s
 ENGINE_START_TIMEOUT_S = 900  # direct mode: an engine replica answers once its engine has loaded
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free right now, all different (the sockets are held together until all are bound)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+# Ports an instance takes for itself come from here: below Ray Serve's direct-ingress replica ports
+# (30000-31000), above Ray's worker ports (10002-19999), and outside the kernel's ephemeral range
+# (32768-60999), where a port seen free would soon be any outgoing connection's or Ray's own.
+INSTANCE_PORTS = range(20000, 30000)
+
+
+def free_ports(count: int, *, candidates: range = INSTANCE_PORTS) -> list[int]:
+    """`count` different ports that nothing listens on, on loopback or any address, drawn at random
+    from `candidates` so that instances started side by side rarely try the same one."""
+    chosen: list[int] = []
+    for port in random.sample(candidates, len(candidates)):
+        if _bindable(port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise RuntimeError(f"fewer than {count} free ports in {candidates.start}-{candidates.stop - 1}")
+
+
+def _bindable(port: int) -> bool:
+    for address in ("127.0.0.1", "0.0.0.0"):  # HAProxy binds the wildcard, uvicorn loopback
+        with socket.socket() as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
 
 
 def routing_environment(catalog: Catalog) -> dict[str, str]:

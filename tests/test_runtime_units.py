@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
+
 from services.catalog import parse_catalog
-from services.runtime import ingress_environment, local_base_url, routing_environment
+from services.runtime import INSTANCE_PORTS, free_ports, ingress_environment, local_base_url, routing_environment
 from services.settings import Settings
 
 RAY_NODE_ID_DIR = "/" + "f" * 56  # Ray puts each node's HAProxy files in a directory named by node id
@@ -44,3 +47,14 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
     with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}
     assert env([with_adapters])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # adapter affinity
     assert env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"  # the Router reads bodies
+
+
+def test_instance_ports_skip_listened_ports_and_stay_out_of_ray_s_and_the_kernel_s_ranges():
+    ports = free_ports(4)
+    assert len(set(ports)) == 4 and all(port in INSTANCE_PORTS for port in ports)
+    with socket.socket() as listener:  # a port something listens on on the wildcard is never chosen
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        with pytest.raises(RuntimeError, match="fewer than 1 free ports"):
+            free_ports(1, candidates=range(taken, taken + 1))
