@@ -23,6 +23,7 @@ from typing import Any
 
 from services.admission import Admission, RateLimit, Rejected
 from services.catalog import Catalog
+from services.serve_context import outside_request
 
 logger = logging.getLogger("slmserve.limits")
 BROKER_TIMEOUT_S = 2.0
@@ -111,9 +112,11 @@ class SharedLimits:
         """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
         if self.broker is None or not self.rules.applies(model, tenant):
             return None
-        # Shielded: an edge that gives up on the call (its client left and Serve cancelled the request,
-        # or the broker was slow) may still be granted a ticket later; it is released the moment it lands.
-        call = asyncio.ensure_future(self.broker.admit.remote(model, tenant, estimated_tokens))
+        # Outside the request, so that Serve does not cancel the call with a departing client's request
+        # (the broker may have counted the ticket already), and shielded: an edge that gives up on the
+        # call (its client left, or the broker was slow) may still be granted a ticket later; it is
+        # released the moment it lands.
+        call = asyncio.ensure_future(outside_request(self.broker.admit.remote, model, tenant, estimated_tokens))
         try:
             async with asyncio.timeout(BROKER_TIMEOUT_S):
                 decision = await asyncio.shield(call)
@@ -131,7 +134,9 @@ class SharedLimits:
 
     def release(self, ticket: str | None) -> None:
         if ticket is not None and self.broker is not None:
-            self.broker.release.remote(ticket)  # not awaited: an end of request never waits on it
+            # Not awaited (an end of request never waits on it), and outside the request: the release of
+            # a cancelled request's ticket must not be cancelled with it.
+            outside_request(self.broker.release.remote, ticket)
 
     def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
         if not call.cancelled() and call.exception() is None:

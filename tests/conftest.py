@@ -101,15 +101,28 @@ class LiveServer:
         return serve.get_deployment_handle(entry.deployment_name, app_name=self.settings.app_name)
 
     def wait_until_idle(self, *models: str, timeout_s: float = 30) -> None:
-        """Until the engines of `models` (default: all) hold no request. The router records a
-        request's metrics and frees its admission slot in the same step that aborts it in the
-        engine, so an idle engine also means nothing of it is left in flight in the router."""
+        """Until the engines of `models` (default: all) hold no request and the admission broker
+        counts none of theirs in flight. The edge aborts a request in the engine and releases its
+        admission ticket in one step, but the release is not awaited: it may reach the broker a
+        moment after the engine went idle. A leaked ticket is held far longer than `timeout_s`."""
+        from ray import serve
+
+        from services.limits import has_limits
+
         names = models or tuple(entry.name for entry in self.catalog.models)
         deadline = time.monotonic() + timeout_s
+        broker = serve.get_deployment_handle("LimitBroker", app_name=self.settings.app_name)
+
+        def admitted() -> dict[str, int]:  # no broker runs for a catalog without limits
+            return broker.in_flight.remote().result() if has_limits(self.catalog) else {}
+
         for name in names:
             engine = self.engine_handle(name)
             while engine.num_unfinished_requests.remote().result() != 0:
                 assert time.monotonic() < deadline, f"{name}'s engine kept working for clients that had left"
+                time.sleep(0.2)
+            while admitted().get(name, 0) != 0:
+                assert time.monotonic() < deadline, f"{name}'s admission slots stayed taken after its requests ended"
                 time.sleep(0.2)
 
 

@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from services.serve_context import background_task
 from services.serve_status import DeploymentState, read_deployment_states
 
 logger = logging.getLogger("slmserve.edge")
@@ -55,7 +56,7 @@ class ControllerReadiness:
 
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+            self._task = background_task(self._refresh_forever())
 
     def is_ready(self, deployment_name: str) -> bool:
         if deployment_name in self._suspects:

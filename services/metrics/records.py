@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.engine.protocol import Outcome
+from services.serve_context import background_task
 
 logger = logging.getLogger("slmserve.metrics")
 
@@ -84,7 +85,7 @@ class RecordBuffer:
     def start(self) -> None:
         """Start flushing (lazily: the replica's event loop only exists once requests arrive)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+            self._task = background_task(self._flush_forever())
 
     def add(self, record: Record) -> None:
         self._records.append(record)
