@@ -416,12 +416,76 @@ class TracingOptions(_Strict):
     service_name: str = Field("slmserve", min_length=1, description="the edge's `service.name`")
 
 
+class ClusterAutoscaler(_Strict):
+    """Ray's autoscaler, which adds worker nodes for replicas that cannot be placed and removes idle ones."""
+
+    idle_timeout_s: int = Field(300, ge=0, description="a worker node with nothing on it this long is removed")
+    upscaling_mode: Literal["Default", "Aggressive", "Conservative"] = Field(
+        "Default", description="how many nodes Ray's autoscaler launches at once (KubeRay's upscalingMode)"
+    )
+
+
+class NodeGroup(_Strict):
+    """One shape of worker node the cluster scales: a worker group of the Helm chart (its pods'
+    GPUs, CPUs and memory) and a node type of Ray's autoscaler."""
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$", description="e.g. gpu-1x (a Kubernetes name)")
+    gpus: int = Field(ge=0, description="GPUs per node")
+    cpus: float = Field(gt=0, description="CPUs per node that Ray schedules on")
+    memory_gib: float = Field(gt=0, description="memory per node (the pod's request and limit)")
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> NodeGroup:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError("min_nodes must not exceed max_nodes")
+        return self
+
+    def fits(self, options: DeploymentOptions) -> bool:
+        """Whether one replica fits on one node of this group (a multi-GPU replica packs its GPUs on one)."""
+        return options.gpus_per_replica <= self.gpus and options.cpus_per_replica <= self.cpus
+
+
+class ClusterOptions(_Strict):
+    """The worker nodes the application runs on when Ray's autoscaler manages them: the Helm chart
+    renders its worker groups and autoscaler options from here, and the local autoscaling cluster
+    (loadtests/autoscaling_cluster.py) its node types."""
+
+    autoscaler: ClusterAutoscaler = Field(default_factory=ClusterAutoscaler)
+    node_groups: list[NodeGroup] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> ClusterOptions:
+        names = [group.name for group in self.node_groups]
+        if len(set(names)) != len(names):
+            raise ValueError("node group names must be unique")
+        return self
+
+    def ray_node_types(self) -> dict[str, dict[str, Any]]:
+        """The groups as Ray autoscaler `available_node_types`."""
+        return {
+            group.name: {
+                "resources": {"CPU": group.cpus, "GPU": group.gpus} if group.gpus else {"CPU": group.cpus},
+                "node_config": {},
+                "min_workers": group.min_nodes,
+                "max_workers": group.max_nodes,
+            }
+            for group in self.node_groups
+        }
+
+
 class Catalog(_Strict):
     version: Literal[1] = 1
     description: str = ""
     router: RouterOptions = Field(default_factory=RouterOptions)
     tracing: TracingOptions = Field(default_factory=TracingOptions)
     media: MediaPolicy = Field(default_factory=MediaPolicy)
+    cluster: ClusterOptions | None = Field(
+        None,
+        description="worker node groups and Ray's autoscaler (the Helm chart's worker groups); "
+        "unset: the chart's values decide",
+    )
     models: list[ModelEntry] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -444,6 +508,19 @@ class Catalog(_Strict):
                 "router.data_plane 'direct' serves exactly one model per application "
                 f"(this catalog has {len(self.models)}): use 'routed' or one catalog per model"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _replicas_fit_a_node_group(self) -> Catalog:
+        if self.cluster is None:
+            return self
+        for entry in self.models:
+            options = entry.deployment
+            if not any(group.fits(options) for group in self.cluster.node_groups):
+                raise ValueError(
+                    f"a replica of {entry.name} needs {options.gpus_per_replica:g} GPUs and "
+                    f"{options.cpus_per_replica:g} CPUs on one node; no group of cluster.node_groups has them"
+                )
         return self
 
     @property

@@ -206,3 +206,41 @@ def test_a_local_ray_advertises_the_cpus_the_catalog_asks_for():
     )
     assert autoscaled.cpus_needed == 0.5 + 3 * 1  # the router's default 0.5, three replicas of one CPU bundle
     assert local_ray_cpus(Settings(ray_num_cpus=4), load_catalog(resolve_catalog_path("test"))) == 4
+
+
+def test_cluster_node_groups_must_hold_every_models_replica():
+    """A replica that fits no node group would stay pending however far the cluster scales."""
+    one_gpu = {"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gib": 48, "max_nodes": 4}
+    moe = parse_catalog({"models": [MINIMAL["models"][0]]}).models[0].model_dump()
+    moe |= {
+        "name": "moe",
+        "source": "org/moe",
+        "engine_args": {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"},
+        "deployment": {"placement_group_bundles": [{"CPU": 2, "GPU": 1}, {"GPU": 1}]},
+    }
+    message = _error({"cluster": {"node_groups": [one_gpu]}, "models": [moe]})
+    assert "a replica of moe needs 2 GPUs and 2 CPUs on one node" in message
+    two_gpus = {**one_gpu, "name": "gpu-2x", "gpus": 2}
+    catalog = parse_catalog({"cluster": {"node_groups": [one_gpu, two_gpus]}, "models": [moe]})
+    assert catalog.cluster is not None
+    assert catalog.cluster.ray_node_types()["gpu-2x"] == {
+        "resources": {"CPU": 8, "GPU": 2},
+        "node_config": {},
+        "min_workers": 0,
+        "max_workers": 4,
+    }
+    assert catalog.cluster.autoscaler.idle_timeout_s == 300
+
+
+def test_cluster_block_is_validated():
+    group = {"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gib": 48, "max_nodes": 4}
+    assert "min_nodes must not exceed max_nodes" in _error(
+        {"cluster": {"node_groups": [{**group, "min_nodes": 5}]}, **MINIMAL}
+    )
+    assert "node group names must be unique" in _error({"cluster": {"node_groups": [group, group]}, **MINIMAL})
+    assert "cluster.node_groups.0.name" in _error(
+        {"cluster": {"node_groups": [{**group, "name": "GPU_1x"}]}, **MINIMAL}
+    )
+    assert "cluster.autoscaler.upscaling_mode" in _error(
+        {"cluster": {"autoscaler": {"upscaling_mode": "Fast"}, "node_groups": [group]}, **MINIMAL}
+    )

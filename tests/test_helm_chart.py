@@ -27,6 +27,8 @@ EXAMPLES = sorted((CHART / "examples").glob("values-*.yaml"))
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
 K8S_VERSION = "1.33.0"
 CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool"}
+# The worker groups of a test's inline catalog (the chart renders groups from a catalog's cluster block).
+ONE_GROUP = {"node_groups": [{"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gib": 48, "max_nodes": 2}]}
 ALL_FEATURES = [
     "--set",
     "ingress.enabled=true",
@@ -179,7 +181,12 @@ def test_a_direct_data_plane_needs_a_one_model_catalog():
 
 
 def test_inline_catalog_wins(tmp_path: Path):
-    inline = {"catalog": {"name": "phi35", "inline": {"models": [{"name": "mine", "source": "org/model"}]}}}
+    inline = {
+        "catalog": {
+            "name": "phi35",
+            "inline": {"cluster": ONE_GROUP, "models": [{"name": "mine", "source": "org/model"}]},
+        }
+    }
     values = tmp_path / "inline.yaml"
     values.write_text(yaml.safe_dump(inline))
     app = serve_config(render("-f", str(values)))["applications"][0]
@@ -195,7 +202,7 @@ def test_gpu_resources_tolerations_and_selectors_land_where_values_put_them():
     assert head_env["NVIDIA_VISIBLE_DEVICES"] == "void"
     groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
     assert set(groups) == {"gpu-1x", "gpu-2x"}
-    for name, gpus, max_replicas in (("gpu-1x", "1", 6), ("gpu-2x", "2", 3)):
+    for name, gpus, max_replicas in (("gpu-1x", "1", 8), ("gpu-2x", "2", 4)):  # the phi35 catalog's groups
         group = groups[name]
         assert group["maxReplicas"] == max_replicas and group["minReplicas"] == 0
         assert all(isinstance(v, str) for v in group["rayStartParams"].values())
@@ -212,6 +219,104 @@ def test_gpu_resources_tolerations_and_selectors_land_where_values_put_them():
     options = cluster["autoscalerOptions"]
     assert cluster["enableInTreeAutoscaling"] is True and options["version"] == "v2"
     assert options["upscalingMode"] == "Default" and options["idleTimeoutSeconds"] == 300
+
+
+def _cluster(docs: list[dict]) -> dict:
+    return by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
+
+
+@pytest.mark.parametrize("name", ["phi35", "cpu", "test"])
+def test_worker_groups_and_autoscaler_options_are_the_catalogs_cluster_block(name: str):
+    """One source for the chart and the local autoscaling cluster: each node group of the catalog is
+    a worker group of its GPUs, CPUs, memory and bounds; the autoscaler's idle timeout and upscaling
+    mode are the catalog's."""
+    cluster_options = load_catalog(resolve_catalog_path(name)).cluster
+    assert cluster_options is not None
+    docs = render("--set", f"catalog.name={name}")
+    validate_all(docs)
+    cluster = _cluster(docs)
+    groups = {group["groupName"]: group for group in cluster["workerGroupSpecs"]}
+    assert list(groups) == [group.name for group in cluster_options.node_groups]
+    for node_group in cluster_options.node_groups:
+        group = groups[node_group.name]
+        assert (group["minReplicas"], group["maxReplicas"]) == (node_group.min_nodes, node_group.max_nodes)
+        assert group["replicas"] == node_group.min_nodes
+        assert group["rayStartParams"]["num-gpus"] == str(node_group.gpus)
+        spec = group["template"]["spec"]
+        resources = spec["containers"][0]["resources"]
+        expected = {"cpu": f"{node_group.cpus:g}", "memory": f"{node_group.memory_gib:g}Gi"}
+        if node_group.gpus:
+            expected["nvidia.com/gpu"] = str(node_group.gpus)
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        else:  # a CPU group asks for no GPU and does not tolerate GPU nodes' taint
+            assert "tolerations" not in spec
+        assert resources["requests"] == expected == resources["limits"]
+    options = cluster["autoscalerOptions"]
+    assert options["idleTimeoutSeconds"] == cluster_options.autoscaler.idle_timeout_s
+    assert options["upscalingMode"] == cluster_options.autoscaler.upscaling_mode
+
+
+def test_a_changed_cluster_block_changes_the_rendered_groups(tmp_path: Path):
+    catalog = yaml.safe_load(resolve_catalog_path("phi35").read_text())
+    catalog["cluster"] = {
+        "autoscaler": {"idle_timeout_s": 42, "upscaling_mode": "Aggressive"},
+        "node_groups": [{"name": "h200-2x", "gpus": 2, "cpus": 24, "memory_gib": 200, "min_nodes": 1, "max_nodes": 3}],
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump({"catalog": {"inline": catalog}, "workerGroups": [{"name": "h200-2x", "shmSize": "64Gi"}]})
+    )
+    cluster = _cluster(render("-f", str(values)))
+    (group,) = cluster["workerGroupSpecs"]
+    assert (group["groupName"], group["minReplicas"], group["maxReplicas"]) == ("h200-2x", 1, 3)
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] == "200Gi"
+    shm = next(v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm")
+    assert shm["emptyDir"]["sizeLimit"] == "64Gi"  # the values entry's pod setting
+    assert (cluster["autoscalerOptions"]["idleTimeoutSeconds"], cluster["autoscalerOptions"]["upscalingMode"]) == (
+        42,
+        "Aggressive",
+    )
+
+
+def test_a_catalog_without_a_cluster_block_takes_whole_groups_from_values(tmp_path: Path):
+    group = {"name": "gpu-4x", "gpusPerPod": 4, "minReplicas": 0, "maxReplicas": 2, "resources": {}}
+    values = {"catalog": {"inline": {"models": [{"name": "m", "source": "org/m"}]}}, "workerGroups": [group]}
+    values |= {"autoscaler": {"idleTimeoutSeconds": 60, "upscalingMode": "Conservative"}}
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    cluster = _cluster(render("-f", str(path)))
+    (rendered,) = cluster["workerGroupSpecs"]
+    assert (rendered["groupName"], rendered["replicas"], rendered["maxReplicas"]) == ("gpu-4x", 0, 2)
+    assert rendered["rayStartParams"]["num-gpus"] == "4"
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 60
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"workerGroups": [{"name": "gpu-1x", "maxReplicas": 2}]}, "workerGroups[gpu-1x].maxReplicas: the catalog"),
+        ({"workerGroups": [{"name": "gpu-1x", "gpusPerPod": 2}]}, "workerGroups[gpu-1x].gpusPerPod: the catalog"),
+        (
+            {"workerGroups": [{"name": "gpu-8x"}]},
+            "workerGroups[gpu-8x]: the catalog's cluster.node_groups has no group",
+        ),
+        ({"autoscaler": {"idleTimeoutSeconds": 60}}, "autoscaler.idleTimeoutSeconds: the catalog's cluster.autoscaler"),
+        (
+            {"catalog": {"inline": {"models": [{"name": "m", "source": "org/m"}]}}, "workerGroups": [{"name": "g"}]},
+            "workerGroups[g].gpusPerPod is required",
+        ),
+        (
+            {"catalog": {"inline": {"models": [{"name": "m", "source": "org/m"}]}}},
+            "no worker groups: give the catalog a cluster.node_groups block",
+        ),
+    ],
+)
+def test_values_cannot_disagree_with_the_catalogs_cluster_block(values: dict, message: str, tmp_path: Path):
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = run_helm("template", "rel", str(CHART), "-f", str(path))
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_group_selectors_merge_with_gpu_selector():
@@ -256,13 +361,14 @@ def lora_catalog(tmp_path: Path, adapters_dir: str) -> str:
             {
                 "catalog": {
                     "inline": {
+                        "cluster": ONE_GROUP,
                         "models": [
                             {
                                 "name": "phi",
                                 "source": "microsoft/Phi-3.5-mini-instruct",
                                 "lora": {"adapters_dir": adapters_dir},
                             }
-                        ]
+                        ],
                     }
                 }
             }
@@ -401,7 +507,9 @@ def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, mod
     values.write_text(
         yaml.safe_dump(
             {
-                "catalog": {"inline": {"router": {"session_header": "X-Conversation"}, "models": models}},
+                "catalog": {
+                    "inline": {"router": {"session_header": "X-Conversation"}, "cluster": ONE_GROUP, "models": models}
+                },
                 "serve": {"dataPlane": data_plane},
             }
         )

@@ -235,3 +235,76 @@ initContainers:
 {{- end }}
 {{- end -}}
 {{- end -}}
+
+{{/* The worker groups, as {"groups": [...]}. A catalog with a `cluster:` block owns the groups
+and their scaling: its node_groups are the groups (GPUs per pod, min and max pods; the pods' CPU and
+memory unless a workerGroups entry of the same name sizes them with `resources`), and workerGroups
+entries add Kubernetes pod settings (resources, selectors, tolerations, env, shm, ...). A catalog
+without one leaves the groups to workerGroups entirely. Either way every group comes out with
+gpusPerPod, replicas, minReplicas, maxReplicas and resources. */}}
+{{- define "slmserve.workerGroups" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- $cluster := get $catalog "cluster" -}}
+{{- $groups := list -}}
+{{- if $cluster -}}
+{{- $pods := dict -}}
+{{- range .Values.workerGroups -}}
+{{- $_ := set $pods .name . -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range $cluster.node_groups -}}
+{{- $pod := get $pods .name | default dict -}}
+{{- range $field := list "gpusPerPod" "replicas" "minReplicas" "maxReplicas" -}}
+{{- if hasKey $pod $field -}}
+{{- fail (printf "workerGroups[%s].%s: the catalog's cluster.node_groups sets this group's GPUs and scaling; change it there" $pod.name $field) -}}
+{{- end -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- $memory := printf "%vGi" .memory_gib -}}
+{{- $size := dict "cpu" (toString .cpus) "memory" $memory -}}
+{{- $nodes := get . "min_nodes" | default 0 -}}
+{{- $resources := get $pod "resources" | default (dict "requests" $size "limits" $size) -}}
+{{- $shape := dict "name" .name "gpusPerPod" (int .gpus) "replicas" (int $nodes) "minReplicas" (int $nodes) "maxReplicas" (int .max_nodes) "resources" $resources -}}
+{{- $groups = append $groups (merge $shape (deepCopy $pod)) -}}
+{{- end -}}
+{{- range .Values.workerGroups -}}
+{{- if not (has .name $names) -}}
+{{- fail (printf "workerGroups[%s]: the catalog's cluster.node_groups has no group of that name (%s)" .name (join ", " $names)) -}}
+{{- end -}}
+{{- end -}}
+{{- else -}}
+{{- range $group := .Values.workerGroups -}}
+{{- range $field := list "gpusPerPod" "minReplicas" "maxReplicas" "resources" -}}
+{{- if not (hasKey $group $field) -}}
+{{- fail (printf "workerGroups[%s].%s is required: the catalog has no cluster.node_groups to take it from" $group.name $field) -}}
+{{- end -}}
+{{- end -}}
+{{- $groups = append $groups (merge (dict "replicas" ($group.replicas | default $group.minReplicas)) $group) -}}
+{{- end -}}
+{{- end -}}
+{{- if not $groups -}}
+{{- fail "no worker groups: give the catalog a cluster.node_groups block, or set workerGroups (gpusPerPod, minReplicas, maxReplicas, resources)" -}}
+{{- end -}}
+{{- toYaml (dict "groups" $groups) -}}
+{{- end -}}
+
+{{/* Ray autoscaler options: the catalog's cluster.autoscaler when the catalog has a `cluster:`
+block (values may not set them too), else autoscaler.idleTimeoutSeconds / upscalingMode. */}}
+{{- define "slmserve.autoscalerScaling" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- $cluster := get $catalog "cluster" -}}
+{{- $values := .Values.autoscaler -}}
+{{- if $cluster -}}
+{{- range $field := list "idleTimeoutSeconds" "upscalingMode" -}}
+{{- if hasKey $values $field -}}
+{{- fail (printf "autoscaler.%s: the catalog's cluster.autoscaler sets it; change it there" $field) -}}
+{{- end -}}
+{{- end -}}
+{{- $options := get $cluster "autoscaler" | default dict -}}
+upscalingMode: {{ get $options "upscaling_mode" | default "Default" }}
+idleTimeoutSeconds: {{ hasKey $options "idle_timeout_s" | ternary (get $options "idle_timeout_s") 300 | int }}
+{{- else -}}
+upscalingMode: {{ $values.upscalingMode | default "Default" }}
+idleTimeoutSeconds: {{ hasKey $values "idleTimeoutSeconds" | ternary $values.idleTimeoutSeconds 300 | int }}
+{{- end -}}
+{{- end -}}
