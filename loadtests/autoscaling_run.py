@@ -182,15 +182,16 @@ def stream_once(client: httpx.Client, url: str, started: float, scenario: Scenar
         "messages": [{"role": "user", "content": "Tell a long story about a lighthouse."}],
         **scenario.extra_body,
     }
-    ttft, ok, replica = None, False, None
+    ttft, ok, errored, replica = None, False, False, None
     try:
         with client.stream("POST", url, json=body) as response:
             replica = response.headers.get("x-slmserve-replica")
             for line in response.iter_lines():
                 if ttft is None and line.startswith("data: ") and '"content"' in line:
                     ttft = time.monotonic() - begun
+                errored = errored or line.startswith('data: {"error"')  # an in-band error ends with [DONE] too
                 if line == "data: [DONE]":
-                    ok = response.status_code == 200 and ttft is not None
+                    ok = response.status_code == 200 and ttft is not None and not errored
     except httpx.HTTPError:
         ok = False
     return Request(round(begun - started, 1), ttft, ok, replica)

@@ -1,7 +1,10 @@
+{{/* The chart name, or nameOverride (63 characters at most, a Kubernetes name). */}}
 {{- define "slmserve.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The release-qualified name of every object: fullnameOverride, else release-chart (the release
+name alone when it already holds the chart name). */}}
 {{- define "slmserve.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
@@ -15,11 +18,13 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The labels that select this release's pods (Services, PDB, monitors, NetworkPolicy). */}}
 {{- define "slmserve.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "slmserve.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The labels every object carries: the selector labels plus chart, version and manager. */}}
 {{- define "slmserve.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "slmserve.selectorLabels" . }}
@@ -27,6 +32,7 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The slmserve image: by digest when image.digest is set, else by tag. */}}
 {{- define "slmserve.image" -}}
 {{- if .Values.image.digest -}}
 {{ .Values.image.repository }}@{{ .Values.image.digest }}
@@ -116,6 +122,8 @@ services/runtime.py routing_environment sets them for local runs. */}}
 {{- end }}
 {{- end -}}
 
+{{/* The volumes of a Ray pod (head or worker): shared memory of `shmSize`, /tmp, the model cache
+and the LoRA adapters when enabled. Takes (dict "root" $ "shmSize" SIZE). */}}
 {{- define "slmserve.volumes" -}}
 - name: dshm
   emptyDir:
@@ -152,6 +160,7 @@ services/runtime.py routing_environment sets them for local runs. */}}
 {{- end }}
 {{- end -}}
 
+{{/* Where the volumes of slmserve.volumes are mounted in the Ray container. */}}
 {{- define "slmserve.volumeMounts" -}}
 - name: dshm
   mountPath: /dev/shm
@@ -178,6 +187,8 @@ services/runtime.py routing_environment sets them for local runs. */}}
 {{- end }}
 {{- end -}}
 
+{{/* Startup, liveness and readiness probes on the Serve port: live once the process answers,
+ready once every catalog model has a running replica (/v1/health/ready). */}}
 {{- define "slmserve.appProbes" -}}
 startupProbe:
   httpGet: {path: /v1/health/live, port: serve}
@@ -307,4 +318,10 @@ idleTimeoutSeconds: {{ hasKey $options "idle_timeout_s" | ternary (get $options 
 upscalingMode: {{ $values.upscalingMode | default "Default" }}
 idleTimeoutSeconds: {{ hasKey $values "idleTimeoutSeconds" | ternary $values.idleTimeoutSeconds 300 | int }}
 {{- end -}}
+{{- end -}}
+
+{{/* The port of Ray's metrics agent on every Ray pod (KubeRay's default metrics-export-port): the
+container port the PodMonitor scrapes and the NetworkPolicy opens, named in this one place. */}}
+{{- define "slmserve.rayMetricsPort" -}}
+8080
 {{- end -}}

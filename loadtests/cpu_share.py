@@ -1,0 +1,147 @@
+"""Where the CPU goes (issue 13's CPU gap): slmserve (direct data plane, the cpu catalog) and bare
+vLLM with the same engine arguments, each alone on the machine, measured the same way. For each,
+the CPU seconds per wall second of every process of its tree, grouped (vLLM's engine core, the
+process that answers HTTP, HAProxy, Ray's daemons, Serve's other actors), while idle and while one
+stream at a time runs; and the tokens per second of that stream.
+
+`make bench` runs three servers on 2 cores at once; this runs one at a time, so that the figures
+say what each system costs itself, not what it suffers from the others.
+
+    .venv/bin/python -m loadtests.cpu_share [--seconds 30]     # about 4 minutes; writes docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from loadtests.bench import MODEL, start_bare_vllm
+from loadtests.report import write_section
+from loadtests.serving import serving
+from loadtests.workload import run_level
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUPS = ("engine core", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
+
+
+def group_of(process: psutil.Process) -> str:
+    command = " ".join(process.cmdline() or [process.name()])
+    if "VLLM::EngineCore" in command or "EngineCore" in process.name():
+        return "engine core"
+    if "ServeReplica:slmserve:engine-" in command or "vllm.entrypoints.openai.api_server" in command:
+        return "HTTP process"
+    if "haproxy" in command:
+        return "HAProxy"
+    if any(daemon in command for daemon in ("gcs_server", "raylet", "log_monitor", "dashboard", "runtime_env")):
+        return "Ray daemons"
+    if any(actor in command for actor in ("ServeController", "ServeReplica", "HAProxyManager", "ProxyActor")):
+        return "Serve actors"
+    return "other"
+
+
+def tree(root: int) -> list[psutil.Process]:
+    parent = psutil.Process(root)
+    return [parent, *parent.children(recursive=True)]
+
+
+def cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
+    seconds = {}
+    for process in tree(root):
+        try:
+            times = process.cpu_times()
+            seconds[process.pid] = (group_of(process), times.user + times.system)
+        except psutil.Error:
+            pass
+    return seconds
+
+
+def share(root: int, seconds: float, load: str | None) -> tuple[dict[str, float], float | None]:
+    """CPU seconds per wall second by group over `seconds`, and the stream's tok/s when `load` is a URL."""
+    before, started = cpu_seconds(root), time.monotonic()
+    tok_s = None
+    if load is None:
+        time.sleep(seconds)
+    else:
+        result = asyncio.run(run_level("one", load, MODEL, 1, max(3, int(seconds / 2)), 64, 64))
+        tok_s = result.output_tok_per_s
+    after, wall = cpu_seconds(root), time.monotonic() - started
+    used = dict.fromkeys(GROUPS, 0.0)
+    for pid, (group, total) in after.items():
+        used[group] += (total - before.get(pid, (group, 0.0))[1]) / wall
+    return used, tok_s
+
+
+def measure(name: str, root: int, url: str, seconds: float) -> dict[str, object]:
+    asyncio.run(run_level("warm", url, MODEL, 1, 3, 64, 16))
+    idle, _ = share(root, seconds, None)
+    busy, tok_s = share(root, seconds, url)
+    print(f"[cpu] {name}: idle {idle}; one stream {busy}; {tok_s:.1f} tok/s", flush=True)
+    return {"system": name, "idle": idle, "busy": busy, "tok_s": tok_s}
+
+
+def table(rows: list[dict]) -> str:
+    head = "| system | state | " + " | ".join(GROUPS) + " | all but the engine core | tok/s |\n"
+    head += "|---|---|" + "---|" * (len(GROUPS) + 2) + "\n"
+    lines = []
+    for row in rows:
+        for state in ("idle", "busy"):
+            used = row[state]
+            rest = sum(value for group, value in used.items() if group != "engine core")
+            tok = f"{row['tok_s']:.1f}" if state == "busy" else ""
+            label = "idle" if state == "idle" else "one stream"
+            cells = " | ".join(f"{used[group]:.3f}" for group in GROUPS)
+            lines.append(f"| {row['system']} | {label} | {cells} | {rest:.3f} | {tok} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30)
+    args = parser.parse_args(argv)
+    from services import runtime
+    from services.catalog import load_catalog
+    from services.embedded import ensure_embedded_model
+    from services.settings import Settings, resolve_catalog_path
+
+    catalog = load_catalog(resolve_catalog_path("cpu"))
+    settings = Settings()
+    rows = []
+    with serving("cpu") as server:
+        rows.append(measure("slmserve", server.process.pid, f"{server.base_url}/v1/chat/completions", args.seconds))
+    model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
+    port = runtime.free_ports(1)[0]
+    env_before = dict(os.environ)
+    os.environ.update(runtime.local_environment(settings, catalog))
+    log = Path(f"/tmp/cpu-share-bare-{port}.log")
+    bare = start_bare_vllm(model_dir, MODEL, dict(catalog.models[0].engine_args), port, log)
+    try:
+        runtime.wait_for_ok(f"http://127.0.0.1:{port}/health", 900)
+        rows.append(measure("bare vLLM", bare.pid, f"http://127.0.0.1:{port}/v1/chat/completions", args.seconds))
+    finally:
+        bare.terminate()
+        bare.wait(60)
+        os.environ.clear()
+        os.environ.update(env_before)
+    text = table(rows)
+    print(text)
+    section = f"""## CPU: where each system's CPU goes
+
+slmserve (`make run`'s cpu catalog: direct data plane, HAProxy, one engine replica) and bare vLLM
+(`vllm.entrypoints.openai.api_server`) with the same engine arguments, **each alone on this
+machine** (2 cores), measured the same way: CPU seconds per wall second of every process of each
+system's tree, by group, over {args.seconds:g} s idle and over {args.seconds:g} s of one stream at a time
+(64-word prompt, 64 output tokens). Reproduce: `.venv/bin/python -m loadtests.cpu_share`.
+
+{text}"""
+    write_section(ROOT / "docs" / "benchmarks.md", "cpu-share", section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
