@@ -246,15 +246,19 @@ class ClusterTimeline:
         serving_two = self.first(lambda tick: tick.running >= 2, step)
         back_to_one = self.first(lambda tick: tick.target == 1 and tick.running == 1, end)
         one_node_again = self.first(lambda tick: total_nodes(tick) == 1, back_to_one or end)
-        # The replica taken away, and the streams it held when the autoscaler decided so: they must end
-        # normally while it drains (Serve stops routing to it and waits for them before stopping it).
-        told_to_go = self.first(lambda tick: tick.target == 1, end)
+        # The replica taken away, and the streams it held when Serve began to stop it (the first tick
+        # that no longer lists it RUNNING): each started while it ran and ended after that tick, so it
+        # was served to its end while the replica drained.
         removed = [r for r in self.replica_nodes if r not in (self.ticks[-1].placement if self.ticks else {})]
-        in_flight_at_removal = [
-            s
-            for s in self.streams
-            if s.replica in removed and told_to_go is not None and s.started < told_to_go < s.ended
-        ]
+        in_flight_at_removal = []
+        for replica in removed:
+            last_running = max(tick.t for tick in self.ticks if replica in tick.placement)
+            stopping = self.first(lambda tick, r=replica: r not in tick.placement, last_running)
+            in_flight_at_removal += [
+                s
+                for s in self.streams
+                if s.replica == replica and stopping is not None and s.started < last_running and s.ended > stopping
+            ]
         targets = [tick.target for tick in self.ticks if tick.target is not None]
         changes = [(a, b) for a, b in itertools.pairwise(targets) if a != b]
         return {
@@ -491,10 +495,10 @@ def plot(timeline: ClusterTimeline, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def report(timeline: ClusterTimeline) -> str:
+def report(timeline: ClusterTimeline, ended: datetime.datetime) -> str:
     f = timeline.figures()
     return (
-        f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M UTC} on this machine (2 cores): "
+        f"Run ended {ended:%Y-%m-%d %H:%M UTC} on this machine (2 cores): "
         f"`loadtests/autoscaling-cluster.yaml` (tiny-phimoe, one GPU per replica, node groups gpu-1x and gpu-2x, "
         f"idle timeout 10 s) on Ray's fake multi-node provider; command "
         f"`.venv/bin/python -m loadtests.autoscaling_cluster --docs docs`.\n\n"
@@ -534,7 +538,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"timeline": asdict(timeline), "figures": figures}))
     if args.docs is not None:
         plot(timeline, args.docs / "autoscaling_cluster.png")
-        write_section(args.docs / "autoscaling.md", "autoscaling-cluster", report(timeline))
+        ended = (
+            datetime.datetime.fromtimestamp(args.from_json.stat().st_mtime, datetime.UTC)
+            if args.from_json is not None
+            else datetime.datetime.now(datetime.UTC)
+        )
+        write_section(args.docs / "autoscaling.md", "autoscaling-cluster", report(timeline, ended))
     print(json.dumps(figures, indent=1))
     return 0
 
