@@ -65,7 +65,7 @@ def cpu_scenario() -> Scenario:
 
 def gpu_scenario() -> Scenario:
     from services.catalog import load_catalog
-    from services.phi35_dummy import build
+    from services.models.phi35_dummy import build
 
     entry = load_catalog(GPU_CATALOG).models[0]
     build(Path(entry.source), "mini")

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from services import runtime
     from services.catalog import load_catalog
-    from services.embedded import ensure_embedded_model
+    from services.models.embedded import ensure_embedded_model
     from services.settings import Settings, resolve_catalog_path
 
     settings = Settings(catalog="cpu", port=args.port, ray_num_cpus=8)

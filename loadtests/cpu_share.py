@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from services import runtime
     from services.catalog import load_catalog
-    from services.embedded import ensure_embedded_model
+    from services.models.embedded import ensure_embedded_model
     from services.settings import Settings, resolve_catalog_path
 
     catalog = load_catalog(resolve_catalog_path("cpu"))

@@ -32,6 +32,7 @@ from services.catalog import load_catalog
 from services.runtime import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
+TEST_CATALOG = ROOT / "tests" / "catalogs" / "test.yaml"  # three model families
 MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 BOUND = 4  # requests in flight per model
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     host = f"http://127.0.0.1:{args.port}"
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
-    catalog_path = catalog_variant("test", bound_every_model)
+    catalog_path = catalog_variant(str(TEST_CATALOG), bound_every_model)
     server = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog_path), "--port", str(args.port)],
         cwd=ROOT,

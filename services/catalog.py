@@ -14,9 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.embedded import EMBEDDED_MODELS, EMBEDDED_PREFIX
 from services.media import MediaPolicy
-from services.testmodels import GENERATED_MODELS, GENERATED_PREFIX
+from services.models import check_source
 
 
 class CatalogError(ValueError):
@@ -236,7 +235,7 @@ def _text_only() -> list[Modality]:
 class ModelEntry(_Strict):
     name: str = Field(description="the served model name clients put in `model`")
     aliases: list[str] = Field(default_factory=list)
-    source: str = Field(description="Hugging Face id, local directory, or embedded://NAME")
+    source: str = Field(description="Hugging Face id, local directory, embedded://NAME or generated://NAME")
     task: Literal["generate"] = "generate"
     modalities: list[Modality] = Field(default_factory=_text_only)
     engine_args: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments")
@@ -261,15 +260,8 @@ class ModelEntry(_Strict):
 
     @field_validator("source")
     @classmethod
-    def _known_embedded(cls, value: str) -> str:
-        if value.startswith(EMBEDDED_PREFIX):
-            embedded = value.removeprefix(EMBEDDED_PREFIX)
-            if embedded not in EMBEDDED_MODELS:
-                raise ValueError(f"unknown embedded model {embedded!r}; known: {', '.join(sorted(EMBEDDED_MODELS))}")
-        if value.startswith(GENERATED_PREFIX) and value.removeprefix(GENERATED_PREFIX) not in GENERATED_MODELS:
-            raise ValueError(f"unknown generated model {value!r}; known: {', '.join(sorted(GENERATED_MODELS))}")
-        if not value:
-            raise ValueError("source must not be empty")
+    def _known_source(cls, value: str) -> str:
+        check_source(value)  # services/models: the source schemes
         return value
 
     @field_validator("engine_args")

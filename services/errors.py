@@ -66,8 +66,3 @@ class APIError(Exception):
         self.headers = headers or {}
         self.model, self.reason = model, reason
         self.base_model = base_model
-
-
-def sse_error_event(status: int, message: str, *, code: str | None = None) -> str:
-    """An error delivered inside an already-started stream, as OpenAI's SSE streams carry it."""
-    return f"data: {json.dumps(error_body(status, message, code=code))}\n\n"

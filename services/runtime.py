@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from services.catalog import Catalog
-from services.embedded import EMBEDDED_PREFIX
+from services.models import needs_hub
 from services.settings import Settings
-from services.testmodels import GENERATED_PREFIX
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -37,7 +36,7 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
         "RAY_USAGE_STATS_ENABLED": "0",
         "SLMSERVE_CACHE_DIR": str(cache),
     }
-    if all(entry.source.startswith((EMBEDDED_PREFIX, GENERATED_PREFIX, "/", ".")) for entry in catalog.models):
+    if not any(needs_hub(entry.source) for entry in catalog.models):
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
     return env

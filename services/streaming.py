@@ -13,7 +13,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-SSE_DONE = "data: [DONE]\n\n"  # the OpenAI stream's last frame
 _END = object()
 
 

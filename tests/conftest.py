@@ -12,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,6 +20,8 @@ import pytest
 from services.catalog import Catalog, load_catalog
 from services.settings import Settings, resolve_catalog_path
 
+# The session application: three tiny models of the three families (a fixture, not a shipped catalog).
+TEST_CATALOG = Path(__file__).resolve().parent / "catalogs" / "test.yaml"
 READY_TIMEOUT_S = float(os.environ.get("SLMSERVE_TEST_READY_TIMEOUT", "600"))
 # The live application runs with API keys on, as a shared deployment would: clients send them.
 API_KEY = "sk-test-key"
@@ -131,7 +134,8 @@ def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
     os.environ["SLMSERVE_API_KEYS"] = f"tests:{API_KEY},limited:{LIMITED_KEY}"
-    settings = Settings(catalog=os.environ.get("SLMSERVE_TEST_CATALOG", "test"), port=runtime.free_ports(1)[0])
+    catalog_name = os.environ.get("SLMSERVE_TEST_CATALOG", str(TEST_CATALOG))
+    settings = Settings(catalog=catalog_name, port=runtime.free_ports(1)[0])
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     base_url = f"http://{settings.host}:{settings.port}"
     started = time.monotonic()

@@ -18,9 +18,9 @@ from services.adapters import (
     safetensors_shapes,
     snapshot_and_check,
 )
-from services.embedded import ensure_embedded_model
+from services.models.embedded import ensure_embedded_model
 from services.settings import Settings
-from services.testadapters import BASE_MODEL, make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
+from tests.lora_adapters import BASE_MODEL, make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import yaml
 from services.catalog import CatalogError, load_catalog, parse_catalog
 from services.cli import main as cli_main
 from services.settings import CATALOG_DIR, resolve_catalog_path
+from tests.conftest import TEST_CATALOG
 
 MINIMAL = {"models": [{"name": "m", "source": "embedded://smollm2-135m-instruct"}]}
 
 
-@pytest.mark.parametrize("path", sorted(CATALOG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [*sorted(CATALOG_DIR.glob("*.yaml")), TEST_CATALOG], ids=lambda p: p.stem)
 def test_shipped_catalogs_validate(path: Path):
     catalog = load_catalog(path)
     assert catalog.models
@@ -205,7 +206,7 @@ def test_a_local_ray_advertises_the_cpus_the_catalog_asks_for():
         }
     )
     assert autoscaled.cpus_needed == 0.5 + 3 * 1  # the router's default 0.5, three replicas of one CPU bundle
-    assert local_ray_cpus(Settings(ray_num_cpus=4), load_catalog(resolve_catalog_path("test"))) == 4
+    assert local_ray_cpus(Settings(ray_num_cpus=4), load_catalog(TEST_CATALOG)) == 4
 
 
 def test_cluster_node_groups_must_hold_every_models_replica():

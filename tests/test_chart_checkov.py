@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.test_helm_chart import ALL_FEATURES, ROOT, by_kind, render
+from tests.helm_render import ALL_FEATURES, ROOT, by_kind, render
 
 CHECKOV = shutil.which("checkov") or str(ROOT / ".venv-checkov" / "bin" / "checkov")
 JUSTIFICATIONS = ROOT / "deploy" / "checkov-justifications.yaml"

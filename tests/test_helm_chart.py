@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -20,64 +17,14 @@ import yaml
 
 from services.catalog import CatalogError, load_catalog, parse_catalog
 from services.settings import resolve_catalog_path
+from tests.helm_render import ALL_FEATURES, CHART, ROOT, by_kind, render, run_helm
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "helm" / "slmserve"
 EXAMPLES = sorted((CHART / "examples").glob("values-*.yaml"))
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
 K8S_VERSION = "1.33.0"
 CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool"}
 # The worker groups of a test's inline catalog (the chart renders groups from a catalog's cluster block).
 ONE_GROUP = {"node_groups": [{"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gib": 48, "max_nodes": 2}]}
-ALL_FEATURES = [
-    "--set",
-    "ingress.enabled=true",
-    "--set",
-    "metrics.serviceMonitor.enabled=true",
-    "--set",
-    "metrics.podMonitor.enabled=true",
-    "--set",
-    "metrics.prometheusRule.enabled=true",
-    "--set",
-    "metrics.grafanaDashboard.enabled=true",
-    "--set",
-    "karpenter.enabled=true",
-    "--set",
-    "secrets.hfToken.name=hf",
-    "--set",
-    "secrets.apiKeys.name=keys",
-    "--set",
-    "head.appProbes=true",
-    "--set",
-    "metrics.serviceMonitor.authorization.name=scrape-key",
-]
-
-
-@cache
-def helm() -> str:
-    found = shutil.which("helm") or str(ROOT / ".venv" / "bin" / "helm")
-    assert Path(found).is_file(), "helm not installed: `make test` installs it into .venv/bin"
-    return found
-
-
-def run_helm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [helm(), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HELM_CACHE_HOME": "/tmp/helm-cache"},
-    )
-
-
-def render(*args: str) -> list[dict]:
-    result = run_helm("template", "rel", str(CHART), "--namespace", "llm", *args)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def by_kind(docs: list[dict], kind: str) -> list[dict]:
-    return [doc for doc in docs if doc["kind"] == kind]
 
 
 @cache
@@ -150,7 +97,7 @@ def serve_config(docs: list[dict]) -> dict:
     return yaml.safe_load(by_kind(docs, "RayService")[0]["spec"]["serveConfigV2"])
 
 
-@pytest.mark.parametrize("name", ["phi35", "cpu", "test"])
+@pytest.mark.parametrize("name", ["phi35", "cpu"])
 def test_serve_config_is_the_catalog(name: str):
     config = serve_config(render("--set", f"catalog.name={name}"))
     app = config["applications"][0]
@@ -161,7 +108,7 @@ def test_serve_config_is_the_catalog(name: str):
 
 @pytest.mark.parametrize(
     ("name", "data_plane", "shape"),
-    [("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed"), ("test", "routed", "routed")],
+    [("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed")],
 )
 def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_plane: str, shape: str):
     catalog = serve_config(render("--set", f"catalog.name={name}", "--set", f"serve.dataPlane={data_plane}"))[
@@ -225,7 +172,7 @@ def _cluster(docs: list[dict]) -> dict:
     return by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
 
 
-@pytest.mark.parametrize("name", ["phi35", "cpu", "test"])
+@pytest.mark.parametrize("name", ["phi35", "cpu"])
 def test_worker_groups_and_autoscaler_options_are_the_catalogs_cluster_block(name: str):
     """One source for the chart and the local autoscaling cluster: each node group of the catalog is
     a worker group of its GPUs, CPUs, memory and bounds; the autoscaler's idle timeout and upscaling

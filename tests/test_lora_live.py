@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.serving import ServerProcess, catalog_variant, serving
 from services.settings import Settings
-from services.testadapters import make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
+from tests.lora_adapters import make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
 
 pytestmark = pytest.mark.live
 MODEL = "smollm2-135m-instruct"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from services.phi3v_processing import Phi3VImageProcessor, hd_size, num_image_tokens
-from services.phi35_dummy import IMAGE_TOKEN_ID, build
-from services.testmodels import TINY_PHI3V
+from services.models.generated import TINY_PHI3V
+from services.models.phi3v_processing import Phi3VImageProcessor, hd_size, num_image_tokens
+from services.models.phi35_dummy import IMAGE_TOKEN_ID, build
 
 
 # (width, height, num_crops) -> (hd width, hd height, tokens), worked by hand:

@@ -1,5 +1,5 @@
 """A Phi-3.5-mini-, -MoE- or -vision-instruct-shaped model directory with no weights (serve it with
-`load_format: dummy`; the shapes live in `services/phi35_dummy.py`), and random LoRA adapters for the
+`load_format: dummy`; the shapes live in `services/models/phi35_dummy.py`), and random LoRA adapters for the
 mini shape. Nothing is downloaded.
 
     python -m loadtests.gpu.make_phi35 /tmp/phi35-vision --shape vision
@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from services.phi35_dummy import SHAPES, build
+from services.models.phi35_dummy import SHAPES, build
 
 __all__ = ["SHAPES", "build", "build_adapters"]
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     began = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     from services.catalog import load_catalog
-    from services.engine.sources import resolve_source
+    from services.models import resolve_source
     from services.settings import Settings
 
     catalog = load_catalog(args.catalog)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from services import sse
 from services.catalog import ModelEntry
 from services.edge.middleware import needs_key
 
@@ -88,7 +89,7 @@ def openapi_document(
                 "description": "the completion; with `stream: true`, server-sent events of chunks",
                 "content": {
                     "application/json": {"schema": {"type": "object"}},
-                    "text/event-stream": {"schema": {"type": "string"}},
+                    sse.MEDIA_TYPE: {"schema": {"type": "string"}},
                 },
             },
             **_error_responses("400", "401", "404", "413", "429", "503", "504"),

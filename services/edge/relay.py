@@ -17,11 +17,10 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
+from services import sse
 from services.edge.engines import REPLICA_GONE, EngineStream
 from services.engine.protocol import Outcome
-from services.errors import sse_error_event
 from services.metrics.records import CompletionRecord, RecordBuffer
-from services.streaming import SSE_DONE
 
 logger = logging.getLogger("slmserve.edge")
 
@@ -61,17 +60,17 @@ class StreamRelay:
                         self.outcome = item
         except TimeoutError:
             record.finish_reason = "timeout"
-            yield sse_error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
-            yield SSE_DONE
+            yield sse.error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
+            yield sse.DONE
         except Exception as error:
             logger.warning("stream %s broke: %s", self.request_id, error)
             if isinstance(error, REPLICA_GONE):
                 self.on_replica_failure()
             record.finish_reason = "error"
-            yield sse_error_event(
+            yield sse.error_event(
                 503, "the model replica serving this stream failed; retry the request", code="replica_failed"
             )
-            yield SSE_DONE
+            yield sse.DONE
         finally:
             self.finish()
 
@@ -100,7 +99,7 @@ class RelayResponse(StreamingResponse):
 
     def __init__(self, relay: StreamRelay) -> None:
         super().__init__(
-            relay, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            relay, media_type=sse.MEDIA_TYPE, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self.relay = relay
 

@@ -15,10 +15,8 @@ HTTP status is known before a byte goes out), then vLLM's SSE frames and the `Ou
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 
+from services import sse
 from services.catalog import Catalog, ModelEntry
 from services.edge.app import build_app
 from services.edge.edge import Edge
@@ -35,23 +34,21 @@ from services.edge.readiness import SelfReadiness
 from services.engine import vllm_compat
 from services.engine.adapters import AdapterSync
 from services.engine.protocol import Head, Outcome, StreamItem
-from services.engine.sources import resolve_source
-from services.errors import error_json, from_vllm_error, sse_error_event
+from services.errors import error_json, from_vllm_error
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
 from services.metrics.records import RecordBuffer
+from services.models import resolve_source
 from services.profiles import Hardware
 from services.profiles import choose as choose_profile
 from services.router.policies import routing_stats
 from services.settings import Settings
-from services.streaming import SSE_DONE, coalesce
+from services.streaming import coalesce
 
 logger = logging.getLogger("slmserve.engine")
 
 SNAPSHOT_PERIOD_S = 1.0
 TTFT_WINDOW_S = 10.0  # the TTFT the autoscaler sees is that of the last this many seconds
-_FINISH_REASON = re.compile(r'"finish_reason":"(\w+)"')
-_USAGE_ONLY_CHUNK = '"choices":[]'
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -182,25 +179,24 @@ class EngineDeployment:
         outcome = Outcome()
         try:
             async for chunk in chunks:
-                if chunk.startswith(SSE_DONE):
+                if sse.is_done(chunk):
                     yield outcome
                     yield chunk
                     return
-                if _USAGE_ONLY_CHUNK in chunk and '"usage"' in chunk:
-                    usage = json.loads(chunk.removeprefix("data: "))["usage"]
+                if (usage := sse.usage_of(chunk)) is not None:
                     outcome.prompt_tokens = usage["prompt_tokens"]
                     outcome.generation_tokens = usage.get("completion_tokens") or 0
                     if not client_wants_usage:
                         continue
-                elif '"finish_reason":"' in chunk:
-                    outcome.finish_reason = _FINISH_REASON.findall(chunk)[-1]
+                elif (reason := sse.finish_reason_of(chunk)) is not None:
+                    outcome.finish_reason = reason
                 yield chunk
         except Exception as error:  # the stream already started: report in-band, never hang
             logger.exception("stream %s failed", request_id)
             outcome.finish_reason = "error"
             yield outcome
-            yield sse_error_event(500, f"generation failed: {type(error).__name__}")
-            yield SSE_DONE
+            yield sse.error_event(500, f"generation failed: {type(error).__name__}")
+            yield sse.DONE
         finally:  # also when the client left: closing vLLM's generator aborts the request in the engine
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:

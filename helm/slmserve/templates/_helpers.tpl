@@ -50,7 +50,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- $file := printf "catalogs/%s.yaml" .Values.catalog.name -}}
 {{- $text := .Files.Get $file -}}
 {{- if not $text -}}
-{{- fail (printf "catalog.name=%q: no file %s in the chart (shipped: cpu, phi35, test)" .Values.catalog.name $file) -}}
+{{- fail (printf "catalog.name=%q: no file %s in the chart (shipped: cpu, phi35)" .Values.catalog.name $file) -}}
 {{- end -}}
 {{- $catalog = fromYaml $text -}}
 {{- end -}}

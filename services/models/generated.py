@@ -9,7 +9,7 @@ engine on a CPU with nothing downloaded.
 
 PhiMoE takes a tokenizer from the embedded SmolLM2 GGUF with Phi-3 chat tokens added, and a Phi-3
 chat template; Phi3V needs Phi-3's own vocabulary layout (`<|image|>` is id 32044) and takes the
-offline one of `services/phi35_dummy.py`. Random weights produce meaningless text: tests check
+offline one of `services/models/phi35_dummy.py`. Random weights produce meaningless text: tests check
 structure only.
 """
 
@@ -21,10 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.embedded import ensure_embedded_model
 from services.model_cache import build_once
+from services.models.embedded import ensure_embedded_model
 
-GENERATED_PREFIX = "generated://"
 RECIPE_VERSION = "1"
 SEED = 1234
 PHI3_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -113,7 +112,7 @@ TINY_PHI3V = {  # overrides of Phi-3.5-vision's config: a 2-layer text model, CL
 
 
 def build_tiny_phi3v(out: Path, cache_dir: Path) -> None:
-    from services.phi35_dummy import build
+    from services.models.phi35_dummy import build
 
     build(out, "vision", config_overrides=TINY_PHI3V, num_crops=1)
 
@@ -139,7 +138,7 @@ def ensure_generated_model(name: str, cache_dir: Path) -> Path:
 def _recipe_version() -> str:
     """Bumped by hand for a recipe change; the offline processor's source is part of the recipe, since
     a generated vision directory carries a copy of it."""
-    from services import phi3v_processing
+    from services.models import phi3v_processing
 
     digest = hashlib.sha256(Path(phi3v_processing.__file__).read_bytes()).hexdigest()[:12]
     return f"{RECIPE_VERSION}-{digest}"

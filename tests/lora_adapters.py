@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from services.embedded import ensure_embedded_model
+from services.models.embedded import ensure_embedded_model
 
 BASE_MODEL = "smollm2-135m-instruct"
 ATTENTION_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]

@@ -1,9 +1,9 @@
 """Phi-3.5-shaped model directories with no weights (serve them with `load_format: dummy`): the real
 architecture configs of Phi-3.5-mini, -MoE and -vision, an offline byte-level BPE tokenizer of the
 same vocabulary size with Phi-3's special tokens and chat template, and for the vision shape the
-project's own offline processor (`services/phi3v_processing.py`) as the directory's remote code.
+project's own offline processor (`services/models/phi3v_processing.py`) as the directory's remote code.
 Nothing is downloaded. Used at full size for GPU runs (`loadtests/gpu/make_phi35.py`) and at tiny
-size for the CPU test models (`services/testmodels.py`).
+size for the CPU test models (`services/models/generated.py`).
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ def write_tokenizer(out: Path) -> None:
 
 def write_vision_processor(out: Path, num_crops: int) -> None:
     """The offline Phi-3.5-vision processor as this directory's remote code (load with trust_remote_code)."""
-    from services import phi3v_processing
+    from services.models import phi3v_processing
 
     shutil.copyfile(phi3v_processing.__file__, out / "processing_phi3_v.py")
     (out / "preprocessor_config.json").write_text(

