@@ -27,13 +27,16 @@ from loadtests.serving import serving
 from loadtests.workload import run_level
 
 ROOT = Path(__file__).resolve().parents[1]
-GROUPS = ("engine core", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
+GROUPS = ("engine core", "vLLM worker", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
+ENGINE = ("engine core", "vLLM worker")  # the same work in both systems: the model
 
 
 def group_of(process: psutil.Process) -> str:
     command = " ".join(process.cmdline() or [process.name()])
     if "VLLM::EngineCore" in command or "EngineCore" in process.name():
         return "engine core"
+    if "VLLM::Worker" in command or "Worker" in process.name():
+        return "vLLM worker"
     if "ServeReplica:slmserve:engine-" in command or "vllm.entrypoints.openai.api_server" in command:
         return "HTTP process"
     if "haproxy" in command:
@@ -86,13 +89,13 @@ def measure(name: str, root: int, url: str, seconds: float) -> dict[str, object]
 
 
 def table(rows: list[dict]) -> str:
-    head = "| system | state | " + " | ".join(GROUPS) + " | all but the engine core | tok/s |\n"
+    head = "| system | state | " + " | ".join(GROUPS) + " | all but vLLM's engine | tok/s |\n"
     head += "|---|---|" + "---|" * (len(GROUPS) + 2) + "\n"
     lines = []
     for row in rows:
         for state in ("idle", "busy"):
             used = row[state]
-            rest = sum(value for group, value in used.items() if group != "engine core")
+            rest = sum(value for group, value in used.items() if group not in ENGINE)
             tok = f"{row['tok_s']:.1f}" if state == "busy" else ""
             label = "idle" if state == "idle" else "one stream"
             cells = " | ".join(f"{used[group]:.3f}" for group in GROUPS)
