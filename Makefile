@@ -40,7 +40,7 @@ run: install
 test: install lint
 	@# Debian's Prometheus and promtool for the observability tests (skipped, with the reason, if not installable)
 	deploy/tools/install_debian.sh prometheus prometheus promtool
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
 
 # Bounded locust run against a local server (starts `slmserve serve` if none answers).
 loadtest: install

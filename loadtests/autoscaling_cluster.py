@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import psutil
 
-from loadtests.autoscaling_run import read_sample
+from loadtests.autoscaling_run import poll_until, read_sample
 from loadtests.report import write_section
 from loadtests.sse import StreamMeter
 
@@ -358,18 +358,14 @@ def run_scenario(
         return tick
 
     def until(condition: Callable[[Tick], bool], limit_s: float, label: str) -> bool:
-        deadline, next_note = time.monotonic() + limit_s, 0.0
-        while time.monotonic() < deadline:
-            tick = sample(label)
-            if time.monotonic() >= next_note:
-                log(
-                    f"t={tick.t:5.0f}s {label}: target {tick.target} running {tick.running:g} waiting "
-                    f"{tick.waiting:g}; nodes {tick.nodes}; {len(timeline.streams)} requests"
-                )
-                next_note = time.monotonic() + 10
-            if condition(tick):
-                return True
-            time.sleep(1)
+        def note(tick: Tick) -> str:
+            return (
+                f"[cluster] t={tick.t:5.0f}s {label}: target {tick.target} running {tick.running:g} waiting "
+                f"{tick.waiting:g}; nodes {tick.nodes}; {len(timeline.streams)} requests"
+            )
+
+        if poll_until(lambda: sample(label), condition, limit_s, note):
+            return True
         log(f"{label}: not reached within {limit_s:.0f}s")
         return False
 

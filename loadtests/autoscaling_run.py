@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -33,6 +34,7 @@ from loadtests.workload import percentile
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 SLO = {"ttft_p90_s": 2.0, "queue_per_replica": 2, "cooldown_s": 30}
+T = TypeVar("T")
 GPU_CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-autoscaling.yaml"
 
 
@@ -197,6 +199,27 @@ def stream_once(client: httpx.Client, url: str, started: float, scenario: Scenar
     return Request(round(begun - started, 1), ttft, ok, replica)
 
 
+def poll_until(
+    take: Callable[[], T],
+    condition: Callable[[T], bool],
+    limit_s: float,
+    note: Callable[[T], str],
+    progress: Callable[[str], None] = print,
+) -> bool:
+    """`take()` once a second until `condition` holds of what it took (True) or `limit_s` passed
+    (False); `note` of it is shown every 10 s."""
+    deadline, next_note = time.monotonic() + limit_s, 0.0
+    while time.monotonic() < deadline:
+        taken = take()
+        if time.monotonic() >= next_note:
+            progress(note(taken))
+            next_note = time.monotonic() + 10
+        if condition(taken):
+            return True
+        time.sleep(1)
+    return False
+
+
 def run(
     base_url: str,
     scenario: Scenario,
@@ -229,21 +252,18 @@ def run(
     try:
 
         def sample_until(condition: Callable[[Sample], bool], limit_s: float, label: str) -> bool:
-            deadline = time.monotonic() + limit_s
-            next_note = 0.0
-            while time.monotonic() < deadline:
+            def take() -> Sample:
                 sample = read_sample(base_url, started, scenario.model)
                 timeline.samples.append(sample)
-                if time.monotonic() >= next_note:
-                    progress(
-                        f"[autoscaling] t={sample.t:5.0f}s {label}: target {sample.target} running "
-                        f"{sample.running:g} waiting {sample.waiting:g}, {len(timeline.requests)} requests"
-                    )
-                    next_note = time.monotonic() + 10
-                if condition(sample):
-                    return True
-                time.sleep(1)
-            return False
+                return sample
+
+            def note(sample: Sample) -> str:
+                return (
+                    f"[autoscaling] t={sample.t:5.0f}s {label}: target {sample.target} running "
+                    f"{sample.running:g} waiting {sample.waiting:g}, {len(timeline.requests)} requests"
+                )
+
+            return poll_until(take, condition, limit_s, note, progress)
 
         sample_until(lambda s: False, 5, "baseline")
         timeline.step_at = time.monotonic() - started

@@ -1,6 +1,7 @@
-"""On the GPU machine: slmserve and bare vLLM's OpenAI server on one GPU, same model (Phi-3.5-mini
-shape, dummy weights), same engine arguments, same workload (streamed chat, ~128-token prompts,
-256 output tokens with ignore_eos) at concurrency 1, 8, 32 and 64, alternating between the two.
+"""On the GPU machine: slmserve and bare vLLM's OpenAI server (or Ray Serve LLM with direct streaming,
+`--systems slmserve,ray-serve-llm`) on one GPU, same model (Phi-3.5-mini shape, dummy weights), same
+engine arguments, same workload (streamed chat, ~128-token prompts, 256 output tokens with
+ignore_eos) at concurrency 1, 8, 32 and 64, alternating between the systems.
 
     PYTHONPATH=/tmp/site:$PWD python3 -m loadtests.gpu.run_gpu_bench --out $OUT
     ... --catalog loadtests/gpu/phi35-moe-dummy.yaml --shape moe --systems slmserve --levels 1,32  # one H200
@@ -79,6 +80,19 @@ def start_profilers(out: Path, seconds: int = 8) -> list[subprocess.Popen]:
     return profilers
 
 
+def start_ray_serve_llm(model_dir: Path, name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
+    """Ray Serve LLM on a Ray and HAProxy of its own (loadtests/ray_serve_llm.py)."""
+    command = [sys.executable, "-m", "loadtests.ray_serve_llm", "--model-dir", str(model_dir), "--name", name]
+    command += ["--port", str(port), "--engine-args", json.dumps(engine_args)]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def ray_serve_llm_metrics_url(log: Path) -> str:
+    """Its Ray's metrics agent, which it names when ready (scraped as the other systems' /metrics are)."""
+    line = next(line for line in log.read_text().splitlines() if line.startswith("[ray-serve-llm] ready"))
+    return f"http://127.0.0.1:{line.rsplit(' ', 1)[1]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--levels", default="1,8,32,64")
@@ -122,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     ).stdout.strip()
     print(f"[gpu-bench] {gpu}; prompt of {words} words = ~{args.prompt_tokens} tokens", flush=True)
     timings: dict[str, float] = {}
-    bare = None
+    bare = rayllm = None
+    rayllm_log = out / "ray-serve-llm.log"
     try:
+        if "ray-serve-llm" in systems:
+            started = time.monotonic()
+            rayllm = start_ray_serve_llm(model_dir, entry.name, entry.engine_args, 8202, rayllm_log)
+            runtime.wait_for_ok("http://127.0.0.1:8202/v1/models", 900, failed=lambda: _exited(rayllm, rayllm_log))
+            timings["ray_serve_llm_start_s"] = time.monotonic() - started
+            print(f"[gpu-bench] Ray Serve LLM ready in {timings['ray_serve_llm_start_s']:.1f}s", flush=True)
         if "bare-vllm" in systems:
             started = time.monotonic()
             bare = start_bare_vllm(str(model_dir), entry.name, entry.engine_args, 8201, out / "bare-vllm.log")
@@ -139,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
         urls = {
             "slmserve": "http://127.0.0.1:8200/v1/chat/completions",
             "bare-vllm": "http://127.0.0.1:8201/v1/chat/completions",
+            "ray-serve-llm": "http://127.0.0.1:8202/v1/chat/completions",
         }
         metrics_urls = {"slmserve": "http://127.0.0.1:8200/metrics", "bare-vllm": "http://127.0.0.1:8201/metrics"}
+        if rayllm is not None:
+            metrics_urls["ray-serve-llm"] = ray_serve_llm_metrics_url(rayllm_log)
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
         results: dict[tuple[str, int], LevelResult] = {}
@@ -205,10 +229,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     finally:
-        if bare is not None:
-            bare.terminate()
+        for server in (bare, rayllm):
+            if server is not None:
+                server.terminate()
         runtime.shutdown()
     return 0
+
+
+def _exited(process: subprocess.Popen, log: Path) -> str:
+    """Why a server process ended before it was ready ("" while it runs)."""
+    return "" if process.poll() is None else f"exited with {process.returncode}: {log.read_text()[-3000:]}"
 
 
 if __name__ == "__main__":

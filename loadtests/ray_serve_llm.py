@@ -1,0 +1,65 @@
+"""Ray Serve LLM as a server of its own, for benchmarks that put it beside slmserve on one machine:
+its own local Ray, its own HAProxy (Ray Serve's ingress, as slmserve's), direct streaming on
+(`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`), `ray.serve.llm.build_openai_app` with one model.
+
+    python -m loadtests.ray_serve_llm --model-dir DIR --name NAME --port 8202 \\
+        --engine-args '{"max_model_len": 4096, "gpu_memory_utilization": 0.4}' [--cpu]
+
+It prints `[ray-serve-llm] ready; metrics on port N` (Ray's metrics agent) once /v1/models answers,
+and serves until it gets SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-dir", required=True)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--engine-args", default="{}", help="vLLM engine arguments, JSON")
+    parser.add_argument("--cpu", action="store_true", help="vLLM's CPU engine (else one GPU)")
+    parser.add_argument("--max-ongoing-requests", type=int, default=512)
+    args = parser.parse_args(argv)
+
+    from services import runtime
+    from services.settings import Settings
+
+    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"  # read when ray.serve.llm is imported
+    os.environ.update(runtime.ingress_environment(Settings(port=args.port)))
+    import ray
+    from ray import serve
+    from ray.serve.llm import LLMConfig, build_openai_app
+
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    config = LLMConfig(
+        model_loading_config={"model_id": args.name, "model_source": args.model_dir},
+        accelerator_config={"kind": "cpu"} if args.cpu else None,
+        engine_kwargs=json.loads(args.engine_args),
+        deployment_config={"num_replicas": 1, "max_ongoing_requests": args.max_ongoing_requests},
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        serve.run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/")
+        runtime.wait_for_ok(f"http://127.0.0.1:{args.port}/v1/models", 900)
+        metrics_port = ray._private.worker.global_worker.node.metrics_export_port
+        print(f"[ray-serve-llm] ready; metrics on port {metrics_port}", flush=True)
+        stop.wait()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
