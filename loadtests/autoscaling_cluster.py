@@ -180,6 +180,13 @@ class LocalAutoscalingCluster:
         except ProcessLookupError:
             pass
         self.process = None
+        # `ray start` named this head as the machine's current cluster, where a later bare
+        # `ray.init()` would try to join it: take that back, as `ray stop` would.
+        from ray._common.utils import get_ray_address_file
+
+        current = Path(get_ray_address_file(None))
+        if current.is_file() and current.read_text().strip() == self.gcs_address:
+            current.unlink()
 
 
 def worker_nodes(groups: list[Any]) -> dict[str, str]:

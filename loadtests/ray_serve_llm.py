@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
     from ray.serve.llm import LLMConfig, build_openai_app
 
-    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")  # never join another
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     config = LLMConfig(
         model_loading_config={"model_id": args.name, "model_source": args.model_dir},
