@@ -204,13 +204,26 @@ def worker_nodes(groups: list[Any]) -> dict[str, str]:
     return nodes
 
 
-def replicas_by_node(app_name: str, deployment: str) -> dict[str, str]:
-    """Running replicas of one deployment: replica id -> node id (Serve's own details)."""
+def deployment_details(app_name: str, deployment: str) -> dict[str, Any]:
+    """Serve's own details of one deployment (its replicas' states and nodes, its target count)."""
     from ray.serve.context import _get_global_client
 
     details = _get_global_client().get_serve_details().get("applications", {}).get(app_name, {})
-    replicas = details.get("deployments", {}).get(deployment, {}).get("replicas", [])
-    return {r["replica_id"]: r["node_id"] for r in replicas if r.get("state") == "RUNNING"}
+    found: dict[str, Any] = details.get("deployments", {}).get(deployment, {})
+    return found
+
+
+def replica_states(app_name: str, deployment: str) -> dict[str, tuple[str, str]]:
+    """Replicas of one deployment: replica id -> (state, node id; "" while pending)."""
+    replicas = deployment_details(app_name, deployment).get("replicas", [])
+    return {r["replica_id"]: (r.get("state", ""), r.get("node_id") or "") for r in replicas}
+
+
+def replicas_by_node(app_name: str, deployment: str) -> dict[str, str]:
+    """Running replicas of one deployment: replica id -> node id."""
+    return {
+        replica: node for replica, (state, node) in replica_states(app_name, deployment).items() if state == "RUNNING"
+    }
 
 
 @dataclass
@@ -241,39 +254,40 @@ class ClusterTimeline:
     node_types_launched: list[str] = field(default_factory=list)  # in launch order
     replica_nodes: dict[str, str] = field(default_factory=dict)  # every replica that ran -> its node's type
     seen_nodes: list[str] = field(default_factory=list)
+    targets: list[tuple[float, int]] = field(default_factory=list)  # (time, Serve's target replicas) at each change
 
     def first(self, condition: Callable[[Tick], bool], after: float = 0.0) -> float | None:
         return next((tick.t for tick in self.ticks if tick.t >= after and condition(tick)), None)
+
+    def peak_target(self) -> int:
+        return max((target for _, target in self.targets), default=0)
 
     def figures(self) -> dict[str, Any]:
         step, end = self.marks.get("step", 0.0), self.marks.get("step_end", 0.0)
         total_nodes = lambda tick: sum(tick.nodes.values())  # noqa: E731
         second_node = self.first(lambda tick: total_nodes(tick) >= 2, step)
-        decided = self.first(lambda tick: (tick.target or 0) >= 2, step)
+        # Serve's target replicas, read from its details a few times a second (the /metrics gauge lags)
+        scaled_up = next((t for t, target in self.targets if t >= step and target >= 2), None)
         serving_two = self.first(lambda tick: tick.running >= 2, step)
         back_to_one = self.first(lambda tick: tick.target == 1 and tick.running == 1, end)
         one_node_again = self.first(lambda tick: total_nodes(tick) == 1, back_to_one or end)
-        # The replica taken away, and the streams it held when Serve began to stop it (the first tick
-        # that no longer lists it RUNNING): each started while it ran and ended after that tick, so it
-        # was served to its end while the replica drained.
+        # The replica taken away, and the streams it held when Serve decided to scale down (its target
+        # fell): each started before the decision and
+        # ended after it, so it was served to its end by a replica on its way out; and none started
+        # on that replica after the decision (it takes no new requests while it drains).
         removed = [r for r in self.replica_nodes if r not in (self.ticks[-1].placement if self.ticks else {})]
-        in_flight_at_removal = []
-        for replica in removed:
-            last_running = max(tick.t for tick in self.ticks if replica in tick.placement)
-            stopping = self.first(lambda tick, r=replica: r not in tick.placement, last_running)
-            in_flight_at_removal += [
-                s
-                for s in self.streams
-                if s.replica == replica and stopping is not None and s.started < last_running and s.ended > stopping
-            ]
-        targets = [tick.target for tick in self.ticks if tick.target is not None]
-        changes = [(a, b) for a, b in itertools.pairwise(targets) if a != b]
+        scaled_down = next((t for t, target in self.targets if t >= end and target < self.peak_target()), None)
+        on_removed = [s for s in self.streams if s.replica in removed]
+        in_flight_at_removal = [s for s in on_removed if scaled_down is not None and s.started < scaled_down < s.ended]
+        started_after = [s for s in on_removed if scaled_down is not None and s.started > scaled_down]
+        changes = [(a, b) for (_, a), (_, b) in itertools.pairwise(self.targets) if a != b]
         return {
             "first_node_s": self.marks.get("first_node"),
             "ready_s": self.marks.get("ready"),
             "node_types_launched": self.node_types_launched,
             "replica_node_types": sorted(set(self.replica_nodes.values())),
-            "scale_up_decision_s": None if decided is None else round(decided - step, 1),
+            "scale_up_decision_s": None if scaled_up is None else round(scaled_up - step, 1),
+            "scale_down_decision_s": None if scaled_down is None else round(scaled_down - end, 1),
             "second_node_s": None if second_node is None else round(second_node - step, 1),
             "second_replica_serving_s": None if serving_two is None else round(serving_two - step, 1),
             "scale_down_s": None if back_to_one is None else round(back_to_one - end, 1),
@@ -288,6 +302,7 @@ class ClusterTimeline:
             "removed_replicas": removed,
             "streams_in_flight_on_removed_replica": len(in_flight_at_removal),
             "streams_on_removed_replica_failed": sum(1 for s in in_flight_at_removal if not s.ok),
+            "streams_started_on_removed_replica_after_decision": len(started_after),
         }
 
 
@@ -376,7 +391,18 @@ def run_scenario(
         log(f"{label}: not reached within {limit_s:.0f}s")
         return False
 
+    def watch_target() -> None:  # often, on its own: the scale-down decision is a moment, not a state
+        while not stop.is_set():
+            try:
+                target = deployment_details(app_name, deployment).get("target_num_replicas")
+                if target is not None and (not timeline.targets or timeline.targets[-1][1] != target):
+                    timeline.targets.append((round(time.monotonic() - clock, 1), int(target)))
+            except Exception as error:  # a busy controller: try again
+                log(f"Serve's details not read: {error!r}")
+            stop.wait(0.25)
+
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(max(step_streams, quiet_streams))]
+    threads.append(threading.Thread(target=watch_target, daemon=True))
     for thread in threads:
         thread.start()
     try:
@@ -512,12 +538,15 @@ def report(timeline: ClusterTimeline, ended: datetime.datetime) -> str:
         f"| seconds from the load step to the scale-up decision | {f['scale_up_decision_s']} |\n"
         f"| seconds from the load step to the second node | {f['second_node_s']} |\n"
         f"| seconds from the load step to the second replica serving | {f['second_replica_serving_s']} |\n"
-        f"| seconds from the end of the step to one replica again | {f['scale_down_s']} |\n"
+        f"| seconds from the end of the step to the scale-down decision / to one replica again | "
+        f"{f['scale_down_decision_s']} / {f['scale_down_s']} |\n"
         f"| seconds from one replica again to the idle node's removal | {f['idle_node_removed_s']} |\n"
         f"| scale-ups / scale-downs | {f['scale_ups']} / {f['scale_downs']} |\n"
         f"| requests / failed | {f['requests']} / {f['failed']} |\n"
-        f"| streams in flight on the removed replica / failed | {f['streams_in_flight_on_removed_replica']} / "
-        f"{f['streams_on_removed_replica_failed']} |\n\n"
+        f"| streams in flight on the removed replica at the decision / failed | "
+        f"{f['streams_in_flight_on_removed_replica']} / {f['streams_on_removed_replica_failed']} |\n"
+        f"| streams the removed replica took after the decision | "
+        f"{f['streams_started_on_removed_replica_after_decision']} |\n\n"
         f"![cluster autoscaling timeline](autoscaling_cluster.png)\n"
     )
 

@@ -64,7 +64,8 @@ def test_scale_down_drains_the_removed_replica_and_nothing_fails(scenario: dict[
     assert figures["scale_down_s"] is not None
     assert len(figures["removed_replicas"]) == 1
     assert figures["streams_in_flight_on_removed_replica"] >= 1  # it was serving when it was told to go
-    assert figures["streams_on_removed_replica_failed"] == 0
+    assert figures["streams_on_removed_replica_failed"] == 0  # and finished what it was serving
+    assert figures["streams_started_on_removed_replica_after_decision"] == 0  # and took nothing new
     assert figures["requests"] > 0 and figures["failed"] == 0
 
 
