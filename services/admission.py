@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.errors import Code
+
 
 @dataclass
 class TokenBucket:
@@ -36,7 +38,7 @@ class TokenBucket:
 
 
 class Rejected(Exception):
-    def __init__(self, message: str, reason: str, retry_after_s: float) -> None:
+    def __init__(self, message: str, reason: Code, retry_after_s: float) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after_s = max(1, math.ceil(retry_after_s))
@@ -74,7 +76,7 @@ class Admission:
         bound = self.max_in_flight.get(model)
         if bound is not None and self.in_flight[model] >= bound:
             raise Rejected(
-                f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", "queue_full", 1
+                f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", Code.QUEUE_FULL, 1
             )
         limit = self.limits.get(tenant, self.default_limit)
         checks = []
@@ -87,7 +89,7 @@ class Admission:
             if wait > 0:
                 raise Rejected(
                     f"rate limit of {kind} per minute reached for `{tenant}`; retry in {math.ceil(wait)}s",
-                    f"rate_limited_{kind}",
+                    Code.RATE_LIMITED_REQUESTS if kind == "requests" else Code.RATE_LIMITED_TOKENS,
                     wait,
                 )
         for bucket, amount, _ in checks:

@@ -4,6 +4,7 @@ every error slmserve returns, whether the router or vLLM found the problem."""
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
 
@@ -20,6 +21,37 @@ _TYPES = {
     503: "service_unavailable_error",
     504: "timeout_error",
 }
+
+
+class Code(StrEnum):
+    """Every `code` slmserve puts in an error body, and every `reason` of the rejected-requests
+    metric: one closed set (the metric's label values stay bounded; clients can rely on them)."""
+
+    # the request itself
+    INVALID_JSON = "invalid_json"
+    INVALID_REQUEST = "invalid_request"
+    REQUEST_TOO_LARGE = "request_too_large"
+    INVALID_API_KEY = "invalid_api_key"
+    MODEL_NOT_FOUND = "model_not_found"
+    # images (services/media.py)
+    INVALID_IMAGE = "invalid_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    TOO_MANY_IMAGES = "too_many_images"
+    IMAGE_URL_REFUSED = "image_url_refused"
+    IMAGE_FETCH_FAILED = "image_fetch_failed"
+    IMAGE_FETCH_TIMEOUT = "image_fetch_timeout"
+    MODEL_NOT_MULTIMODAL = "model_not_multimodal"
+    # admission (services/admission.py, services/limits.py)
+    QUEUE_FULL = "queue_full"
+    RATE_LIMITED_REQUESTS = "rate_limited_requests"
+    RATE_LIMITED_TOKENS = "rate_limited_tokens"
+    LIMITER_UNAVAILABLE = "limiter_unavailable"
+    # serving
+    MODEL_NOT_READY = "model_not_ready"
+    TIMEOUT = "timeout"
+    REPLICA_UNAVAILABLE = "replica_unavailable"
+    REPLICA_FAILED = "replica_failed"
+    INTERNAL_ERROR = "internal_error"
 
 
 def error_type(status: int) -> str:
@@ -55,10 +87,10 @@ class APIError(Exception):
         message: str,
         *,
         param: str | None = None,
-        code: str | None = None,
+        code: Code | None = None,
         headers: dict[str, str] | None = None,
         model: str = "",
-        reason: str = "",
+        reason: Code | None = None,
         base_model: str = "",
     ) -> None:
         super().__init__(message)

@@ -23,6 +23,7 @@ from typing import Any
 
 from services.admission import Admission, RateLimit, Rejected
 from services.catalog import Catalog
+from services.errors import Code
 from services.serve_context import outside_request
 
 logger = logging.getLogger("slmserve.limits")
@@ -38,7 +39,7 @@ class Admitted:
 @dataclass(frozen=True, slots=True)
 class Refused:
     message: str
-    reason: str
+    reason: Code
     retry_after_s: float
 
 

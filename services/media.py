@@ -29,6 +29,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.errors import Code
+
 ALLOWED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 
 
@@ -48,7 +50,7 @@ class MediaPolicy(BaseModel):
 class MediaError(Exception):
     """A client error about an image: rendered as a 400 with `code`."""
 
-    def __init__(self, message: str, code: str) -> None:
+    def __init__(self, message: str, code: Code) -> None:
         super().__init__(message)
         self.code = code
 
@@ -64,19 +66,19 @@ def _decode_image(data: bytes, policy: MediaPolicy) -> str:
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > policy.max_image_bytes:
-        raise MediaError(f"image is {len(data)} bytes; the limit is {policy.max_image_bytes}", "image_too_large")
+        raise MediaError(f"image is {len(data)} bytes; the limit is {policy.max_image_bytes}", Code.IMAGE_TOO_LARGE)
     try:
         with Image.open(io.BytesIO(data)) as image:  # reads the header only: the size is known before decoding
             kind = image.format
             if kind not in ALLOWED_FORMATS:
                 raise MediaError(
-                    f"image format {kind or 'unknown'} is not supported (png, jpeg, webp, gif)", "invalid_image"
+                    f"image format {kind or 'unknown'} is not supported (png, jpeg, webp, gif)", Code.INVALID_IMAGE
                 )
             width, height = image.size
             if width * height > policy.max_image_pixels:
                 raise MediaError(
                     f"image is {width}x{height} pixels; the limit is {policy.max_image_pixels} pixels",
-                    "image_too_large",
+                    Code.IMAGE_TOO_LARGE,
                 )
             image.load()  # decode fully: truncated or corrupt data fails here, not in the engine
             if kind == "GIF":
@@ -87,20 +89,20 @@ def _decode_image(data: bytes, policy: MediaPolicy) -> str:
     except MediaError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as error:
-        raise MediaError(f"image could not be decoded: {error}", "invalid_image") from None
+        raise MediaError(f"image could not be decoded: {error}", Code.INVALID_IMAGE) from None
     return f"data:{ALLOWED_FORMATS[kind]};base64,{base64.b64encode(data).decode()}"
 
 
 def _data_url_bytes(url: str, policy: MediaPolicy) -> bytes:
     header, _, payload = url.partition(",")
     if not header.endswith(";base64"):
-        raise MediaError("image data URLs must be base64-encoded", "invalid_image")
+        raise MediaError("image data URLs must be base64-encoded", Code.INVALID_IMAGE)
     if len(payload) > policy.max_image_bytes * 4 // 3 + 4:
-        raise MediaError(f"image is larger than the limit of {policy.max_image_bytes} bytes", "image_too_large")
+        raise MediaError(f"image is larger than the limit of {policy.max_image_bytes} bytes", Code.IMAGE_TOO_LARGE)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise MediaError("image data URL is not valid base64", "invalid_image") from None
+        raise MediaError("image data URL is not valid base64", Code.INVALID_IMAGE) from None
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -134,11 +136,11 @@ class URLGuard:
         if parts.scheme not in ("http", "https"):
             raise MediaError(
                 f"image URL scheme {parts.scheme or '(none)'!r} is refused; use data:, http or https",
-                "image_url_refused",
+                Code.IMAGE_URL_REFUSED,
             )
         host = (parts.hostname or "").lower()
         if not host:
-            raise MediaError("image URL has no host", "image_url_refused")
+            raise MediaError("image URL has no host", Code.IMAGE_URL_REFUSED)
         if host in self.allow_hosts:
             return None
         literal = True
@@ -149,15 +151,15 @@ class URLGuard:
             try:
                 answers = await self.resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
             except (OSError, UnicodeError):
-                raise MediaError(f"image URL host {host!r} does not resolve", "image_fetch_failed") from None
+                raise MediaError(f"image URL host {host!r} does not resolve", Code.IMAGE_FETCH_FAILED) from None
             addresses = [ipaddress.ip_address(answer) for answer in answers]
         if not addresses:
-            raise MediaError(f"image URL host {host!r} does not resolve", "image_fetch_failed")
+            raise MediaError(f"image URL host {host!r} does not resolve", Code.IMAGE_FETCH_FAILED)
         refused = sorted({str(a) for a in addresses if not self._address_allowed(a)})
         if refused:
             raise MediaError(
                 f"image URL host {host!r} resolves to a non-public address ({', '.join(refused)}); refused",
-                "image_url_refused",
+                Code.IMAGE_URL_REFUSED,
             )
         return None if literal else addresses[0]
 
@@ -193,7 +195,7 @@ class MediaFetcher:
             return await asyncio.wait_for(self._fetch(url), self.policy.fetch_timeout_s)
         except TimeoutError:
             raise MediaError(
-                f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", "image_fetch_timeout"
+                f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", Code.IMAGE_FETCH_TIMEOUT
             ) from None
 
     async def _fetch(self, url: str) -> bytes:
@@ -207,26 +209,27 @@ class MediaFetcher:
                         continue
                     if response.status_code != 200:
                         raise MediaError(
-                            f"fetching the image failed: HTTP {response.status_code}", "image_fetch_failed"
+                            f"fetching the image failed: HTTP {response.status_code}", Code.IMAGE_FETCH_FAILED
                         )
                     return await self._read_limited(response)
             except httpx.TimeoutException:
                 raise MediaError(
-                    f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", "image_fetch_timeout"
+                    f"fetching the image timed out after {self.policy.fetch_timeout_s:g}s", Code.IMAGE_FETCH_TIMEOUT
                 ) from None
             except httpx.HTTPError as error:
-                raise MediaError(f"fetching the image failed: {type(error).__name__}", "image_fetch_failed") from None
-        raise MediaError(f"image URL redirected more than {self.policy.max_redirects} times", "image_fetch_failed")
+                failed = f"fetching the image failed: {type(error).__name__}"
+                raise MediaError(failed, Code.IMAGE_FETCH_FAILED) from None
+        raise MediaError(f"image URL redirected more than {self.policy.max_redirects} times", Code.IMAGE_FETCH_FAILED)
 
     async def _read_limited(self, response: httpx.Response) -> bytes:
         limit = self.policy.max_image_bytes
         if int(response.headers.get("content-length") or 0) > limit:
-            raise MediaError(f"image is larger than the limit of {limit} bytes", "image_too_large")
+            raise MediaError(f"image is larger than the limit of {limit} bytes", Code.IMAGE_TOO_LARGE)
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > limit:
-                raise MediaError(f"image is larger than the limit of {limit} bytes", "image_too_large")
+                raise MediaError(f"image is larger than the limit of {limit} bytes", Code.IMAGE_TOO_LARGE)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -254,7 +257,7 @@ def _part_url(part: dict[str, Any]) -> str:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
     if not isinstance(url, str) or not url:
-        raise MediaError("image_url.url must be a non-empty string", "invalid_image")
+        raise MediaError("image_url.url must be a non-empty string", Code.INVALID_IMAGE)
     return url
 
 
@@ -267,11 +270,11 @@ async def prepare_images(
         return None
     if not accepts_images:
         raise MediaError(
-            f"model `{model}` does not accept images; send text only or pick a vision model", "model_not_multimodal"
+            f"model `{model}` does not accept images; send text only or pick a vision model", Code.MODEL_NOT_MULTIMODAL
         )
     if len(parts) > max_images:
         raise MediaError(
-            f"{len(parts)} images sent; model `{model}` accepts at most {max_images} per request", "too_many_images"
+            f"{len(parts)} images sent; model `{model}` accepts at most {max_images} per request", Code.TOO_MANY_IMAGES
         )
     started = time.perf_counter()
     urls = await asyncio.gather(*(fetcher.load(_part_url(part)) for part in parts))

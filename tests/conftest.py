@@ -133,6 +133,7 @@ class LiveServer:
 def live_server() -> Iterator[LiveServer]:
     from services import runtime
 
+    environment = dict(os.environ)  # the keys below and start_local's switches are the session's only
     os.environ["SLMSERVE_API_KEYS"] = f"tests:{API_KEY},limited:{LIMITED_KEY}"
     catalog_name = os.environ.get("SLMSERVE_TEST_CATALOG", str(TEST_CATALOG))
     settings = Settings(catalog=catalog_name, port=runtime.free_ports(1)[0])
@@ -160,6 +161,8 @@ def live_server() -> Iterator[LiveServer]:
         yield LiveServer(base_url, settings, catalog, status, headers, early_chat, startup_seconds, burst)
     finally:
         runtime.shutdown()
+        os.environ.clear()
+        os.environ.update(environment)
 
 
 @pytest.fixture(scope="session")

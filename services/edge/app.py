@@ -22,7 +22,7 @@ from services.catalog import ModelEntry
 from services.edge.edge import RETRY_AFTER_S, Edge
 from services.edge.middleware import EdgeMiddleware
 from services.edge.openapi import openapi_document
-from services.errors import APIError, error_body
+from services.errors import APIError, Code, error_body
 from services.metrics.records import RejectionRecord
 
 logger = logging.getLogger("slmserve.edge")
@@ -117,7 +117,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
         return _model_card(entry, edge.created)
     base = (await edge.adapters()).get(model)
     if base is None:
-        raise APIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        raise APIError(404, f"The model `{model}` does not exist.", param="model", code=Code.MODEL_NOT_FOUND)
     return _adapter_card(model, base, edge.created)
 
 
@@ -155,7 +155,7 @@ async def openapi_json(request: Request) -> JSONResponse:
             raise APIError(
                 503,
                 "no model is loaded yet; the API description needs one",
-                code="model_not_ready",
+                code=Code.MODEL_NOT_READY,
                 headers={"Retry-After": RETRY_AFTER_S},
             )
         schemas = await edge.engines[loaded[0].name].request_schemas()
@@ -211,7 +211,7 @@ async def _validation_error(_: Request, error: Exception) -> JSONResponse:
 async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     # A bug, not bad input: still an OpenAI-shaped body, and the trace in the replica's log.
     logger.exception("unhandled error: %s", error)
-    return _error_response(500, "internal error; the request can be retried", code="internal_error")
+    return _error_response(500, "internal error; the request can be retried", code=Code.INTERNAL_ERROR)
 
 
 def build_app(edge: Edge) -> FastAPI:

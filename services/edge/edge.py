@@ -30,7 +30,7 @@ from services.catalog import Catalog, ModelEntry
 from services.edge.engines import REPLICA_GONE, Engine
 from services.edge.readiness import ControllerReadiness, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
-from services.errors import APIError
+from services.errors import APIError, Code
 from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, RecordBuffer
@@ -67,7 +67,7 @@ def _request_id(request: Request) -> str:
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     too_large = APIError(
-        413, f"request body is larger than {limit} bytes", code="request_too_large", reason="request_too_large"
+        413, f"request body is larger than {limit} bytes", code=Code.REQUEST_TOO_LARGE, reason=Code.REQUEST_TOO_LARGE
     )
     if int(request.headers.get("content-length") or 0) > limit:
         raise too_large
@@ -80,11 +80,11 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     try:
         body = json.loads(b"".join(chunks))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise APIError(400, f"request body is not valid JSON: {error}", reason="invalid_json") from None
+        raise APIError(400, f"request body is not valid JSON: {error}", reason=Code.INVALID_JSON) from None
     except RecursionError:  # hostile nesting: a malformed body like any other, never a 500
-        raise APIError(400, "request body is nested too deeply", reason="invalid_json") from None
+        raise APIError(400, "request body is nested too deeply", reason=Code.INVALID_JSON) from None
     if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", reason="invalid_json")
+        raise APIError(400, "request body must be a JSON object", reason=Code.INVALID_JSON)
     return body
 
 
@@ -127,9 +127,11 @@ def check_field_types(body: dict[str, Any]) -> None:
         value = body.get(field)
         if value is not None and not _has_json_type(value, kind):
             got = _JSON_TYPES.get(type(value), type(value).__name__)
-            raise APIError(400, f"`{field}` must be a JSON {kind}, not {got}", param=field, reason="invalid_request")
+            raise APIError(400, f"`{field}` must be a JSON {kind}, not {got}", param=field, reason=Code.INVALID_REQUEST)
     if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
-        raise APIError(400, "`stream_options` must be a JSON object", param="stream_options", reason="invalid_request")
+        raise APIError(
+            400, "`stream_options` must be a JSON object", param="stream_options", reason=Code.INVALID_REQUEST
+        )
 
 
 class Edge:
@@ -186,7 +188,7 @@ class Edge:
     async def resolve(self, body: dict[str, Any]) -> Target:
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            raise APIError(400, "`model` is required and must be a string", param="model", reason="invalid_request")
+            raise APIError(400, "`model` is required and must be a string", param="model", reason=Code.INVALID_REQUEST)
         entry = self.catalog.resolve(model)
         target = Target(entry) if entry is not None and entry.name in self.engines else None
         if target is None:
@@ -197,17 +199,17 @@ class Edge:
                 404,
                 f"The model `{model}` does not exist.",
                 param="model",
-                code="model_not_found",
-                reason="model_not_found",
+                code=Code.MODEL_NOT_FOUND,
+                reason=Code.MODEL_NOT_FOUND,
             )
         if not self.is_ready(target.entry):
             raise APIError(
                 503,
                 f"model `{target.entry.name}` is still loading; retry shortly",
-                code="model_not_ready",
+                code=Code.MODEL_NOT_READY,
                 headers={"Retry-After": RETRY_AFTER_S},
                 model=target.entry.name,
-                reason="model_not_ready",
+                reason=Code.MODEL_NOT_READY,
             )
         return target
 
@@ -272,11 +274,11 @@ class Edge:
             raise APIError(
                 503,
                 "the admission limiter is unavailable; retry shortly",
-                code="limiter_unavailable",
+                code=Code.LIMITER_UNAVAILABLE,
                 headers={"Retry-After": RETRY_AFTER_S},
                 model=model_name,
                 base_model=entry.name,
-                reason="limiter_unavailable",
+                reason=Code.LIMITER_UNAVAILABLE,
             ) from error
         streaming = False
         try:
@@ -292,21 +294,21 @@ class Edge:
                 raise APIError(
                     504,
                     "the request exceeded its deadline and was aborted",
-                    code="timeout",
+                    code=Code.TIMEOUT,
                     model=model_name,
                     base_model=entry.name,
-                    reason="timeout",
+                    reason=Code.TIMEOUT,
                 ) from None
             except REPLICA_GONE as error:  # routed mode: the replica died or was torn down before answering
                 self.readiness.mark_failed(entry.deployment_name)
                 raise APIError(
                     503,
                     f"model `{entry.name}` is unavailable right now; retry shortly",
-                    code="replica_unavailable",
+                    code=Code.REPLICA_UNAVAILABLE,
                     headers={"Retry-After": RETRY_AFTER_S},
                     model=model_name,
                     base_model=entry.name,
-                    reason="replica_unavailable",
+                    reason=Code.REPLICA_UNAVAILABLE,
                 ) from error
             record = CompletionRecord(
                 model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.errors import error_body
+from services.errors import Code, error_body
 from services.metrics.records import HTTPRecord
 
 
@@ -56,7 +56,7 @@ async def _unauthorized(send: Any) -> None:
     import json
 
     body = json.dumps(
-        error_body(401, "a valid API key is required: send `Authorization: Bearer <key>`", code="invalid_api_key")
+        error_body(401, "a valid API key is required: send `Authorization: Bearer <key>`", code=Code.INVALID_API_KEY)
     ).encode()
     await send(
         {

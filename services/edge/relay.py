@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 from services import sse
 from services.edge.engines import REPLICA_GONE, EngineStream
 from services.engine.protocol import Outcome
+from services.errors import Code
 from services.metrics.records import CompletionRecord, RecordBuffer
 
 logger = logging.getLogger("slmserve.edge")
@@ -60,7 +61,7 @@ class StreamRelay:
                         self.outcome = item
         except TimeoutError:
             record.finish_reason = "timeout"
-            yield sse.error_event(504, "the request exceeded its deadline and was aborted", code="timeout")
+            yield sse.error_event(504, "the request exceeded its deadline and was aborted", code=Code.TIMEOUT)
             yield sse.DONE
         except Exception as error:
             logger.warning("stream %s broke: %s", self.request_id, error)
@@ -68,7 +69,7 @@ class StreamRelay:
                 self.on_replica_failure()
             record.finish_reason = "error"
             yield sse.error_event(
-                503, "the model replica serving this stream failed; retry the request", code="replica_failed"
+                503, "the model replica serving this stream failed; retry the request", code=Code.REPLICA_FAILED
             )
             yield sse.DONE
         finally:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from services.errors import Code
+
 MODEL = ("model_name",)
 # Per-request series: model_name is what the client asked for (a LoRA adapter's own name, as NIM labels
 # adapter requests), base_model the catalog model serving it (the same for base-model requests).
@@ -25,12 +27,12 @@ VLLM_SERIES_ON_DASHBOARD = frozenset(
 # Rejections a healthy system may simply not have had yet; their series start at 0 so that dashboards
 # and alert rules see 0 instead of no data (other reasons, such as image errors, appear when they occur).
 EXPECTED_REJECTIONS = (
-    "queue_full",
-    "rate_limited_requests",
-    "rate_limited_tokens",
-    "model_not_ready",
-    "timeout",
-    "replica_unavailable",
+    Code.QUEUE_FULL,
+    Code.RATE_LIMITED_REQUESTS,
+    Code.RATE_LIMITED_TOKENS,
+    Code.MODEL_NOT_READY,
+    Code.TIMEOUT,
+    Code.REPLICA_UNAVAILABLE,
 )
 
 
