@@ -14,6 +14,9 @@ from services.settings import Settings, resolve_catalog_path
 
 
 def _serve(args: argparse.Namespace) -> int:
+    """`slmserve serve`: a private local Ray, Serve and the catalog's application on host:port; prints
+    the URL once every model has an engine, exits 1 with Serve's reason when one cannot start, and
+    stops Serve and Ray on Ctrl-C."""
     flags = {"catalog": args.catalog, "port": args.port, "host": args.host, "ingress": args.ingress}
     overrides = {key: value for key, value in flags.items() if value is not None}
     settings = Settings(**overrides)
@@ -53,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    """`slmserve catalog validate FILE [--engine-args]`: the schema, and with --engine-args each
+    entry's engine arguments against the installed vLLM's own parser."""
     catalog = load_catalog(Path(args.file))
     if args.engine_args:
         from services.engine import vllm_compat
@@ -65,6 +70,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    """`slmserve catalog show NAME`: the catalog as validated, defaults filled in, as JSON."""
     catalog = load_catalog(resolve_catalog_path(args.catalog))
     print(json.dumps(catalog.model_dump(mode="json"), indent=2))
     return 0
@@ -102,6 +108,8 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 def _deploy_status(args: argparse.Namespace) -> int:
+    """`slmserve deploy status NAME -n NS [--wait]`: the RayService's conditions, applications, replicas
+    and pending GPU pods from the Kubernetes API; exit 0 once ready."""
     from kubernetes.client.exceptions import ApiException
 
     try:
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a catalog on this machine (local Ray)")
-    serve.add_argument("--catalog", help="catalog name (cpu, phi35, test) or YAML path [SLMSERVE_CATALOG]")
+    serve.add_argument("--catalog", help="catalog name (cpu, phi35) or YAML path [SLMSERVE_CATALOG]")
     serve.add_argument("--port", type=int, help="HTTP port [SLMSERVE_PORT, 8000]")
     serve.add_argument("--host", help="bind address [SLMSERVE_HOST, 127.0.0.1]")
     serve.add_argument(

@@ -14,7 +14,7 @@ CATALOG_DIR = Path(__file__).parent / "catalogs"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLMSERVE_", extra="ignore")
 
-    catalog: str = Field("cpu", description="catalog name (cpu, phi35, test) or path to a YAML file")
+    catalog: str = Field("cpu", description="catalog name (cpu, phi35) or path to a YAML file")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     cache_dir: Path = Field(Path.home() / ".cache" / "slmserve", description="converted models, vLLM caches")
