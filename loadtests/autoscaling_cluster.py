@@ -213,17 +213,10 @@ def deployment_details(app_name: str, deployment: str) -> dict[str, Any]:
     return found
 
 
-def replica_states(app_name: str, deployment: str) -> dict[str, tuple[str, str]]:
-    """Replicas of one deployment: replica id -> (state, node id; "" while pending)."""
-    replicas = deployment_details(app_name, deployment).get("replicas", [])
-    return {r["replica_id"]: (r.get("state", ""), r.get("node_id") or "") for r in replicas}
-
-
 def replicas_by_node(app_name: str, deployment: str) -> dict[str, str]:
     """Running replicas of one deployment: replica id -> node id."""
-    return {
-        replica: node for replica, (state, node) in replica_states(app_name, deployment).items() if state == "RUNNING"
-    }
+    replicas = deployment_details(app_name, deployment).get("replicas", [])
+    return {r["replica_id"]: r["node_id"] for r in replicas if r.get("state") == "RUNNING"}
 
 
 @dataclass
@@ -361,7 +354,7 @@ def run_scenario(
                 tokens = int(load["tokens"]) + (100 * index if load["phase"] == "quiet" else 0)
                 timeline.streams.append(stream(client, url, model, tokens, clock, str(load["phase"])))
 
-    def sample(label: str) -> Tick:
+    def sample() -> Tick:
         metrics = read_sample(base_url, clock, model)
         nodes = worker_nodes(groups)
         placement = {
@@ -386,7 +379,7 @@ def run_scenario(
                 f"{tick.waiting:g}; nodes {tick.nodes}; {len(timeline.streams)} requests"
             )
 
-        if poll_until(lambda: sample(label), condition, limit_s, note):
+        if poll_until(sample, condition, limit_s, note):
             return True
         log(f"{label}: not reached within {limit_s:.0f}s")
         return False
@@ -419,7 +412,7 @@ def run_scenario(
         stop.set()
         for thread in threads:
             thread.join(timeout=300)
-        sample("settled")
+        sample()
     finally:
         stop.set()
 

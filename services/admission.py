@@ -81,15 +81,18 @@ class Admission:
         limit = self.limits.get(tenant, self.default_limit)
         checks = []
         if limit.requests_per_minute:
-            checks.append((self._bucket(tenant, "requests", limit.requests_per_minute), 1, "requests"))
+            checks.append((self._bucket(tenant, "requests", limit.requests_per_minute), 1, Code.RATE_LIMITED_REQUESTS))
         if limit.tokens_per_minute:
-            checks.append((self._bucket(tenant, "tokens", limit.tokens_per_minute), estimated_tokens, "tokens"))
-        for bucket, amount, kind in checks:
+            checks.append(
+                (self._bucket(tenant, "tokens", limit.tokens_per_minute), estimated_tokens, Code.RATE_LIMITED_TOKENS)
+            )
+        for bucket, amount, code in checks:
             wait = bucket.wait_for(amount)
             if wait > 0:
                 raise Rejected(
-                    f"rate limit of {kind} per minute reached for `{tenant}`; retry in {math.ceil(wait)}s",
-                    Code.RATE_LIMITED_REQUESTS if kind == "requests" else Code.RATE_LIMITED_TOKENS,
+                    f"rate limit of {code.removeprefix('rate_limited_')} per minute reached for `{tenant}`; "
+                    f"retry in {math.ceil(wait)}s",
+                    code,
                     wait,
                 )
         for bucket, amount, _ in checks:
