@@ -299,7 +299,15 @@ class ClusterTimeline:
         }
 
 
-def stream(client: httpx.Client, url: str, model: str, max_tokens: int, clock: float, phase: str) -> Stream:
+def stream(
+    client: httpx.Client,
+    url: str,
+    model: str,
+    max_tokens: int,
+    clock: float,
+    phase: str,
+    headers: dict[str, str] | None = None,
+) -> Stream:
     body = {
         "model": model,
         "max_tokens": max_tokens,
@@ -310,7 +318,7 @@ def stream(client: httpx.Client, url: str, model: str, max_tokens: int, clock: f
     started = time.monotonic()
     meter, replica = StreamMeter(started), None
     try:
-        with client.stream("POST", url, json=body) as response:
+        with client.stream("POST", url, json=body, headers=headers) as response:
             replica = response.headers.get("x-slmserve-replica")
             for line in response.iter_lines():
                 meter.feed(line, time.monotonic())
@@ -323,6 +331,21 @@ def stream(client: httpx.Client, url: str, model: str, max_tokens: int, clock: f
     )
 
 
+def sessions_on_each_replica(url: str, model: str, header: str, replicas: int, tries: int = 40) -> list[str]:
+    """One session id per replica: the `session` routing policy pins a session to a replica
+    (rendezvous hashing), so a short request per candidate shows where each one lands."""
+    found: dict[str, str] = {}
+    body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=120, trust_env=False) as client:
+        for index in range(tries):
+            session = f"quiet-{index}"
+            response = client.post(url, json=body, headers={header: session})
+            found.setdefault(response.headers.get("x-slmserve-replica", ""), session)
+            if len(found.keys() - {""}) >= replicas:
+                break
+    return [session for replica, session in found.items() if replica]
+
+
 def run_scenario(
     base_url: str,
     model: str,
@@ -331,18 +354,19 @@ def run_scenario(
     clock: float,
     timeline: ClusterTimeline,
     groups: list[Any],
+    session_header: str,
     *,
     step_streams: int = 6,
     quiet_streams: int = 2,
     step_tokens: int = 200,
     quiet_tokens: int = 600,
 ) -> None:
-    """A load step until a second replica serves on a second node, then `quiet_streams` long streams
-    (of different lengths, so that they spread over both replicas and stay spread; no more than one
-    replica holds without queueing, so they never call the replica back) until the model is back to
-    one replica and the idle node is gone: whichever replica goes is serving when told to."""
+    """A load step until a second replica serves on a second node, then `quiet_streams` long streams,
+    each pinned by its session to its own replica (no more than one replica holds without queueing,
+    so they never call the second replica back), until the model is back to one replica and the idle
+    node is gone: whichever replica goes is serving when told to."""
     url = f"{base_url}/v1/chat/completions"
-    load = {"users": 0, "tokens": step_tokens, "phase": "step"}
+    load: dict[str, Any] = {"users": 0, "tokens": step_tokens, "phase": "step", "sessions": []}
     stop = threading.Event()
 
     def user(index: int) -> None:
@@ -351,8 +375,10 @@ def run_scenario(
                 if index >= load["users"]:
                     time.sleep(0.2)
                     continue
-                tokens = int(load["tokens"]) + (100 * index if load["phase"] == "quiet" else 0)
-                timeline.streams.append(stream(client, url, model, tokens, clock, str(load["phase"])))
+                sessions = load["sessions"]
+                headers = {session_header: sessions[index % len(sessions)]} if sessions else None
+                phase, tokens = str(load["phase"]), int(load["tokens"])
+                timeline.streams.append(stream(client, url, model, tokens, clock, phase, headers))
 
     def sample() -> Tick:
         metrics = read_sample(base_url, clock, model)
@@ -405,7 +431,10 @@ def run_scenario(
         if until(lambda tick: tick.running >= 2, 300, "load step"):
             until(lambda tick: False, 5, "two replicas")
         timeline.marks["step_end"] = time.monotonic() - clock
-        load.update(users=quiet_streams, tokens=quiet_tokens, phase="quiet")
+        load["users"] = 0  # the step's streams finish; the quiet ones start once pinned
+        sessions = sessions_on_each_replica(url, model, session_header, 2)
+        log(f"quiet streams pinned by sessions {sessions}")
+        load.update(users=quiet_streams, tokens=quiet_tokens, phase="quiet", sessions=sessions)
         if until(lambda tick: tick.target == 1 and tick.running == 1, 180, "after the step"):
             until(lambda tick: sum(tick.nodes.values()) == 1, 120, "idle node")
         load["users"] = 0
@@ -472,7 +501,16 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
             watcher.join()
         timeline.marks["ready"] = round(time.monotonic() - clock, 1)
         log(f"ready after {timeline.marks['ready']}s; worker nodes {worker_nodes(groups)}")
-        run_scenario(base_url, entry.name, entry.deployment_name, settings.app_name, clock, timeline, groups)
+        run_scenario(
+            base_url,
+            entry.name,
+            entry.deployment_name,
+            settings.app_name,
+            clock,
+            timeline,
+            groups,
+            catalog.router.session_header,
+        )
     finally:
         try:
             if progress_json is not None:  # what there is of the timeline, also after a failure
