@@ -22,6 +22,7 @@ from ray.serve import Application
 
 from services.catalog import Catalog, DeploymentOptions, ModelEntry, parse_catalog
 from services.settings import Settings
+from services.timing import ROUTING_STATS_PERIOD_S
 
 # Ray Serve runs user code and its outgoing-request router on separate threads/loops by default;
 # every streamed token then crosses threads twice per hop. Our deployments are fully async, so they
@@ -41,11 +42,6 @@ def haproxy_enabled() -> bool:
     from ray.serve._private import constants
 
     return bool(constants.RAY_SERVE_ENABLE_HA_PROXY)
-
-
-# Engine replicas report their load this often (record_routing_stats); the routing policy adds what it
-# sent since the last report.
-ROUTING_STATS_PERIOD_S = 1.0
 
 
 def _request_router(entry: ModelEntry) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.media import MediaPolicy
 from services.models import check_source
+from services.timing import MAX_REQUEST_TIMEOUT_S
 
 
 class CatalogError(ValueError):
@@ -386,7 +387,9 @@ class RouterOptions(_Strict):
         description="request header that names a conversation for session affinity (one name per cluster: "
         "Ray Serve's HAProxy forwards one)",
     )
-    request_timeout_s: float = Field(600, gt=0, description="deadline of a request; the engine aborts it after")
+    request_timeout_s: float = Field(
+        600, gt=0, le=MAX_REQUEST_TIMEOUT_S, description="deadline of a request; the engine aborts it after"
+    )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     deployment: DeploymentOptions = Field(

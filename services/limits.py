@@ -25,10 +25,9 @@ from services.admission import Admission, RateLimit, Rejected
 from services.catalog import Catalog
 from services.errors import Code
 from services.serve_context import outside_request
+from services.timing import BROKER_TIMEOUT_S, TICKET_GRACE_S
 
 logger = logging.getLogger("slmserve.limits")
-BROKER_TIMEOUT_S = 2.0
-TICKET_GRACE_S = 60.0  # beyond the request deadline
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 from services.catalog import Catalog
 from services.models import needs_hub
 from services.settings import Settings
+from services.timing import ENGINE_START_TIMEOUT_S, ROUTER_START_TIMEOUT_S
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -40,10 +41,6 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
     return env
-
-
-ROUTER_START_TIMEOUT_S = 180  # routed mode: the router replica answers within seconds
-ENGINE_START_TIMEOUT_S = 900  # direct mode: an engine replica answers once its engine has loaded
 
 
 # Ports an instance takes for itself come from here: below Ray Serve's direct-ingress replica ports

@@ -88,7 +88,7 @@ def test_sends_a_replica_never_reported_on_stop_counting_after_the_window(monkey
 
 
 def policy_window() -> float:
-    from services.router.policies import SENT_WINDOW_S
+    from services.timing import SENT_WINDOW_S
 
     return SENT_WINDOW_S
 

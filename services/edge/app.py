@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import __version__
 from services.catalog import ModelEntry
-from services.edge.edge import RETRY_AFTER_S, Edge
+from services.edge.edge import Edge
 from services.edge.middleware import EdgeMiddleware
 from services.edge.openapi import openapi_document
 from services.errors import APIError, Code, error_body
 from services.metrics.records import RejectionRecord
+from services.timing import RETRY_AFTER_S
 
 logger = logging.getLogger("slmserve.edge")
 ROUTES = APIRouter()
@@ -135,7 +136,7 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if is_ready else "not_ready", "models": models},
         status_code=200 if is_ready else 503,
-        headers=None if is_ready else {"Retry-After": RETRY_AFTER_S},
+        headers=None if is_ready else {"Retry-After": str(RETRY_AFTER_S)},
     )
 
 
@@ -156,7 +157,7 @@ async def openapi_json(request: Request) -> JSONResponse:
                 503,
                 "no model is loaded yet; the API description needs one",
                 code=Code.MODEL_NOT_READY,
-                headers={"Retry-After": RETRY_AFTER_S},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         schemas = await edge.engines[loaded[0].name].request_schemas()
         edge.openapi = openapi_document(request.app.openapi(), schemas, edge.models)

@@ -35,14 +35,10 @@ from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, RecordBuffer
 from services.settings import Settings
+from services.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
 from services.tracing import Span, Tracing
 
 REQUEST_ID_HEADER = "X-Request-Id"
-RETRY_AFTER_S = "5"
-# How stale the routed-mode router's list of a model's LoRA adapters may be before a name it does not
-# know is checked again (an adapter that just appeared in adapters_dir is reachable this soon after its
-# replicas registered it).
-ADAPTER_LIST_MAX_AGE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -207,7 +203,7 @@ class Edge:
                 503,
                 f"model `{target.entry.name}` is still loading; retry shortly",
                 code=Code.MODEL_NOT_READY,
-                headers={"Retry-After": RETRY_AFTER_S},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
                 model=target.entry.name,
                 reason=Code.MODEL_NOT_READY,
             )
@@ -275,7 +271,7 @@ class Edge:
                 503,
                 "the admission limiter is unavailable; retry shortly",
                 code=Code.LIMITER_UNAVAILABLE,
-                headers={"Retry-After": RETRY_AFTER_S},
+                headers={"Retry-After": str(RETRY_AFTER_S)},
                 model=model_name,
                 base_model=entry.name,
                 reason=Code.LIMITER_UNAVAILABLE,
@@ -305,7 +301,7 @@ class Edge:
                     503,
                     f"model `{entry.name}` is unavailable right now; retry shortly",
                     code=Code.REPLICA_UNAVAILABLE,
-                    headers={"Retry-After": RETRY_AFTER_S},
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
                     model=model_name,
                     base_model=entry.name,
                     reason=Code.REPLICA_UNAVAILABLE,

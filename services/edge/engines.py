@@ -19,9 +19,9 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from services.engine.protocol import Head, Outcome
 from services.router.policies import MAX_SESSION_ID_CHARS
+from services.timing import ENGINE_QUERY_TIMEOUT_S
 
 logger = logging.getLogger("slmserve.edge")
-ENGINE_QUERY_TIMEOUT_S = 5.0  # the router asking an engine deployment for its adapters or profile
 
 # What a dead or unreachable replica looks like to a caller (as opposed to an exception raised by
 # engine code, which is a bug to surface, not an outage).

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from services.serve_context import background_task
 from services.serve_status import DeploymentState, read_deployment_states
+from services.timing import READINESS_POLL_READY_S, READINESS_POLL_S, SUSPECT_MAX_S
 
 logger = logging.getLogger("slmserve.edge")
-SUSPECT_MAX_S = 120.0  # trust the controller again after this long, whatever it said
 
 
 @dataclass
@@ -48,8 +48,8 @@ class SelfReadiness:
 class ControllerReadiness:
     app_name: str
     deployment_names: list[str]
-    period_s: float = 1.0  # while any model is loading or suspect
-    ready_period_s: float = 2.0  # once all are up
+    period_s: float = READINESS_POLL_S
+    ready_period_s: float = READINESS_POLL_READY_S
     states: dict[str, DeploymentState] = field(default_factory=dict)
     _suspects: dict[str, _Suspect] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None

@@ -19,9 +19,9 @@ from typing import Any
 
 from services.adapters import Adapter, AdapterError, BaseShape, CheckedAdapter, list_adapters, snapshot_and_check
 from services.catalog import LoraOptions
+from services.timing import ADAPTER_SNAPSHOT_GRACE_S
 
 logger = logging.getLogger("slmserve.adapters")
-SNAPSHOT_GRACE_S = 3600.0  # longer than any request's deadline (router.request_timeout_s, 600 s by default)
 
 
 class AdapterSync:
@@ -79,7 +79,7 @@ class AdapterSync:
         logger.info("LoRA adapter %s withdrawn (removed or changed in %s)", name, self.options.adapters_dir)
         # Requests already running with it may still reload it from its snapshot (vLLM's cache can
         # evict it mid-stream): the snapshot goes once they are past any deadline.
-        asyncio.get_running_loop().call_later(SNAPSHOT_GRACE_S, shutil.rmtree, checked.path, True)
+        asyncio.get_running_loop().call_later(ADAPTER_SNAPSHOT_GRACE_S, shutil.rmtree, checked.path, True)
 
     def _refuse(self, name: str, version: str, reason: str) -> None:
         if self.refused.get(name) != (version, reason):

@@ -44,11 +44,9 @@ from services.profiles import choose as choose_profile
 from services.router.policies import routing_stats
 from services.settings import Settings
 from services.streaming import coalesce
+from services.timing import ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
 
 logger = logging.getLogger("slmserve.engine")
-
-SNAPSHOT_PERIOD_S = 1.0
-TTFT_WINDOW_S = 10.0  # the TTFT the autoscaler sees is that of the last this many seconds
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -224,7 +222,7 @@ class EngineDeployment:
                 await self.metrics_hub.update_engine.remote(snapshot)
             except Exception:
                 logger.warning("metrics hub unreachable", exc_info=True)
-            await asyncio.sleep(SNAPSHOT_PERIOD_S)
+            await asyncio.sleep(ENGINE_SNAPSHOT_PERIOD_S)
 
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
         """JSON schemas of the bodies this engine accepts (vLLM's protocol models), for the

@@ -26,8 +26,8 @@ from services.metrics.records import (
     request_labels,
 )
 from services.serve_status import DeploymentState, read_deployment_states
+from services.timing import SNAPSHOT_STALE_S
 
-SNAPSHOT_STALE_S = 5.0  # an engine replica that stopped reporting this long ago is gone
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
 
 

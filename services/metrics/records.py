@@ -11,6 +11,7 @@ from typing import Any
 
 from services.engine.protocol import Outcome
 from services.serve_context import background_task
+from services.timing import RECORDS_FLUSH_PERIOD_S
 
 logger = logging.getLogger("slmserve.metrics")
 
@@ -73,7 +74,10 @@ class RecordBuffer:
     are called at each flush for records kept elsewhere in the process (routing decisions)."""
 
     def __init__(
-        self, hub: Any, period_s: float = 0.5, collectors: tuple[Callable[[], Sequence[Record]], ...] = ()
+        self,
+        hub: Any,
+        period_s: float = RECORDS_FLUSH_PERIOD_S,
+        collectors: tuple[Callable[[], Sequence[Record]], ...] = (),
     ) -> None:
         self.hub = hub
         self.period_s = period_s

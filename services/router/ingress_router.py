@@ -27,11 +27,9 @@ from ray.serve.handle import DeploymentHandle
 from services.metrics.records import RecordBuffer
 from services.router import decisions
 from services.router.policies import MAX_SESSION_ID_CHARS
+from services.timing import CHOOSE_TIMEOUT_S
 
 logger = logging.getLogger("slmserve.router")
-# HAProxy waits this long for the route (RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_TIMEOUT_S, 5 s);
-# answer before it with a clear 503 instead of its timeout.
-CHOOSE_TIMEOUT_S = 4.0
 
 
 def routing_body(raw: bytes) -> dict[str, Any] | None:

@@ -38,12 +38,7 @@ from typing import Any, Protocol
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from services.router import decisions
-
-# Requests sent to a replica count towards its load until a report made after them, but no longer
-# than this: a report is due every second (services/app.py), so sends older than this are in one,
-# or the replica is too busy to report and their count would only grow. Times are wall-clock
-# (`time.time()`), as the replicas stamp their reports.
-SENT_WINDOW_S = 5.0
+from services.timing import SENT_WINDOW_S
 
 # The engine deployment's methods the router calls for itself (adapter lists, schemas, info): they pick
 # the least loaded replica but are neither booked as load nor counted as routing decisions.
