@@ -8,6 +8,7 @@ stream at a time runs; and the tokens per second of that stream.
 say what each system costs itself, not what it suffers from the others.
 
     .venv/bin/python -m loadtests.cpu_share [--seconds 30]     # about 4 minutes; writes docs/benchmarks.md
+    .venv/bin/python -m loadtests.cpu_share --processes         # slmserve idle, process by process; prints
 """
 
 from __future__ import annotations
@@ -88,6 +89,44 @@ def measure(name: str, root: int, url: str, seconds: float) -> dict[str, object]
     return {"system": name, "idle": idle, "busy": busy, "tok_s": tok_s}
 
 
+def by_process(root: int, seconds: float) -> list[tuple[float, str]]:
+    """CPU seconds per wall second of each process of the tree over `seconds` of idle, busiest first."""
+
+    def named_seconds() -> dict[int, tuple[str, float]]:
+        found = {}
+        for process in tree(root):
+            try:
+                times = process.cpu_times()
+                name = " ".join(process.cmdline() or [process.name()])
+                found[process.pid] = (name, times.user + times.system)
+            except psutil.Error:
+                pass
+        return found
+
+    before, started = named_seconds(), time.monotonic()
+    time.sleep(seconds)
+    after, wall = named_seconds(), time.monotonic() - started
+    used = [((total - before.get(pid, (name, 0.0))[1]) / wall, name) for pid, (name, total) in after.items()]
+    return sorted(used, reverse=True)
+
+
+def short_name(command: str) -> str:
+    """`ray::ServeController`, `raylet`, `python log_monitor.py`, `python services.cli`: enough to tell."""
+    words = command.split()  # Ray pads its actors' process titles with spaces
+    if not words:
+        return "?"
+    if words[0].startswith(("ray::", "VLLM::")) or not Path(words[0]).name.startswith("python"):
+        return words[0] if "::" in words[0] else Path(words[0]).name
+    scripts = [word for word in words[1:] if word.endswith(".py")]
+    scripts = scripts or [word for word in words[1:3] if not word.startswith("-")]
+    return " ".join([Path(words[0]).name, *(Path(word).name for word in scripts[:1])])
+
+
+def process_table(used: list[tuple[float, str]]) -> str:
+    lines = [f"| {cpu:.4f} | `{short_name(name)}` |" for cpu, name in used]
+    return "| CPU s/s | process |\n|---|---|\n" + "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict]) -> str:
     head = "| system | state | " + " | ".join(GROUPS) + " | all but vLLM's engine | tok/s |\n"
     head += "|---|---|" + "---|" * (len(GROUPS) + 2) + "\n"
@@ -106,7 +145,13 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--processes", action="store_true", help="slmserve idle, process by process (printed only)")
     args = parser.parse_args(argv)
+    if args.processes:
+        with serving("cpu") as server:
+            time.sleep(10)  # past the start's own work
+            print(process_table(by_process(server.process.pid, args.seconds)), flush=True)
+        return 0
     from services import runtime
     from services.catalog import load_catalog
     from services.models.embedded import ensure_embedded_model

@@ -68,6 +68,13 @@ def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
     )
 
 
+# The platform's one-replica actors (the limit broker, the metrics hub) live on the head node, whose
+# loss ends the cluster anyway: with no CPUs asked, Ray would place them anywhere, and a GPU node lost
+# would take them along (seen in loadtests/chaos.py: every limited request then failed closed until
+# Serve replaced the broker). Ray's own state actors pin themselves the same way.
+ON_THE_HEAD_NODE = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+
+
 def _limit_broker(catalog: Catalog) -> Application | None:
     """The cluster-wide limits, where the catalog sets any (services/limits.py)."""
     from services.limits import LimitBroker, has_limits
@@ -76,7 +83,7 @@ def _limit_broker(catalog: Catalog) -> Application | None:
         return None
     return (
         serve.deployment(LimitBroker)
-        .options(name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0})
+        .options(name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options=ON_THE_HEAD_NODE)
         .bind(catalog.model_dump(mode="json"))
     )
 
@@ -145,7 +152,7 @@ def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Ap
 
     hub = (
         serve.deployment(MetricsHub)
-        .options(name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+        .options(name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options=ON_THE_HEAD_NODE)
         .bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
     )
     if catalog.data_plane == "direct":

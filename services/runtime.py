@@ -19,7 +19,7 @@ from typing import Any
 from services.catalog import Catalog
 from services.models import needs_hub
 from services.settings import Settings
-from services.timing import ENGINE_START_TIMEOUT_S, ROUTER_START_TIMEOUT_S
+from services.timing import ENGINE_START_TIMEOUT_S, LOCAL_CONTROL_LOOP_INTERVAL_S, ROUTER_START_TIMEOUT_S
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -69,6 +69,11 @@ def _bindable(port: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def control_environment() -> dict[str, str]:
+    """Serve's controller on a local Ray shares the engine's cores: a slower loop (services/timing.py)."""
+    return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S)}
 
 
 def routing_environment(catalog: Catalog) -> dict[str, str]:
@@ -129,6 +134,8 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     local_ray = settings.ray_address == "local"
     if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
         os.environ.update(ingress_environment(settings) | routing_environment(catalog))
+        for key, value in control_environment().items():
+            os.environ.setdefault(key, value)  # a value set by hand wins
 
     import ray
     from ray import serve

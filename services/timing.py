@@ -41,7 +41,8 @@ TICKET_GRACE_S = 60.0
 # --- Readiness (read from Serve's controller) --------------------------------------------------------
 READINESS_POLL_S = 1.0  # while any model is loading or suspect
 READINESS_POLL_READY_S = 2.0  # once all are up
-# A deployment whose replica died reads as not ready until the controller reports it anew, or this long.
+# A replica failure the router saw itself counts (one running replica fewer) until the controller's view
+# shows it, or this long.
 SUSPECT_MAX_S = 120.0
 # What a 503 tells a client to wait before trying again (the Retry-After header, whole seconds).
 RETRY_AFTER_S = 5
@@ -60,5 +61,10 @@ MAX_REQUEST_TIMEOUT_S = 3000.0
 ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 
 # --- Local start (`slmserve serve`) --------------------------------------------------------------------
+# Serve's controller reconciles every 0.1 s by default. On a machine whose cores the engine fills, that
+# loop and the GCS calls it makes take 0.03 of a core from the engine (loadtests/cpu_share.py); every
+# 0.5 s it takes 0.01, and Serve reacts to a replica change or an autoscaling decision at most 0.4 s
+# later. A cluster's controller runs on the head node, beside no engine, and keeps Ray's default.
+LOCAL_CONTROL_LOOP_INTERVAL_S = 0.5
 ROUTER_START_TIMEOUT_S = 180  # routed mode: the router replica answers within seconds
 ENGINE_START_TIMEOUT_S = 900  # direct mode: an engine replica answers once its engine has loaded

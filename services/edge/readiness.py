@@ -5,9 +5,11 @@ so it is ready by construction (`SelfReadiness`). In routed mode, which deployme
 replica is read from the Serve controller (`ControllerReadiness`).
 
 One background task refreshes it, so health probes and the request path only read a dict. The
-router also reports replica failures it sees itself (a broken stream, a dead actor): the model
-then counts as down at once, until the controller has seen it go down and come back, so new
-requests get a fast 503 instead of queueing for a replica that no longer exists.
+router also reports replica failures it sees itself (a broken stream, a dead actor): until the
+controller has counted that failure, the model has one running replica fewer than the controller
+says. A model whose only replica died is down at once, so new requests get a fast 503 instead of
+queueing for a replica that no longer exists; a model with others keeps serving on them (Serve's
+router stops choosing a replica it found unavailable).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ logger = logging.getLogger("slmserve.edge")
 @dataclass
 class _Suspect:
     until: float
-    seen_down: bool = False
+    running_when_seen: int  # the controller's count of running replicas when the failure was seen
+    counted: bool = False  # the controller's view has caught up with the failure
 
 
 class SelfReadiness:
@@ -59,10 +62,12 @@ class ControllerReadiness:
             self._task = background_task(self._refresh_forever())
 
     def is_ready(self, deployment_name: str) -> bool:
-        if deployment_name in self._suspects:
-            return False
         state = self.states.get(deployment_name)
-        return state is not None and state.running_replicas > 0
+        running = state.running_replicas if state is not None else 0
+        suspect = self._suspects.get(deployment_name)
+        if suspect is not None and not suspect.counted:
+            running -= 1
+        return running > 0
 
     def all_ready(self) -> bool:
         return all(self.is_ready(name) for name in self.deployment_names)
@@ -70,15 +75,17 @@ class ControllerReadiness:
     def mark_failed(self, deployment_name: str) -> None:
         if deployment_name not in self._suspects:
             logger.warning("replica failure seen for %s: reporting it down until Serve replaces it", deployment_name)
-            self._suspects[deployment_name] = _Suspect(until=time.monotonic() + SUSPECT_MAX_S)
+            state = self.states.get(deployment_name, DeploymentState())
+            self._suspects[deployment_name] = _Suspect(time.monotonic() + SUSPECT_MAX_S, state.running_replicas)
 
     def _update_suspects(self) -> None:
         now = time.monotonic()
         for name, suspect in list(self._suspects.items()):
             state = self.states.get(name, DeploymentState())
             healthy = state.running_replicas > 0 and state.status == "HEALTHY"
-            suspect.seen_down = suspect.seen_down or not healthy
-            if (suspect.seen_down and healthy) or now > suspect.until:
+            fewer = state.running_replicas < suspect.running_when_seen
+            suspect.counted = suspect.counted or fewer or not healthy
+            if (suspect.counted and healthy) or now > suspect.until:
                 del self._suspects[name]
 
     async def _refresh_forever(self) -> None:
