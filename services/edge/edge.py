@@ -8,13 +8,15 @@ model's engine deployment through one reused Serve handle.
 Per request, before any engine work: the JSON body is parsed once (size-limited), the model or
 alias is resolved (404 `model_not_found`), readiness checked (503 + Retry-After), images verified
 through the SSRF guard, admission granted (429 + Retry-After). Then one engine call, whose head
-sets the HTTP status before a byte is sent, and vLLM's SSE frames pass through unchanged.
+sets the HTTP status before a byte is sent, and vLLM's SSE frames pass through unchanged; a
+replica lost before its head is tried once more on another (routed mode).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,9 +29,10 @@ from ray import serve
 from services.admission import Rejected, estimate_tokens
 from services.auth import KeyRing
 from services.catalog import Catalog, ModelEntry
-from services.edge.engines import REPLICA_GONE, Engine
+from services.edge.engines import REPLICA_GONE, Engine, EngineStream
 from services.edge.readiness import ControllerReadiness, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
+from services.engine.protocol import Head
 from services.errors import APIError, Code
 from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
@@ -38,6 +41,7 @@ from services.settings import Settings
 from services.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
 from services.tracing import Span, Tracing
 
+logger = logging.getLogger("slmserve.edge")
 REQUEST_ID_HEADER = "X-Request-Id"
 
 
@@ -280,32 +284,7 @@ class Edge:
         try:
             request_id = _request_id(request)
             session_id = request.headers.get(self.catalog.router.session_header) or None
-            stream = self.engines[entry.name].open(route, body, request_id, session_id, self.tracing.headers_for(span))
-            try:
-                with self.tracing.phase(span, "engine.head"):
-                    async with asyncio.timeout_at(deadline):
-                        head = await stream.head()
-            except TimeoutError:
-                stream.cancel()
-                raise APIError(
-                    504,
-                    "the request exceeded its deadline and was aborted",
-                    code=Code.TIMEOUT,
-                    model=model_name,
-                    base_model=entry.name,
-                    reason=Code.TIMEOUT,
-                ) from None
-            except REPLICA_GONE as error:  # routed mode: the replica died or was torn down before answering
-                self.readiness.mark_failed(entry.deployment_name)
-                raise APIError(
-                    503,
-                    f"model `{entry.name}` is unavailable right now; retry shortly",
-                    code=Code.REPLICA_UNAVAILABLE,
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                    model=model_name,
-                    base_model=entry.name,
-                    reason=Code.REPLICA_UNAVAILABLE,
-                ) from error
+            stream, head = await self._open(entry, model_name, route, body, request_id, session_id, span, deadline)
             record = CompletionRecord(
                 model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None
             )
@@ -336,3 +315,49 @@ class Edge:
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.limits.release(ticket)
+
+    async def _open(
+        self,
+        entry: ModelEntry,
+        model_name: str,
+        route: str,
+        body: dict[str, Any],
+        request_id: str,
+        session_id: str | None,
+        span: Span,
+        deadline: float,
+    ) -> tuple[EngineStream, Head]:
+        """The engine stream and its head. A replica lost before it answered (routed mode) is tried
+        once more, on another, when the model has one: nothing has reached the client yet, and
+        Serve's router no longer chooses a replica it found unavailable."""
+        for attempt in (1, 2):
+            stream = self.engines[entry.name].open(route, body, request_id, session_id, self.tracing.headers_for(span))
+            try:
+                with self.tracing.phase(span, "engine.head"):
+                    async with asyncio.timeout_at(deadline):
+                        return stream, await stream.head()
+            except TimeoutError:
+                stream.cancel()
+                raise APIError(
+                    504,
+                    "the request exceeded its deadline and was aborted",
+                    code=Code.TIMEOUT,
+                    model=model_name,
+                    base_model=entry.name,
+                    reason=Code.TIMEOUT,
+                ) from None
+            except REPLICA_GONE as error:
+                self.readiness.mark_failed(entry.deployment_name)
+                if attempt == 1 and self.readiness.is_ready(entry.deployment_name):
+                    logger.warning("%s: %s lost a replica before answering; trying another", request_id, entry.name)
+                    continue
+                raise APIError(
+                    503,
+                    f"model `{entry.name}` is unavailable right now; retry shortly",
+                    code=Code.REPLICA_UNAVAILABLE,
+                    headers={"Retry-After": str(RETRY_AFTER_S)},
+                    model=model_name,
+                    base_model=entry.name,
+                    reason=Code.REPLICA_UNAVAILABLE,
+                ) from error
+        raise AssertionError("the second attempt returns or raises")
