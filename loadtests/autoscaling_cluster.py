@@ -359,7 +359,10 @@ def run_scenario(
     step_streams: int = 6,
     quiet_streams: int = 2,
     step_tokens: int = 200,
-    quiet_tokens: int = 600,
+    # Longer than the TTFT window the policy reads (10 s), its delays and a margin: with streams about
+    # as long as that window, the window emptied (and Serve decided) just as each stream ended, so the
+    # replica taken away was between two streams at the decision.
+    quiet_tokens: int = 1800,
 ) -> None:
     """A load step until a second replica serves on a second node, then `quiet_streams` long streams,
     each pinned by its session to its own replica (no more than one replica holds without queueing,
