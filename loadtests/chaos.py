@@ -52,9 +52,12 @@ PROBE = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_t
 HANG_S = 60.0  # a stream that neither ends nor moves for this long counts as hung
 
 
+OUTCOMES = ("done", "sse_error", "closed", "hung", "refused")
+
+
 @dataclass
 class StreamEnd:
-    outcome: str  # "done", "sse_error", "closed", "hung", "refused"
+    outcome: str  # one of OUTCOMES
     chunks: int
 
 
@@ -108,6 +111,11 @@ def read_stream(base_url: str) -> StreamEnd:
         return StreamEnd("hung", chunks)
     except httpx.HTTPError:
         return StreamEnd("closed", chunks)
+
+
+def tally(ends: list[StreamEnd]) -> dict[str, int]:
+    """How many streams ended each way."""
+    return {outcome: sum(end.outcome == outcome for end in ends) for outcome in OUTCOMES}
 
 
 def until(condition, timeout_s: float, period_s: float = 0.5) -> float | None:
@@ -240,10 +248,7 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str, plane: str) -> dict
     first_ok = next((sent - acted_at for sent, status in probes.results if sent > acted_at and status == 200), None)
     add_worker(cluster, gcs)
     replaced_s = until(lambda: running_replicas(base_url).get(MODEL, 0) >= 2, 600)
-    outcomes = {
-        outcome: sum(end.outcome == outcome for end in ends)
-        for outcome in ("done", "sse_error", "closed", "hung", "refused")
-    }
+    outcomes = tally(ends)
     print(
         f"[chaos] 1: streams {outcomes}; probes after the kill: {len(after)} sent, "
         f"{sum(s != 200 for s in after)} failed; first success {first_ok}s; replacement replica running "
@@ -296,10 +301,7 @@ def kill_routing_replicas(base_url: str, deployment: str) -> dict:
     time.sleep(2)
     probes.stop()
     after = [status for sent, status in probes.results if sent > acted_at]
-    outcomes = {
-        outcome: sum(end.outcome == outcome for end in ends)
-        for outcome in ("done", "sse_error", "closed", "hung", "refused")
-    }
+    outcomes = tally(ends)
     print(
         f"[chaos] 2: killed {sorted(killed)}; streams {outcomes}; probes {len(after)} sent, "
         f"{sum(s != 200 for s in after)} failed; {deployment} replaced and healthy after {recovered_s}s",

@@ -18,6 +18,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -54,12 +55,17 @@ def tree(root: int) -> list[psutil.Process]:
     return [parent, *parent.children(recursive=True)]
 
 
-def cpu_seconds(root: int) -> dict[int, tuple[str, float]]:
+def command_of(process: psutil.Process) -> str:
+    return " ".join(process.cmdline() or [process.name()])
+
+
+def cpu_seconds(root: int, label: Callable[[psutil.Process], str] = group_of) -> dict[int, tuple[str, float]]:
+    """pid -> (its label, CPU seconds so far) for every process of the tree."""
     seconds = {}
     for process in tree(root):
         try:
             times = process.cpu_times()
-            seconds[process.pid] = (group_of(process), times.user + times.system)
+            seconds[process.pid] = (label(process), times.user + times.system)
         except psutil.Error:
             pass
     return seconds
@@ -91,21 +97,9 @@ def measure(name: str, root: int, url: str, seconds: float) -> dict[str, object]
 
 def by_process(root: int, seconds: float) -> list[tuple[float, str]]:
     """CPU seconds per wall second of each process of the tree over `seconds` of idle, busiest first."""
-
-    def named_seconds() -> dict[int, tuple[str, float]]:
-        found = {}
-        for process in tree(root):
-            try:
-                times = process.cpu_times()
-                name = " ".join(process.cmdline() or [process.name()])
-                found[process.pid] = (name, times.user + times.system)
-            except psutil.Error:
-                pass
-        return found
-
-    before, started = named_seconds(), time.monotonic()
+    before, started = cpu_seconds(root, command_of), time.monotonic()
     time.sleep(seconds)
-    after, wall = named_seconds(), time.monotonic() - started
+    after, wall = cpu_seconds(root, command_of), time.monotonic() - started
     used = [((total - before.get(pid, (name, 0.0))[1]) / wall, name) for pid, (name, total) in after.items()]
     return sorted(used, reverse=True)
 

@@ -134,6 +134,12 @@ def check_field_types(body: dict[str, Any]) -> None:
         )
 
 
+def _retry_later(message: str, code: Code, model: str, base_model: str = "") -> APIError:
+    """A 503 the client should retry after RETRY_AFTER_S, counted as a rejection for `code`."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return APIError(503, message, code=code, headers=headers, model=model, base_model=base_model, reason=code)
+
+
 class Edge:
     def __init__(
         self,
@@ -203,13 +209,8 @@ class Edge:
                 reason=Code.MODEL_NOT_FOUND,
             )
         if not self.is_ready(target.entry):
-            raise APIError(
-                503,
-                f"model `{target.entry.name}` is still loading; retry shortly",
-                code=Code.MODEL_NOT_READY,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-                model=target.entry.name,
-                reason=Code.MODEL_NOT_READY,
+            raise _retry_later(
+                f"model `{target.entry.name}` is still loading; retry shortly", Code.MODEL_NOT_READY, target.entry.name
             )
         return target
 
@@ -271,14 +272,8 @@ class Edge:
                 headers={"Retry-After": str(rejected.retry_after_s)},
             ) from None
         except LimiterUnavailable as error:
-            raise APIError(
-                503,
-                "the admission limiter is unavailable; retry shortly",
-                code=Code.LIMITER_UNAVAILABLE,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-                model=model_name,
-                base_model=entry.name,
-                reason=Code.LIMITER_UNAVAILABLE,
+            raise _retry_later(
+                "the admission limiter is unavailable; retry shortly", Code.LIMITER_UNAVAILABLE, model_name, entry.name
             ) from error
         streaming = False
         try:
@@ -351,13 +346,10 @@ class Edge:
                 if attempt == 1 and self.readiness.is_ready(entry.deployment_name):
                     logger.warning("%s: %s lost a replica before answering; trying another", request_id, entry.name)
                     continue
-                raise APIError(
-                    503,
+                raise _retry_later(
                     f"model `{entry.name}` is unavailable right now; retry shortly",
-                    code=Code.REPLICA_UNAVAILABLE,
-                    headers={"Retry-After": str(RETRY_AFTER_S)},
-                    model=model_name,
-                    base_model=entry.name,
-                    reason=Code.REPLICA_UNAVAILABLE,
+                    Code.REPLICA_UNAVAILABLE,
+                    model_name,
+                    entry.name,
                 ) from error
         raise AssertionError("the second attempt returns or raises")

@@ -74,7 +74,9 @@ class ControllerReadiness:
 
     def mark_failed(self, deployment_name: str) -> None:
         if deployment_name not in self._suspects:
-            logger.warning("replica failure seen for %s: reporting it down until Serve replaces it", deployment_name)
+            logger.warning(
+                "replica failure seen for %s: one running replica fewer until Serve counts it", deployment_name
+            )
             state = self.states.get(deployment_name, DeploymentState())
             self._suspects[deployment_name] = _Suspect(time.monotonic() + SUSPECT_MAX_S, state.running_replicas)
 
