@@ -460,7 +460,7 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
     entry = catalog.models[0]
     settings = Settings(catalog=str(catalog_path), port=runtime.free_ports(1)[0])
     env = runtime.local_environment(settings, catalog) | runtime.ingress_environment(settings)
-    env |= runtime.routing_environment(catalog)
+    env |= runtime.routing_environment(catalog, settings.app_name)
     os.environ.update(env)  # this driver reads the same switches
     cluster = LocalAutoscalingCluster(catalog, env)
     os.environ.update(cluster.auth)
@@ -498,7 +498,7 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
         try:  # in direct mode this returns once the engine replica answers HTTP
             runtime.start_local(settings, catalog, wait=False)
             base_url = runtime.local_base_url(settings)
-            runtime.wait_until_ready(base_url, 600, failed=lambda: runtime.deploy_failures(settings.app_name))
+            runtime.wait_until_ready(base_url, 600, failed=lambda: runtime.deploy_failures(catalog, settings.app_name))
         finally:
             deployed.set()
             watcher.join()

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(
         runtime.local_environment(settings, catalog)
         | runtime.ingress_environment(settings)
-        | runtime.routing_environment(catalog)
+        | runtime.routing_environment(catalog, settings.app_name)
     )
     cluster = Cluster(
         initialize_head=True,

@@ -1,19 +1,22 @@
-"""Build the Ray Serve application from a catalog.
+"""Build the Ray Serve applications of a catalog (services/layout.py says which, and where).
 
-- direct (one model): the engine deployment is the HTTP ingress, with the `IngressRouter` as its
-  ingress request router, so HAProxy sends each request straight to an engine replica.
-- routed (several models): a `Router` deployment is the ingress and calls one engine deployment
-  per model through Serve handles.
+- direct (the default): per model, an application whose engine deployment is the HTTP ingress,
+  with the `IngressRouter` as its ingress request router where it has a replica choice, so HAProxy
+  sends each request straight to an engine replica; plus the platform application at `/`: the
+  `MetricsHub`, the `LimitBroker` (when the catalog sets limits) and a `Router` that answers the
+  control routes and every request HAProxy could not place by its `model`, through handles.
+- routed: one application whose `Router` is the ingress and calls each model's engine deployment
+  through a handle.
 
-Either way a `MetricsHub` aggregates every replica's metrics, and a `LimitBroker` holds the
-admission limits for every HTTP-serving replica when the catalog sets any. This is also the import path
-KubeRay's serveConfigV2 names (`services.app:build_app`), with the catalog handed in as
-application args, so clusters and local runs build the same graph.
+This is also the import path KubeRay's serveConfigV2 names (`services.app:build_app`), with the
+catalog handed in as application args (and `model` for a model's application), so clusters and
+local runs build the same graphs.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,8 @@ from ray import serve
 from ray.serve import Application
 
 from services.catalog import Catalog, DeploymentOptions, ModelEntry, parse_catalog
+from services.layout import Layout, layout
+from services.platform import LIMIT_BROKER, METRICS_HUB
 from services.settings import Settings
 from services.timing import ROUTING_STATS_PERIOD_S
 
@@ -83,18 +88,17 @@ def _limit_broker(catalog: Catalog) -> Application | None:
         return None
     return (
         serve.deployment(LimitBroker)
-        .options(name="LimitBroker", num_replicas=1, max_ongoing_requests=4096, ray_actor_options=ON_THE_HEAD_NODE)
+        .options(name=LIMIT_BROKER, num_replicas=1, max_ongoing_requests=4096, ray_actor_options=ON_THE_HEAD_NODE)
         .bind(catalog.model_dump(mode="json"))
     )
 
 
-def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> Application:
+def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, cache_dir: str) -> Application:
     from services.engine.deployment import DirectEngine
     from services.router.ingress_router import IngressRouter
 
-    entry = catalog.models[0]
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
-        entry.model_dump(mode="json"), cache_dir, hub, catalog.model_dump(mode="json"), _limit_broker(catalog)
+        entry.model_dump(mode="json"), cache_dir, platform_app, catalog.model_dump(mode="json")
     )
     # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
     # without HAProxy, Serve's proxy actor routes to the engine replicas itself.
@@ -103,23 +107,39 @@ def _direct_application(catalog: Catalog, cache_dir: str, hub: Application) -> A
     router = (
         serve.deployment(serve.ingress()(IngressRouter))
         .options(name="IngressRouter", **_serve_options(catalog.router.deployment, {}))
-        .bind(engine, hub, catalog.router.session_header)
+        .bind(engine, platform_app, catalog.router.session_header)
     )
     return engine._with_ingress_request_router(router)
 
 
-def _routed_application(catalog: Catalog, app_name: str, cache_dir: str, hub: Application) -> Application:
+def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
+    from services.metrics.hub import MetricsHub
+
+    return (
+        serve.deployment(MetricsHub)
+        .options(name=METRICS_HUB, num_replicas=1, max_ongoing_requests=256, ray_actor_options=ON_THE_HEAD_NODE)
+        .bind(plan.engine_deployments(catalog))
+    )
+
+
+def _platform_application(catalog: Catalog, plan: Layout, cache_dir: str) -> Application:
+    """The hub, the broker and the Router; in routed mode the engines too, bound to the Router."""
     from services.engine.deployment import EngineDeployment
     from services.router.deployment import Router
 
-    engines = [
-        _engine_deployment(entry, EngineDeployment).bind(entry.model_dump(mode="json"), cache_dir, hub)
-        for entry in catalog.models
-    ]
+    hub = _metrics_hub(catalog, plan)
+    engines = (
+        [
+            _engine_deployment(entry, EngineDeployment).bind(entry.model_dump(mode="json"), cache_dir, hub)
+            for entry in catalog.models
+        ]
+        if plan.data_plane == "routed"
+        else []
+    )
     router = serve.deployment(serve.ingress()(Router)).options(
         name="Router", **_serve_options(catalog.router.deployment, {})
     )
-    return router.bind(catalog.model_dump(mode="json"), app_name, hub, _limit_broker(catalog), *engines)
+    return router.bind(catalog.model_dump(mode="json"), plan.platform_app, hub, _limit_broker(catalog), *engines)
 
 
 def _with_tracing(catalog: Catalog) -> Catalog:
@@ -145,24 +165,37 @@ def _with_tracing(catalog: Catalog) -> Catalog:
     )
 
 
-def build_application(catalog: Catalog, *, app_name: str, cache_dir: Path) -> Application:
-    from services.metrics.hub import MetricsHub
+@dataclass(frozen=True)
+class ServeApp:
+    name: str
+    route_prefix: str
+    application: Application
 
+
+def build_applications(catalog: Catalog, *, app_name: str, cache_dir: Path) -> list[ServeApp]:
+    """The platform application first, then one per model (direct mode)."""
     catalog = _with_tracing(catalog)
-
-    hub = (
-        serve.deployment(MetricsHub)
-        .options(name="MetricsHub", num_replicas=1, max_ongoing_requests=256, ray_actor_options=ON_THE_HEAD_NODE)
-        .bind(app_name, {entry.name: entry.deployment_name for entry in catalog.models})
-    )
-    if catalog.data_plane == "direct":
-        return _direct_application(catalog, str(cache_dir), hub)
-    return _routed_application(catalog, app_name, str(cache_dir), hub)
+    plan = layout(catalog, app_name)
+    apps = [ServeApp(plan.platform_app, "/", _platform_application(catalog, plan, str(cache_dir)))]
+    for entry in catalog.models:
+        if (model_app := plan.model_apps.get(entry.name)) is not None:
+            application = _model_application(catalog, entry, plan.platform_app, str(cache_dir))
+            apps.append(ServeApp(model_app.app_name, model_app.route_prefix, application))
+    return apps
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Serve's application-builder entry point: `args` is `{"catalog": {...}}` from serveConfigV2."""
+    """Serve's application-builder entry point: `args` is `{"catalog": {...}}` from serveConfigV2,
+    plus `"model": NAME` for that model's application (direct mode); without it, the platform's."""
     settings = Settings()
     catalog = parse_catalog(args.get("catalog"), "serveConfigV2 args.catalog")
     cache_dir = Path(args.get("cache_dir") or os.environ.get("SLMSERVE_CACHE_DIR") or settings.cache_dir)
-    return build_application(catalog, app_name=args.get("app_name", settings.app_name), cache_dir=cache_dir)
+    apps = build_applications(catalog, app_name=args.get("app_name", settings.app_name), cache_dir=cache_dir)
+    model = args.get("model")
+    if model is None:
+        return apps[0].application
+    entry = catalog.resolve(model)
+    wanted = layout(catalog, apps[0].name).model_apps.get(entry.name) if entry is not None else None
+    if wanted is None:
+        raise ValueError(f"serveConfigV2 args.model {model!r}: no model application of that name in the catalog")
+    return next(app.application for app in apps if app.name == wanted.app_name)

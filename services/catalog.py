@@ -377,9 +377,10 @@ class RouterOptions(_Strict):
 
     data_plane: Literal["auto", "direct", "routed"] = Field(
         "auto",
-        description="direct: each engine replica serves HTTP itself and HAProxy forwards to it "
-        "(one model per catalog); routed: a router replica dispatches by `model` "
-        "to each model's engine deployment; auto: direct for one model, else routed",
+        description="direct: each engine replica serves HTTP itself and HAProxy forwards to it, "
+        "choosing the model's application by the body's `model`; routed: a router replica dispatches "
+        "by `model` to each model's engine deployment (every token crosses it, and a cut stream ends "
+        "with an SSE error event); auto: direct",
     )
     session_header: str = Field(
         "X-Session-Id",
@@ -393,8 +394,9 @@ class RouterOptions(_Strict):
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
     deployment: DeploymentOptions = Field(
+        # Two replicas: in routed mode every token crosses one, so losing one must not cut them all.
         default_factory=lambda: DeploymentOptions(
-            max_ongoing_requests=1024, ray_actor_options=ActorOptions(num_cpus=0.5)
+            num_replicas=2, max_ongoing_requests=1024, ray_actor_options=ActorOptions(num_cpus=0.5)
         )
     )
 
@@ -497,15 +499,6 @@ class Catalog(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _direct_serves_one_model(self) -> Catalog:
-        if self.router.data_plane == "direct" and len(self.models) != 1:
-            raise ValueError(
-                "router.data_plane 'direct' serves exactly one model per application "
-                f"(this catalog has {len(self.models)}): use 'routed' or one catalog per model"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _replicas_fit_a_node_group(self) -> Catalog:
         if self.cluster is None:
             return self
@@ -520,9 +513,7 @@ class Catalog(_Strict):
 
     @property
     def data_plane(self) -> DataPlane:
-        if self.router.data_plane == "auto":
-            return "direct" if len(self.models) == 1 else "routed"
-        return self.router.data_plane
+        return "routed" if self.router.data_plane == "routed" else "direct"
 
     @property
     def cpus_needed(self) -> float:

@@ -36,7 +36,10 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         runtime.wait_until_ready(
-            base_url, args.ready_timeout, progress=True, failed=lambda: runtime.deploy_failures(settings.app_name)
+            base_url,
+            args.ready_timeout,
+            progress=True,
+            failed=lambda: runtime.deploy_failures(catalog, settings.app_name),
         )
         print(f"[slmserve] ready in {time.monotonic() - started:.0f}s: {base_url}/v1", flush=True)
         for entry in catalog.models:

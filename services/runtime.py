@@ -8,6 +8,7 @@ import os
 import random
 import re
 import socket
+import sys
 import tempfile
 import time
 import urllib.error
@@ -17,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from services.catalog import Catalog
+from services.haproxy.rules import BUFFER_BYTES
+from services.haproxy.wrapper import ROUTES_ENV, WRAPPER_SCRIPT
+from services.layout import layout, model_routes
 from services.models import needs_hub
 from services.settings import Settings
-from services.timing import ENGINE_START_TIMEOUT_S, LOCAL_CONTROL_LOOP_INTERVAL_S, ROUTER_START_TIMEOUT_S
+from services.timing import LOCAL_CONTROL_LOOP_INTERVAL_S, ROUTER_START_TIMEOUT_S
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -76,17 +80,21 @@ def control_environment() -> dict[str, str]:
     return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S)}
 
 
-def routing_environment(catalog: Catalog) -> dict[str, str]:
-    """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): the
-    session header's name, and whether to send request bodies to the IngressRouter (prefix
-    affinity needs them, and so does adapter affinity, for `model`; other policies route without
-    and save HAProxy the buffering)."""
-    entry = catalog.models[0]
-    reads_body = entry.routing.policy == "prefix-affinity" or entry.adapter_affinity
-    needs_body = catalog.data_plane == "direct" and entry.has_replica_choice and reads_body
+def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
+    """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): each
+    served name's application (for the wrapper's model rule, services/haproxy), the session header's
+    name, and whether to send request bodies to the IngressRouters (prefix affinity needs them, and
+    so does adapter affinity, for `model`; other policies route without). The switch is Ray-wide:
+    on when any model's router reads bodies."""
+    direct = catalog.data_plane == "direct"
+    reads_body = any(
+        entry.has_replica_choice and (entry.routing.policy == "prefix-affinity" or entry.adapter_affinity)
+        for entry in catalog.models
+    )
     return {
         "RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
-        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if needs_body else "0",
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if direct and reads_body else "0",
+        ROUTES_ENV: json.dumps(model_routes(catalog, app_name)),
     }
 
 
@@ -102,6 +110,9 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     metrics_port, stats_port, fallback_http_port, fallback_grpc_port = free_ports(4)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        # Ray starts HAProxy through slmserve's wrapper, which adds the model rule to every config
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(Path(sys.executable).with_name(WRAPPER_SCRIPT)),
+        "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(BUFFER_BYTES),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),
@@ -133,14 +144,14 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
     if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
-        os.environ.update(ingress_environment(settings) | routing_environment(catalog))
+        os.environ.update(ingress_environment(settings) | routing_environment(catalog, settings.app_name))
         for key, value in control_environment().items():
             os.environ.setdefault(key, value)  # a value set by hand wins
 
     import ray
     from ray import serve
 
-    from services.app import build_application
+    from services.app import build_applications
 
     if not ray.is_initialized():
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
@@ -148,13 +159,17 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
             init_kwargs |= {"num_cpus": local_ray_cpus(settings, catalog), "_node_ip_address": "127.0.0.1"}
         ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    application = build_application(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
-    # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
-    # without that wait, which is what lets readiness report 503 while engines load.
-    serve._run(application, name=settings.app_name, route_prefix="/", _blocking=wait)
-    timeout = ENGINE_START_TIMEOUT_S if catalog.data_plane == "direct" else ROUTER_START_TIMEOUT_S
+    # The model applications first, the platform last: HAProxy places a model's requests as soon as
+    # its application exists, and the platform answers everything else from the moment it is up.
+    apps = build_applications(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
+    for app in [*apps[1:], apps[0]]:
+        # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
+        # without that wait, which is what lets readiness report 503 while engines load.
+        serve._run(app.application, name=app.name, route_prefix=app.route_prefix, _blocking=wait)
     wait_for_ok(
-        f"{local_base_url(settings)}/v1/health/live", timeout, failed=lambda: deploy_failures(settings.app_name)
+        f"{local_base_url(settings)}/v1/health/live",
+        ROUTER_START_TIMEOUT_S,
+        failed=lambda: deploy_failures(catalog, settings.app_name),
     )
 
 
@@ -181,14 +196,16 @@ class DeployFailed(RuntimeError):
     """What is being waited for cannot come: Serve gave up on a deployment, or the server exited."""
 
 
-def deploy_failures(app_name: str) -> str:
-    """Serve's message for each deployment of `app_name` that it gave up on ("" while none has):
-    a replica whose start keeps failing ends DEPLOY_FAILED, and readiness alone would wait on it."""
+def deploy_failures(catalog: Catalog, app_name: str) -> str:
+    """Serve's message for each deployment of the catalog's applications that it gave up on ("" while
+    none has): a replica whose start keeps failing ends DEPLOY_FAILED, and readiness alone would
+    wait on it."""
     from services.serve_status import read_deployment_states
 
     failures = [
         f"{name}: {_failure_summary(state.message) or 'DEPLOY_FAILED'}"
-        for name, state in read_deployment_states(app_name).items()
+        for app in layout(catalog, app_name).app_names()
+        for name, state in read_deployment_states(app).items()
         if state.status == "DEPLOY_FAILED"
     ]
     return f"Serve gave up on {'; '.join(failures)}" if failures else ""

@@ -66,5 +66,4 @@ ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 # 0.5 s it takes 0.01, and Serve reacts to a replica change or an autoscaling decision at most 0.4 s
 # later. A cluster's controller runs on the head node, beside no engine, and keeps Ray's default.
 LOCAL_CONTROL_LOOP_INTERVAL_S = 0.5
-ROUTER_START_TIMEOUT_S = 180  # routed mode: the router replica answers within seconds
-ENGINE_START_TIMEOUT_S = 900  # direct mode: an engine replica answers once its engine has loaded
+ROUTER_START_TIMEOUT_S = 180  # the platform's router answers within seconds, while engines load

@@ -202,7 +202,7 @@ def test_a_healthy_hub_shows_zero_failures_and_rejections():
     from services.metrics.definitions import EXPECTED_REJECTIONS
     from services.metrics.hub import MetricsHub
 
-    text = generate_latest(MetricsHub("app", {"m1": "engine-m1", "m2": "engine-m2"}).registry).decode()
+    text = generate_latest(MetricsHub({"m1": ("app", "engine-m1"), "m2": ("app", "engine-m2")}).registry).decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)

@@ -18,7 +18,7 @@ def controller_says(readiness: ControllerReadiness, running: int, status: str = 
 
 
 def test_a_lost_only_replica_takes_the_model_down_until_serve_replaces_it():
-    readiness = ControllerReadiness("app", [ENGINE])
+    readiness = ControllerReadiness({ENGINE: "app"})
     controller_says(readiness, 1)
     assert readiness.is_ready(ENGINE)
     readiness.mark_failed(ENGINE)
@@ -32,7 +32,7 @@ def test_a_lost_only_replica_takes_the_model_down_until_serve_replaces_it():
 
 
 def test_a_lost_replica_of_two_leaves_the_model_serving():
-    readiness = ControllerReadiness("app", [ENGINE])
+    readiness = ControllerReadiness({ENGINE: "app"})
     controller_says(readiness, 2)
     readiness.mark_failed(ENGINE)
     assert readiness.is_ready(ENGINE)  # one left, before the controller has noticed
@@ -45,7 +45,7 @@ def test_a_lost_replica_of_two_leaves_the_model_serving():
 
 
 def test_a_model_whose_replicas_all_went_is_down():
-    readiness = ControllerReadiness("app", [ENGINE])
+    readiness = ControllerReadiness({ENGINE: "app"})
     controller_says(readiness, 2)
     readiness.mark_failed(ENGINE)
     readiness.mark_failed(ENGINE)  # the second replica too: still one failure the controller lacks
@@ -56,7 +56,7 @@ def test_a_model_whose_replicas_all_went_is_down():
 
 
 def test_a_model_the_controller_does_not_know_is_not_ready():
-    readiness = ControllerReadiness("app", [ENGINE])
+    readiness = ControllerReadiness({ENGINE: "app"})
     assert not readiness.is_ready(ENGINE)
     readiness.mark_failed(ENGINE)
     assert not readiness.is_ready(ENGINE)

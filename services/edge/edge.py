@@ -36,7 +36,7 @@ from services.engine.protocol import Head
 from services.errors import APIError, Code
 from services.limits import LimiterUnavailable, SharedLimits
 from services.media import MediaError, MediaFetcher, prepare_images
-from services.metrics.records import CompletionRecord, RecordBuffer
+from services.metrics.records import CompletionRecord, PlacedRecord, RecordBuffer
 from services.settings import Settings
 from services.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
 from services.tracing import Span, Tracing
@@ -232,8 +232,14 @@ class Edge:
         arrived = time.perf_counter()
         options = self.catalog.router
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
-        body = await read_json_body(request, options.max_body_bytes)
-        target = await self.resolve(body)
+        placed = "none"
+        try:
+            body = await read_json_body(request, options.max_body_bytes)
+            target = await self.resolve(body)
+            placed = target.model_name
+        finally:
+            if self.served_by == "platform":  # HAProxy could not place it (services/haproxy/rules.py)
+                self.records.add(PlacedRecord(placed))
         entry, model_name = target.entry, target.model_name
         span.set_attribute("gen_ai.request.model", model_name)
         check_field_types(body)

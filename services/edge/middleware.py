@@ -9,11 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 from services.errors import Code, error_body
+from services.layout import INTERNAL_PREFIX
 from services.metrics.records import HTTPRecord
 
 
 def needs_key(path: str) -> bool:
+    """`path` as the routes see it: below the application's route prefix (`route_path`)."""
     return (path.startswith("/v1/") and not path.startswith("/v1/health/")) or path == "/metrics"
+
+
+def route_path(scope: dict[str, Any]) -> str:
+    """The path the app's routes match: a model application is mounted under its internal prefix
+    (Serve sets it as `root_path`, and `path` keeps it). A request HAProxy placed under a model's
+    prefix before that model's application existed reaches the platform application, which serves
+    it as if unprefixed: the prefix joins `root_path` here, so routing and the key check agree."""
+    path: str = scope["path"]
+    root = scope.get("root_path", "")
+    relative = path[len(root) :] if root and path.startswith(root) else path
+    if relative.startswith(INTERNAL_PREFIX + "/"):
+        prefix = "/".join(relative.split("/", 3)[:3])  # /_slmserve/<model>
+        scope["root_path"] = root + prefix
+        relative = relative[len(prefix) :] or "/"
+    return relative
 
 
 class EdgeMiddleware:
@@ -38,10 +55,11 @@ class EdgeMiddleware:
                 message["headers"] = [*message.get("headers", []), *self.identity]
             await send(message)
 
+        path = route_path(scope)
         try:
             authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1") or None
             tenant = keys.tenant_for(authorization) if keys is not None else None
-            if keys is not None and keys.enabled and tenant is None and needs_key(scope["path"]):
+            if keys is not None and keys.enabled and tenant is None and needs_key(path):
                 await _unauthorized(send_and_watch)
                 return
             scope.setdefault("state", {})["tenant"] = tenant or "anonymous"

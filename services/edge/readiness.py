@@ -49,8 +49,7 @@ class SelfReadiness:
 
 @dataclass
 class ControllerReadiness:
-    app_name: str
-    deployment_names: list[str]
+    deployments: dict[str, str]  # engine deployment name -> its application
     period_s: float = READINESS_POLL_S
     ready_period_s: float = READINESS_POLL_READY_S
     states: dict[str, DeploymentState] = field(default_factory=dict)
@@ -70,7 +69,7 @@ class ControllerReadiness:
         return running > 0
 
     def all_ready(self) -> bool:
-        return all(self.is_ready(name) for name in self.deployment_names)
+        return all(self.is_ready(name) for name in self.deployments)
 
     def mark_failed(self, deployment_name: str) -> None:
         if deployment_name not in self._suspects:
@@ -93,7 +92,7 @@ class ControllerReadiness:
     async def _refresh_forever(self) -> None:
         while True:
             try:
-                self.states = await asyncio.to_thread(read_deployment_states, self.app_name)
+                self.states = await asyncio.to_thread(read_deployment_states, set(self.deployments.values()))
                 self._update_suspects()
             except Exception:  # the controller may be restarting; keep the last view
                 logger.warning("could not read Serve status", exc_info=True)

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 
-from services import sse
+from services import platform, sse
 from services.catalog import Catalog, ModelEntry
 from services.edge.app import build_app
 from services.edge.edge import Edge
@@ -35,6 +35,7 @@ from services.engine import vllm_compat
 from services.engine.adapters import AdapterSync
 from services.engine.protocol import Head, Outcome, StreamItem
 from services.errors import error_json, from_vllm_error
+from services.limits import has_limits
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
 from services.metrics.records import RecordBuffer
@@ -288,11 +289,11 @@ class DirectEngine(EngineDeployment):
     app `__serve_build_asgi_app__` returns once the engine has loaded."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any, catalog: dict[str, Any], limit_broker: Any = None
+        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
     ) -> None:
-        await super().__init__(entry, cache_dir, metrics_hub)
+        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))
         self.catalog = Catalog.model_validate(catalog)
-        self.limit_broker = limit_broker
+        self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
 
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(

@@ -105,6 +105,13 @@ class EdgeMetrics:
             (*MODEL, "policy", "reason"),
             registry=registry,
         )
+        self.placed = Counter(
+            "slmserve_platform_placed_requests",
+            "Model requests HAProxy could not place by `model` (none, unknown, malformed, beyond its "
+            "buffer), answered by the platform application; model_name none when none resolved",
+            MODEL,
+            registry=registry,
+        )
 
     def initialize(self, model_names: list[str]) -> None:
         """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""

@@ -20,6 +20,7 @@ from services.metrics.definitions import EdgeMetrics
 from services.metrics.records import (
     CompletionRecord,
     HTTPRecord,
+    PlacedRecord,
     Record,
     RejectionRecord,
     RoutingRecord,
@@ -124,11 +125,13 @@ class _EngineCollector:
 
 
 class MetricsHub:
-    def __init__(self, app_name: str, deployments: dict[str, str]) -> None:
-        self.app_name = app_name
-        self.deployments = deployments  # model name -> engine deployment name
-        self.model_names = list(deployments)
-        self.model_of = {deployment: model for model, deployment in deployments.items()}
+    def __init__(self, engines: dict[str, tuple[str, str]]) -> None:
+        self.apps = {app for app, _ in engines.values()}
+        self.deployments = {
+            model: deployment for model, (_, deployment) in engines.items()
+        }  # model -> engine deployment
+        self.model_names = list(self.deployments)
+        self.model_of = {deployment: model for model, deployment in self.deployments.items()}
         self.snapshots: dict[str, EngineSnapshot] = {}
         self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
@@ -146,6 +149,8 @@ class MetricsHub:
                 edge.rejected.labels(*request_labels(record), record.reason).inc()
             elif isinstance(record, CompletionRecord):
                 self._record_completion(record)
+            elif isinstance(record, PlacedRecord):
+                edge.placed.labels(record.model_name).inc()
             elif isinstance(record, RoutingRecord):
                 model = self.model_of.get(record.deployment, record.deployment)
                 edge.routing.labels(model, record.policy, record.reason).inc(record.count)
@@ -182,7 +187,7 @@ class MetricsHub:
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > 1.0:
             try:
-                self.replica_states = await asyncio.to_thread(read_deployment_states, self.app_name, with_targets=True)
+                self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass

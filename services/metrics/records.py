@@ -61,7 +61,15 @@ class RoutingRecord:
     count: int
 
 
-Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord
+@dataclass(slots=True)
+class PlacedRecord:
+    """A model request the platform application placed because HAProxy could not (direct mode):
+    `model_name` as resolved, or "none" when the body named no served model."""
+
+    model_name: str
+
+
+Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord | PlacedRecord
 
 
 def request_labels(record: CompletionRecord | RejectionRecord) -> tuple[str, str]:

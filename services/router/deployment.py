@@ -1,10 +1,13 @@
-"""The router deployment: the HTTP ingress of a multi-model catalog (routed mode).
+"""The router deployment: the ingress of the platform application.
 
-Ray Serve 2.60's HAProxy forwards a request straight to a replica of one deployment per
-application, so one base URL for several models needs a replica that reads `model` and calls that
-model's engine deployment: this one. Each engine is reached through one streaming handle made at
-start and reused (services/edge/engines.py). A single-model catalog needs none of this: its engine
-replicas serve HTTP themselves (direct mode, services/engine/deployment.py).
+- Direct mode: HAProxy sends each model request straight to its model's application
+  (services/haproxy), so this answers the control routes (`/v1/models`, health, `/metrics`,
+  metadata, OpenAPI) and every request HAProxy could not place by its `model`: a missing or unknown
+  name, malformed JSON, a body larger than HAProxy's buffer. It answers those exactly as an engine
+  replica would (400/404 in OpenAI's shape, or the model's answer through a handle), and counts
+  them (`slmserve_platform_placed_requests_total`).
+- Routed mode: every request comes here, and each engine is called through one streaming handle
+  made at start and reused (services/edge/engines.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from services.catalog import Catalog
@@ -19,6 +23,7 @@ from services.edge.app import build_app
 from services.edge.edge import Edge
 from services.edge.engines import Engine, RemoteEngine
 from services.edge.readiness import ControllerReadiness
+from services.layout import layout
 from services.metrics.records import RecordBuffer
 from services.router import decisions
 
@@ -29,18 +34,25 @@ class Router:
     def __init__(
         self,
         catalog: dict[str, Any],
-        app_name: str,
+        platform_app: str,
         metrics_hub: DeploymentHandle,
         limit_broker: DeploymentHandle | None,
         *engines: DeploymentHandle,
     ) -> None:
         parsed = Catalog.model_validate(catalog)
+        deployments = layout(parsed, platform_app).engine_deployments(parsed)
+        if not engines:  # direct mode: each engine is the ingress of its model's application
+            engines = tuple(
+                serve.get_deployment_handle(deployments[entry.name][1], deployments[entry.name][0], _check_exists=False)
+                for entry in parsed.models
+            )
         handles: dict[str, Engine] = {
             entry.name: RemoteEngine(handle) for entry, handle in zip(parsed.models, engines, strict=True)
         }
-        readiness = ControllerReadiness(app_name, [entry.deployment_name for entry in parsed.models])
+        readiness = ControllerReadiness({deployment: app for app, deployment in deployments.values()})
         records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
-        self.edge = Edge(parsed, handles, records, readiness, served_by="router", limit_broker=limit_broker)
+        served_by = "router" if parsed.data_plane == "routed" else "platform"
+        self.edge = Edge(parsed, handles, records, readiness, served_by=served_by, limit_broker=limit_broker)
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         return build_app(self.edge)

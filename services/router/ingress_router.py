@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
 
+from services import platform
 from services.metrics.records import RecordBuffer
 from services.router import decisions
 from services.router.policies import MAX_SESSION_ID_CHARS
@@ -46,11 +47,12 @@ def routing_body(raw: bytes) -> dict[str, Any] | None:
 class IngressRouter:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
-    def __init__(self, engine: DeploymentHandle, metrics_hub: DeploymentHandle, session_header: str) -> None:
+    def __init__(self, engine: DeploymentHandle, platform_app: str, session_header: str) -> None:
         self.engine = engine
         self.engine._init()  # the handle's request router starts now, not on the first request
         self.session_header = session_header.lower()
-        self.records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
+        hub = platform.handle(platform.METRICS_HUB, platform_app)
+        self.records = RecordBuffer(hub, collectors=(decisions.drain,))
 
     async def choose(self, body: dict[str, Any] | None, session_id: str | None) -> dict[str, object]:
         """`{"host", "port", "replica_id"}` of the replica that should take this request."""

