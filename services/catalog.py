@@ -369,6 +369,7 @@ class RateLimits(_Strict):
 
 
 DataPlane = Literal["direct", "routed"]
+ROUTER_DEPLOYMENT: dict[str, Any] = {"max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.5}}
 
 
 class RouterOptions(_Strict):
@@ -393,12 +394,7 @@ class RouterOptions(_Strict):
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
-    deployment: DeploymentOptions = Field(
-        # Two replicas: in routed mode every token crosses one, so losing one must not cut them all.
-        default_factory=lambda: DeploymentOptions(
-            num_replicas=2, max_ongoing_requests=1024, ray_actor_options=ActorOptions(num_cpus=0.5)
-        )
-    )
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions.model_validate(ROUTER_DEPLOYMENT))
 
 
 class TracingOptions(_Strict):
@@ -497,6 +493,22 @@ class Catalog(_Strict):
         if len(set(deployment_names)) != len(deployment_names):
             raise ValueError("two model names map to the same deployment name")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _routed_router_replicas(cls, data: Any) -> Any:
+        # Routed, every token crosses a router replica: two by default, so losing one cuts only its
+        # own streams. Direct, the router answers control routes and what HAProxy cannot place: one.
+        if not isinstance(data, dict) or not isinstance(data.get("router") or {}, dict):
+            return data
+        router = dict(data.get("router") or {})
+        deployment = router.get("deployment")
+        if router.get("data_plane") != "routed" or (deployment is not None and not isinstance(deployment, dict)):
+            return data
+        deployment = dict(deployment or ROUTER_DEPLOYMENT)
+        if "num_replicas" not in deployment and "autoscaling_config" not in deployment:
+            deployment["num_replicas"] = 2
+        return {**data, "router": {**router, "deployment": deployment}}
 
     @model_validator(mode="after")
     def _replicas_fit_a_node_group(self) -> Catalog:

@@ -15,7 +15,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.catalog import CatalogError, load_catalog, parse_catalog
+from services.catalog import load_catalog, parse_catalog
+from services.haproxy.rules import BUFFER_BYTES
+from services.layout import layout, model_routes
 from services.settings import resolve_catalog_path
 from tests.helm_render import ALL_FEATURES, CHART, ROOT, by_kind, render, run_helm
 
@@ -108,7 +110,7 @@ def test_serve_config_is_the_catalog(name: str):
 
 @pytest.mark.parametrize(
     ("name", "data_plane", "shape"),
-    [("cpu", "", "direct"), ("phi35", "", "routed"), ("cpu", "routed", "routed")],
+    [("cpu", "", "direct"), ("phi35", "", "direct"), ("phi35", "routed", "routed")],
 )
 def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_plane: str, shape: str):
     catalog = serve_config(render("--set", f"catalog.name={name}", "--set", f"serve.dataPlane={data_plane}"))[
@@ -119,12 +121,27 @@ def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_pla
         assert catalog["router"]["data_plane"] == data_plane
 
 
-def test_a_direct_data_plane_needs_a_one_model_catalog():
-    catalog = serve_config(render("--set", "catalog.name=phi35", "--set", "serve.dataPlane=direct"))["applications"][0][
-        "args"
-    ]["catalog"]
-    with pytest.raises(CatalogError, match="exactly one model"):
-        parse_catalog(catalog)
+@pytest.mark.parametrize("data_plane", ["", "routed"])
+def test_the_applications_and_haproxy_s_model_map_are_the_layout_s(data_plane: str):
+    """The chart's applications and HAProxy's model map are services/layout.py's, name for name:
+    on the direct plane the platform's at / and one per model under its prefix, each built by
+    services.app:build_app with the same catalog (and its `model`); routed, one application."""
+    documents = render("--set", "catalog.name=phi35", "--set", f"serve.dataPlane={data_plane}")
+    apps = serve_config(documents)["applications"]
+    catalog = parse_catalog(apps[0]["args"]["catalog"])
+    plan = layout(catalog, "slmserve")
+    assert [(app["name"], app["route_prefix"]) for app in apps] == [("slmserve", "/")] + [
+        (model_app.app_name, model_app.route_prefix) for model_app in plan.model_apps.values()
+    ]
+    assert len(apps) == (1 if data_plane == "routed" else 1 + len(catalog.models))
+    for app in apps[1:]:
+        assert parse_catalog(app["args"]["catalog"]) == catalog
+        assert plan.model_apps[app["args"]["model"]].app_name == app["name"]
+    head = by_kind(documents, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
+    assert json.loads(env["SLMSERVE_MODEL_ROUTES"]) == model_routes(catalog, "slmserve")
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/slmserve-haproxy")
+    assert int(env["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) == BUFFER_BYTES
 
 
 def test_inline_catalog_wins(tmp_path: Path):
@@ -446,6 +463,11 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
         ),  # adapter affinity reads `model`
         ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "routed", "0"),
         ([{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}], "", "0"),
+        (
+            [{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b", "deployment": {"num_replicas": 2}}],
+            "",
+            "1",
+        ),
     ],
 )
 def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, models, data_plane, forward_body):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -34,19 +35,28 @@ def test_proxy_ingress_turns_haproxy_off_and_wildcard_hosts_are_polled_on_loopba
 
 def test_haproxy_is_told_what_the_catalog_s_routing_needs():
     def env(models: list[dict], data_plane: str = "auto") -> dict[str, str]:
-        return routing_environment(parse_catalog({"router": {"data_plane": data_plane}, "models": models}))
+        return routing_environment(parse_catalog({"router": {"data_plane": data_plane}, "models": models}), "app")
 
     one = {"name": "m", "source": "org/m"}
     two = {**one, "deployment": {"num_replicas": 2}}
     assert env([one]) == {
         "RAY_SERVE_SESSION_ID_HEADER_KEY": "x-session-id",
-        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0",
-    }  # nothing to choose
+        "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "0",  # nothing to choose
+        "SLMSERVE_MODEL_ROUTES": '{"m": "/_slmserve/m"}',  # HAProxy's model map
+    }
     assert env([two])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
     assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
     with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}
     assert env([with_adapters])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # adapter affinity
     assert env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"  # the Router reads bodies
+    assert env([two], "routed")["SLMSERVE_MODEL_ROUTES"] == "{}"  # nothing for HAProxy to place
+    other = {"name": "o", "source": "org/o", "aliases": ["other"]}
+    assert json.loads(env([one, other])["SLMSERVE_MODEL_ROUTES"]) == {
+        "m": "/_slmserve/m",
+        "o": "/_slmserve/o",
+        "other": "/_slmserve/o",
+    }
+    assert env([one, two | {"name": "n"}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # any model
 
 
 def test_instance_ports_skip_listened_ports_and_stay_out_of_ray_s_and_the_kernel_s_ranges():

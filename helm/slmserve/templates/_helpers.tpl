@@ -63,6 +63,42 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- toYaml $catalog -}}
 {{- end -}}
 
+{{/* The catalog's data plane: the values' serve.dataPlane is already in its router block. */}}
+{{- define "slmserve.dataPlane" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- ternary "routed" "direct" (eq (get (get $catalog "router" | default dict) "data_plane" | default "auto") "routed") -}}
+{{- end -}}
+
+{{/* The Serve applications (services/layout.py): the platform's at `/`, then, on the direct plane,
+one per model under its internal prefix, named by the model's name with what Serve refuses replaced. */}}
+{{- define "slmserve.applications" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- $apps := list (dict "name" .Values.serve.appName "route_prefix" "/") -}}
+{{- if eq (include "slmserve.dataPlane" .) "direct" -}}
+{{- range $model := (get $catalog "models" | default list) -}}
+{{- $slug := regexReplaceAll "[^A-Za-z0-9._-]+" $model.name "-" -}}
+{{- $apps = append $apps (dict "name" (printf "%s-%s" $.Values.serve.appName $slug) "route_prefix" (printf "/_slmserve/%s" $slug) "model" $model.name) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $apps -}}
+{{- end -}}
+
+{{/* Every name and alias clients may put in `model` -> its application's route prefix, as JSON
+(HAProxy's map, written by the wrapper: services/haproxy/wrapper.py). Empty when routed. */}}
+{{- define "slmserve.modelRoutes" -}}
+{{- $catalog := include "slmserve.catalog" . | fromYaml -}}
+{{- $routes := dict -}}
+{{- if eq (include "slmserve.dataPlane" .) "direct" -}}
+{{- range $model := (get $catalog "models" | default list) -}}
+{{- $prefix := printf "/_slmserve/%s" (regexReplaceAll "[^A-Za-z0-9._-]+" $model.name "-") -}}
+{{- range $name := prepend ($model.aliases | default list) $model.name -}}
+{{- $_ := set $routes $name $prefix -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $routes -}}
+{{- end -}}
+
 {{/* Environment shared by head and workers. Ray Serve's HAProxy reads the session header's name
 and whether to send request bodies to the IngressRouter (a direct-mode model with more than one
 replica, routed by prefix affinity, or least loaded with LoRA adapters, needs them), as
@@ -71,17 +107,17 @@ services/runtime.py routing_environment sets them for local runs. */}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
 {{- $router := get $catalog "router" | default dict -}}
 {{- $models := get $catalog "models" | default list -}}
-{{- $plane := get $router "data_plane" | default "auto" -}}
-{{- $direct := or (eq $plane "direct") (and (eq $plane "auto") (eq (len $models) 1)) -}}
-{{- $policy := "prefix-affinity" -}}
-{{- $choice := false -}}
-{{- $lora := false -}}
-{{- if $models -}}
-{{- $first := first $models -}}
-{{- $lora = hasKey $first "lora" -}}
-{{- $policy = get (get $first "routing" | default dict) "policy" | default "prefix-affinity" -}}
-{{- $deployment := get $first "deployment" | default dict -}}
-{{- $choice = or (hasKey $deployment "autoscaling_config") (gt (int (get $deployment "num_replicas" | default 1)) 1) -}}
+{{- $direct := eq (include "slmserve.dataPlane" .) "direct" -}}
+{{- /* bodies go to the IngressRouters when any model's router reads them (one Ray-wide switch) */ -}}
+{{- $readsBody := false -}}
+{{- range $model := $models -}}
+{{- $lora := hasKey $model "lora" -}}
+{{- $policy := get (get $model "routing" | default dict) "policy" | default "prefix-affinity" -}}
+{{- $deployment := get $model "deployment" | default dict -}}
+{{- $choice := or (hasKey $deployment "autoscaling_config") (gt (int (get $deployment "num_replicas" | default 1)) 1) -}}
+{{- if and $choice (or (eq $policy "prefix-affinity") (and $lora (eq $policy "least-loaded"))) -}}
+{{- $readsBody = true -}}
+{{- end -}}
 {{- end -}}
 - name: SLMSERVE_CACHE_DIR
   value: {{ .Values.serve.cacheDir | quote }}
@@ -90,7 +126,13 @@ services/runtime.py routing_environment sets them for local runs. */}}
 - name: RAY_SERVE_SESSION_ID_HEADER_KEY
   value: {{ get $router "session_header" | default "X-Session-Id" | lower | quote }}
 - name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
-  value: {{ ternary "1" "0" (and $direct $choice (or (eq $policy "prefix-affinity") (and $lora (eq $policy "least-loaded")))) | quote }}
+  value: {{ ternary "1" "0" (and $direct $readsBody) | quote }}
+- name: RAY_SERVE_HAPROXY_BINARY_PATH
+  value: {{ .Values.serve.haproxyWrapper | quote }}
+- name: RAY_SERVE_HAPROXY_TUNE_BUFSIZE
+  value: "262144"
+- name: SLMSERVE_MODEL_ROUTES
+  value: {{ include "slmserve.modelRoutes" . | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS
