@@ -454,6 +454,7 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray's addresses on 127.0.0.1
     from services import runtime
     from services.catalog import load_catalog
+    from services.layout import layout
     from services.settings import Settings
 
     catalog = load_catalog(catalog_path)
@@ -508,7 +509,7 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
             base_url,
             entry.name,
             entry.deployment_name,
-            settings.app_name,
+            layout(catalog, settings.app_name).app_of(entry),  # the model's own application (direct)
             clock,
             timeline,
             groups,

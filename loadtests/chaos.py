@@ -334,7 +334,11 @@ def _replicas(deployment: str) -> set[str]:
 def _all_healthy() -> bool:
     from ray import serve
 
-    return all(info.status == "HEALTHY" for info in serve.status().applications["slmserve"].deployments.values())
+    return all(
+        info.status == "HEALTHY"
+        for application in serve.status().applications.values()
+        for info in application.deployments.values()
+    )
 
 
 def kill_haproxy(base_url: str) -> dict:
