@@ -5,14 +5,24 @@ is tested in tests/test_direct_mode.py."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
+from ray.serve.config import HTTPOptions
 
-from services.haproxy.rules import MARK, add_rules
+from services.haproxy.adapters import AdapterRoutes
+from services.haproxy.rules import BUFFER_BYTES, MARK, add_rules
 from services.haproxy.wrapper import ADAPTERS_MAP, MODELS_MAP, prepare, real_binary
+from services.runtime import free_ports
 
 ROUTES = {"alpha": "/_slmserve/alpha", "a": "/_slmserve/alpha", "beta": "/_slmserve/beta"}
 
@@ -97,3 +107,127 @@ def test_the_refusal_is_an_openai_error_body(tmp_path: Path):
     refused = next(line for line in lines if "return status 404" in line and "_slmserve" in line)
     quoted = refused.split(" string ", 1)[1].split(" hdr ", 1)[0]
     assert json.loads(json.loads(quoted))["error"]["code"] == "route_not_found"
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """A backend that says which application it stands for and the path it was sent."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = json.dumps({"app": self.server.app, "path": self.path}).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@dataclass
+class LiveHAProxy:
+    url: str
+    adapters: AdapterRoutes
+
+    def post(self, body: bytes | dict, path: str = "/v1/chat/completions") -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.post(self.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def haproxy(tmp_path_factory) -> Iterator[LiveHAProxy]:
+    """The real HAProxy on Ray's config with the rule, in front of three echo backends."""
+    directory = tmp_path_factory.mktemp("haproxy")
+    port, metrics_port, stats_port = free_ports(3)
+    servers = []
+    for app in ("platform", "alpha", "beta"):
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+        server.app = app  # type: ignore[attr-defined]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    config = HAProxyConfig(
+        http_options=HTTPOptions(host="127.0.0.1", port=port),
+        metrics_port=metrics_port,
+        stats_port=stats_port,
+        bufsize=BUFFER_BYTES,
+        socket_path=str(directory / "admin.sock"),
+        server_state_base=str(directory),
+        server_state_file=str(directory / "state"),
+        metrics_socket_path=str(directory / "metrics.sock"),
+    )
+    api = HAProxyApi(cfg=config, config_file_path=str(directory / "haproxy.cfg"))
+    prefixes = {"platform": "/", "alpha": "/_slmserve/alpha", "beta": "/_slmserve/beta"}
+    api.backend_configs = {
+        app: BackendConfig(
+            name=app, path_prefix=prefixes[app], servers=[ServerConfig(app, "127.0.0.1", server.server_port)]
+        )
+        for app, server in zip(prefixes, servers, strict=True)
+    }
+    api._generate_config_file_internal()
+    prepare(directory / "haproxy.cfg", ROUTES)
+    process = subprocess.Popen([real_binary(), "-db", "-f", str(directory / "haproxy.cfg")], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=2).json()["app"] == "platform":
+                    break
+            except (OSError, httpx.HTTPError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "HAProxy did not start"
+            time.sleep(0.2)
+        yield LiveHAProxy(f"http://127.0.0.1:{port}", AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock"))
+    finally:
+        process.kill()
+        process.wait()
+        for server in servers:
+            server.shutdown()
+
+
+def test_a_model_name_or_alias_goes_to_its_application_under_its_prefix(haproxy):
+    for name, app in (("alpha", "alpha"), ("a", "alpha"), ("beta", "beta")):
+        answer = haproxy.post({"model": name, "messages": []}).json()
+        assert answer == {"app": app, "path": f"/_slmserve/{app}/v1/chat/completions"}
+    later = haproxy.post({"messages": [{"role": "user", "content": "x" * 10_000}], "model": "beta"}).json()
+    assert later["app"] == "beta"  # `model` after a large message, within the buffer
+
+
+def test_what_the_rule_cannot_place_keeps_its_path_for_the_platform(haproxy):
+    padding = "x" * (BUFFER_BYTES + 1024)
+    for body in (
+        {"model": "no-such-model"},
+        {"prompt": "no model"},
+        {"model": 42},
+        b"not json at all",
+        {"messages": [{"role": "user", "content": padding}], "model": "alpha"},  # `model` beyond the buffer
+    ):
+        assert haproxy.post(body).json() == {"app": "platform", "path": "/v1/chat/completions"}, str(body)[:80]
+    control = httpx.get(f"{haproxy.url}/v1/models", timeout=10).json()
+    assert control == {"app": "platform", "path": "/v1/models"}
+    assert haproxy.post({"model": "alpha"}, path="/metrics").json()["app"] == "platform"  # only /v1/ POSTs move
+
+
+def test_a_client_sent_internal_prefix_is_refused_before_anything_is_placed(haproxy):
+    for path in ("/_slmserve/alpha/v1/chat/completions", "/_slmserve/beta/v1/models", "/_slmserve", "/_slmserve/"):
+        refused = haproxy.post({"model": "alpha"}, path=path)
+        assert refused.status_code == 404 and refused.headers["x-slmserve-served-by"] == "haproxy"
+        assert refused.json()["error"]["code"] == "route_not_found"
+
+
+def test_adapters_join_and_leave_the_running_haproxy_s_map(haproxy):
+    assert haproxy.post({"model": "sql-bot"}).json()["app"] == "platform"
+    haproxy.adapters.apply({"sql-bot": "/_slmserve/beta", "chat-bot": "/_slmserve/alpha"})
+    assert haproxy.adapters.loaded() == {"sql-bot": "/_slmserve/beta", "chat-bot": "/_slmserve/alpha"}
+    assert haproxy.post({"model": "sql-bot"}).json() == {"app": "beta", "path": "/_slmserve/beta/v1/chat/completions"}
+    assert haproxy.post({"model": "chat-bot"}).json()["app"] == "alpha"
+    haproxy.adapters.apply({"chat-bot": "/_slmserve/beta"})  # one withdrawn, one moved
+    assert haproxy.post({"model": "sql-bot"}).json()["app"] == "platform"
+    assert haproxy.post({"model": "chat-bot"}).json()["app"] == "beta"
+    assert haproxy.adapters.map_path.read_text() == "chat-bot /_slmserve/beta\n"  # what a reload reads
+    haproxy.adapters.apply({})
+    assert haproxy.adapters.loaded() == {}

@@ -50,7 +50,7 @@ def real_binary() -> str:
     return found
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
     temporary.write_text(text)
     temporary.replace(path)
@@ -60,10 +60,10 @@ def prepare(config_path: Path, routes: dict[str, str]) -> None:
     """The maps beside the config, and the rules in it."""
     directory = config_path.parent
     models_map, adapters_map = directory / MODELS_MAP, directory / ADAPTERS_MAP
-    _write_atomically(models_map, map_text(routes))
+    write_atomically(models_map, map_text(routes))
     if not adapters_map.exists():
         adapters_map.touch()
-    _write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map))
+    write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map))
 
 
 def main() -> None:

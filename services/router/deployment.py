@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from fastapi import FastAPI
@@ -23,9 +25,13 @@ from services.edge.app import build_app
 from services.edge.edge import Edge
 from services.edge.engines import Engine, RemoteEngine
 from services.edge.readiness import ControllerReadiness
+from services.haproxy.adapters import AdapterRoutes
 from services.layout import layout
 from services.metrics.records import RecordBuffer
 from services.router import decisions
+from services.serve_context import background_task
+
+logger = logging.getLogger("slmserve.router")
 
 
 class Router:
@@ -53,6 +59,22 @@ class Router:
         records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
         served_by = "router" if parsed.data_plane == "routed" else "platform"
         self.edge = Edge(parsed, handles, records, readiness, served_by=served_by, limit_broker=limit_broker)
+        self.plan = layout(parsed, platform_app)
+        refresh = [entry.lora.refresh_s for entry in parsed.models if entry.lora is not None]
+        self.adapters_period_s = min(refresh) if refresh and self.plan.model_apps else None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        if self.adapters_period_s is not None and (routes := AdapterRoutes.on_this_node()) is not None:
+            background_task(self._keep_adapter_routes(routes, self.adapters_period_s))
         return build_app(self.edge)
+
+    async def _keep_adapter_routes(self, routes: AdapterRoutes, period_s: float) -> None:
+        """Every refresh period: the adapters the engines serve, as HAProxy's adapters map."""
+        while True:
+            try:
+                adapters = await self.edge.adapters()
+                wanted = {name: self.plan.model_apps[base.name].route_prefix for name, base in adapters.items()}
+                await asyncio.to_thread(routes.apply, wanted)
+            except Exception:  # HAProxy restarting, an engine busy: the next period tries again
+                logger.warning("could not update HAProxy's adapters map", exc_info=True)
+            await asyncio.sleep(period_s)

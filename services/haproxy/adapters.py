@@ -1,0 +1,76 @@
+"""HAProxy's adapters map, kept by the platform application (direct mode): every served LoRA
+adapter -> its base model's application prefix, so adapter requests stream direct too.
+
+Adapters come and go with their directory (services/engine/adapters.py), so this map changes at run
+time: the platform's router lists the adapters every refresh period and applies the difference to
+the HAProxy of its own node through its admin socket (`add map`/`set map`/`del map`), and writes
+the file, which HAProxy reads again at each reload Ray makes. An HAProxy on another node keeps an
+empty map and leaves adapter requests to the platform, which answers them through a handle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+from services.haproxy.rules import map_text
+from services.haproxy.wrapper import ADAPTERS_MAP, write_atomically
+
+logger = logging.getLogger("slmserve.haproxy")
+
+
+class AdapterRoutes:
+    def __init__(self, map_path: Path, socket_path: Path) -> None:
+        self.map_path = map_path
+        self.socket_path = socket_path
+
+    @classmethod
+    def on_this_node(cls) -> AdapterRoutes | None:
+        """The map and admin socket of the HAProxy Ray runs on this node, or None where none runs."""
+        import ray
+        from ray.serve._private import constants
+
+        node = ray.get_runtime_context().get_node_id()
+        config_dir = Path(constants.RAY_SERVE_HAPROXY_CONFIG_FILE_LOC).parent / node
+        socket_dir = Path(constants.RAY_SERVE_HAPROXY_SOCKET_PATH).parent / node
+        socket_path = socket_dir / Path(constants.RAY_SERVE_HAPROXY_SOCKET_PATH).name
+        if not constants.RAY_SERVE_ENABLE_HA_PROXY or not config_dir.is_dir():
+            return None
+        return cls(config_dir / ADAPTERS_MAP, socket_path)
+
+    def _command(self, command: str) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+            connection.settimeout(5)
+            connection.connect(str(self.socket_path))
+            connection.sendall(f"{command}\n".encode())
+            chunks = []
+            while chunk := connection.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+
+    def loaded(self) -> dict[str, str]:
+        """The map as the running HAProxy holds it."""
+        entries = {}
+        for line in self._command(f"show map {self.map_path}").splitlines():
+            parts = line.split()
+            if len(parts) == 3:  # <entry id> <key> <value>
+                entries[parts[1]] = parts[2]
+        return entries
+
+    def apply(self, routes: dict[str, str]) -> None:
+        """Make the file and the running HAProxy's map say `routes` (blocking: run it on a thread)."""
+        write_atomically(self.map_path, map_text(routes))
+        if not os.path.exists(self.socket_path):
+            return  # HAProxy is (re)starting: it reads the file
+        loaded = self.loaded()
+        for name in loaded.keys() - routes.keys():
+            self._command(f"del map {self.map_path} {name}")
+        for name, prefix in routes.items():
+            if name not in loaded:
+                self._command(f"add map {self.map_path} {name} {prefix}")
+            elif loaded[name] != prefix:
+                self._command(f"set map {self.map_path} {name} {prefix}")
+        if loaded != routes:
+            logger.info("HAProxy's adapters map: %s", ", ".join(sorted(routes)) or "empty")
