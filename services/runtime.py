@@ -75,8 +75,11 @@ def _bindable(port: int) -> bool:
 
 
 def control_environment() -> dict[str, str]:
-    """Serve's controller on a local Ray shares the engine's cores: a slower loop (services/timing.py)."""
-    return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S)}
+    """How a local Ray's own processes share the engine's cores: Serve's controller loops slower
+    (services/timing.py), and Ray starts its workers at the priority a user gives `vllm serve`
+    instead of Ray's default nice 15, since the engine replica, vLLM's engine core and workers and
+    HAProxy are all Ray workers or their children, on the token path (the chart does the same)."""
+    return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S), "RAY_worker_niceness": "0"}
 
 
 def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:

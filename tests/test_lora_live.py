@@ -60,7 +60,17 @@ def server(adapters_dir: Path) -> Iterator[ServerProcess]:
         }
 
     with serving(catalog_variant("cpu", with_adapters), replicas=2) as running:
+        wait_until(lambda: all(served_by(running, name) == "engine" for name in ADAPTERS))
         yield running
+
+
+def served_by(server: ServerProcess, model: str) -> str | None:
+    """Who answered a request for `model`: an adapter HAProxy has in its map streams from an engine
+    replica ("engine"); until the platform has put it there, the platform answers ("platform")."""
+    body = {"model": model, "max_tokens": 1, "messages": QUESTION}
+    return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60).headers.get(
+        "x-slmserve-served-by"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,12 +191,14 @@ def test_an_adapter_added_to_the_directory_is_served_and_one_removed_is_gone(ser
     wait_until(lambda: "delta-r8" in listed(client))
     time.sleep(2 * REFRESH_S)
     assert all(answer(client, "delta-r8") != answer(client, MODEL) for _ in range(2))
+    wait_until(lambda: served_by(server, "delta-r8") == "engine")  # HAProxy places it direct now
     shutil.move(added, adapters_dir.parent / "delta-r8")
     wait_until(lambda: "delta-r8" not in listed(client))
     time.sleep(2 * REFRESH_S)
     for _ in range(4):  # whichever replica answers
         with pytest.raises(openai.NotFoundError):
             answer(client, "delta-r8")
+    wait_until(lambda: served_by(server, "delta-r8") == "platform")  # out of HAProxy's map: the platform's 404
 
 
 def test_adapter_requests_are_counted_under_the_adapter_with_their_base(server, client):

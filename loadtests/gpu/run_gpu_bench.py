@@ -5,6 +5,10 @@ ignore_eos) at concurrency 1, 8, 32 and 64, alternating between the systems.
 
     PYTHONPATH=/tmp/site:$PWD python3 -m loadtests.gpu.run_gpu_bench --out $OUT
     ... --catalog loadtests/gpu/phi35-moe-dummy.yaml --shape moe --systems slmserve --levels 1,32  # one H200
+
+A catalog of several models (the family, issue 28) is measured on its first model against bare vLLM
+of that model, every other dummy model built beside it; `--data-plane` picks slmserve's plane and
+`--mixed C` ends with a mixed streamed load over every model (vision by data URL) at concurrency C.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 
 from loadtests.bench import scraping, start_bare_vllm
 from loadtests.gpu.make_phi35 import SHAPES, build
+from loadtests.gpu.run_gpu_family import table as family_table
 from loadtests.report import ratios_table, results_table, summarize
+from loadtests.serving import catalog_variant
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="py-spy the proxy, router and engine replica during slmserve's highest level",
     )
+    parser.add_argument("--data-plane", choices=["", "direct", "routed"], default="", help="override the catalog's")
+    parser.add_argument("--mixed", type=int, default=0, help="then a mixed load over every model at this concurrency")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.levels.split(",")]
     systems = tuple(args.systems.split(","))
@@ -125,9 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     from services.catalog import load_catalog
     from services.settings import Settings
 
+    if args.data_plane:
+        args.catalog = catalog_variant(
+            str(args.catalog), lambda c: c.setdefault("router", {}).update(data_plane=args.data_plane)
+        )
     catalog = load_catalog(args.catalog)
     entry = catalog.models[0]
-    model_dir = build(Path(entry.source), args.shape)
+    from services.models import resolve_source
+
+    # A CPU dry run may name the test catalog: its models come from slmserve's own sources.
+    dummy = entry.source.startswith("/tmp/phi35-")
+    model_dir = build(Path(entry.source), args.shape) if dummy else resolve_source(entry.source, Settings().cache_dir)
+    for other in catalog.models[1:]:  # the family's other dummy models (their shape is in the path)
+        if other.source.startswith("/tmp/phi35-"):
+            build(Path(other.source), other.source.removeprefix("/tmp/phi35-"))
     words = prompt_words_for(model_dir, args.prompt_tokens)
     gpu = subprocess.run(
         ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
@@ -198,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{percentile(result.itl_s, 95) * 1000:6.2f} ms errors {result.errors}",
                         flush=True,
                     )
+        mixed = mixed_load(catalog, "http://127.0.0.1:8200", words, args.max_tokens, args.mixed) if args.mixed else []
         table = results_table(results, levels, systems)
         ratios = ratios_table(results, levels, systems) if len(systems) > 1 else ""
         print(table)
@@ -211,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}, "
             f"data plane: {catalog.data_plane}; metrics scraped {args.scrape_hz:g}/s while measuring\n"
             f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}"
+            + (f"\nMixed load over every model, c={args.mixed}:\n\n{family_table(mixed)}\n" if mixed else "")
         )
         (out / "gpu_results.json").write_text(
             json.dumps(
@@ -224,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                     "levels": levels,
                     "prompt_words": words,
                     "results": summarize(results),
+                    "mixed": mixed,
                 },
                 indent=1,
             )
@@ -234,6 +256,27 @@ def main(argv: list[str] | None = None) -> int:
                 server.terminate()
         runtime.shutdown()
     return 0
+
+
+def mixed_load(catalog, base_url: str, words: int, max_tokens: int, concurrency: int) -> list[dict]:
+    """Streamed requests cycling over every model (a vision model's with an image by data URL)."""
+    import base64
+
+    from loadtests.gpu.run_gpu_family import photo_png, summarize_by_model, vision_body
+    from loadtests.workload import chat_body, run_bodies
+
+    data_url = "data:image/png;base64," + base64.b64encode(photo_png()).decode()
+    bodies = [
+        vision_body(model.name, data_url, words, max_tokens)
+        if "image" in model.modalities
+        else {"model": model.name, **chat_body(words, max_tokens, VISIBLE_TOKENS)}
+        for model in catalog.models
+    ]
+    url = f"{base_url}/v1/chat/completions"
+    results, wall = asyncio.run(run_bodies(url, bodies, concurrency, max(12, 6 * concurrency)))
+    rows = summarize_by_model(results, wall, [model.name for model in catalog.models], concurrency)
+    print(f"[gpu-bench] mixed c={concurrency}: {sum(row['errors'] for row in rows)} errors; {rows}", flush=True)
+    return rows
 
 
 def _exited(process: subprocess.Popen, log: Path) -> str:

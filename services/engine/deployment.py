@@ -42,6 +42,7 @@ from services.metrics.records import RecordBuffer
 from services.models import resolve_source
 from services.profiles import Hardware
 from services.profiles import choose as choose_profile
+from services.router import decisions
 from services.router.policies import routing_stats
 from services.settings import Settings
 from services.streaming import coalesce
@@ -295,11 +296,20 @@ class DirectEngine(EngineDeployment):
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
 
+    def stream(
+        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
+        # With one fixed replica HAProxy asks no IngressRouter: the choice is counted here, so the
+        # routing metric (and its dashboard panel) covers every model.
+        if not self.entry.has_replica_choice:
+            decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")
+        return super().stream(route, body, request_id, trace_headers)
+
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(
             self.catalog,
             {self.entry.name: LocalEngine(self)},
-            RecordBuffer(self.metrics_hub),
+            RecordBuffer(self.metrics_hub, collectors=(decisions.drain,)),
             SelfReadiness(),
             served_by="engine",
             replica=serve.get_replica_context().replica_id.unique_id,
