@@ -75,11 +75,12 @@ def _bindable(port: int) -> bool:
 
 
 def control_environment() -> dict[str, str]:
-    """How a local Ray's own processes share the engine's cores: Serve's controller loops slower
-    (services/timing.py), and Ray starts its workers at the priority a user gives `vllm serve`
-    instead of Ray's default nice 15, since the engine replica, vLLM's engine core and workers and
-    HAProxy are all Ray workers or their children, on the token path (the chart does the same)."""
-    return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S), "RAY_worker_niceness": "0"}
+    """Serve's controller on a local Ray shares the engine's cores: a slower loop (services/timing.py).
+
+    Ray's workers (the engine replica, vLLM's processes, HAProxy) keep Ray's nice 15. At nice 0, tried
+    here, the engines' busy loops starved everything else on a 2-core machine at the same priority:
+    16 concurrent clients on the same machine got their requests out only as earlier streams ended."""
+    return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S)}
 
 
 def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:

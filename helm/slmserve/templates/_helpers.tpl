@@ -135,10 +135,6 @@ services/runtime.py routing_environment sets them for local runs. */}}
   value: {{ include "slmserve.modelRoutes" . | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
-# Ray starts its workers at nice 15 by default; the engine replicas, vLLM's processes and HAProxy
-# are Ray workers or their children on the token path, and run at the priority of a `vllm serve`.
-- name: RAY_worker_niceness
-  value: "0"
 - name: VLLM_NO_USAGE_STATS
   value: "1"
 {{- if .Values.modelCache.enabled }}
