@@ -23,7 +23,6 @@ from pathlib import Path
 
 from loadtests.bench import scraping, start_bare_vllm
 from loadtests.gpu.make_phi35 import SHAPES, build
-from loadtests.gpu.run_gpu_family import table as family_table
 from loadtests.report import ratios_table, results_table, summarize
 from loadtests.serving import catalog_variant
 from loadtests.workload import LevelResult, percentile, run_level
@@ -217,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
                         f"{percentile(result.itl_s, 95) * 1000:6.2f} ms errors {result.errors}",
                         flush=True,
                     )
-        mixed = mixed_load(catalog, "http://127.0.0.1:8200", words, args.max_tokens, args.mixed) if args.mixed else []
         table = results_table(results, levels, systems)
         ratios = ratios_table(results, levels, systems) if len(systems) > 1 else ""
         print(table)
@@ -231,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
             f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}, "
             f"data plane: {catalog.data_plane}; metrics scraped {args.scrape_hz:g}/s while measuring\n"
             f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}"
-            + (f"\nMixed load over every model, c={args.mixed}:\n\n{family_table(mixed)}\n" if mixed else "")
         )
         (out / "gpu_results.json").write_text(
             json.dumps(
@@ -245,11 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                     "levels": levels,
                     "prompt_words": words,
                     "results": summarize(results),
-                    "mixed": mixed,
                 },
                 indent=1,
             )
         )
+        if args.mixed:  # after the comparison is on disk
+            mixed = mixed_load(catalog, "http://127.0.0.1:8200", words, args.max_tokens, args.mixed)
+            (out / "gpu_mixed.md").write_text(f"Mixed load over every model, c={args.mixed}:\n\n{mixed_table(mixed)}\n")
+            (out / "gpu_mixed.json").write_text(json.dumps(mixed, indent=1))
     finally:
         for server in (bare, rayllm):
             if server is not None:
@@ -277,6 +277,12 @@ def mixed_load(catalog, base_url: str, words: int, max_tokens: int, concurrency:
     rows = summarize_by_model(results, wall, [model.name for model in catalog.models], concurrency)
     print(f"[gpu-bench] mixed c={concurrency}: {sum(row['errors'] for row in rows)} errors; {rows}", flush=True)
     return rows
+
+
+def mixed_table(rows: list[dict]) -> str:
+    from loadtests.gpu.run_gpu_family import table  # that module imports this one
+
+    return table(rows)
 
 
 def _exited(process: subprocess.Popen, log: Path) -> str:
