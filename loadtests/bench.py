@@ -3,12 +3,18 @@ engine arguments, one workload; results to docs/benchmarks.md and docs/benchmark
 
 All three run at once for the whole benchmark; each concurrency level is measured on each system
 in turn, in alternating order over the rounds, so that drift of the machine hits all of them.
-While a level runs, a client scrapes that system's metrics once a second (`--scrape-hz`), as a busy
-Prometheus and benchmark clients do.
+While a level runs, a client scrapes that system's metrics three times a second (`--scrape-hz`), as a
+busy Prometheus and benchmark clients do.
   (a) slmserve, direct mode: HAProxy -> the engine replica's own HTTP server (vLLM in-process)
   (b) bare vLLM: `python -m vllm.entrypoints.openai.api_server`
   (c) Ray Serve LLM with direct streaming (`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`):
       `ray.serve.llm.build_openai_app` on the same Ray and HAProxy as (a)
+
+Variants (each its own section of docs/benchmarks.md):
+  --catalog tests/catalogs/test.yaml --data-plane direct   slmserve serves three models behind one
+      URL, measured on SmolLM2 (issue 28's multi-model direct plane)
+  --hungry N   N CPU-bound processes beside the client while each level runs (a CPU-hungry client)
+  --systems    a subset of the three
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loadtests.report import plot, ratios_table, results_table, write_section
+from loadtests.serving import catalog_variant
 from loadtests.workload import LevelResult, percentile, run_level
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,11 +109,34 @@ def scraping(url: str, hz: float) -> Iterator[list[float]]:
             thread.join()
 
 
+@contextmanager
+def hungry(processes: int) -> Iterator[None]:
+    """`processes` CPU-bound processes at the client's priority while the block runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def variant(args: argparse.Namespace) -> str:
+    """The run's name in docs: the default run, or what differs from it."""
+    parts = ([f"{Path(args.catalog).stem}-{args.data_plane or 'catalog'}"] if args.catalog != "cpu" else []) + (
+        [f"hungry{args.hungry}"] if args.hungry else []
+    )
+    return "-".join(parts)
+
+
 def write_report(results, levels, args, versions: dict, started: str) -> None:
     docs = ROOT / "docs"
     docs.mkdir(exist_ok=True)
-    plot(results, levels, SYSTEMS, docs / "benchmark_cpu.png")
-    section = f"""## CPU: slmserve vs bare vLLM vs Ray Serve LLM
+    name = variant(args)
+    image = f"benchmark_cpu{'_' + name if name else ''}.png"
+    plot(results, levels, args.systems, docs / image)
+    title = f" ({name}: catalog {args.catalog}, data plane {args.plane}, {args.hungry} CPU-bound processes beside)"
+    section = f"""## CPU: slmserve vs bare vLLM vs Ray Serve LLM{title if name else ""}
 
 Run {started} on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.items())}.
@@ -119,14 +149,24 @@ metrics on Ray's metrics agent). slmserve runs its direct data plane, Ray Serve 
 streaming, both behind Ray Serve's HAProxy. Reproduce: `make bench` (or
 `.venv/bin/python -m loadtests.bench`).
 
-{results_table(results, levels, SYSTEMS)}
+{results_table(results, levels, args.systems)}
 Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slmserve):
 
-{ratios_table(results, levels, SYSTEMS)}
-![throughput, TTFT and ITL p95](benchmark_cpu.png)
+{ratios_table(results, levels, args.systems)}
+Metrics scrape time while measured, p50 / p95 ms: {scrape_summary(args.scrapes)}
+
+![throughput, TTFT and ITL p95]({image})
 """
-    write_section(docs / "benchmarks.md", "cpu-bench", section)
-    print("[bench] wrote docs/benchmarks.md and docs/benchmark_cpu.png")
+    write_section(docs / "benchmarks.md", f"cpu-bench{'-' + name if name else ''}", section)
+    print(f"[bench] wrote docs/benchmarks.md and docs/{image}")
+
+
+def scrape_summary(scrapes: dict[str, list[float]]) -> str:
+    return "; ".join(
+        f"{system} {percentile(values, 50) * 1000:.1f} / {percentile(values, 95) * 1000:.1f}"
+        for system, values in scrapes.items()
+        if values
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,8 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--requests-per-level", type=int, default=0, help="default: max(6, 2 x concurrency)")
     parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--scrape-hz", type=float, default=1.0, help="metrics scrapes per second while measuring")
+    parser.add_argument("--scrape-hz", type=float, default=3.0, help="metrics scrapes per second while measuring")
+    parser.add_argument("--catalog", default="cpu", help="slmserve's catalog (its SmolLM2 model is measured)")
+    parser.add_argument("--data-plane", choices=["", "direct", "routed"], default="", help="override the catalog's")
+    parser.add_argument("--hungry", type=int, default=0, help="CPU-bound processes beside the client while measuring")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset of " + ",".join(SYSTEMS))
     args = parser.parse_args(argv)
+    args.systems = tuple(args.systems.split(","))
+    args.scrapes = {system: [] for system in args.systems}
     # Ray Serve LLM reads this when ray.serve.llm is imported (in deploy_ray_serve_llm).
     os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     levels = [int(c) for c in args.levels.split(",")]
@@ -148,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     from services.models.embedded import ensure_embedded_model
     from services.settings import Settings, resolve_catalog_path
 
-    settings = Settings(catalog="cpu", port=args.port, ray_num_cpus=8)
-    catalog = load_catalog(resolve_catalog_path("cpu"))
+    path = resolve_catalog_path(args.catalog)
+    if args.data_plane:
+        plane = args.data_plane
+        path = catalog_variant(str(path), lambda c: c.setdefault("router", {}).update(data_plane=plane))
+    settings = Settings(catalog=str(path), port=args.port, ray_num_cpus=8)
+    catalog = load_catalog(path)
+    args.plane = catalog.data_plane
     args.engine_args = _engine_args(catalog)
     model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
     for key, value in runtime.local_environment(settings, catalog).items():
@@ -162,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
     try:
         runtime.start_local(settings, catalog, wait=False)
-        deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
+        if "ray-serve-llm" in args.systems:
+            deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
         base = f"http://127.0.0.1:{args.port}"
         urls = {
             "slmserve": f"{base}/v1/chat/completions",
@@ -171,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         runtime.wait_until_ready(base, 900)
         runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
-        runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
+        if "ray-serve-llm" in args.systems:
+            runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
         import ray
 
         metrics_urls = {
@@ -179,19 +232,20 @@ def main(argv: list[str] | None = None) -> int:
             "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
             "ray-serve-llm": f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}",
         }
-        print("[bench] all three ready; warming up", flush=True)
-        for system in SYSTEMS:
+        print(f"[bench] {', '.join(args.systems)} ready; warming up", flush=True)
+        for system in args.systems:
             asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))
         results: dict[tuple[str, int], LevelResult] = {}
         for round_index in range(args.rounds):
-            order = SYSTEMS if round_index % 2 == 0 else tuple(reversed(SYSTEMS))
+            order = args.systems if round_index % 2 == 0 else tuple(reversed(args.systems))
             for c in levels:
                 requests = args.requests_per_level or max(6, 2 * c)
                 for system in order:
-                    with scraping(metrics_urls[system], args.scrape_hz):
+                    with scraping(metrics_urls[system], args.scrape_hz) as scrapes, hungry(args.hungry):
                         result = asyncio.run(
                             run_level(system, urls[system], MODEL, c, requests, args.prompt_words, args.max_tokens)
                         )
+                    args.scrapes[system] += scrapes
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
@@ -205,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         import vllm
 
         versions = {"vllm": vllm.__version__, "ray": ray.__version__}
-        print(results_table(results, levels, SYSTEMS))
-        print(ratios_table(results, levels, SYSTEMS))
+        print(results_table(results, levels, args.systems))
+        print(ratios_table(results, levels, args.systems))
+        print(f"[bench] scrapes p50 / p95 ms: {scrape_summary(args.scrapes)}")
         write_report(results, levels, args, versions, started)
     finally:
         bare.terminate()
