@@ -357,28 +357,34 @@ def run_scenario(
     session_header: str,
     *,
     step_streams: int = 6,
-    quiet_streams: int = 2,
+    quiet_streams: int = 4,
     step_tokens: int = 200,
-    # Longer than the TTFT window the policy reads (10 s), its delays and a margin: with streams about
-    # as long as that window, the window emptied (and Serve decided) just as each stream ended, so the
-    # replica taken away was between two streams at the decision.
     quiet_tokens: int = 1800,
+    # Two quiet streams per replica, the second pair started this much later: at any moment each
+    # replica holds one. With one stream per replica, the policy's idle condition and a stream's end
+    # could meet (the decision came just as the removed replica's stream ended: CI, twice), and a
+    # stream of the tiny model (at most max_model_len tokens) can be shorter than the policy's delays.
+    quiet_stagger_s: float = 6.0,
 ) -> None:
     """A load step until a second replica serves on a second node, then `quiet_streams` long streams,
-    each pinned by its session to its own replica (no more than one replica holds without queueing,
-    so they never call the second replica back), until the model is back to one replica and the idle
-    node is gone: whichever replica goes is serving when told to."""
+    pinned by their sessions two to a replica and staggered (no more than one replica holds without
+    queueing, so they never call the second replica back), until the model is back to one replica and
+    the idle node is gone: whichever replica goes is serving when told to."""
     url = f"{base_url}/v1/chat/completions"
     load: dict[str, Any] = {"users": 0, "tokens": step_tokens, "phase": "step", "sessions": []}
     stop = threading.Event()
 
     def user(index: int) -> None:
+        staggered = False
         with httpx.Client(timeout=300, trust_env=False) as client:
             while not stop.is_set():
                 if index >= load["users"]:
                     time.sleep(0.2)
                     continue
                 sessions = load["sessions"]
+                if load["phase"] == "quiet" and not staggered:
+                    staggered = True
+                    stop.wait(quiet_stagger_s * (index // max(1, len(sessions))))
                 headers = {session_header: sessions[index % len(sessions)]} if sessions else None
                 phase, tokens = str(load["phase"]), int(load["tokens"])
                 timeline.streams.append(stream(client, url, model, tokens, clock, phase, headers))
