@@ -367,9 +367,9 @@ def run_scenario(
     quiet_stagger_s: float = 6.0,
 ) -> None:
     """A load step until a second replica serves on a second node, then `quiet_streams` long streams,
-    pinned by their sessions two to a replica and staggered (no more than one replica holds without
-    queueing, so they never call the second replica back), until the model is back to one replica and
-    the idle node is gone: whichever replica goes is serving when told to."""
+    pinned by their sessions two to a replica and staggered (no more than one engine runs at once,
+    max_num_seqs in the catalog, so they never call the second replica back), until the model is back
+    to one replica and the idle node is gone: whichever replica goes is serving when told to."""
     url = f"{base_url}/v1/chat/completions"
     load: dict[str, Any] = {"users": 0, "tokens": step_tokens, "phase": "step", "sessions": []}
     stop = threading.Event()
