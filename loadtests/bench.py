@@ -136,7 +136,8 @@ def write_report(results, levels, args, versions: dict, started: str) -> None:
     image = f"benchmark_cpu{'_' + name if name else ''}.png"
     plot(results, levels, args.systems, docs / image)
     title = f" ({name}: catalog {args.catalog}, data plane {args.plane}, {args.hungry} CPU-bound processes beside)"
-    section = f"""## CPU: slmserve vs bare vLLM vs Ray Serve LLM{title if name else ""}
+    names = {"slmserve": "slmserve", "bare-vllm": "bare vLLM", "ray-serve-llm": "Ray Serve LLM"}
+    section = f"""## CPU: {" vs ".join(names[system] for system in args.systems)}{title if name else ""}
 
 Run {started} on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.items())}.

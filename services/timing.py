@@ -17,6 +17,10 @@ ENGINE_SNAPSHOT_PERIOD_S = 1.0
 # ...and the hub drops a replica whose last snapshot is this old: it is gone (several periods, so a
 # replica busy enough to miss one or two is not mistaken for a dead one).
 SNAPSHOT_STALE_S = 5.0
+# A scrape shows replica counts and autoscaler targets read from Serve's controller at most this long
+# ago: two controller calls (its details are heavy) per read, on cores a CPU engine shares; replica
+# counts change over tens of seconds, and a scrape at 3 Hz no longer reads them every second.
+REPLICA_STATES_MAX_AGE_S = 5.0
 # The TTFT the autoscaling policy sees is that of the last this many seconds.
 TTFT_WINDOW_S = 10.0
 

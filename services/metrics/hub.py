@@ -27,7 +27,7 @@ from services.metrics.records import (
     request_labels,
 )
 from services.serve_status import DeploymentState, read_deployment_states
-from services.timing import SNAPSHOT_STALE_S
+from services.timing import REPLICA_STATES_MAX_AGE_S, SNAPSHOT_STALE_S
 
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
 
@@ -185,7 +185,7 @@ class MetricsHub:
         return list(self.snapshots.values())
 
     async def render(self) -> bytes:
-        if time.monotonic() - self._states_read_at > 1.0:
+        if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
             try:
                 self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
                 self._states_read_at = time.monotonic()
