@@ -356,7 +356,10 @@ def run_scenario(
     groups: list[Any],
     session_header: str,
     *,
-    step_streams: int = 6,
+    # More than one engine runs at once (max_num_seqs 4: the queue is the SLO policy's signal), and
+    # more than the policy's idle bound holds (0.8 x target_ongoing_requests 5 = 4), so two replicas
+    # serving the step are never idle before it ends (with 6, one scaled down mid-step once).
+    step_streams: int = 8,
     quiet_streams: int = 4,
     step_tokens: int = 200,
     quiet_tokens: int = 1800,
