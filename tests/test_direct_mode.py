@@ -238,7 +238,9 @@ def test_every_model_streams_from_its_own_engine_process(direct_server, model):
         chunks = [json.loads(frame.removeprefix("data: ")) for frame in frames[:-1]]
         assert frames[-1] == "data: [DONE]" and chunks[-1]["usage"]["completion_tokens"] == 8
         assert {chunk["model"] for chunk in chunks} == {model}
-        assert sum(1 for chunk in chunks if chunk["choices"]) >= 8  # token by token, not coalesced
+        # token by token, not coalesced: every token of the real model is text; a tiny random model's
+        # may not be (vLLM sends no chunk for a token whose text is still incomplete)
+        assert sum(1 for chunk in chunks if chunk["choices"]) >= (8 if model == MODEL else 2)
     assert len(replicas) == 1
     (replica,) = replicas
     # The replica that answered runs this model's vLLM engine (its series carry the replica's id),
