@@ -1,5 +1,6 @@
-"""The platform application's shared deployments, by name: what every model's application
-(direct mode) reaches across applications, where Serve's `.bind()` cannot hand a handle over."""
+"""Deployments reached across applications, by name (direct mode): the platform's hub and broker
+from every model's application, each model's engine from the platform, where Serve's `.bind()`
+cannot hand a handle over."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ METRICS_HUB = "MetricsHub"
 LIMIT_BROKER = "LimitBroker"
 
 
-def handle(deployment: str, platform_app: str) -> DeploymentHandle:
-    """A handle to one of the platform's deployments. Not checked at once: the applications are
-    deployed together (serveConfigV2) or one after another, and a handle resolves its replicas
-    when first used."""
-    return serve.get_deployment_handle(deployment, platform_app, _check_exists=False)
+def handle(deployment: str, app: str) -> DeploymentHandle:
+    """A handle to a deployment of another application (the platform's, or a model's). Not checked
+    at once: the applications are deployed together (serveConfigV2) or one after another, and a
+    handle resolves its replicas when first used."""
+    return serve.get_deployment_handle(deployment, app, _check_exists=False)

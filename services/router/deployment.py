@@ -17,9 +17,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
-from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from services import platform
 from services.catalog import Catalog
 from services.edge.app import build_app
 from services.edge.edge import Edge
@@ -46,12 +46,10 @@ class Router:
         *engines: DeploymentHandle,
     ) -> None:
         parsed = Catalog.model_validate(catalog)
-        deployments = layout(parsed, platform_app).engine_deployments(parsed)
+        self.plan = layout(parsed, platform_app)
+        deployments = self.plan.engine_deployments(parsed)
         if not engines:  # direct mode: each engine is the ingress of its model's application
-            engines = tuple(
-                serve.get_deployment_handle(deployments[entry.name][1], deployments[entry.name][0], _check_exists=False)
-                for entry in parsed.models
-            )
+            engines = tuple(platform.handle(deployment, app) for app, deployment in deployments.values())
         handles: dict[str, Engine] = {
             entry.name: RemoteEngine(handle) for entry, handle in zip(parsed.models, engines, strict=True)
         }
@@ -59,7 +57,6 @@ class Router:
         records = RecordBuffer(metrics_hub, collectors=(decisions.drain,))
         served_by = "router" if parsed.data_plane == "routed" else "platform"
         self.edge = Edge(parsed, handles, records, readiness, served_by=served_by, limit_broker=limit_broker)
-        self.plan = layout(parsed, platform_app)
         refresh = [entry.lora.refresh_s for entry in parsed.models if entry.lora is not None]
         self.adapters_period_s = min(refresh) if refresh and self.plan.model_apps else None
 
