@@ -27,6 +27,10 @@ for wheel in glob.glob(".gpu/extra/*.whl"):
 PY
 fi
 export PATH=/tmp/site/bin:$PATH
+# Ray runs HAProxy through slmserve's wrapper (RAY_SERVE_HAPROXY_BINARY_PATH); the shipped site has
+# no console scripts, so write the one the package would install.
+printf '#!/usr/bin/env python3\nfrom services.haproxy.wrapper import main\nmain()\n' > /tmp/site/bin/slmserve-haproxy
+chmod +x /tmp/site/bin/slmserve-haproxy
 export PYTHONPATH=/tmp/site:$PWD VLLM_USE_FLASHINFER_SAMPLER=0 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
        VLLM_NO_USAGE_STATS=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 SLMSERVE_CACHE_DIR=/tmp/slmcache
 python3 -c "import vllm, ray, torch; print('[device] vllm', vllm.__version__, 'ray', ray.__version__, 'torch', torch.__version__)"
