@@ -50,11 +50,14 @@ def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
     return 400
 
 
-def start_profilers(out: Path, seconds: int = 8) -> list[subprocess.Popen]:
-    """py-spy (raw collapsed stacks) on each process of slmserve's request path."""
+def start_profilers(out: Path, system: str, seconds: int = 8) -> list[subprocess.Popen]:
+    """py-spy (raw collapsed stacks, GIL holders) on each Python process of a system's request path."""
     import psutil
 
-    roles = {"proxy": "ProxyActor", "router": "ServeReplica:slmserve:Router", "engine": "ServeReplica:slmserve:engine"}
+    roles = {
+        "slmserve": {"engine": "ServeReplica:slmserve-", "router": ":Router"},  # a model's application; routed hop
+        "bare-vllm": {"api": "vllm.entrypoints.openai.api_server"},
+    }[system]
     profilers = []
     for process in psutil.process_iter(["pid", "cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
@@ -76,7 +79,7 @@ def start_profilers(out: Path, seconds: int = 8) -> list[subprocess.Popen]:
                             "--nonblocking",
                             "--gil",
                             "--output",
-                            str(out / f"profile-{role}.txt"),
+                            str(out / f"profile-{system}-{role}.txt"),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the proxy, router and engine replica during slmserve's highest level",
+        help="py-spy the Python processes of slmserve's request path and bare vLLM's API server at the highest level",
     )
     parser.add_argument("--data-plane", choices=["", "direct", "routed"], default="", help="override the catalog's")
     parser.add_argument("--mixed", type=int, default=0, help="then a mixed load over every model at this concurrency")
@@ -190,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
             order = systems if round_index % 2 == 0 else tuple(reversed(systems))
             for c in levels:
                 for system in order:
-                    profiling = args.profile and round_index == 0 and system == "slmserve" and c == levels[-1]
-                    profilers = start_profilers(out) if profiling else []
+                    profiling = args.profile and round_index == 0 and system in ("slmserve", "bare-vllm") and c == levels[-1]
+                    profilers = start_profilers(out, system) if profiling else []
                     with scraping(metrics_urls[system], args.scrape_hz):
                         result = asyncio.run(
                             run_level(
