@@ -34,6 +34,12 @@ ALL_FEATURES = [
     "head.appProbes=true",
     "--set",
     "metrics.serviceMonitor.authorization.name=scrape-key",
+    "--set",
+    "gateway.httpRoute.enabled=true",
+    "--set",
+    "gateway.httpRoute.parentRefs[0].name=inference-gateway",
+    "--set",
+    "gateway.httpRoute.hostnames[0]=llm.example.com",
 ]
 
 

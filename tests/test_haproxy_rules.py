@@ -127,19 +127,27 @@ class _Echo(BaseHTTPRequestHandler):
         pass
 
 
+GATEWAY_HEADER = "X-Gateway-Model-Name"
+
+
 @dataclass
 class LiveHAProxy:
     url: str
     adapters: AdapterRoutes
+    model_header: str
 
-    def post(self, body: bytes | dict, path: str = "/v1/chat/completions") -> httpx.Response:
+    def post(
+        self, body: bytes | dict, path: str = "/v1/chat/completions", headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.post(self.url + path, content=content, headers={"Content-Type": "application/json"}, timeout=10)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        return httpx.post(self.url + path, content=content, headers=sent, timeout=10)
 
 
-@pytest.fixture(scope="module")
-def haproxy(tmp_path_factory) -> Iterator[LiveHAProxy]:
-    """The real HAProxy on Ray's config with the rule, in front of three echo backends."""
+@pytest.fixture(scope="module", params=["", GATEWAY_HEADER], ids=["body", "gateway-header"])
+def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
+    """The real HAProxy on Ray's config with the rule, in front of three echo backends; placing by
+    the body alone, and also by a Gateway's model header (the chart's HTTPRoute option)."""
     directory = tmp_path_factory.mktemp("haproxy")
     port, metrics_port, stats_port = free_ports(3)
     servers = []
@@ -167,7 +175,7 @@ def haproxy(tmp_path_factory) -> Iterator[LiveHAProxy]:
         for app, server in zip(prefixes, servers, strict=True)
     }
     api._generate_config_file_internal()
-    prepare(directory / "haproxy.cfg", ROUTES)
+    prepare(directory / "haproxy.cfg", ROUTES, request.param)
     process = subprocess.Popen([real_binary(), "-db", "-f", str(directory / "haproxy.cfg")], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -181,7 +189,8 @@ def haproxy(tmp_path_factory) -> Iterator[LiveHAProxy]:
                 pass
             assert time.monotonic() < deadline, "HAProxy did not start"
             time.sleep(0.2)
-        yield LiveHAProxy(f"http://127.0.0.1:{port}", AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock"))
+        adapters = AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock")
+        yield LiveHAProxy(f"http://127.0.0.1:{port}", adapters, request.param)
     finally:
         process.kill()
         process.wait()
@@ -214,7 +223,7 @@ def test_what_the_rule_cannot_place_keeps_its_path_for_the_platform(haproxy):
 
 def test_a_client_sent_internal_prefix_is_refused_before_anything_is_placed(haproxy):
     for path in ("/_slmserve/alpha/v1/chat/completions", "/_slmserve/beta/v1/models", "/_slmserve", "/_slmserve/"):
-        refused = haproxy.post({"model": "alpha"}, path=path)
+        refused = haproxy.post({"model": "alpha"}, path=path, headers={GATEWAY_HEADER: "alpha"})
         assert refused.status_code == 404 and refused.headers["x-slmserve-served-by"] == "haproxy"
         assert refused.json()["error"]["code"] == "route_not_found"
 
@@ -231,3 +240,25 @@ def test_adapters_join_and_leave_the_running_haproxy_s_map(haproxy):
     assert haproxy.adapters.map_path.read_text() == "chat-bot /_slmserve/beta\n"  # what a reload reads
     haproxy.adapters.apply({})
     assert haproxy.adapters.loaded() == {}
+
+
+def test_a_gateway_s_model_header_places_without_the_body_only_when_named(haproxy):
+    """Behind a body-routing Gateway the header names the model and no body is read (not even a
+    body HAProxy could not parse); the header can only name what the maps hold, so an unknown one
+    is left to the platform. Without the option the header means nothing."""
+    named = {GATEWAY_HEADER: "a"}  # an alias
+    if haproxy.model_header:
+        assert haproxy.post(b"not json at all", headers=named).json()["app"] == "alpha"
+        assert haproxy.post({"model": "beta"}, headers=named).json()["app"] == "alpha"  # beta's app would 404 it
+        assert haproxy.post({"model": "beta"}, headers={GATEWAY_HEADER: "nope"}).json()["app"] == "platform"
+        assert haproxy.post({"model": "beta"}, path="/metrics", headers=named).json()["app"] == "platform"
+    else:
+        assert haproxy.post(b"not json at all", headers=named).json()["app"] == "platform"
+        assert haproxy.post({"model": "beta"}, headers=named).json()["app"] == "beta"
+
+
+def test_a_model_header_that_is_not_a_header_name_is_refused(tmp_path: Path):
+    config = ray_config(tmp_path)
+    for bad in ("X-Model if TRUE", "a\nb", "" + "x" * 65):
+        with pytest.raises(ValueError, match="not an HTTP header name"):
+            prepare(config, ROUTES, bad)

@@ -23,8 +23,9 @@ from tests.helm_render import ALL_FEATURES, CHART, ROOT, by_kind, render, run_he
 
 EXAMPLES = sorted((CHART / "examples").glob("values-*.yaml"))
 CRDS = ROOT.parent / "shared" / "schemas" / "kuberay"
+GATEWAY_CRDS = ROOT.parent / "shared" / "schemas" / "gateway-api"  # Gateway API v1.6.1
 K8S_VERSION = "1.33.0"
-CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool"}
+CRD_KINDS = {"RayService", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NodePool", "HTTPRoute"}
 # The worker groups of a test's inline catalog (the chart renders groups from a catalog's cluster block).
 ONE_GROUP = {"node_groups": [{"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gib": 48, "max_nodes": 2}]}
 
@@ -32,6 +33,12 @@ ONE_GROUP = {"node_groups": [{"name": "gpu-1x", "gpus": 1, "cpus": 8, "memory_gi
 @cache
 def rayservice_schema() -> dict:
     crd = yaml.load((CRDS / "ray.io_rayservices.yaml").read_text(), Loader=yaml.CSafeLoader)
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+@cache
+def httproute_schema() -> dict:
+    crd = yaml.load((GATEWAY_CRDS / "gateway.networking.k8s.io_httproutes.yaml").read_text(), Loader=yaml.CSafeLoader)
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
 
 
@@ -50,6 +57,8 @@ def validate_all(docs: list[dict]) -> None:
             if doc["kind"] == "RayService":
                 jsonschema.validate(with_kuberay_defaults(doc), rayservice_schema())
                 validate_pod_templates(doc)
+            if doc["kind"] == "HTTPRoute":
+                jsonschema.validate(doc, httproute_schema())
             continue
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -87,6 +96,7 @@ def test_every_optional_object_renders_and_validates():
         "PrometheusRule",
         "ConfigMap",
         "NodePool",
+        "HTTPRoute",
     }
     validate_all(docs)
     rule = by_kind(docs, "PrometheusRule")[0]
@@ -490,6 +500,53 @@ def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, mod
         assert env["RAY_SERVE_SESSION_ID_HEADER_KEY"] == "x-conversation"
 
 
+def ray_envs(docs: list[dict]) -> list[dict[str, str]]:
+    cluster = by_kind(docs, "RayService")[0]["spec"]["rayClusterConfig"]
+    templates = [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]
+    return [{e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]} for t in templates]
+
+
+def test_the_gateway_s_routes_send_every_catalog_name_to_the_service_and_tell_haproxy_the_header():
+    """One rule per model matching each of its names in the body-based router's header, a last rule
+    for everything else, all to this release's Service; HAProxy learns the header (and places by it,
+    tests/test_haproxy_rules.py). No rule names the internal prefix, which HAProxy refuses."""
+    docs = render(*ALL_FEATURES, "--set", "gateway.httpRoute.modelHeader=X-Model")
+    (route,) = by_kind(docs, "HTTPRoute")
+    catalog = load_catalog(resolve_catalog_path("phi35"))
+    *per_model, last = route["spec"]["rules"]
+    assert len(per_model) == len(catalog.models)
+    for entry, rule in zip(catalog.models, per_model, strict=True):
+        names = [m["headers"][0]["value"] for m in rule["matches"]]
+        assert names == [entry.name, *entry.aliases]
+        assert {m["headers"][0]["name"] for m in rule["matches"]} == {"X-Model"}
+        assert all(m["path"] == {"type": "PathPrefix", "value": "/v1/"} for m in rule["matches"])
+    assert last["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+    service = by_kind(docs, "Service")[0]
+    for rule in route["spec"]["rules"]:
+        assert rule["backendRefs"] == [
+            {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
+        ]
+    assert "/_slmserve" not in json.dumps(route)
+    assert all(env["SLMSERVE_MODEL_HEADER"] == "X-Model" for env in ray_envs(docs))
+    assert all("SLMSERVE_MODEL_HEADER" not in env for env in ray_envs(render()))
+    assert not by_kind(render(), "HTTPRoute")
+
+
+def test_more_models_than_an_httproute_holds_are_refused(tmp_path: Path):
+    models = [{"name": f"m{i}", "source": f"org/m{i}"} for i in range(16)]
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "catalog": {"inline": {"cluster": ONE_GROUP, "models": models}},
+                "gateway": {"httpRoute": {"enabled": True, "parentRefs": [{"name": "g"}]}},
+            }
+        )
+    )
+    result = run_helm("template", "rel", str(CHART), "-f", str(values))
+    assert result.returncode != 0 and "16 models need 17 rules" in result.stderr, result.stderr
+
+
 def test_with_api_keys_the_service_monitor_sends_a_key():
     """/metrics asks for an API key once keys are on (services/edge/middleware.py): the monitor must
     carry one, or Prometheus only ever gets 401 (found with a real Prometheus, tests/test_prometheus.py)."""
@@ -526,6 +583,19 @@ def test_with_api_keys_the_service_monitor_sends_a_key():
             ["--set", "metrics.serviceMonitor.enabled=true", "--set", "secrets.apiKeys.name=keys"],
             "metrics.serviceMonitor.authorization.name is required",
         ),
+        (["--set", "gateway.httpRoute.enabled=true"], "parentRefs must name the Gateway"),
+        (
+            [
+                "--set",
+                "gateway.httpRoute.enabled=true",
+                "--set",
+                "gateway.httpRoute.parentRefs[0].name=g",
+                "--set",
+                "serve.dataPlane=routed",
+            ],
+            "needs the direct data plane",
+        ),
+        (["--set", "gateway.httpRoute.modelHeader=X-Model if TRUE"], "modelHeader"),
     ],
 )
 def test_bad_values_are_rejected(args: list[str], message: str):

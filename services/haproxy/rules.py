@@ -9,6 +9,11 @@ request router the replica, as for any application. Nothing is rewritten when th
 `model`, names no mapped model, is not JSON or is larger than HAProxy's buffer: the request keeps
 its path and reaches the platform application at `/`, which answers as the routed plane does.
 
+Behind a Gateway that has already read the body (the Gateway API Inference Extension's body-based
+router sets `X-Gateway-Model-Name`), the chart names that header: the rules then place a request by
+the header and read no body. The header can only name what `model` could (the same maps), and a
+model's application answers 404 to a body naming another model.
+
 A client never sends the internal prefix itself: such a path is refused with a 404 before the
 rewrite, so every client request is placed by these rules or answered by the platform.
 """
@@ -16,6 +21,7 @@ rewrite, so every client request is placed by these rules or answered by the pla
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from services.layout import INTERNAL_PREFIX
@@ -25,6 +31,7 @@ FRONTEND = "frontend http_frontend"
 # Bodies are buffered up to HAProxy's tune.bufsize to be read; with a larger one, `model` is not
 # parsed and the platform application places the request (RAY_SERVE_HAPROXY_TUNE_BUFSIZE).
 BUFFER_BYTES = 256 * 1024
+HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 BODY_WAIT_S = 5  # a client that sends its body slower than this is placed by the platform
 
 
@@ -40,13 +47,24 @@ def _refused_body() -> str:
     return json.dumps(json.dumps(body, separators=(",", ":")))  # one HAProxy double-quoted string
 
 
-def frontend_rules(models_map: Path, adapters_map: Path) -> list[str]:
-    """The rules, in order, as lines of the http frontend."""
+def frontend_rules(models_map: Path, adapters_map: Path, model_header: str = "") -> list[str]:
+    """The rules, in order, as lines of the http frontend. With `model_header`, a request that
+    carries it is placed by it, without waiting for its body."""
     placeable = "METH_POST { path_beg /v1/ }"
+    by_header = []
+    if model_header and not HEADER_NAME.fullmatch(model_header):
+        raise ValueError(f"not an HTTP header name: {model_header!r}")
+    if model_header:
+        by_header = [
+            f"    http-request set-var(txn.slmserve_model) req.hdr({model_header})"
+            f" if {placeable} {{ req.hdr({model_header}) -m found }}"
+        ]
+        placeable += " !{ var(txn.slmserve_model) -m found }"
     return [
         f"    {MARK} (services/haproxy/rules.py)",
         f"    http-request return status 404 content-type application/json string {_refused_body()}"
         f" hdr X-Slmserve-Served-By haproxy if {{ path_beg {INTERNAL_PREFIX}/ }} || {{ path {INTERNAL_PREFIX} }}",
+        *by_header,
         f"    http-request wait-for-body time {BODY_WAIT_S}s if {placeable}",
         f"    http-request set-var(txn.slmserve_model) req.body,json_query('$.model') if {placeable}",
         f"    http-request set-var(txn.slmserve_app) var(txn.slmserve_model),map({models_map})"
@@ -58,7 +76,7 @@ def frontend_rules(models_map: Path, adapters_map: Path) -> list[str]:
     ]
 
 
-def add_rules(config: str, models_map: Path, adapters_map: Path) -> str:
+def add_rules(config: str, models_map: Path, adapters_map: Path, model_header: str = "") -> str:
     """`config` with the rules right after the http frontend's bind line (before Ray's own rules,
     which read the rewritten path). A config that has them already is returned unchanged."""
     if MARK in config:
@@ -68,7 +86,7 @@ def add_rules(config: str, models_map: Path, adapters_map: Path) -> str:
     if start is None:
         raise ValueError(f"no '{FRONTEND}' section in HAProxy's config")
     bind = next(i for i in range(start + 1, len(lines)) if lines[i].strip().startswith("bind "))
-    lines[bind + 1 : bind + 1] = frontend_rules(models_map, adapters_map)
+    lines[bind + 1 : bind + 1] = frontend_rules(models_map, adapters_map, model_header)
     return "\n".join(lines) + "\n"
 
 

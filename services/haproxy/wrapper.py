@@ -4,7 +4,9 @@ Ray writes its config, then runs the binary with `-f CONFIG` at start and at eve
 adds slmserve's model rules (services/haproxy/rules.py) to that config, writes the models' map
 beside it from `SLMSERVE_MODEL_ROUTES` (JSON: served name -> route prefix; set by `slmserve serve`
 and the Helm chart from the catalog), makes sure the adapters' map exists (the platform keeps it),
-and execs the real binary with Ray's arguments unchanged. So the rules survive every reload.
+places requests by a Gateway's model header when `SLMSERVE_MODEL_HEADER` names one (the chart
+sets it with its HTTPRoutes), and execs the real binary with Ray's arguments unchanged. So the rules
+survive every reload.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from services.haproxy.rules import add_rules, map_text
 
 WRAPPER_SCRIPT = "slmserve-haproxy"  # the console script (pyproject.toml)
 ROUTES_ENV = "SLMSERVE_MODEL_ROUTES"
+MODEL_HEADER_ENV = "SLMSERVE_MODEL_HEADER"
 MODELS_MAP = "slmserve-models.map"
 ADAPTERS_MAP = "slmserve-adapters.map"
 
@@ -56,21 +59,21 @@ def write_atomically(path: Path, text: str) -> None:
     temporary.replace(path)
 
 
-def prepare(config_path: Path, routes: dict[str, str]) -> None:
+def prepare(config_path: Path, routes: dict[str, str], model_header: str = "") -> None:
     """The maps beside the config, and the rules in it."""
     directory = config_path.parent
     models_map, adapters_map = directory / MODELS_MAP, directory / ADAPTERS_MAP
     write_atomically(models_map, map_text(routes))
     if not adapters_map.exists():
         adapters_map.touch()
-    write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map))
+    write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map, model_header))
 
 
 def main() -> None:
     arguments = sys.argv[1:]
     if "-f" in arguments:
         routes = json.loads(os.environ.get(ROUTES_ENV) or "{}")
-        prepare(Path(arguments[arguments.index("-f") + 1]), routes)
+        prepare(Path(arguments[arguments.index("-f") + 1]), routes, os.environ.get(MODEL_HEADER_ENV, ""))
     binary = real_binary()
     os.execv(binary, [binary, *arguments])
 

@@ -133,6 +133,11 @@ services/runtime.py routing_environment sets them for local runs. */}}
   value: "262144"
 - name: SLMSERVE_MODEL_ROUTES
   value: {{ include "slmserve.modelRoutes" . | quote }}
+{{- if .Values.gateway.httpRoute.enabled }}
+# HAProxy places requests by the header the Gateway's body-based router sets (templates/httproute.yaml).
+- name: SLMSERVE_MODEL_HEADER
+  value: {{ .Values.gateway.httpRoute.modelHeader | quote }}
+{{- end }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: VLLM_NO_USAGE_STATS
