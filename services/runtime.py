@@ -22,7 +22,7 @@ from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
 from services.layout import layout, model_routes
 from services.models import needs_hub
 from services.settings import Settings
-from services.timing import LOCAL_CONTROL_LOOP_INTERVAL_S, ROUTER_START_TIMEOUT_S
+from services.timing import LOCAL_CONTROL_LOOP_INTERVAL_S, PROXY_HEALTH_CHECK_PERIOD_S, ROUTER_START_TIMEOUT_S
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -107,8 +107,9 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     crosses one Python process fewer than through Serve's proxy actor. HAProxy's files and its
     stats and metrics ports are Ray-wide defaults; give each local instance its own (the port
     keeps the directory unique and short: Ray adds a node id, HAProxy takes 97-byte socket paths)."""
+    health = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(PROXY_HEALTH_CHECK_PERIOD_S)}
     if settings.ingress != "haproxy":
-        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **health}
     state = Path(tempfile.gettempdir()) / f"slmserve-{settings.port}"
     metrics_port, stats_port, fallback_http_port, fallback_grpc_port = free_ports(4)
     return {
@@ -130,6 +131,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
         # A stopping router replica keeps serving this long so that load balancers notice; the
         # local HAProxy is told at once, so the 30 s default would only slow every shutdown.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        **health,
     }
 
 

@@ -64,6 +64,12 @@ MAX_REQUEST_TIMEOUT_S = 3000.0
 # no running request loses its weights.
 ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 
+# --- Ingress -------------------------------------------------------------------------------------------
+# Serve's controller checks each node's proxy (HAProxy's manager, or the proxy actor) this often and
+# restarts it after 3 failures in a row; Ray's 10 s left a killed HAProxy down for 33 s
+# (docs/reliability.md). A check is one admin-socket command, so a second costs nothing measurable.
+PROXY_HEALTH_CHECK_PERIOD_S = 1.0
+
 # --- Local start (`slmserve serve`) --------------------------------------------------------------------
 # Serve's controller reconciles every 0.1 s by default. On a machine whose cores the engine fills, that
 # loop and the GCS calls it makes take 0.03 of a core from the engine (loadtests/cpu_share.py); every

@@ -19,6 +19,7 @@ from services.catalog import load_catalog, parse_catalog
 from services.haproxy.rules import BUFFER_BYTES
 from services.layout import layout, model_routes
 from services.settings import resolve_catalog_path
+from services.timing import PROXY_HEALTH_CHECK_PERIOD_S
 from tests.helm_render import ALL_FEATURES, CHART, ROOT, by_kind, render, run_helm
 
 EXAMPLES = sorted((CHART / "examples").glob("values-*.yaml"))
@@ -152,6 +153,7 @@ def test_the_applications_and_haproxy_s_model_map_are_the_layout_s(data_plane: s
     assert json.loads(env["SLMSERVE_MODEL_ROUTES"]) == model_routes(catalog, "slmserve")
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/slmserve-haproxy")
     assert int(env["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) == BUFFER_BYTES
+    assert float(env["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"]) == PROXY_HEALTH_CHECK_PERIOD_S
 
 
 def test_inline_catalog_wins(tmp_path: Path):

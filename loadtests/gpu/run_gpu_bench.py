@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             order = systems if round_index % 2 == 0 else tuple(reversed(systems))
             for c in levels:
                 for system in order:
-                    profiling = args.profile and round_index == 0 and system in ("slmserve", "bare-vllm") and c == levels[-1]
+                    profiling = (
+                        args.profile and round_index == 0 and system in ("slmserve", "bare-vllm") and c == levels[-1]
+                    )
                     profilers = start_profilers(out, system) if profiling else []
                     with scraping(metrics_urls[system], args.scrape_hz):
                         result = asyncio.run(

@@ -131,6 +131,9 @@ services/runtime.py routing_environment sets them for local runs. */}}
   value: {{ .Values.serve.haproxyWrapper | quote }}
 - name: RAY_SERVE_HAPROXY_TUNE_BUFSIZE
   value: "262144"
+# Serve restarts a node's dead proxy (HAProxy) after 3 failed checks: 3 s apart from 30 (services/timing.py).
+- name: RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S
+  value: "1.0"
 - name: SLMSERVE_MODEL_ROUTES
   value: {{ include "slmserve.modelRoutes" . | quote }}
 {{- if .Values.gateway.httpRoute.enabled }}
