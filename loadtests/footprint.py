@@ -1,12 +1,14 @@
 """Platform footprint of each data plane: processes and memory of everything slmserve runs except
-vLLM's engine core, for the same one-model catalog served routed (router replica -> engine replica)
-and direct (the engine replica serves HTTP). Writes a table to docs/benchmarks.md.
+vLLM's engine cores, for the same catalog served routed (router replicas -> engine replicas) and
+direct (each engine replica serves HTTP). Writes a table to docs/benchmarks.md.
 
-`.venv/bin/python -m loadtests.footprint` (about 3 minutes on 2 cores).
+`.venv/bin/python -m loadtests.footprint` (the one-model cpu catalog, about 3 minutes on 2 cores)
+`.venv/bin/python -m loadtests.footprint --catalog tests/catalogs/test.yaml` (three models, about 8)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -30,12 +32,19 @@ def _platform_processes(root: psutil.Process) -> list[psutil.Process]:
     return [p for p in tree if p.pid not in engine]
 
 
-def measure(data_plane: str) -> dict[str, object]:
-    catalog = catalog_variant("cpu", lambda c: c.setdefault("router", {}).update(data_plane=data_plane))
+def measure(catalog_name: str, data_plane: str) -> dict[str, object]:
+    models: list[str] = []
+
+    def plane(catalog: dict) -> None:
+        catalog.setdefault("router", {})["data_plane"] = data_plane
+        models.extend(entry["name"] for entry in catalog["models"])
+
+    catalog = catalog_variant(catalog_name, plane)
     with serving(catalog) as server:
-        body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
-        for _ in range(20):  # warm every path once
-            httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60).raise_for_status()
+        for model in models:
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "stream": True}
+            for _ in range(20 // len(models) + 1):  # warm every path once
+                httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
         time.sleep(3)
         processes = _platform_processes(psutil.Process(server.process.pid))
         rss = sum(p.memory_info().rss for p in processes)
@@ -50,13 +59,16 @@ def measure(data_plane: str) -> dict[str, object]:
         }
 
 
-def main() -> int:
-    rows = [measure(shape) for shape in ("routed", "direct")]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", default="cpu", help="a shipped catalog's name or a catalog file")
+    catalog_name = parser.parse_args(argv).catalog
+    rows = [measure(catalog_name, shape) for shape in ("routed", "direct")]
     table = (
-        "| data plane | answered by | Python processes on the token path | platform processes | "
+        "| data plane | answered by | Python processes a token crosses | platform processes | "
         "platform RSS (MiB) |\n|---|---|---|---|---|\n"
     )
-    hops = {"routed": "2 (router replica, engine replica)", "direct": "1 (engine replica)"}
+    hops = {"routed": "2 (a router replica, the engine replica)", "direct": "1 (the engine replica)"}
     for row in rows:
         table += (
             f"| {row['data_plane']} | {row['served_by']} | {hops[str(row['data_plane'])]} | "
@@ -65,14 +77,18 @@ def main() -> int:
     print(table)
     for row in rows:
         print(row["data_plane"], row["names"])
-    section = f"""## Platform footprint: routed vs direct
+    one_model = catalog_name == "cpu"
+    what = "The cpu catalog (one model)" if one_model else f"`{catalog_name}` (every model in it)"
+    command = ".venv/bin/python -m loadtests.footprint" + ("" if one_model else f" --catalog {catalog_name}")
+    section = f"""## Platform footprint: routed vs direct{"" if one_model else f", {Path(catalog_name).name}"}
 
-The cpu catalog (one model) served both ways on this machine, after 20 streamed requests; every
-process of the serving tree (Ray's daemons and workers, HAProxy, Serve's replicas) except vLLM's
-engine core, which is the same in both. Reproduce: `.venv/bin/python -m loadtests.footprint`.
+{what} served both ways on this machine, after 20 streamed requests; every process of the serving
+tree (Ray's daemons and workers, HAProxy, Serve's replicas) except vLLM's engine cores, which are the
+same in both. Reproduce: `{command}`.
 
 {table}"""
-    write_section(ROOT / "docs" / "benchmarks.md", "footprint", section)
+    marker = "footprint" if one_model else f"footprint-{Path(catalog_name).stem}"
+    write_section(ROOT / "docs" / "benchmarks.md", marker, section)
     return 0
 
 

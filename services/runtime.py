@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.catalog import Catalog
-from services.haproxy.rules import BUFFER_BYTES
+from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
 from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
 from services.layout import layout, model_routes
 from services.models import needs_hub
@@ -117,6 +117,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
         # Ray starts HAProxy through slmserve's wrapper, which adds the model rule to every config
         "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path(),
         "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(BUFFER_BYTES),
+        "RAY_SERVE_HAPROXY_RETRY_ON": RETRY_ON,
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(state / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(state / "admin.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(state),

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +21,7 @@ from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig,
 from ray.serve.config import HTTPOptions
 
 from services.haproxy.adapters import AdapterRoutes
-from services.haproxy.rules import BUFFER_BYTES, MARK, add_rules
+from services.haproxy.rules import BUFFER_BYTES, MARK, RETRY_ON, add_rules
 from services.haproxy.wrapper import ADAPTERS_MAP, MODELS_MAP, prepare, real_binary
 from services.runtime import free_ports
 
@@ -144,18 +145,13 @@ class LiveHAProxy:
         return httpx.post(self.url + path, content=content, headers=sent, timeout=10)
 
 
-@pytest.fixture(scope="module", params=["", GATEWAY_HEADER], ids=["body", "gateway-header"])
-def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
-    """The real HAProxy on Ray's config with the rule, in front of three echo backends; placing by
-    the body alone, and also by a Gateway's model header (the chart's HTTPRoute option)."""
-    directory = tmp_path_factory.mktemp("haproxy")
+@contextmanager
+def live_haproxy(
+    directory: Path, servers: dict[str, list[int]], model_header: str = "", retry_on: str = RETRY_ON
+) -> Iterator[str]:
+    """The real HAProxy on Ray's config (an application per key, under its prefix, with a server per
+    port) and slmserve's rules; yields its URL once the platform application answers through it."""
     port, metrics_port, stats_port = free_ports(3)
-    servers = []
-    for app in ("platform", "alpha", "beta"):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
-        server.app = app  # type: ignore[attr-defined]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
     config = HAProxyConfig(
         http_options=HTTPOptions(host="127.0.0.1", port=port),
         metrics_port=metrics_port,
@@ -165,17 +161,19 @@ def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
         server_state_base=str(directory),
         server_state_file=str(directory / "state"),
         metrics_socket_path=str(directory / "metrics.sock"),
+        retry_on=retry_on,
     )
     api = HAProxyApi(cfg=config, config_file_path=str(directory / "haproxy.cfg"))
-    prefixes = {"platform": "/", "alpha": "/_slmserve/alpha", "beta": "/_slmserve/beta"}
     api.backend_configs = {
         app: BackendConfig(
-            name=app, path_prefix=prefixes[app], servers=[ServerConfig(app, "127.0.0.1", server.server_port)]
+            name=app,
+            path_prefix="/" if app == "platform" else f"/_slmserve/{app}",
+            servers=[ServerConfig(f"{app}-{i}", "127.0.0.1", server) for i, server in enumerate(ports)],
         )
-        for app, server in zip(prefixes, servers, strict=True)
+        for app, ports in servers.items()
     }
     api._generate_config_file_internal()
-    prepare(directory / "haproxy.cfg", ROUTES, request.param)
+    prepare(directory / "haproxy.cfg", ROUTES, model_header)
     process = subprocess.Popen([real_binary(), "-db", "-f", str(directory / "haproxy.cfg")], stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 20
@@ -189,12 +187,31 @@ def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
                 pass
             assert time.monotonic() < deadline, "HAProxy did not start"
             time.sleep(0.2)
-        adapters = AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock")
-        yield LiveHAProxy(f"http://127.0.0.1:{port}", adapters, request.param)
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.kill()
         process.wait()
-        for server in servers:
+
+
+def echo_server(app: str) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    server.app = app  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module", params=["", GATEWAY_HEADER], ids=["body", "gateway-header"])
+def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
+    """The real HAProxy on Ray's config with the rule, in front of three echo backends; placing by
+    the body alone, and also by a Gateway's model header (the chart's HTTPRoute option)."""
+    directory = tmp_path_factory.mktemp("haproxy")
+    servers = {app: echo_server(app) for app in ("platform", "alpha", "beta")}
+    try:
+        with live_haproxy(directory, {app: [s.server_port] for app, s in servers.items()}, request.param) as url:
+            adapters = AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock")
+            yield LiveHAProxy(url, adapters, request.param)
+    finally:
+        for server in servers.values():
             server.shutdown()
 
 
@@ -262,3 +279,37 @@ def test_a_model_header_that_is_not_a_header_name_is_refused(tmp_path: Path):
     for bad in ("X-Model if TRUE", "a\nb", "" + "x" * 65):
         with pytest.raises(ValueError, match="not an HTTP header name"):
             prepare(config, ROUTES, bad)
+
+
+class _Dropper(_Echo):
+    """A replica lost while it held the request: it passes health checks, but reads each POST and
+    closes the connection without a byte of an answer."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        self.server.dropped += 1  # type: ignore[attr-defined]
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("retry_on", [RETRY_ON, "conn-failure"], ids=["slmserve", "ray-default"])
+def test_a_request_no_replica_answered_is_retried_on_another(tmp_path: Path, retry_on: str):
+    """One of a model's two replicas takes each request and closes without answering: with slmserve's
+    retry policy every request is answered by the other (nothing had reached the client); with Ray's
+    default (connection failures only) the ones it took fail."""
+    dropper = ThreadingHTTPServer(("127.0.0.1", 0), _Dropper)
+    dropper.app, dropper.dropped = "alpha", 0  # type: ignore[attr-defined]
+    threading.Thread(target=dropper.serve_forever, daemon=True).start()
+    platform, alpha = echo_server("platform"), echo_server("alpha")
+    ports = {"platform": [platform.server_port], "alpha": [dropper.server_address[1], alpha.server_port]}
+    try:
+        with live_haproxy(tmp_path, ports, retry_on=retry_on) as url:
+            body = json.dumps({"model": "alpha", "messages": []}).encode()
+            answers = [httpx.post(f"{url}/v1/chat/completions", content=body, timeout=10).status_code for _ in range(8)]
+    finally:
+        for server in (dropper, platform, alpha):
+            server.shutdown()
+    assert dropper.dropped > 0  # type: ignore[attr-defined]  # the lost replica was chosen
+    if retry_on == RETRY_ON:
+        assert answers == [200] * 8
+    else:
+        assert answers.count(200) < 8

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from services.catalog import load_catalog, parse_catalog
-from services.haproxy.rules import BUFFER_BYTES
+from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
 from services.layout import layout, model_routes
 from services.settings import resolve_catalog_path
 from services.timing import PROXY_HEALTH_CHECK_PERIOD_S
@@ -154,6 +154,7 @@ def test_the_applications_and_haproxy_s_model_map_are_the_layout_s(data_plane: s
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/slmserve-haproxy")
     assert int(env["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) == BUFFER_BYTES
     assert float(env["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"]) == PROXY_HEALTH_CHECK_PERIOD_S
+    assert env["RAY_SERVE_HAPROXY_RETRY_ON"] == RETRY_ON
 
 
 def test_inline_catalog_wins(tmp_path: Path):

@@ -31,6 +31,12 @@ FRONTEND = "frontend http_frontend"
 # Bodies are buffered up to HAProxy's tune.bufsize to be read; with a larger one, `model` is not
 # parsed and the platform application places the request (RAY_SERVE_HAPROXY_TUNE_BUFSIZE).
 BUFFER_BYTES = 256 * 1024
+# Ray's template retries a request on another replica (`option redispatch 1`) on the failures named
+# here (RAY_SERVE_HAPROXY_RETRY_ON). Ray's default is a failed connection only; a replica lost while
+# it held the request (it closed the connection before a byte of the answer) is as safe to retry,
+# since nothing has reached the client: a completion has no side effect but its compute. Never once an
+# answer has begun.
+RETRY_ON = "conn-failure empty-response"
 HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 BODY_WAIT_S = 5  # a client that sends its body slower than this is placed by the platform
 

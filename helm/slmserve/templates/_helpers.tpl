@@ -131,6 +131,9 @@ services/runtime.py routing_environment sets them for local runs. */}}
   value: {{ .Values.serve.haproxyWrapper | quote }}
 - name: RAY_SERVE_HAPROXY_TUNE_BUFSIZE
   value: "262144"
+# A request a replica closed before answering a byte is retried on another (services/haproxy/rules.py).
+- name: RAY_SERVE_HAPROXY_RETRY_ON
+  value: "conn-failure empty-response"
 # Serve restarts a node's dead proxy (HAProxy) after 3 failed checks: 3 s apart from 30 (services/timing.py).
 - name: RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S
   value: "1.0"
