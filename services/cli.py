@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         print("[slmserve] Ctrl-C to stop", flush=True)
         while not stop["now"]:
             time.sleep(0.5)
-    except (TimeoutError, runtime.DeployFailed, KeyboardInterrupt) as error:
+    except (TimeoutError, runtime.DeployFailed, runtime.LocalStartFailed, KeyboardInterrupt) as error:
         if not isinstance(error, KeyboardInterrupt):
             print(f"[slmserve] {error}", file=sys.stderr, flush=True)
             return 1

@@ -22,7 +22,13 @@ from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
 from services.layout import layout, model_routes
 from services.models import needs_hub
 from services.settings import Settings
-from services.timing import LOCAL_CONTROL_LOOP_INTERVAL_S, PROXY_HEALTH_CHECK_PERIOD_S, ROUTER_START_TIMEOUT_S
+from services.timing import (
+    LOCAL_CONTROL_LOOP_INTERVAL_S,
+    PROXY_HEALTH_CHECK_PERIOD_S,
+    RAY_START_ATTEMPTS,
+    RAY_START_BACKOFF_S,
+    ROUTER_START_TIMEOUT_S,
+)
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -149,6 +155,11 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         os.environ.setdefault(key, value)
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
+    if local_ray and not _port_free(settings.host, settings.port):
+        raise LocalStartFailed(
+            f"port {settings.port} on {settings.host} is in use by another process: "
+            "choose another with --port (or SLMSERVE_PORT)"
+        )
     if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
         os.environ.update(ingress_environment(settings) | routing_environment(catalog, settings.app_name))
         for key, value in control_environment().items():
@@ -163,7 +174,9 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if local_ray:
             init_kwargs |= {"num_cpus": local_ray_cpus(settings, catalog), "_node_ip_address": "127.0.0.1"}
-        ray.init(address=settings.ray_address, **init_kwargs)
+            _init_local_ray({"address": "local", **init_kwargs})
+        else:
+            ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     # The model applications first, the platform last: HAProxy places a model's requests as soon as
     # its application exists, and the platform answers everything else from the moment it is up.
@@ -177,6 +190,42 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         ROUTER_START_TIMEOUT_S,
         failed=lambda: deploy_failures(catalog, settings.app_name),
     )
+
+
+class LocalStartFailed(RuntimeError):
+    """This machine could not start the local Ray or take the port; the message says what to do."""
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _init_local_ray(init_kwargs: dict[str, Any]) -> None:
+    """ray.init for a private local Ray, tried again where trying helps: Ray gives a raylet 30 s to
+    register (hard-coded), which a busy machine can miss, and each try starts fresh processes. A
+    start that keeps failing ends in LocalStartFailed, one line, never Ray's traceback."""
+    import ray
+
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as error:  # Ray raises a bare Exception for the registration timeout
+            ray.shutdown()  # stops what this try started
+            reason = " ".join(str(error).split())[:300] or type(error).__name__
+            if attempt == RAY_START_ATTEMPTS:
+                load = os.getloadavg()[0]
+                raise LocalStartFailed(
+                    f"the local Ray did not start after {attempt} tries ({reason}); load average {load:.1f} on "
+                    f"{os.cpu_count()} cores: retry when the machine is quieter, or stop other Ray instances"
+                ) from error
+            print(f"[slmserve] the local Ray did not start ({reason}); trying again", flush=True)
+            time.sleep(RAY_START_BACKOFF_S * attempt)
 
 
 def local_ray_cpus(settings: Settings, catalog: Catalog) -> int:

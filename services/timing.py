@@ -76,4 +76,8 @@ PROXY_HEALTH_CHECK_PERIOD_S = 1.0
 # 0.5 s it takes 0.01, and Serve reacts to a replica change or an autoscaling decision at most 0.4 s
 # later. A cluster's controller runs on the head node, beside no engine, and keeps Ray's default.
 LOCAL_CONTROL_LOOP_INTERVAL_S = 0.5
+# A local Ray that did not start (its raylet missed Ray's 30 s to register on a busy machine) is tried
+# this many times in all, waiting a little longer each time.
+RAY_START_ATTEMPTS = 3
+RAY_START_BACKOFF_S = 2.0
 ROUTER_START_TIMEOUT_S = 180  # the platform's router answers within seconds, while engines load
