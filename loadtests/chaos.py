@@ -12,12 +12,15 @@ bounded streaming load it then
 2. kills the routing replicas (direct: the IngressRouter, beside the stream: requests keep being
    served, as HAProxy falls back when the route call fails; routed: the Router, the token path):
    Serve restarts them;
-3. kills HAProxy: Serve's proxy restarts it and the port answers again.
+3. kills HAProxy: Serve's proxy restarts it and the port answers again;
+4. drains a worker node whose replica holds streams, as a stopping pod's preStop hook does
+   (`slmserve node drain`, services/drain.py), then kills it as Kubernetes then would: every stream
+   must finish and no request fail, Serve having started the replica elsewhere first.
 
 Each step's figures (requests sent and failed while it recovered, seconds to recover) go to
 docs/reliability.md, a section per data plane.
 
-    .venv/bin/python -m loadtests.chaos [--data-plane direct|routed]   # about 6 minutes on 2 cores
+    .venv/bin/python -m loadtests.chaos [--data-plane direct|routed]   # about 8 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import concurrent.futures
 import datetime
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -164,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = catalog["models"][0]
         entry["deployment"]["num_replicas"] = 2
         entry["deployment"]["ray_actor_options"] = {"num_cpus": 1, "resources": {"engine_node": 1}}
+        entry["deployment"]["graceful_shutdown_timeout_s"] = 180  # a drained replica's streams finish
         entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         # the routing deployment on the head, never on a node that is killed or that an engine needs
         catalog.setdefault("router", {})["data_plane"] = plane
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(kill_worker_node(cluster, gcs, workers[0], base_url, plane))
         figures.append(kill_routing_replicas(base_url, ROUTING_DEPLOYMENT[plane]))
         figures.append(kill_haproxy(base_url))
+        figures.append(drain_worker_node(cluster, gcs, workers[1], base_url))
     finally:
         runtime.shutdown()
         cluster.shutdown()
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _under_load(
-    base_url: str, streams: int, action, recovered=None
+    base_url: str, streams: int, action, recovered=None, timeout_s: float = 120
 ) -> tuple[list[StreamEnd], Probes, float, float | None]:
     """`streams` long streams and a probe loop; `action()` runs once the streams are flowing, and
     the seconds from it until `recovered()` holds are measured while the streams still run."""
@@ -230,7 +236,7 @@ def _under_load(
         prober.start()
         acted_at = time.monotonic()
         action()
-        recovered_s = until(recovered, 120, period_s=0.2) if recovered is not None else None
+        recovered_s = until(recovered, timeout_s, period_s=0.2) if recovered is not None else None
         ends = [future.result() for future in pending]
     return ends, probes, acted_at, recovered_s
 
@@ -376,6 +382,46 @@ def kill_haproxy(base_url: str) -> dict:
     }
 
 
+def drain_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
+    print("[chaos] 4: draining a worker node mid-stream, as a stopping pod's preStop hook does", flush=True)
+    add_worker(cluster, gcs)  # room for the replacement, as a cluster's autoscaler would give
+    command = [sys.executable, "-m", "services.cli", "node", "drain", "--address", gcs]
+    command += ["--node-id", node.node_id, "--deadline-s", "300"]
+    drain: dict[str, subprocess.Popen] = {}
+
+    def start_drain() -> None:
+        drain["process"] = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+    ends, probes, acted_at, drained_s = _under_load(
+        base_url, 4, start_drain, lambda: drain["process"].poll() is not None, timeout_s=360
+    )
+    said = drain["process"].stdout.read().strip().splitlines() if drain["process"].stdout else []
+    cluster.remove_node(node, allow_graceful=False)  # the pod's kill once its preStop returned
+    time.sleep(3)
+    probes.stop()
+    after = [status for sent, status in probes.results if sent > acted_at]
+    outcomes = tally(ends)
+    print(
+        f"[chaos] 4: streams {outcomes}; probes {len(after)} sent, {sum(s != 200 for s in after)} failed; "
+        f"drain ended after {drained_s}s with {drain['process'].returncode}: {said[-1:] or 'nothing said'}",
+        flush=True,
+    )
+    return {
+        "step": "worker node drained (slmserve node drain), then killed (4 streams)",
+        "streams": outcomes,
+        "probes": len(after),
+        "failed": sum(s != 200 for s in after),
+        "first_success_s": None,
+        "recovered_s": drained_s,
+        "recovered": "the drain returned: no engine replica left on the node",
+        "ok": drain["process"].returncode == 0
+        and bool(said)
+        and "no engine replica left" in said[-1]
+        and outcomes["done"] == 4
+        and not any(s != 200 for s in after),
+    }
+
+
 def _seconds(value: float | None) -> str:
     return "not within the limit" if value is None else f"{value:.1f} s"
 
@@ -393,11 +439,12 @@ def write_report(figures: list[dict], plane: str) -> None:
     }[plane]
     body = f"""## Chaos on a local multi-node Ray: {plane} data plane
 
-Run {started}: `.venv/bin/python -m loadtests.chaos --data-plane {plane}`. A head and two worker nodes
-on 127.0.0.1 (`ray.cluster_utils.Cluster`), two replicas of the embedded model (one per worker node,
-one core each), {shape}, HAProxy and the routing deployment on the head; a probe request every
-0.5 s during each step. "Streams" are the long streams in flight when the fault hit: done (finished normally),
-sse_error (ended with an SSE error event), closed (connection closed), hung (none allowed).
+Run {started}: `.venv/bin/python -m loadtests.chaos --data-plane {plane}`. A head and two worker
+nodes (a third joins for the drain) on 127.0.0.1 (`ray.cluster_utils.Cluster`), two replicas of the
+embedded model (one per worker node, one core each), {shape}, HAProxy and the routing deployment on
+the head; a probe request every 0.5 s during each step. "Streams" are the long streams in flight when
+the fault hit: done (finished normally), sse_error (ended with an SSE error event), closed (connection
+closed), hung (none allowed).
 
 | fault | streams in flight | probes during recovery | probes failed | recovery | verdict |
 |---|---|---|---|---|---|

@@ -58,6 +58,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drain(args: argparse.Namespace) -> int:
+    from services.drain import drain_node
+
+    return drain_node(args.address, args.node_id, args.deadline_s)
+
+
 def _validate(args: argparse.Namespace) -> int:
     """`slmserve catalog validate FILE [--engine-args]`: the schema, and with --engine-args each
     entry's engine arguments against the installed vLLM's own parser."""
@@ -178,6 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     profiles_list.add_argument("--pin", help="as SLMSERVE_PROFILE: check that this profile can run there")
     profiles_list.set_defaults(func=_profiles)
+    node = commands.add_parser("node", help="this Ray node")
+    node_commands = node.add_subparsers(dest="node_command", required=True)
+    drain = node_commands.add_parser(
+        "drain", help="move this node's engine replicas elsewhere before it stops (a pod's preStop hook)"
+    )
+    drain.add_argument("--address", default="auto", help="the Ray cluster (default: the one this node is in)")
+    drain.add_argument("--node-id", help="the node to drain (default: this machine's)")
+    drain.add_argument("--deadline-s", type=float, default=600, help="seconds until the node is killed")
+    drain.set_defaults(func=_drain)
     deploy = commands.add_parser("deploy", help="inspect a deployment on Kubernetes")
     deploy_commands = deploy.add_subparsers(dest="deploy_command", required=True)
     status = deploy_commands.add_parser("status", help="RayService, Serve and GPU pod status")

@@ -418,6 +418,23 @@ def test_a_pinned_profile_reaches_every_ray_container_only_when_set():
             assert env.get("SLMSERVE_PROFILE") == expected
 
 
+def test_a_stopping_gpu_pod_drains_its_node_first():
+    """Every worker pod's preStop moves its engine replicas off the node (services/drain.py) before
+    the kill, giving up 15 s before the grace period ends; switched off, neither is rendered."""
+    cluster = by_kind(render("--set", "workerStop.gracePeriodSeconds=600"), "RayService")[0]["spec"]["rayClusterConfig"]
+    assert cluster["workerGroupSpecs"]
+    for group in cluster["workerGroupSpecs"]:
+        spec = group["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] == 600
+        command = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert command == ["/opt/venv/bin/slmserve", "node", "drain", "--deadline-s", "585"]
+    assert "lifecycle" not in cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    plain = by_kind(render("--set", "workerStop.drain=false"), "RayService")[0]["spec"]["rayClusterConfig"]
+    for group in plain["workerGroupSpecs"]:
+        assert "lifecycle" not in group["template"]["spec"]["containers"][0]
+        assert "terminationGracePeriodSeconds" not in group["template"]["spec"]
+
+
 def test_hardened_pods():
     cluster = by_kind(render(), "RayService")[0]["spec"]["rayClusterConfig"]
     for template in [cluster["headGroupSpec"]["template"]] + [g["template"] for g in cluster["workerGroupSpecs"]]:
