@@ -70,6 +70,11 @@ ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 # (docs/reliability.md). A check is one admin-socket command, so a second costs nothing measurable.
 PROXY_HEALTH_CHECK_PERIOD_S = 1.0
 
+# The platform router writes its catalog's models into HAProxy's map at start; HAProxy may be
+# reloading then, so it tries this many times, this far apart.
+MODEL_MAP_ATTEMPTS = 30
+MODEL_MAP_RETRY_S = 2.0
+
 # --- Local start (`slmserve serve`) --------------------------------------------------------------------
 # Serve's controller reconciles every 0.1 s by default. On a machine whose cores the engine fills, that
 # loop and the GCS calls it makes take 0.03 of a core from the engine (loadtests/cpu_share.py); every

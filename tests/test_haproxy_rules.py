@@ -20,7 +20,7 @@ import pytest
 from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
 from ray.serve.config import HTTPOptions
 
-from services.haproxy.adapters import AdapterRoutes
+from services.haproxy.maps import HAProxyMap
 from services.haproxy.rules import BUFFER_BYTES, MARK, RETRY_ON, add_rules
 from services.haproxy.wrapper import ADAPTERS_MAP, MODELS_MAP, prepare, real_binary
 from services.runtime import free_ports
@@ -134,7 +134,8 @@ GATEWAY_HEADER = "X-Gateway-Model-Name"
 @dataclass
 class LiveHAProxy:
     url: str
-    adapters: AdapterRoutes
+    adapters: HAProxyMap
+    models: HAProxyMap
     model_header: str
 
     def post(
@@ -208,8 +209,9 @@ def haproxy(request, tmp_path_factory) -> Iterator[LiveHAProxy]:
     servers = {app: echo_server(app) for app in ("platform", "alpha", "beta")}
     try:
         with live_haproxy(directory, {app: [s.server_port] for app, s in servers.items()}, request.param) as url:
-            adapters = AdapterRoutes(directory / ADAPTERS_MAP, directory / "admin.sock")
-            yield LiveHAProxy(url, adapters, request.param)
+            adapters = HAProxyMap(directory / ADAPTERS_MAP, directory / "admin.sock")
+            models = HAProxyMap(directory / MODELS_MAP, directory / "admin.sock")
+            yield LiveHAProxy(url, adapters, models, request.param)
     finally:
         for server in servers.values():
             server.shutdown()
@@ -313,3 +315,20 @@ def test_a_request_no_replica_answered_is_retried_on_another(tmp_path: Path, ret
         assert answers == [200] * 8
     else:
         assert answers.count(200) < 8
+
+
+def test_a_newer_catalog_s_models_replace_the_running_map_and_survive_a_reload(haproxy, tmp_path: Path):
+    """What the platform router does when a changed catalog is applied: a model added is placed on
+    its application, one removed no longer is; the wrapper, run again at a reload, keeps the newer map."""
+    newer = {"alpha": "/_slmserve/alpha", "gamma": "/_slmserve/beta"}  # `a` and `beta` removed, gamma added
+    try:
+        haproxy.models.apply(newer)
+        assert haproxy.post({"model": "gamma"}).json()["app"] == "beta"
+        assert haproxy.post({"model": "beta"}).json()["app"] == "platform"
+        assert haproxy.post({"model": "alpha"}).json()["app"] == "alpha"
+        config = haproxy.models.map_path.parent / "haproxy.cfg"
+        prepare(config, ROUTES, haproxy.model_header)  # Ray reloads with the pods' original routes
+        assert haproxy.models.map_path.read_text() == "alpha /_slmserve/alpha\ngamma /_slmserve/beta\n"
+    finally:
+        haproxy.models.apply(ROUTES)
+    assert haproxy.post({"model": "beta"}).json()["app"] == "beta"

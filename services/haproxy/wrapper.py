@@ -1,12 +1,13 @@
 """`slmserve-haproxy`: what Ray Serve starts as HAProxy (`RAY_SERVE_HAPROXY_BINARY_PATH`).
 
 Ray writes its config, then runs the binary with `-f CONFIG` at start and at every reload. This
-adds slmserve's model rules (services/haproxy/rules.py) to that config, writes the models' map
-beside it from `SLMSERVE_MODEL_ROUTES` (JSON: served name -> route prefix; set by `slmserve serve`
-and the Helm chart from the catalog), makes sure the adapters' map exists (the platform keeps it),
-places requests by a Gateway's model header when `SLMSERVE_MODEL_HEADER` names one (the chart
-sets it with its HTTPRoutes), and execs the real binary with Ray's arguments unchanged. So the rules
-survive every reload.
+adds slmserve's model rules (services/haproxy/rules.py) to that config; writes the models' map
+beside it, once (the platform keeps it after that, services/haproxy/maps.py), from
+`SLMSERVE_MODEL_ROUTES` (JSON: served name -> route prefix; set by `slmserve serve` and the Helm
+chart from the catalog); makes sure the adapters' map exists (the platform keeps it too); places
+requests by a Gateway's model header when `SLMSERVE_MODEL_HEADER` names one (the chart sets it with
+its HTTPRoutes); and execs the real binary with Ray's arguments unchanged. So the rules survive
+every reload.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def prepare(config_path: Path, routes: dict[str, str], model_header: str = "") -
     """The maps beside the config, and the rules in it."""
     directory = config_path.parent
     models_map, adapters_map = directory / MODELS_MAP, directory / ADAPTERS_MAP
-    write_atomically(models_map, map_text(routes))
+    if not models_map.exists():  # at a reload, the platform may have written a newer catalog's (maps.py)
+        write_atomically(models_map, map_text(routes))
     if not adapters_map.exists():
         adapters_map.touch()
     write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map, model_header))

@@ -25,11 +25,13 @@ from services.edge.app import build_app
 from services.edge.edge import Edge
 from services.edge.engines import Engine, RemoteEngine
 from services.edge.readiness import ControllerReadiness
-from services.haproxy.adapters import AdapterRoutes
-from services.layout import layout
+from services.haproxy.maps import HAProxyMap
+from services.haproxy.wrapper import ADAPTERS_MAP, MODELS_MAP
+from services.layout import layout, model_routes
 from services.metrics.records import RecordBuffer
 from services.router import decisions
 from services.serve_context import background_task
+from services.timing import MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S
 
 logger = logging.getLogger("slmserve.router")
 
@@ -46,6 +48,7 @@ class Router:
         *engines: DeploymentHandle,
     ) -> None:
         parsed = Catalog.model_validate(catalog)
+        self.catalog = parsed
         self.plan = layout(parsed, platform_app)
         deployments = self.plan.engine_deployments(parsed)
         if not engines:  # direct mode: each engine is the ingress of its model's application
@@ -61,11 +64,25 @@ class Router:
         self.adapters_period_s = min(refresh) if refresh and self.plan.model_apps else None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        if self.adapters_period_s is not None and (routes := AdapterRoutes.on_this_node()) is not None:
+        if self.plan.model_apps and (models := HAProxyMap.on_this_node(MODELS_MAP)) is not None:
+            background_task(self._write_model_routes(models))
+        if self.adapters_period_s is not None and (routes := HAProxyMap.on_this_node(ADAPTERS_MAP)) is not None:
             background_task(self._keep_adapter_routes(routes, self.adapters_period_s))
         return build_app(self.edge)
 
-    async def _keep_adapter_routes(self, routes: AdapterRoutes, period_s: float) -> None:
+    async def _write_model_routes(self, models: HAProxyMap) -> None:
+        """This catalog's models in HAProxy's models map: after a catalog is applied to a running
+        cluster, a model added is placed direct and one removed no longer is."""
+        wanted = model_routes(self.catalog, self.plan.platform_app)
+        for _ in range(MODEL_MAP_ATTEMPTS):
+            try:
+                await asyncio.to_thread(models.apply, wanted)
+                return
+            except Exception:  # HAProxy restarting: its socket answers again within seconds
+                logger.warning("could not update HAProxy's models map; trying again", exc_info=True)
+                await asyncio.sleep(MODEL_MAP_RETRY_S)
+
+    async def _keep_adapter_routes(self, routes: HAProxyMap, period_s: float) -> None:
         """Every refresh period: the adapters the engines serve, as HAProxy's adapters map."""
         while True:
             try:

@@ -1,11 +1,14 @@
-"""HAProxy's adapters map, kept by the platform application (direct mode): every served LoRA
-adapter -> its base model's application prefix, so adapter requests stream direct too.
+"""HAProxy's two maps at run time, kept by the platform application (direct mode): served name ->
+its application's prefix, for the models of the catalog and for the LoRA adapters being served.
 
-Adapters come and go with their directory (services/engine/adapters.py), so this map changes at run
-time: the platform's router lists the adapters every refresh period and applies the difference to
-the HAProxy of its own node through its admin socket (`add map`/`set map`/`del map`), and writes
-the file, which HAProxy reads again at each reload Ray makes. An HAProxy on another node keeps an
-empty map and leaves adapter requests to the platform, which answers them through a handle.
+The models map starts as the wrapper writes it (services/haproxy/wrapper.py, from the catalog the
+pods or the local run started with); a catalog applied later (a rolling update) brings a platform
+router that writes its own catalog's models into it. Adapters come and go with their directory
+(services/engine/adapters.py): the platform's router lists them every refresh period. Either way
+the router applies the difference to the HAProxy of its own node through its admin socket (`add
+map`/`set map`/`del map`), and writes the file, which HAProxy reads again at each reload Ray makes.
+An HAProxy on another node keeps what it has and leaves what it cannot place to the platform,
+which answers through a handle.
 """
 
 from __future__ import annotations
@@ -16,19 +19,19 @@ import socket
 from pathlib import Path
 
 from services.haproxy.rules import map_text
-from services.haproxy.wrapper import ADAPTERS_MAP, write_atomically
+from services.haproxy.wrapper import write_atomically
 
 logger = logging.getLogger("slmserve.haproxy")
 
 
-class AdapterRoutes:
+class HAProxyMap:
     def __init__(self, map_path: Path, socket_path: Path) -> None:
         self.map_path = map_path
         self.socket_path = socket_path
 
     @classmethod
-    def on_this_node(cls) -> AdapterRoutes | None:
-        """The map and admin socket of the HAProxy Ray runs on this node, or None where none runs."""
+    def on_this_node(cls, map_name: str) -> HAProxyMap | None:
+        """A map of the HAProxy Ray runs on this node, with its admin socket, or None where none runs."""
         import ray
         from ray.serve._private import constants
 
@@ -38,7 +41,7 @@ class AdapterRoutes:
         socket_path = socket_dir / Path(constants.RAY_SERVE_HAPROXY_SOCKET_PATH).name
         if not constants.RAY_SERVE_ENABLE_HA_PROXY or not config_dir.is_dir():
             return None
-        return cls(config_dir / ADAPTERS_MAP, socket_path)
+        return cls(config_dir / map_name, socket_path)
 
     def _command(self, command: str) -> str:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
@@ -73,4 +76,4 @@ class AdapterRoutes:
             elif loaded[name] != prefix:
                 self._command(f"set map {self.map_path} {name} {prefix}")
         if loaded != routes:
-            logger.info("HAProxy's adapters map: %s", ", ".join(sorted(routes)) or "empty")
+            logger.info("HAProxy's %s: %s", self.map_path.name, ", ".join(sorted(routes)) or "empty")
