@@ -1,15 +1,16 @@
-"""`slmserve serve | catalog validate | catalog show | deploy status`."""
+"""`slmserve serve | catalog validate | catalog show | profiles list | deploy status | node drain`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from services.catalog import CatalogError, load_catalog
+from services.catalog import Catalog, CatalogError, load_catalog
 from services.settings import Settings, resolve_catalog_path
 
 
@@ -27,14 +28,19 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"[slmserve] starting {len(catalog.models)} model(s) from catalog {settings.catalog!r}", flush=True)
     started = time.monotonic()
     stop = {"now": False}
+    reload = {"asked": False}
 
     def _interrupt(*_: object) -> None:
         stop["now"] = True
+
+    def _reload(*_: object) -> None:
+        reload["asked"] = True
 
     try:
         runtime.start_local(settings, catalog, wait=False)
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _reload)
         runtime.wait_until_ready(
             base_url,
             args.ready_timeout,
@@ -45,9 +51,12 @@ def _serve(args: argparse.Namespace) -> int:
         for entry in catalog.models:
             aliases = f" (aliases: {', '.join(entry.aliases)})" if entry.aliases else ""
             print(f"[slmserve]   model {entry.name}{aliases}", flush=True)
-        print("[slmserve] Ctrl-C to stop", flush=True)
+        print(f"[slmserve] Ctrl-C to stop; kill -HUP {os.getpid()} applies a changed catalog file", flush=True)
         while not stop["now"]:
             time.sleep(0.5)
+            if reload["asked"]:
+                reload["asked"] = False
+                catalog = _apply_changed_catalog(settings, catalog)
     except (TimeoutError, runtime.DeployFailed, runtime.LocalStartFailed, KeyboardInterrupt) as error:
         if not isinstance(error, KeyboardInterrupt):
             print(f"[slmserve] {error}", file=sys.stderr, flush=True)
@@ -56,6 +65,26 @@ def _serve(args: argparse.Namespace) -> int:
         print("[slmserve] shutting down", flush=True)
         runtime.shutdown()
     return 0
+
+
+def _apply_changed_catalog(settings: Settings, running: Catalog) -> Catalog:
+    """The catalog file read again and rolled onto the running instance (SIGHUP); an invalid one is
+    one line and changes nothing."""
+    from services import runtime
+
+    try:
+        changed = load_catalog(resolve_catalog_path(settings.catalog))
+    except (CatalogError, ValueError, OSError) as error:
+        print(f"[slmserve] catalog not applied: {error}", file=sys.stderr, flush=True)
+        return running
+    if changed == running:
+        print("[slmserve] the catalog has not changed", flush=True)
+        return running
+    gone = runtime.apply_catalog(settings, running, changed)
+    names = ", ".join(entry.name for entry in changed.models)
+    removed = f"; removing {', '.join(gone)} once its requests finish" if gone else ""
+    print(f"[slmserve] applying the changed catalog: {names}, rolled a replica at a time{removed}", flush=True)
+    return changed
 
 
 def _drain(args: argparse.Namespace) -> int:

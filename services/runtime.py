@@ -168,8 +168,6 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     import ray
     from ray import serve
 
-    from services.app import build_applications
-
     if not ray.is_initialized():
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if local_ray:
@@ -178,18 +176,43 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         else:
             ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    # The model applications first, the platform last: HAProxy places a model's requests as soon as
-    # its application exists, and the platform answers everything else from the moment it is up.
-    apps = build_applications(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
-    for app in [*apps[1:], apps[0]]:
-        # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
-        # without that wait, which is what lets readiness report 503 while engines load.
-        serve._run(app.application, name=app.name, route_prefix=app.route_prefix, _blocking=wait)
+    _deploy(settings, catalog, wait=wait)
     wait_for_ok(
         f"{local_base_url(settings)}/v1/health/live",
         ROUTER_START_TIMEOUT_S,
         failed=lambda: deploy_failures(catalog, settings.app_name),
     )
+
+
+def _deploy(settings: Settings, catalog: Catalog, *, wait: bool) -> None:
+    from ray import serve
+
+    from services.app import build_applications
+
+    apps = build_applications(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
+    # The model applications first, the platform last: HAProxy places a model's requests as soon as
+    # its application exists, and the platform answers everything else from the moment it is up.
+    for app in [*apps[1:], apps[0]]:
+        # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
+        # without that wait, which is what lets readiness report 503 while engines load.
+        serve._run(app.application, name=app.name, route_prefix=app.route_prefix, _blocking=wait)
+
+
+def apply_catalog(settings: Settings, running: Catalog, changed: Catalog) -> list[str]:
+    """A changed catalog on the running instance, as the chart's serveConfigV2 change does on a
+    cluster: Serve rolls each application whose deployments changed, a replica at a time, stopping
+    old replicas gracefully (their streams finish within graceful_shutdown_timeout_s); a model added
+    gets its application; a removed model's application is deleted once the platform, which then
+    answers 404 for it, has the new catalog (serve.delete lets its in-flight requests finish).
+    Returns the applications deleted."""
+    from ray import serve
+
+    _deploy(settings, changed, wait=False)
+    kept = set(layout(changed, settings.app_name).app_names())
+    gone = [app for app in layout(running, settings.app_name).app_names() if app not in kept]
+    for app in gone:
+        serve.delete(app, _blocking=False)
+    return gone
 
 
 class LocalStartFailed(RuntimeError):
