@@ -40,7 +40,7 @@ STEP_TIMEOUT_S = 600
 
 
 def stream_once(base_url: str, model: str, tag: str) -> str:
-    """One streamed chat: done, sse_error, closed, or refused:<status>."""
+    """One streamed chat: done, sse_error, closed, or refused:<status>:<error code>:<served by>."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": f"{tag}: tell a story."}],
@@ -51,7 +51,11 @@ def stream_once(base_url: str, model: str, tag: str) -> str:
     try:
         with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=120, trust_env=False) as r:
             if r.status_code != 200:
-                return f"refused:{r.status_code}"
+                try:
+                    code = json.loads(r.read())["error"]["code"]
+                except (ValueError, KeyError, TypeError):
+                    code = "-"
+                return f"refused:{r.status_code}:{code}:{r.headers.get('x-slmserve-served-by', 'haproxy?')}"
             for line in r.iter_lines():
                 if line.startswith('data: {"error"'):
                     return "sse_error"

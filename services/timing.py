@@ -70,6 +70,9 @@ ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 # (docs/reliability.md). A check is one admin-socket command, so a second costs nothing measurable.
 PROXY_HEALTH_CHECK_PERIOD_S = 1.0
 
+# A router replica that starts while the engines run (a rolled catalog, a replacement) waits at most
+# this long for its first view of them before it takes traffic.
+ROUTER_WARM_TIMEOUT_S = 10.0
 # The platform router writes its catalog's models into HAProxy's map at start; HAProxy may be
 # reloading then, so it tries this many times, this far apart.
 MODEL_MAP_ATTEMPTS = 30

@@ -181,6 +181,19 @@ class Edge:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
         return self.readiness.is_ready(entry.deployment_name) and self.engines[entry.name].ready()
 
+    async def warm(self, timeout_s: float) -> None:
+        """Before this edge takes traffic (a router replica just started, rolled or replaced): Serve's
+        view of the engines read once and each running model's handle told of its replicas, so its
+        first requests are not answered 503 as if the models were still loading."""
+        await self.readiness.refresh()
+        self.readiness.start()
+        deadline = time.monotonic() + timeout_s
+        for _ in range(int(timeout_s / 0.1) + 1):  # a handle hears of its replicas by Serve's long poll
+            waiting = [entry.name for entry in self.models if self.readiness.is_ready(entry.deployment_name)]
+            if time.monotonic() > deadline or all(self.engines[name].ready() for name in waiting):
+                return
+            await asyncio.sleep(0.1)
+
     async def adapters(self) -> dict[str, ModelEntry]:
         """Every LoRA adapter served, with its base model's entry (a catalog name always wins)."""
         adapters: dict[str, ModelEntry] = {}

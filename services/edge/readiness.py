@@ -40,6 +40,9 @@ class SelfReadiness:
     def start(self) -> None:
         pass
 
+    async def refresh(self) -> None:
+        pass
+
     def is_ready(self, deployment_name: str) -> bool:
         return True
 
@@ -89,11 +92,15 @@ class ControllerReadiness:
             if (suspect.counted and healthy) or now > suspect.until:
                 del self._suspects[name]
 
+    async def refresh(self) -> None:
+        """One read of Serve's view of the engines."""
+        try:
+            self.states = await asyncio.to_thread(read_deployment_states, set(self.deployments.values()))
+            self._update_suspects()
+        except Exception:  # the controller may be restarting; keep the last view
+            logger.warning("could not read Serve status", exc_info=True)
+
     async def _refresh_forever(self) -> None:
         while True:
-            try:
-                self.states = await asyncio.to_thread(read_deployment_states, set(self.deployments.values()))
-                self._update_suspects()
-            except Exception:  # the controller may be restarting; keep the last view
-                logger.warning("could not read Serve status", exc_info=True)
+            await self.refresh()
             await asyncio.sleep(self.ready_period_s if self.all_ready() else self.period_s)

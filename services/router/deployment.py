@@ -31,7 +31,7 @@ from services.layout import layout, model_routes
 from services.metrics.records import RecordBuffer
 from services.router import decisions
 from services.serve_context import background_task
-from services.timing import MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S
+from services.timing import MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S, ROUTER_WARM_TIMEOUT_S
 
 logger = logging.getLogger("slmserve.router")
 
@@ -64,6 +64,7 @@ class Router:
         self.adapters_period_s = min(refresh) if refresh and self.plan.model_apps else None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        await self.edge.warm(ROUTER_WARM_TIMEOUT_S)  # Serve sends nothing here before this returns
         if self.plan.model_apps and (models := HAProxyMap.on_this_node(MODELS_MAP)) is not None:
             background_task(self._write_model_routes(models))
         if self.adapters_period_s is not None and (routes := HAProxyMap.on_this_node(ADAPTERS_MAP)) is not None:
