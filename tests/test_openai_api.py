@@ -4,6 +4,7 @@ called with the `openai` client and raw HTTP the way users call it."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -286,6 +287,21 @@ def test_malformed_json_and_unknown_route(live_server):
     _assert_error(live_server.http.get("/v1/nowhere"), 404)
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-www-form-urlencoded", "text/plain", None],
+    ids=["form", "text", "none"],
+)
+def test_a_body_that_is_not_declared_json_is_400_as_on_vllm(live_server, content_type):
+    """Bare vLLM checks the media type of every JSON route (issue 33); a declared charset is fine."""
+    body = json.dumps({"model": MODEL, "messages": FRANCE, "max_tokens": 2}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    error = _assert_error(live_server.http.post("/v1/chat/completions", content=body, headers=headers), 400)
+    assert error["message"] == "Unsupported Media Type: Only 'application/json' is allowed"
+    typed = {"Content-Type": "application/json; charset=utf-8"}
+    assert live_server.http.post("/v1/chat/completions", content=body, headers=typed, timeout=60).status_code == 200
+
+
 def test_prompt_too_long_for_completions_too(live_server):
     response = live_server.http.post(
         "/v1/completions", json={"model": MODEL, "prompt": "word " * 3000, "max_tokens": 4}, timeout=60
@@ -300,12 +316,21 @@ def test_replica_survives_bad_input(client):
     assert response.choices[0].message.content
 
 
-def test_stream_without_include_usage_has_no_usage_chunk(live_server):
-    # The engine always asks vLLM for usage (metrics need it) and must drop it unless asked.
+@pytest.mark.parametrize(
+    "options",
+    [None, {"include_usage": False}, {"include_usage": False, "continuous_usage_stats": True}],
+    ids=["none", "usage-off", "usage-off-continuous-on"],
+)
+def test_stream_without_include_usage_has_no_usage_anywhere(live_server, options):
+    """The engine always asks vLLM for usage (metrics need it) and must drop it unless asked; bare
+    vLLM sends no per-chunk usage without include_usage, even with continuous_usage_stats (issue 33)."""
     body = {"model": MODEL, "messages": FRANCE, "max_tokens": 4, "stream": True}
+    if options is not None:
+        body["stream_options"] = options
     with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=60) as response:
         lines = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]"
+    assert len(lines) > 2  # content chunks came
     assert not any('"usage":{' in line for line in lines)
 
 

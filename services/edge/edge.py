@@ -65,7 +65,15 @@ def _request_id(request: Request) -> str:
     return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
+# vLLM's OpenAI server takes JSON bodies only, by media type (validate_json_request): a form-encoded
+# or untyped body is a 400 there, so it is here.
+UNSUPPORTED_MEDIA_TYPE = "Unsupported Media Type: Only 'application/json' is allowed"
+
+
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    media_type = request.headers.get("content-type", "").split(";", maxsplit=1)[0].strip().lower()
+    if media_type != "application/json":
+        raise APIError(400, UNSUPPORTED_MEDIA_TYPE, reason=Code.INVALID_JSON)
     too_large = APIError(
         413, f"request body is larger than {limit} bytes", code=Code.REQUEST_TOO_LARGE, reason=Code.REQUEST_TOO_LARGE
     )

@@ -136,7 +136,10 @@ class EngineDeployment:
         client_wants_usage = _wants_usage(body)
         if body.get("stream") is True and isinstance(body.get("stream_options") or {}, dict):
             # Always ask vLLM for the final usage chunk (metrics need it); drop it below unless asked.
-            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+            options = {**(body.get("stream_options") or {}), "include_usage": True}
+            if not client_wants_usage:  # without include_usage vLLM puts usage on no chunk at all
+                options["continuous_usage_stats"] = False
+            body = {**body, "stream_options": options}
         create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             request = self.request_types[route].model_validate({**body, "request_id": request_id})
