@@ -248,9 +248,7 @@ def add_worker(cluster, gcs: str):
 def kill_worker_node(cluster, gcs: str, node, base_url: str, plane: str) -> dict:
     print("[chaos] 1: killing a worker node mid-stream", flush=True)
     ends, probes, acted_at, _ = _under_load(base_url, 4, lambda: cluster.remove_node(node, allow_graceful=False))
-    time.sleep(2)
-    probes.stop()
-    after = [status for sent, status in probes.results if sent > acted_at]
+    after = settle(probes, acted_at, 2)
     first_ok = next((sent - acted_at for sent, status in probes.results if sent > acted_at and status == 200), None)
     add_worker(cluster, gcs)
     replaced_s = until(lambda: running_replicas(base_url).get(MODEL, 0) >= 2, 600)
@@ -261,15 +259,14 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str, plane: str) -> dict
         f"{replaced_s}s after the node came back",
         flush=True,
     )
-    return {
-        "step": "worker node killed mid-stream (4 streams, one replica on it)",
-        "streams": outcomes,
-        "probes": len(after),
-        "failed": sum(s != 200 for s in after),
-        "first_success_s": first_ok,
-        "recovered_s": replaced_s,
-        "recovered": "a replacement replica RUNNING after a node was added back",
-        "ok": outcomes["hung"] == 0
+    return figure(
+        "worker node killed mid-stream (4 streams, one replica on it)",
+        outcomes,
+        after,
+        replaced_s,
+        "a replacement replica RUNNING after a node was added back",
+        first_success_s=first_ok,
+        ok=outcomes["hung"] == 0
         and first_ok is not None
         and first_ok < 10
         # the other replica keeps serving: only the requests sent before Serve stopped choosing the
@@ -278,7 +275,7 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str, plane: str) -> dict
         and replaced_s is not None
         # the router outlives the engine in the routed plane: it owes every cut stream an error event
         and (plane == "direct" or (outcomes["sse_error"] > 0 and outcomes["closed"] == 0)),
-    }
+    )
 
 
 # The deployment that decides where a request goes: beside the stream, or on it.
@@ -304,25 +301,21 @@ def kill_routing_replicas(base_url: str, deployment: str) -> dict:
         kill,
         lambda: not (_replicas(deployment) & killed) and len(_replicas(deployment)) >= len(killed) and _all_healthy(),
     )
-    time.sleep(2)
-    probes.stop()
-    after = [status for sent, status in probes.results if sent > acted_at]
+    after = settle(probes, acted_at, 2)
     outcomes = tally(ends)
     print(
         f"[chaos] 2: killed {sorted(killed)}; streams {outcomes}; probes {len(after)} sent, "
         f"{sum(s != 200 for s in after)} failed; {deployment} replaced and healthy after {recovered_s}s",
         flush=True,
     )
-    return {
-        "step": f"every {deployment} replica killed ({len(names)}, 2 streams)",
-        "streams": outcomes,
-        "probes": len(after),
-        "failed": sum(s != 200 for s in after),
-        "first_success_s": None,
-        "recovered_s": recovered_s,
-        "recovered": f"new {deployment} replicas, every deployment HEALTHY",
-        "ok": bool(names) and outcomes["hung"] == 0 and recovered_s is not None,
-    }
+    return figure(
+        f"every {deployment} replica killed ({len(names)}, 2 streams)",
+        outcomes,
+        after,
+        recovered_s,
+        f"new {deployment} replicas, every deployment HEALTHY",
+        ok=bool(names) and outcomes["hung"] == 0 and recovered_s is not None,
+    )
 
 
 def _is_replica(actor: dict, deployment: str) -> bool:
@@ -362,24 +355,14 @@ def kill_haproxy(base_url: str) -> dict:
     acted_at = time.monotonic()
     killed = kill_processes(is_ours)
     recovered_s = until(lambda: serves(base_url), 120)
-    time.sleep(2)
-    probes.stop()
-    after = [status for sent, status in probes.results if sent > acted_at]
+    after = settle(probes, acted_at, 2)
     print(
         f"[chaos] 3: {killed} haproxy process(es) on :{port} killed; probes {len(after)} sent, "
         f"{sum(s != 200 for s in after)} failed; serving again after {recovered_s}s",
         flush=True,
     )
-    return {
-        "step": "HAProxy killed",
-        "streams": {},
-        "probes": len(after),
-        "failed": sum(s != 200 for s in after),
-        "first_success_s": None,
-        "recovered_s": recovered_s,
-        "recovered": "the port answers 200 again",
-        "ok": killed > 0 and recovered_s is not None,
-    }
+    ok = killed > 0 and recovered_s is not None
+    return figure("HAProxy killed", {}, after, recovered_s, "the port answers 200 again", ok=ok)
 
 
 def drain_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
@@ -397,28 +380,55 @@ def drain_worker_node(cluster, gcs: str, node, base_url: str) -> dict:
     )
     said = drain["process"].stdout.read().strip().splitlines() if drain["process"].stdout else []
     cluster.remove_node(node, allow_graceful=False)  # the pod's kill once its preStop returned
-    time.sleep(3)
-    probes.stop()
-    after = [status for sent, status in probes.results if sent > acted_at]
+    after = settle(probes, acted_at, 3)
     outcomes = tally(ends)
     print(
         f"[chaos] 4: streams {outcomes}; probes {len(after)} sent, {sum(s != 200 for s in after)} failed; "
         f"drain ended after {drained_s}s with {drain['process'].returncode}: {said[-1:] or 'nothing said'}",
         flush=True,
     )
-    return {
-        "step": "worker node drained (slmserve node drain), then killed (4 streams)",
-        "streams": outcomes,
-        "probes": len(after),
-        "failed": sum(s != 200 for s in after),
-        "first_success_s": None,
-        "recovered_s": drained_s,
-        "recovered": "the drain returned: no engine replica left on the node",
-        "ok": drain["process"].returncode == 0
+    return figure(
+        "worker node drained (slmserve node drain), then killed (4 streams)",
+        outcomes,
+        after,
+        drained_s,
+        "the drain returned: no engine replica left on the node",
+        ok=drain["process"].returncode == 0
         and bool(said)
         and "no engine replica left" in said[-1]
         and outcomes["done"] == 4
         and not any(s != 200 for s in after),
+    )
+
+
+def settle(probes: Probes, acted_at: float, wait_s: float) -> list[int]:
+    """The probes' statuses from the fault on, once `wait_s` more have run."""
+    time.sleep(wait_s)
+    probes.stop()
+    return [status for sent, status in probes.results if sent > acted_at]
+
+
+def figure(
+    step: str,
+    streams: dict[str, int],
+    after: list[int],
+    recovered_s: float | None,
+    recovered: str,
+    *,
+    ok: bool,
+    first_success_s: float | None = None,
+) -> dict:
+    """A step's figures for the report: its streams' ends, the probes sent after the fault (status
+    codes; 0: no answer) and the seconds until `recovered` held."""
+    return {
+        "step": step,
+        "streams": streams,
+        "probes": len(after),
+        "failed": sum(status != 200 for status in after),
+        "first_success_s": first_success_s,
+        "recovered_s": recovered_s,
+        "recovered": recovered,
+        "ok": ok,
     }
 
 

@@ -70,8 +70,8 @@ def free_ports(count: int, *, candidates: range = INSTANCE_PORTS) -> list[int]:
     raise RuntimeError(f"fewer than {count} free ports in {candidates.start}-{candidates.stop - 1}")
 
 
-def _bindable(port: int) -> bool:
-    for address in ("127.0.0.1", "0.0.0.0"):  # HAProxy binds the wildcard, uvicorn loopback
+def _bindable(port: int, addresses: tuple[str, ...] = ("127.0.0.1", "0.0.0.0")) -> bool:
+    for address in addresses:  # HAProxy binds the wildcard, uvicorn loopback
         with socket.socket() as sock:
             try:
                 sock.bind((address, port))
@@ -155,7 +155,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         os.environ.setdefault(key, value)
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
-    if local_ray and not _port_free(settings.host, settings.port):
+    if local_ray and not _bindable(settings.port, (settings.host,)):
         raise LocalStartFailed(
             f"port {settings.port} on {settings.host} is in use by another process: "
             "choose another with --port (or SLMSERVE_PORT)"
@@ -217,15 +217,6 @@ def apply_catalog(settings: Settings, running: Catalog, changed: Catalog) -> lis
 
 class LocalStartFailed(RuntimeError):
     """This machine could not start the local Ray or take the port; the message says what to do."""
-
-
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _init_local_ray(init_kwargs: dict[str, Any]) -> None:
