@@ -38,6 +38,7 @@ import psutil
 
 from loadtests.autoscaling_run import poll_until, read_sample
 from loadtests.report import write_section
+from loadtests.serving import session_homes
 from loadtests.sse import StreamMeter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,19 +332,19 @@ def stream(
     )
 
 
-def sessions_on_each_replica(url: str, model: str, header: str, replicas: int, tries: int = 40) -> list[str]:
+def sessions_on_each_replica(base_url: str, model: str, header: str, replicas: int, tries: int = 40) -> list[str]:
     """One session id per replica: the `session` routing policy pins a session to a replica
-    (rendezvous hashing), so a short request per candidate shows where each one lands."""
+    (rendezvous hashing). A session counts once three short requests of it met the same replica:
+    while HAProxy's config lags a replica that has just started, one request can meet the other."""
     found: dict[str, str] = {}
-    body = {"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
-    with httpx.Client(timeout=120, trust_env=False) as client:
-        for index in range(tries):
-            session = f"quiet-{index}"
-            response = client.post(url, json=body, headers={header: session})
-            found.setdefault(response.headers.get("x-slmserve-replica", ""), session)
-            if len(found.keys() - {""}) >= replicas:
-                break
-    return [session for replica, session in found.items() if replica]
+    for index in range(tries):
+        session = f"quiet-{index}"
+        (seen,) = session_homes(base_url, model, header, [session], probes=3).values()
+        if len(seen) == 1 and "" not in seen:
+            found.setdefault(seen.pop(), session)
+        if len(found) >= replicas:
+            break
+    return list(found.values())
 
 
 def run_scenario(
@@ -444,7 +445,7 @@ def run_scenario(
             until(lambda tick: False, 5, "two replicas")
         timeline.marks["step_end"] = time.monotonic() - clock
         load["users"] = 0  # the step's streams finish; the quiet ones start once pinned
-        sessions = sessions_on_each_replica(url, model, session_header, 2)
+        sessions = sessions_on_each_replica(base_url, model, session_header, 2)
         log(f"quiet streams pinned by sessions {sessions}")
         load.update(users=quiet_streams, tokens=quiet_tokens, phase="quiet", sessions=sessions)
         if until(lambda tick: tick.target == 1 and tick.running == 1, 180, "after the step"):

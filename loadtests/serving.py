@@ -64,6 +64,28 @@ def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str 
     raise TimeoutError(f"{base_url}: not {count} running replicas after {timeout_s:.0f}s")
 
 
+def session_homes(
+    base_url: str, model: str, header: str, sessions: list[str], probes: int = 2, api_key: str = ""
+) -> dict[str, set[str]]:
+    """The replicas that answered each session's `probes` short requests (prompts that share no
+    prefix, so the session header decides where a router places them). A session seen on more than
+    one replica means HAProxy did not follow the router's choice: a replica that has just started is
+    known to the router a moment before HAProxy's config lists it."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    homes: dict[str, set[str]] = {}
+    with httpx.Client(timeout=120, trust_env=False) as client:
+        for session in sessions:
+            for probe in range(probes):
+                messages = [{"role": "user", "content": f"{session} {probe}"}]
+                body = {"model": model, "max_tokens": 1, "messages": messages}
+                response = client.post(
+                    f"{base_url}/v1/chat/completions", json=body, headers={**headers, header: session}
+                )
+                response.raise_for_status()
+                homes.setdefault(session, set()).add(response.headers.get("x-slmserve-replica", ""))
+    return homes
+
+
 def _exited(process: subprocess.Popen[bytes], log: Path) -> str:
     """Why `slmserve serve` ended before it was ready ("" while it runs): its exit code and last line."""
     if process.poll() is None:

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
-from loadtests.serving import ServerProcess, catalog_variant, serving
+from loadtests.serving import ServerProcess, catalog_variant, serving, session_homes
 
 pytestmark = pytest.mark.live
 MODEL = "smollm2-135m-instruct"
@@ -40,28 +40,11 @@ def server() -> Iterator[ServerProcess]:
 
 
 def _wait_until_haproxy_follows_the_router(base_url: str, timeout_s: float = 90) -> None:
-    """HAProxy learns of a replica that has just started a moment after the IngressRouter does;
-    until then the router's choice of it falls through to HAProxy's own balancing, and a
-    conversation can land on the other replica (found as this module's intermittent failure).
-    Ready once sessions (the router's rendezvous, with prompts that share no prefix) stay on their
-    replica and spread over both."""
+    """Until sessions stay on their replica and spread over both (loadtests.serving.session_homes):
+    before that, a conversation can land on the other replica (this module's intermittent failure)."""
     deadline = time.monotonic() + timeout_s
     for attempt in range(1_000):
-        homes: dict[str, set[str]] = {}
-        for session in (f"warm-{attempt}-{i}" for i in range(4)):
-            for turn in range(2):
-                response = httpx.post(
-                    f"{base_url}/v1/chat/completions",
-                    timeout=60,
-                    headers={"X-Session-Id": session},
-                    json={
-                        "model": MODEL,
-                        "max_tokens": 1,
-                        "messages": [{"role": "user", "content": f"{session} {turn}"}],
-                    },
-                )
-                assert response.status_code == 200, response.text
-                homes.setdefault(session, set()).add(response.headers["x-slmserve-replica"])
+        homes = session_homes(base_url, MODEL, "X-Session-Id", [f"warm-{attempt}-{i}" for i in range(4)])
         if all(len(replicas) == 1 for replicas in homes.values()) and len(set().union(*homes.values())) == 2:
             return
         assert time.monotonic() < deadline, f"HAProxy does not follow the router's choices: {homes}"
