@@ -256,6 +256,25 @@ class ClusterTimeline:
     def peak_target(self) -> int:
         return max((target for _, target in self.targets), default=0)
 
+    def session_moved(self, removed: list[str], after: float) -> float | None:
+        """When a quiet session first left the removed replica: the moment Serve told it to go, at the
+        latest. Serve's details can come seconds late on a busy machine (the target seen falling only
+        after the replica had gone: the fresh-clone CI, twice); the sessions say it sooner. Each
+        replica holds its own sessions' streams until one of them is told to go, so a stream that
+        gives the other replica more at once than the removed one ever held is a session that moved."""
+        quiet = [s for s in self.streams if s.phase == "quiet" and s.started >= after]
+
+        def at_once(streams: list[Stream], t: float) -> int:
+            return sum(1 for s in streams if s.started <= t < s.ended)
+
+        mine = [s for s in quiet if s.replica in removed]
+        held = max((at_once(mine, s.started) for s in mine), default=0)
+        others = [s for s in quiet if s.replica not in removed]
+        return next(
+            (s.started for s in sorted(others, key=lambda s: s.started) if held and at_once(others, s.started) > held),
+            None,
+        )
+
     def figures(self) -> dict[str, Any]:
         step, end = self.marks.get("step", 0.0), self.marks.get("step_end", 0.0)
         total_nodes = lambda tick: sum(tick.nodes.values())  # noqa: E731
@@ -271,8 +290,13 @@ class ClusterTimeline:
         # on that replica after the decision (it takes no new requests while it drains).
         removed = [r for r in self.replica_nodes if r not in (self.ticks[-1].placement if self.ticks else {})]
         scaled_down = next((t for t, target in self.targets if t >= end and target < self.peak_target()), None)
+        moved = self.session_moved(removed, end)
+        if moved is not None and (scaled_down is None or moved < scaled_down):
+            scaled_down = moved
         on_removed = [s for s in self.streams if s.replica in removed]
-        in_flight_at_removal = [s for s in on_removed if scaled_down is not None and s.started < scaled_down < s.ended]
+        # Seen no earlier than it was made: a stream of the removed replica (which takes none once told
+        # to go) that ended as the decision was seen was still running when it was made.
+        in_flight_at_removal = [s for s in on_removed if scaled_down is not None and s.started < scaled_down <= s.ended]
         started_after = [s for s in on_removed if scaled_down is not None and s.started > scaled_down]
         changes = [(a, b) for (_, a), (_, b) in itertools.pairwise(self.targets) if a != b]
         return {
