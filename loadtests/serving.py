@@ -3,8 +3,10 @@ that need a catalog of their own next to (or instead of) the test session's appl
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,62 @@ def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str 
             return
         time.sleep(1)
     raise TimeoutError(f"{base_url}: not {count} running replicas after {timeout_s:.0f}s")
+
+
+def haproxy_servers_up(port: int, backend: str) -> int | None:
+    """The servers an instance's HAProxy holds UP in one backend (backups aside), read through its
+    admin socket (services/runtime.py puts it under slmserve-PORT/<node>/); None where none answers."""
+    for path in Path(tempfile.gettempdir()).glob(f"slmserve-{port}/*/admin.sock"):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(5)
+                connection.connect(str(path))
+                connection.sendall(b"show stat\n")
+                chunks = []
+                while chunk := connection.recv(65536):
+                    chunks.append(chunk)
+        except OSError:
+            continue
+        lines = b"".join(chunks).decode(errors="replace").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            continue
+        rows = csv.DictReader([lines[0][2:], *lines[1:]])
+        return sum(
+            1
+            for row in rows
+            if row.get("pxname") == backend
+            and row.get("svname") not in ("FRONTEND", "BACKEND")
+            and (row.get("status") or "").startswith("UP")
+            and row.get("bck") == "0"
+        )
+    return None
+
+
+def wait_for_haproxy(base_url: str, catalog: str | Path, replicas: int, timeout_s: float = 30) -> None:
+    """Until HAProxy's config lists `replicas` servers for every model's application (direct plane):
+    Serve's controller reports a new replica RUNNING, and the IngressRouter may choose it, a moment
+    before HAProxy has reloaded with it, and a choice HAProxy cannot follow falls to its own balancing.
+    Not fatal: past the timeout the test runs and says what it saw."""
+    from ray.serve._private.haproxy import HAProxyManager
+
+    from services.catalog import load_catalog
+    from services.layout import layout
+
+    parsed = load_catalog(resolve_catalog_path(str(catalog)))
+    if parsed.data_plane != "direct":
+        return
+    port = int(base_url.rsplit(":", 1)[1])
+    apps = layout(parsed, "slmserve").model_apps.values()
+    backends = [HAProxyManager.get_safe_name(f"http-{app.app_name}") for app in apps]  # Ray's backend names
+    deadline = time.monotonic() + timeout_s
+    while True:
+        seen = {backend: haproxy_servers_up(port, backend) for backend in backends}
+        if all(count is not None and count >= replicas for count in seen.values()):
+            return
+        if time.monotonic() > deadline:
+            print(f"[serving] HAProxy's servers after {timeout_s:.0f}s: {seen}", flush=True)
+            return
+        time.sleep(0.5)
 
 
 def session_homes(
@@ -126,6 +184,7 @@ def serving(
         if replicas > 1:
             key = api_keys.split(",")[0].split(":")[-1] if api_keys else ""
             wait_for_replicas(base_url, replicas, ready_timeout_s, key)
+            wait_for_haproxy(base_url, catalog, replicas)
         yield ServerProcess(base_url, process, log)
     except Exception:
         print(log.read_text()[-5000:])
