@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from services import runtime
+from services.haproxy.maps import admin_command
 from services.settings import resolve_catalog_path
 
 Catalog = dict[str, Any]
@@ -71,16 +71,9 @@ def haproxy_servers_up(port: int, backend: str) -> int | None:
     admin socket (services/runtime.py puts it under slmserve-PORT/<node>/); None where none answers."""
     for path in Path(tempfile.gettempdir()).glob(f"slmserve-{port}/*/admin.sock"):
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(5)
-                connection.connect(str(path))
-                connection.sendall(b"show stat\n")
-                chunks = []
-                while chunk := connection.recv(65536):
-                    chunks.append(chunk)
+            lines = admin_command(path, "show stat").splitlines()
         except OSError:
             continue
-        lines = b"".join(chunks).decode(errors="replace").splitlines()
         if not lines or not lines[0].startswith("# "):
             continue
         rows = csv.DictReader([lines[0][2:], *lines[1:]])

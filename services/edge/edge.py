@@ -65,6 +65,8 @@ def _request_id(request: Request) -> str:
     return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
+WARM_POLL_S = 0.1  # how often a starting router looks whether its handles know their replicas
+
 # vLLM's OpenAI server takes JSON bodies only, by media type (validate_json_request): a form-encoded
 # or untyped body is a 400 there, so it is here.
 UNSUPPORTED_MEDIA_TYPE = "Unsupported Media Type: Only 'application/json' is allowed"
@@ -195,12 +197,11 @@ class Edge:
         first requests are not answered 503 as if the models were still loading."""
         await self.readiness.refresh()
         self.readiness.start()
-        deadline = time.monotonic() + timeout_s
-        for _ in range(int(timeout_s / 0.1) + 1):  # a handle hears of its replicas by Serve's long poll
+        for _ in range(int(timeout_s / WARM_POLL_S)):  # a handle hears of its replicas by Serve's long poll
             waiting = [entry.name for entry in self.models if self.readiness.is_ready(entry.deployment_name)]
-            if time.monotonic() > deadline or all(self.engines[name].ready() for name in waiting):
+            if all(self.engines[name].ready() for name in waiting):
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(WARM_POLL_S)
 
     async def adapters(self) -> dict[str, ModelEntry]:
         """Every LoRA adapter served, with its base model's entry (a catalog name always wins)."""

@@ -24,6 +24,18 @@ from services.haproxy.wrapper import write_atomically
 logger = logging.getLogger("slmserve.haproxy")
 
 
+def admin_command(socket_path: Path, command: str) -> str:
+    """One command on an HAProxy's admin socket, and its whole answer (raises OSError)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(5)
+        connection.connect(str(socket_path))
+        connection.sendall(f"{command}\n".encode())
+        chunks = []
+        while chunk := connection.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 class HAProxyMap:
     def __init__(self, map_path: Path, socket_path: Path) -> None:
         self.map_path = map_path
@@ -44,14 +56,7 @@ class HAProxyMap:
         return cls(config_dir / map_name, socket_path)
 
     def _command(self, command: str) -> str:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(5)
-            connection.connect(str(self.socket_path))
-            connection.sendall(f"{command}\n".encode())
-            chunks = []
-            while chunk := connection.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks).decode(errors="replace")
+        return admin_command(self.socket_path, command)
 
     def loaded(self) -> dict[str, str]:
         """The map as the running HAProxy holds it."""

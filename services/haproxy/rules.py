@@ -58,9 +58,9 @@ def frontend_rules(models_map: Path, adapters_map: Path, model_header: str = "")
     carries it is placed by it, without waiting for its body."""
     placeable = "METH_POST { path_beg /v1/ }"
     by_header = []
-    if model_header and not HEADER_NAME.fullmatch(model_header):
-        raise ValueError(f"not an HTTP header name: {model_header!r}")
     if model_header:
+        if not HEADER_NAME.fullmatch(model_header):
+            raise ValueError(f"not an HTTP header name: {model_header!r}")
         by_header = [
             f"    http-request set-var(txn.slmserve_model) req.hdr({model_header})"
             f" if {placeable} {{ req.hdr({model_header}) -m found }}"
