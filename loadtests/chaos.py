@@ -41,7 +41,7 @@ import httpx
 import psutil
 
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, running_replicas, wait_for_replicas
+from loadtests.serving import catalog_variant, running_replicas, until, wait_for_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -120,19 +120,6 @@ def read_stream(base_url: str) -> StreamEnd:
 def tally(ends: list[StreamEnd]) -> dict[str, int]:
     """How many streams ended each way."""
     return {outcome: sum(end.outcome == outcome for end in ends) for outcome in OUTCOMES}
-
-
-def until(condition, timeout_s: float, period_s: float = 0.5) -> float | None:
-    """Seconds until `condition()` holds; None if it did not within `timeout_s`."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        try:
-            if condition():
-                return time.monotonic() - started
-        except Exception:  # a probe that errors is a probe that has not recovered
-            pass
-        time.sleep(period_s)
-    return None
 
 
 def serves(base_url: str) -> bool:

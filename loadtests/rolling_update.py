@@ -30,7 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.report import write_section
-from loadtests.serving import ServerProcess, catalog_variant, serving
+from loadtests.serving import ServerProcess, catalog_variant, serving, until
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -106,13 +106,12 @@ def replicas_answering(base_url: str, model: str, samples: int = 8) -> set[str]:
     return seen
 
 
-def until(condition, timeout_s: float = STEP_TIMEOUT_S) -> float:
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout_s:
-            raise TimeoutError(f"not within {timeout_s:.0f}s")
-        time.sleep(1)
-    return time.monotonic() - started
+def step_seconds(condition) -> float:
+    """Seconds until `condition()` holds (loadtests.serving.until), or the step has failed."""
+    seconds = until(condition, STEP_TIMEOUT_S, period_s=1)
+    if seconds is None:
+        raise TimeoutError(f"not within {STEP_TIMEOUT_S:.0f}s")
+    return seconds
 
 
 def apply(server: ServerProcess, path: Path, catalog: dict) -> None:
@@ -144,7 +143,7 @@ def main() -> int:
                 catalog["models"][0]["engine_args"].get("max_num_seqs", 8) - 1
             )
             apply(server, path, catalog)
-            took = until(
+            took = step_seconds(
                 lambda: replica_states(base, MODEL) == {"RUNNING": 2.0} and not (replicas_answering(base, MODEL) & old)
             )
             rows.append(("engine argument changed, 2 replicas rolled", took, load.outcomes - before, Counter()))
@@ -156,7 +155,7 @@ def main() -> int:
             added.update(name=ADDED, aliases=[], deployment={**added["deployment"], "num_replicas": 1})
             catalog["models"].append(added)
             apply(server, path, catalog)
-            took = until(lambda: stream_once(base, ADDED, "added?") == "done")
+            took = step_seconds(lambda: stream_once(base, ADDED, "added?") == "done")
             served_by = httpx.post(
                 f"{base}/v1/chat/completions",
                 json={"model": ADDED, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
@@ -172,7 +171,7 @@ def main() -> int:
             time.sleep(1)
             catalog["models"].pop()
             apply(server, path, catalog)
-            took = until(
+            took = step_seconds(
                 lambda: (
                     httpx.post(
                         f"{base}/v1/chat/completions",

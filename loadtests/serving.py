@@ -66,6 +66,20 @@ def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str 
     raise TimeoutError(f"{base_url}: not {count} running replicas after {timeout_s:.0f}s")
 
 
+def until(condition: Callable[[], object], timeout_s: float, period_s: float = 0.5) -> float | None:
+    """Seconds until `condition()` holds; None if it did not within `timeout_s`. A condition that
+    raises has not held yet (a probe that errors is a probe that has not recovered)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        try:
+            if condition():
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(period_s)
+    return None
+
+
 def haproxy_servers_up(port: int, backend: str) -> int | None:
     """The servers an instance's HAProxy holds UP in one backend (backups aside), read through its
     admin socket (services/runtime.py puts it under slmserve-PORT/<node>/); None where none answers."""
