@@ -40,7 +40,10 @@ run: install
 test: install lint
 	@# Debian's Prometheus and promtool for the observability tests (skipped, with the reason, if not installable)
 	deploy/tools/install_debian.sh prometheus prometheus promtool
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra --durations=15 $(PYTEST_ARGS)
+	@# The unit tier first (no Ray, no engine; about a minute): a failure there stops the run.
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra --durations=5 tests/unit $(PYTEST_ARGS)
+	@# Then the live tier (the real application on local Ray with vLLM CPU engines) and the cluster tier.
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra --durations=15 tests/live tests/cluster $(PYTEST_ARGS)
 
 # Bounded locust run against a local server (starts `slmserve serve` if none answers).
 loadtest: install
@@ -66,16 +69,16 @@ soak: install
 
 # The fuzz properties at full budget (make test runs them at 100 examples each).
 fuzz: install
-	SLMSERVE_FUZZ_EXAMPLES=1000 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/test_fuzz.py
+	SLMSERVE_FUZZ_EXAMPLES=1000 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/unit/test_fuzz_inputs.py tests/live/test_fuzz.py
 
 unit: install
-	$(BIN)/python -m pytest -ra -m "not live" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -ra tests/unit $(PYTEST_ARGS)
 
 # Every check at 0 findings: lint, formatting, types (mypy, strict on services/), shell scripts.
 SHELL_SCRIPTS := .ci/run deploy/tools/*.sh loadtests/gpu/*.sh
 lint: install
-	$(BIN)/ruff check services tests loadtests
-	$(BIN)/ruff format --check services tests loadtests
+	$(BIN)/ruff check services tests loadtests testkit
+	$(BIN)/ruff format --check services tests loadtests testkit
 	$(BIN)/mypy
 	deploy/tools/install_debian.sh shellcheck shellcheck
 	shellcheck $(SHELL_SCRIPTS)

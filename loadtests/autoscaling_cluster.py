@@ -10,7 +10,7 @@ application is slmserve's own, deployed by this process as `slmserve serve` woul
 
     .venv/bin/python -m loadtests.autoscaling_cluster [--json PATH] [--docs docs]   # about 4 minutes
 
-tests/test_autoscaling_live.py runs it and asserts on the JSON; `--docs` writes the timeline plot and
+tests/cluster/test_autoscaling_live.py runs it and asserts on the JSON; `--docs` writes the timeline plot and
 figures to docs/autoscaling.md.
 """
 
@@ -38,8 +38,8 @@ import psutil
 
 from loadtests.autoscaling_run import poll_until, read_sample
 from loadtests.report import write_section
-from loadtests.serving import session_homes
 from loadtests.sse import StreamMeter
+from testkit.serving import session_homes
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "loadtests" / "autoscaling-cluster.yaml"
@@ -487,9 +487,9 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
     """Start the cluster, deploy the catalog, run the scenario, stop everything."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray's addresses on 127.0.0.1
     from services import runtime
-    from services.catalog import load_catalog
-    from services.layout import layout
-    from services.settings import Settings
+    from services.core.catalog import load_catalog
+    from services.core.layout import layout
+    from services.core.settings import Settings
 
     catalog = load_catalog(catalog_path)
     entry = catalog.models[0]

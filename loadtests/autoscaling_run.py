@@ -28,8 +28,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, serving
 from loadtests.workload import percentile
+from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -66,7 +66,7 @@ def cpu_scenario() -> Scenario:
 
 
 def gpu_scenario() -> Scenario:
-    from services.catalog import load_catalog
+    from services.core.catalog import load_catalog
     from services.models.phi35_dummy import build
 
     entry = load_catalog(GPU_CATALOG).models[0]

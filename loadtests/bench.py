@@ -35,8 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loadtests.report import plot, ratios_table, results_table, write_section
-from loadtests.serving import catalog_variant
 from loadtests.workload import LevelResult, percentile, run_level
+from testkit.serving import catalog_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -191,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.levels.split(",")]
 
     from services import runtime
-    from services.catalog import load_catalog
+    from services.core.catalog import load_catalog
+    from services.core.settings import Settings, resolve_catalog_path
     from services.models.embedded import ensure_embedded_model
-    from services.settings import Settings, resolve_catalog_path
 
     path = resolve_catalog_path(args.catalog)
     if args.data_plane:

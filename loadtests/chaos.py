@@ -41,7 +41,7 @@ import httpx
 import psutil
 
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, running_replicas, until, wait_for_replicas
+from testkit.serving import catalog_variant, running_replicas, until, wait_for_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.cluster_utils import Cluster
 
     from services import runtime
-    from services.catalog import load_catalog
-    from services.settings import Settings
+    from services.core.catalog import load_catalog
+    from services.core.settings import Settings
 
     def two_replicas(catalog: dict) -> None:
         entry = catalog["models"][0]

@@ -25,8 +25,8 @@ import psutil
 
 from loadtests.bench import MODEL, start_bare_vllm
 from loadtests.report import write_section
-from loadtests.serving import serving
 from loadtests.workload import run_level
+from testkit.serving import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("engine core", "vLLM worker", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
@@ -147,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
             print(process_table(by_process(server.process.pid, args.seconds)), flush=True)
         return 0
     from services import runtime
-    from services.catalog import load_catalog
+    from services.core.catalog import load_catalog
+    from services.core.settings import Settings, resolve_catalog_path
     from services.models.embedded import ensure_embedded_model
-    from services.settings import Settings, resolve_catalog_path
 
     catalog = load_catalog(resolve_catalog_path("cpu"))
     settings = Settings()

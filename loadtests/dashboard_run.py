@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.prometheus import DASHBOARD, Prometheus, local_prometheus
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, serving
 from loadtests.workload import run_level
+from testkit.prometheus import DASHBOARD, Prometheus, local_prometheus
+from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
 Run {started_at}: `.venv/bin/python -m loadtests.dashboard_run`. The embedded default (the `cpu`
 catalog, with `max_in_flight: {BOUND}` so that rejections show) on 2 CPU cores, Debian's Prometheus
-scraping it once a second with the chart's ServiceMonitor labels (`loadtests/prometheus.py`), and a
+scraping it once a second with the chart's ServiceMonitor labels (`testkit/prometheus.py`), and a
 load of {", ".join(f"{n} streams {c} at a time" for c, n in PHASES)} ({args.max_tokens} tokens each;
 {summary}; the 429s of the last step are the bound at work, and a refused client sends its next
 request at once). Each panel is the shipped dashboard's

@@ -17,7 +17,7 @@ import httpx
 import psutil
 
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, serving
+from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_CORE = "VLLM::EngineCore"

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from services import runtime
-    from services.settings import Settings
+    from services.core.settings import Settings
 
     os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"  # read when ray.serve.llm is imported
     os.environ.update(runtime.ingress_environment(Settings(port=args.port)))

@@ -30,7 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.report import write_section
-from loadtests.serving import ServerProcess, catalog_variant, serving, until
+from testkit.serving import ServerProcess, catalog_variant, serving, until
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -107,7 +107,7 @@ def replicas_answering(base_url: str, model: str, samples: int = 8) -> set[str]:
 
 
 def step_seconds(condition) -> float:
-    """Seconds until `condition()` holds (loadtests.serving.until), or the step has failed."""
+    """Seconds until `condition()` holds (testkit.serving.until), or the step has failed."""
     seconds = until(condition, STEP_TIMEOUT_S, period_s=1)
     if seconds is None:
         raise TimeoutError(f"not within {STEP_TIMEOUT_S:.0f}s")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import httpx
 
-from loadtests.conversations import hit_rate, prefix_cache_counts, run_conversations
 from loadtests.report import write_section
-from loadtests.serving import catalog_variant, serving
 from loadtests.workload import percentile
+from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations
+from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.serving import catalog_variant
 from loadtests.sse import parse_model_mix
-from services.catalog import load_catalog
+from services.core.catalog import load_catalog
 from services.runtime import wait_until_ready
+from testkit.serving import catalog_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CATALOG = ROOT / "tests" / "catalogs" / "test.yaml"  # three model families

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 
 from loadtests.report import write_section
-from loadtests.serving import serving
+from testkit.serving import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTH_UP_TIMEOUT_S = 900

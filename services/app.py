@@ -1,4 +1,4 @@
-"""Build the Ray Serve applications of a catalog (services/layout.py says which, and where).
+"""Build the Ray Serve applications of a catalog (services/core/layout.py says which, and where).
 
 - direct (the default): per model, an application whose engine deployment is the HTTP ingress,
   with the `IngressRouter` as its ingress request router where it has a replica choice, so HAProxy
@@ -23,11 +23,12 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from services.catalog import Catalog, DeploymentOptions, ModelEntry, parse_catalog
-from services.layout import Layout, layout
-from services.platform import LIMIT_BROKER, METRICS_HUB
-from services.settings import Settings
-from services.timing import ROUTING_STATS_PERIOD_S
+from services.core import ray_compat
+from services.core.catalog import Catalog, DeploymentOptions, ModelEntry, parse_catalog
+from services.core.layout import Layout, layout
+from services.core.platform import LIMIT_BROKER, METRICS_HUB
+from services.core.settings import Settings
+from services.core.timing import ROUTING_STATS_PERIOD_S
 
 # Ray Serve runs user code and its outgoing-request router on separate threads/loops by default;
 # every streamed token then crosses threads twice per hop. Our deployments are fully async, so they
@@ -42,13 +43,6 @@ def _serve_options(deployment: DeploymentOptions, env: dict[str, str]) -> dict[s
     return options
 
 
-def haproxy_enabled() -> bool:
-    """Whether Serve's HAProxy ingress is on (read at import by Ray itself, in this process)."""
-    from ray.serve._private import constants
-
-    return bool(constants.RAY_SERVE_ENABLE_HA_PROXY)
-
-
 def _request_router(entry: ModelEntry) -> dict[str, Any]:
     if entry.routing.policy == "power-of-two" or not entry.has_replica_choice:  # Ray Serve's default
         return {}
@@ -56,7 +50,7 @@ def _request_router(entry: ModelEntry) -> dict[str, Any]:
 
     return {
         "request_router_config": RequestRouterConfig(
-            request_router_class="services.router.policies.AffinityRouter",
+            request_router_class="services.routing.policies.AffinityRouter",
             request_router_kwargs={
                 **entry.routing.router_kwargs(),
                 **({"base_names": entry.names} if entry.adapter_affinity else {}),
@@ -81,8 +75,8 @@ ON_THE_HEAD_NODE = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001
 
 
 def _limit_broker(catalog: Catalog) -> Application | None:
-    """The cluster-wide limits, where the catalog sets any (services/limits.py)."""
-    from services.limits import LimitBroker, has_limits
+    """The cluster-wide limits, where the catalog sets any (services/edge/limits.py)."""
+    from services.edge.limits import LimitBroker, has_limits
 
     if not has_limits(catalog):
         return None
@@ -94,22 +88,22 @@ def _limit_broker(catalog: Catalog) -> Application | None:
 
 
 def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, cache_dir: str) -> Application:
-    from services.engine.deployment import DirectEngine
-    from services.router.ingress_router import IngressRouter
+    from services.ingress.direct import DirectEngine
+    from services.ingress.replica_picker import IngressRouter
 
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
         entry.model_dump(mode="json"), cache_dir, platform_app, catalog.model_dump(mode="json")
     )
     # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
     # without HAProxy, Serve's proxy actor routes to the engine replicas itself.
-    if not entry.has_replica_choice or not haproxy_enabled():
+    if not entry.has_replica_choice or not ray_compat.haproxy_enabled():
         return engine
     router = (
         serve.deployment(serve.ingress()(IngressRouter))
         .options(name="IngressRouter", **_serve_options(catalog.router.deployment, {}))
         .bind(engine, platform_app, catalog.router.session_header)
     )
-    return engine._with_ingress_request_router(router)
+    return ray_compat.with_ingress_request_router(engine, router)
 
 
 def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
@@ -125,7 +119,7 @@ def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
 def _platform_application(catalog: Catalog, plan: Layout, cache_dir: str) -> Application:
     """The hub, the broker and the Router; in routed mode the engines too, bound to the Router."""
     from services.engine.deployment import EngineDeployment
-    from services.router.deployment import Router
+    from services.ingress.routed import Router
 
     hub = _metrics_hub(catalog, plan)
     engines = (
@@ -145,7 +139,7 @@ def _platform_application(catalog: Catalog, plan: Layout, cache_dir: str) -> App
 def _with_tracing(catalog: Catalog) -> Catalog:
     """Tracing resolved once, here (the catalog's endpoint, else the environment's), and given to the
     engines too: vLLM exports its engine spans over OTLP/HTTP to the same collector."""
-    from services.tracing import traces_endpoint
+    from services.edge.tracing import traces_endpoint
 
     endpoint = traces_endpoint(catalog.tracing)
     if endpoint is None:

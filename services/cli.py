@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from services.catalog import Catalog, CatalogError, load_catalog
-from services.settings import Settings, resolve_catalog_path
+from services.core.catalog import Catalog, CatalogError, load_catalog
+from services.core.settings import Settings, resolve_catalog_path
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -116,7 +116,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _profiles(args: argparse.Namespace) -> int:
     """Each model's profiles against a machine (`--gpu H100x2`, else this one's GPUs), the pick marked."""
-    from services.profiles import Hardware, choose, missing
+    from services.engine.profiles import Hardware, choose, missing
 
     catalog = load_catalog(resolve_catalog_path(args.catalog))
     hardware = Hardware.parse(args.gpu) if args.gpu else Hardware.detect()
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     show = catalog_commands.add_parser("show", help="print a catalog as validated JSON")
     show.add_argument("catalog")
     show.set_defaults(func=_show)
-    profiles = commands.add_parser("profiles", help="engine profiles per GPU (services/profiles.py)")
+    profiles = commands.add_parser("profiles", help="engine profiles per GPU (services/engine/profiles.py)")
     profiles_commands = profiles.add_subparsers(dest="profiles_command", required=True)
     profiles_list = profiles_commands.add_parser("list", help="each model's profiles and the one a machine runs")
     profiles_list.add_argument("--catalog", default="phi35", help="catalog name or YAML path")

@@ -11,21 +11,19 @@ until no engine replica is left on the node, or the deadline, and says so in one
 from __future__ import annotations
 
 import time
-from typing import Any
+
+from services.core import ray_compat
 
 ENGINE_REPLICA = "ServeReplica:"  # actor class names: ServeReplica:<application>:<deployment>
-ENGINE_DEPLOYMENT = ":engine-"  # services.catalog.ModelEntry.deployment_name
+ENGINE_DEPLOYMENT = ":engine-"  # services.core.catalog.ModelEntry.deployment_name
 POLL_S = 2.0
 
 
 def engine_replicas_on(node_id: str) -> list[str]:
     """The live engine replica actors on a node (Ray's GCS actor table; blocking)."""
-    from ray._private import state
-
-    table: dict[str, dict[str, Any]] = state.actors(actor_state_name="ALIVE")
     return sorted(
         info["ActorClassName"]
-        for info in table.values()
+        for info in ray_compat.alive_actors().values()
         if info.get("Address", {}).get("NodeID") == node_id
         and info.get("ActorClassName", "").startswith(ENGINE_REPLICA)
         and ENGINE_DEPLOYMENT in info.get("ActorClassName", "")
@@ -37,17 +35,14 @@ def drain_node(address: str, node_id: str | None, deadline_s: float) -> int:
     replica is left on it (or the deadline has passed, which the pod's kill then ends), 1 if Ray
     refused the drain."""
     import ray
-    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled; no stub
-    from ray.core.generated import autoscaler_pb2
 
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     try:
         node = node_id or ray.get_runtime_context().get_node_id()
         deadline = time.monotonic() + deadline_s
-        gcs = GcsClient(address=ray.get_runtime_context().gcs_address)
-        accepted, refusal = gcs.drain_node(
+        accepted, refusal = ray_compat.drain_node(
+            ray.get_runtime_context().gcs_address,
             node,
-            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
             "slmserve node drain: the node is stopping",
             int(time.time() * 1000 + deadline_s * 1000),
         )

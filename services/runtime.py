@@ -16,19 +16,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.catalog import Catalog
-from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
-from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
-from services.layout import layout, model_routes
-from services.models import needs_hub
-from services.settings import Settings
-from services.timing import (
+from services.core import ray_compat
+from services.core.catalog import Catalog
+from services.core.layout import layout, model_routes
+from services.core.settings import Settings
+from services.core.timing import (
     LOCAL_CONTROL_LOOP_INTERVAL_S,
     PROXY_HEALTH_CHECK_PERIOD_S,
     RAY_START_ATTEMPTS,
     RAY_START_BACKOFF_S,
     ROUTER_START_TIMEOUT_S,
 )
+from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
+from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
+from services.models import needs_hub
 
 
 def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
@@ -81,7 +82,7 @@ def _bindable(port: int, addresses: tuple[str, ...] = ("127.0.0.1", "0.0.0.0")) 
 
 
 def control_environment() -> dict[str, str]:
-    """Serve's controller on a local Ray shares the engine's cores: a slower loop (services/timing.py).
+    """Serve's controller on a local Ray shares the engine's cores: a slower loop (services/core/timing.py).
 
     Ray's workers (the engine replica, vLLM's processes, HAProxy) keep Ray's nice 15. At nice 0, tried
     here, the engines' busy loops starved everything else on a 2-core machine at the same priority:
@@ -185,17 +186,13 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
 
 
 def _deploy(settings: Settings, catalog: Catalog, *, wait: bool) -> None:
-    from ray import serve
-
     from services.app import build_applications
 
     apps = build_applications(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
     # The model applications first, the platform last: HAProxy places a model's requests as soon as
     # its application exists, and the platform answers everything else from the moment it is up.
     for app in [*apps[1:], apps[0]]:
-        # serve.run always blocks until every replica is up; _run(_blocking=False) is the same call
-        # without that wait, which is what lets readiness report 503 while engines load.
-        serve._run(app.application, name=app.name, route_prefix=app.route_prefix, _blocking=wait)
+        ray_compat.run_application(app.application, app.name, app.route_prefix, wait=wait)
 
 
 def apply_catalog(settings: Settings, running: Catalog, changed: Catalog) -> list[str]:
@@ -205,13 +202,11 @@ def apply_catalog(settings: Settings, running: Catalog, changed: Catalog) -> lis
     gets its application; a removed model's application is deleted once the platform, which then
     answers 404 for it, has the new catalog (serve.delete lets its in-flight requests finish).
     Returns the applications deleted."""
-    from ray import serve
-
     _deploy(settings, changed, wait=False)
     kept = set(layout(changed, settings.app_name).app_names())
     gone = [app for app in layout(running, settings.app_name).app_names() if app not in kept]
     for app in gone:
-        serve.delete(app, _blocking=False)
+        ray_compat.delete_application(app)
     return gone
 
 
@@ -269,7 +264,7 @@ def deploy_failures(catalog: Catalog, app_name: str) -> str:
     """Serve's message for each deployment of the catalog's applications that it gave up on ("" while
     none has): a replica whose start keeps failing ends DEPLOY_FAILED, and readiness alone would
     wait on it."""
-    from services.serve_status import read_deployment_states
+    from services.core.serve_status import read_deployment_states
 
     failures = [
         f"{name}: {_failure_summary(state.message) or 'DEPLOY_FAILED'}"

@@ -24,8 +24,8 @@ from pathlib import Path
 from loadtests.bench import scraping, start_bare_vllm
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table, summarize
-from loadtests.serving import catalog_variant
 from loadtests.workload import LevelResult, percentile, run_level
+from testkit.serving import catalog_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 # Dummy weights often pick Phi-3's special tokens, which vLLM drops from the text by default: the
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from services import runtime
-    from services.catalog import load_catalog
-    from services.settings import Settings
+    from services.core.catalog import load_catalog
+    from services.core.settings import Settings
 
     if args.data_plane:
         args.catalog = catalog_variant(

@@ -28,8 +28,8 @@ import httpx
 from loadtests.gpu.make_phi35 import build
 from loadtests.gpu.run_gpu_bench import prompt_words_for
 from loadtests.gpu.run_gpu_lora import row
-from loadtests.serving import running_replicas, serving
 from loadtests.workload import chat_body, level_result, run_bodies
+from testkit.serving import running_replicas, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-family-h200.yaml"
@@ -204,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     began = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    from services.catalog import load_catalog
+    from services.core.catalog import load_catalog
+    from services.core.settings import Settings
     from services.models import resolve_source
-    from services.settings import Settings
 
     catalog = load_catalog(args.catalog)
     for entry in catalog.models:

@@ -19,8 +19,8 @@ from pathlib import Path
 from loadtests.gpu.make_phi35 import build, build_adapters
 from loadtests.gpu.run_gpu_bench import prompt_words_for
 from loadtests.gpu.run_gpu_routing import wait_for_free_gpu
-from loadtests.serving import catalog_variant, serving
 from loadtests.workload import LevelResult, percentile, run_level
+from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-lora.yaml"

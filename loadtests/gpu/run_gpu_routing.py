@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.conversations import system_prompt
 from loadtests.gpu.make_phi35 import build
 from loadtests.routing_bench import SINGLE, measure, results_table
-from loadtests.serving import catalog_variant
+from testkit.conversations import system_prompt
+from testkit.serving import catalog_variant
 
 ROOT = Path(__file__).resolve().parents[2]
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-routing.yaml"
@@ -27,7 +27,7 @@ VISIBLE_TOKENS = {"skip_special_tokens": False, "ignore_eos": True}  # dummy wei
 
 
 def words_for_prefix(model_dir: Path, tokens: int) -> int:
-    """System-prompt words (loadtests.conversations.system_prompt) that make about `tokens` tokens."""
+    """System-prompt words (testkit.conversations.system_prompt) that make about `tokens` tokens."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -18,13 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import __version__
-from services.catalog import ModelEntry
+from services.core.catalog import ModelEntry
+from services.core.errors import APIError, Code, error_body
+from services.core.timing import RETRY_AFTER_S
 from services.edge.edge import Edge
 from services.edge.middleware import EdgeMiddleware
 from services.edge.openapi import openapi_document
-from services.errors import APIError, Code, error_body
 from services.metrics.records import RejectionRecord
-from services.timing import RETRY_AFTER_S
 
 logger = logging.getLogger("slmserve.edge")
 ROUTES = APIRouter()

@@ -24,22 +24,22 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
-from ray import serve
 
-from services.admission import Rejected, estimate_tokens
-from services.auth import KeyRing
-from services.catalog import Catalog, ModelEntry
-from services.edge.engines import REPLICA_GONE, Engine, EngineStream
+from services.core import ray_compat
+from services.core.catalog import Catalog, ModelEntry
+from services.core.errors import APIError, Code
+from services.core.settings import Settings
+from services.core.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
+from services.edge.admission import Rejected, estimate_tokens
+from services.edge.auth import KeyRing
+from services.edge.limits import LimiterUnavailable, SharedLimits
+from services.edge.media import MediaError, MediaFetcher, prepare_images
 from services.edge.readiness import ControllerReadiness, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
+from services.edge.tracing import Span, Tracing
+from services.engine.interface import REPLICA_GONE, Engine, EngineStream
 from services.engine.protocol import Head
-from services.errors import APIError, Code
-from services.limits import LimiterUnavailable, SharedLimits
-from services.media import MediaError, MediaFetcher, prepare_images
 from services.metrics.records import CompletionRecord, PlacedRecord, RecordBuffer
-from services.settings import Settings
-from services.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
-from services.tracing import Span, Tracing
 
 logger = logging.getLogger("slmserve.edge")
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -61,8 +61,7 @@ class Target:
 def _request_id(request: Request) -> str:
     """Serve's ingress takes the client's X-Request-Id (or makes one) and logs it; reuse that id so
     vLLM's ids and logs match it."""
-    context = serve.context._get_serve_request_context()
-    return context.request_id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+    return ray_compat.serve_request_id() or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
 
 
 WARM_POLL_S = 0.1  # how often a starting router looks whether its handles know their replicas
@@ -178,8 +177,8 @@ class Edge:
         )
         self.media = MediaFetcher(policy)
         self.keys = KeyRing.load(settings.api_keys, settings.api_keys_file)
-        self.limits = SharedLimits(catalog, limit_broker)  # cluster-wide (services/limits.py)
-        self.tracing = Tracing(catalog.tracing)  # off unless configured (services/tracing.py)
+        self.limits = SharedLimits(catalog, limit_broker)  # cluster-wide (services/edge/limits.py)
+        self.tracing = Tracing(catalog.tracing)  # off unless configured (services/edge/tracing.py)
         self.openapi: dict[str, Any] | None = None  # built on first request (needs a loaded engine)
 
     @property

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.errors import Code, error_body
-from services.layout import INTERNAL_PREFIX
+from services.core.errors import Code, error_body
+from services.core.layout import INTERNAL_PREFIX
 from services.metrics.records import HTTPRecord
 
 

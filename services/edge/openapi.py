@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from services import sse
-from services.catalog import ModelEntry
+from services.core.catalog import ModelEntry
 from services.edge.middleware import needs_key
+from services.engine import sse
 
 OPENAI_ERROR = {
     "type": "object",

@@ -19,9 +19,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from services.serve_context import background_task
-from services.serve_status import DeploymentState, read_deployment_states
-from services.timing import READINESS_POLL_READY_S, READINESS_POLL_S, SUSPECT_MAX_S
+from services.core.serve_context import background_task
+from services.core.serve_status import DeploymentState, read_deployment_states
+from services.core.timing import READINESS_POLL_READY_S, READINESS_POLL_S, SUSPECT_MAX_S
 
 logger = logging.getLogger("slmserve.edge")
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from services import sse
-from services.edge.engines import REPLICA_GONE, EngineStream
+from services.core.errors import Code
+from services.engine import sse
+from services.engine.interface import REPLICA_GONE, EngineStream
 from services.engine.protocol import Outcome
-from services.errors import Code
 from services.metrics.records import CompletionRecord, RecordBuffer
 
 logger = logging.getLogger("slmserve.edge")

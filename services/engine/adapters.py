@@ -1,7 +1,7 @@
 """An engine replica's LoRA adapters, kept in step with the catalog's `lora.adapters_dir`.
 
 Every `refresh_s` the directory is listed: a new or changed adapter is snapshotted, checked
-(services/adapters.py) and registered through vLLM's runtime-loading path; a removed one is
+(services/engine/adapter_files.py) and registered through vLLM's runtime-loading path; a removed one is
 unregistered (requests already running with it finish; new ones get 404). A broken adapter is
 logged once per version of its files and left out; nothing about it reaches the engine, so it
 cannot take the replica down. Each replica does this itself: the directory is shared (a PVC),
@@ -17,9 +17,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from services.adapters import Adapter, AdapterError, BaseShape, CheckedAdapter, list_adapters, snapshot_and_check
-from services.catalog import LoraOptions
-from services.timing import ADAPTER_SNAPSHOT_GRACE_S
+from services.core.catalog import LoraOptions
+from services.core.timing import ADAPTER_SNAPSHOT_GRACE_S
+from services.engine.adapter_files import (
+    Adapter,
+    AdapterError,
+    BaseShape,
+    CheckedAdapter,
+    list_adapters,
+    snapshot_and_check,
+)
 
 logger = logging.getLogger("slmserve.adapters")
 

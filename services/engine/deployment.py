@@ -2,14 +2,12 @@
 and vLLM's own OpenAI serving layer (chat templates, sampling, logprobs, structured output).
 
 Every request is answered as the stream of services/engine/protocol.py: a `Head` first (so the
-HTTP status is known before a byte goes out), then vLLM's SSE frames and the `Outcome`.
-
-- Direct mode (`DirectEngine`, a single-model catalog): the replica is the HTTP ingress. HAProxy
-  forwards each request straight to it, the edge (services/edge) runs in this process and iterates
-  `stream` in-process, so tokens cross one Python process, as with bare `vllm serve`.
-- Routed mode (`EngineDeployment`, a multi-model catalog): the router replica calls `generate`
-  through a Serve handle; frames that queue up while the transport is busy are joined into one
-  item (services/streaming.py), since every item crosses a process boundary there.
+HTTP status is known before a byte goes out), then vLLM's SSE frames and the `Outcome`. Two callers:
+- the direct ingress (services/ingress/direct.py, a subclass that is also the HTTP server) iterates
+  `stream` in-process;
+- the routed ingress calls `generate` through a Serve handle; frames that queue up while the
+  transport is busy are joined into one item (services/engine/streaming.py), since every item
+  crosses a process boundary there.
 """
 
 from __future__ import annotations
@@ -25,28 +23,20 @@ from typing import Any
 from pydantic import ValidationError
 from ray import serve
 
-from services import platform, sse
-from services.catalog import Catalog, ModelEntry
-from services.edge.app import build_app
-from services.edge.edge import Edge
-from services.edge.engines import LocalEngine
-from services.edge.readiness import SelfReadiness
-from services.engine import vllm_compat
+from services.core.catalog import ModelEntry
+from services.core.errors import error_json, from_vllm_error
+from services.core.settings import Settings
+from services.core.timing import ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
+from services.engine import sse, vllm_compat
 from services.engine.adapters import AdapterSync
+from services.engine.profiles import Hardware
+from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import Head, Outcome, StreamItem
-from services.errors import error_json, from_vllm_error
-from services.limits import has_limits
+from services.engine.streaming import coalesce
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
-from services.metrics.records import RecordBuffer
 from services.models import resolve_source
-from services.profiles import Hardware
-from services.profiles import choose as choose_profile
-from services.router import decisions
-from services.router.policies import routing_stats
-from services.settings import Settings
-from services.streaming import coalesce
-from services.timing import ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
+from services.routing.policies import routing_stats
 
 logger = logging.getLogger("slmserve.engine")
 
@@ -247,7 +237,7 @@ class EngineDeployment:
         )
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve ships these to the autoscaler (services/autoscaling.py, when the catalog sets `slo`)."""
+        """Serve ships these to the autoscaler (services/engine/autoscaling.py, when the catalog sets `slo`)."""
         return {"waiting": self.waiting, "ttft_p90_s": self.recent_ttft.quantile(0.9)}
 
     async def adapter_names(self) -> list[str]:
@@ -285,37 +275,3 @@ class EngineDeployment:
             await stack.shutdown()
         if adapters is not None:
             adapters.close()
-
-
-class DirectEngine(EngineDeployment):
-    """An engine replica that is also the HTTP ingress (direct mode): the edge runs in this process
-    and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
-    app `__serve_build_asgi_app__` returns once the engine has loaded."""
-
-    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
-    ) -> None:
-        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))
-        self.catalog = Catalog.model_validate(catalog)
-        self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
-
-    def stream(
-        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncGenerator[StreamItem, None]:
-        # With one fixed replica HAProxy asks no IngressRouter: the choice is counted here, so the
-        # routing metric (and its dashboard panel) covers every model.
-        if not self.entry.has_replica_choice:
-            decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")
-        return super().stream(route, body, request_id, trace_headers)
-
-    async def __serve_build_asgi_app__(self) -> Any:
-        edge = Edge(
-            self.catalog,
-            {self.entry.name: LocalEngine(self)},
-            RecordBuffer(self.metrics_hub, collectors=(decisions.drain,)),
-            SelfReadiness(),
-            served_by="engine",
-            replica=serve.get_replica_context().replica_id.unique_id,
-            limit_broker=self.limit_broker,
-        )
-        return build_app(edge)

@@ -173,3 +173,18 @@ class ServingStack:
     async def check_health(self) -> None:
         """Raises if the engine core died (vLLM's own liveness check)."""
         await self.engine.check_health()
+
+
+def cpu_lora_op_modules() -> list[Any] | None:
+    """The modules where vLLM's CPU backend looks up its pure-PyTorch LoRA ops (the ops' own module
+    first), or None on any other platform (services/engine/vllm_plugin.py patches them)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    lora_ops = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")
+    return [
+        lora_ops,
+        importlib.import_module("vllm.lora.ops.torch_ops"),
+        importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"),
+    ]

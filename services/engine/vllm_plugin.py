@@ -6,7 +6,7 @@ release that fixed the bug is left alone.
 - CPU LoRA: vLLM's pure-PyTorch LoRA ops (the CPU backend's) index the stacked adapters with each
   token's adapter slot, and a base-model token's slot is -1, which PyTorch reads as "the last
   adapter". In a batch mixing base-model and adapter requests the base-model requests then get an
-  adapter's output (found by tests/test_lora_live.py; vLLM pull request 48421 fixes it upstream).
+  adapter's output (found by tests/live/test_lora_live.py; vLLM pull request 48421 fixes it upstream).
   The GPU kernels skip slot -1 themselves.
 """
 
@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import logging
 from typing import Any
+
+from services.engine import vllm_compat
 
 logger = logging.getLogger("vllm.slmserve")  # under vLLM's logger: logged as vLLM logs
 _CPU_LORA_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")  # the sgmv_* ops call these
@@ -36,10 +38,9 @@ def _without_slot_minus_one(op: Any) -> Any:
     return run
 
 
-def cpu_lora_ops_apply_the_last_adapter_to_base_tokens() -> bool:
+def cpu_lora_ops_apply_the_last_adapter_to_base_tokens(lora_ops: Any) -> bool:
     """Probe vLLM's torch bgmv_shrink: one token, one adapter of all ones, slot -1."""
     import torch
-    from vllm.lora.ops.torch_ops import lora_ops
 
     output = torch.zeros(1, 2)
     lora_ops.bgmv_shrink(torch.ones(1, 2), torch.ones(1, 2, 2), output, torch.tensor([-1]), 1.0)
@@ -49,23 +50,14 @@ def cpu_lora_ops_apply_the_last_adapter_to_base_tokens() -> bool:
 def mask_base_tokens_in_cpu_lora_ops() -> bool:
     """Patch the ops where vLLM looks them up (their module, the torch_ops package and the CPU punica
     wrapper's own imports); True if patched."""
-    import importlib
-
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
+    modules = vllm_compat.cpu_lora_op_modules()
+    if modules is None:
         return False
-    from vllm.lora.ops.torch_ops import lora_ops
-
+    lora_ops = modules[0]
     if getattr(lora_ops.bgmv_shrink, "slmserve_masks_slot_minus_one", False):
         return True
-    if not cpu_lora_ops_apply_the_last_adapter_to_base_tokens():
+    if not cpu_lora_ops_apply_the_last_adapter_to_base_tokens(lora_ops):
         return False
-    modules = [
-        lora_ops,
-        importlib.import_module("vllm.lora.ops.torch_ops"),
-        importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"),
-    ]
     for name in _CPU_LORA_OPS:
         fixed = _without_slot_minus_one(getattr(lora_ops, name))
         for module in modules:

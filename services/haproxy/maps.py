@@ -45,7 +45,10 @@ class HAProxyMap:
     def on_this_node(cls, map_name: str) -> HAProxyMap | None:
         """A map of the HAProxy Ray runs on this node, with its admin socket, or None where none runs."""
         import ray
-        from ray.serve._private import constants
+
+        from services.core.ray_compat import serve_constants
+
+        constants = serve_constants()
 
         node = ray.get_runtime_context().get_node_id()
         config_dir = Path(constants.RAY_SERVE_HAPROXY_CONFIG_FILE_LOC).parent / node

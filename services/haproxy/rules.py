@@ -1,7 +1,7 @@
 """The frontend rules slmserve adds to Ray Serve's generated HAProxy config.
 
 Ray Serve renders one backend per application, chosen by route prefix. A multi-model catalog in
-direct mode is one application per model under an internal prefix (services/layout.py), so these
+direct mode is one application per model under an internal prefix (services/core/layout.py), so these
 rules, placed first in the frontend, do what Ray's template cannot: read the JSON body's `model`,
 look it up in a map (every model name, alias and served LoRA adapter -> its application's prefix)
 and prepend that prefix to the path. Ray's own path rules then pick the backend, and its ingress
@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from services.layout import INTERNAL_PREFIX
+from services.core.layout import INTERNAL_PREFIX
 
 MARK = "# slmserve: model routing"
 FRONTEND = "frontend http_frontend"

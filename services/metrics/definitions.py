@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from services.errors import Code
+from services.core.errors import Code
 
 MODEL = ("model_name",)
 # Per-request series: model_name is what the client asked for (a LoRA adapter's own name, as NIM labels

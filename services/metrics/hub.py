@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from services.core.serve_status import DeploymentState, read_deployment_states
+from services.core.timing import REPLICA_STATES_MAX_AGE_S, SNAPSHOT_STALE_S
 from services.metrics.definitions import EdgeMetrics
 from services.metrics.records import (
     CompletionRecord,
@@ -26,8 +28,6 @@ from services.metrics.records import (
     RoutingRecord,
     request_labels,
 )
-from services.serve_status import DeploymentState, read_deployment_states
-from services.timing import REPLICA_STATES_MAX_AGE_S, SNAPSHOT_STALE_S
 
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
 
@@ -79,7 +79,7 @@ class _EngineCollector:
         yield kv
         profiles = GaugeMetricFamily(
             "slmserve_engine_profile",
-            "Engine replicas by the profile they run (services/profiles.py)",
+            "Engine replicas by the profile they run (services/engine/profiles.py)",
             labels=["model_name", "profile", "precision", "tensor_parallel_size"],
         )
         counted: dict[tuple[str, ...], int] = defaultdict(int)

@@ -1,5 +1,5 @@
 """Quantiles of a Prometheus histogram over the last seconds, from cumulative snapshots: what an
-engine replica tells the autoscaler about the TTFT its users see now (services/autoscaling.py)."""
+engine replica tells the autoscaler about the TTFT its users see now (services/engine/autoscaling.py)."""
 
 from __future__ import annotations
 

@@ -7,13 +7,20 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from services.engine.protocol import Outcome
-from services.serve_context import background_task
-from services.timing import RECORDS_FLUSH_PERIOD_S
+from services.core.serve_context import background_task
+from services.core.timing import RECORDS_FLUSH_PERIOD_S
 
 logger = logging.getLogger("slmserve.metrics")
+
+
+class Usage(Protocol):
+    """What a finished request reports (services/engine/protocol.py's `Outcome` has these)."""
+
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reason: str | None
 
 
 @dataclass(slots=True)
@@ -37,7 +44,7 @@ class CompletionRecord:
     e2e_s: float | None = None
     vision_s: float | None = None
 
-    def apply(self, outcome: Outcome) -> None:
+    def apply(self, outcome: Usage) -> None:
         """Take usage and finish reason from the engine's outcome of the request."""
         self.prompt_tokens = outcome.prompt_tokens
         self.generation_tokens = outcome.generation_tokens
@@ -53,7 +60,7 @@ class RejectionRecord:
 
 @dataclass(slots=True)
 class RoutingRecord:
-    """Replica choices of one kind since the last flush (services/router/policies.py)."""
+    """Replica choices of one kind since the last flush (services/routing/policies.py)."""
 
     deployment: str
     policy: str

@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from services.model_cache import build_once
+from services.models.cache import build_once
 
 logger = logging.getLogger(__name__)
 

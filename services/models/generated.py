@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from services.model_cache import build_once
+from services.models.cache import build_once
 from services.models.embedded import ensure_embedded_model
 
 RECIPE_VERSION = "1"

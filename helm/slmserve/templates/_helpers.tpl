@@ -69,7 +69,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- ternary "routed" "direct" (eq (get (get $catalog "router" | default dict) "data_plane" | default "auto") "routed") -}}
 {{- end -}}
 
-{{/* The Serve applications (services/layout.py): the platform's at `/`, then, on the direct plane,
+{{/* The Serve applications (services/core/layout.py): the platform's at `/`, then, on the direct plane,
 one per model under its internal prefix, named by the model's name with what Serve refuses replaced. */}}
 {{- define "slmserve.applications" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
@@ -134,7 +134,7 @@ services/runtime.py routing_environment sets them for local runs. */}}
 # A request a replica closed before answering a byte is retried on another (services/haproxy/rules.py).
 - name: RAY_SERVE_HAPROXY_RETRY_ON
   value: "conn-failure empty-response"
-# Serve restarts a node's dead proxy (HAProxy) after 3 failed checks: 3 s apart from 30 (services/timing.py).
+# Serve restarts a node's dead proxy (HAProxy) after 3 failed checks: 3 s apart from 30 (services/core/timing.py).
 - name: RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S
   value: "1.0"
 - name: SLMSERVE_MODEL_ROUTES
@@ -168,7 +168,7 @@ services/runtime.py routing_environment sets them for local runs. */}}
   value: {{ . | quote }}
 {{- end }}
 {{- with .Values.tracing.otlpTracesEndpoint }}
-# Request traces from the edge and vLLM's engines (services/tracing.py); the catalog's own
+# Request traces from the edge and vLLM's engines (services/edge/tracing.py); the catalog's own
 # tracing.otlp_traces_endpoint wins where it is set.
 - name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
   value: {{ . | quote }}

@@ -1,0 +1,1 @@
+"""Shared by every layer: the catalog, errors, timing, settings, the Serve layout, and Ray (ray_compat)."""

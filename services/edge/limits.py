@@ -1,0 +1,145 @@
+"""Admission limits that hold across the cluster: per-model in-flight bounds and per-tenant request
+and token rates, enforced by one `LimitBroker` deployment for every replica that serves HTTP (each
+engine replica in direct mode, each router replica in routed mode), so that two replicas never
+admit twice the budget.
+
+An edge asks the broker only for requests that some limit applies to (a model with
+`max_in_flight`, a tenant with a rate): a catalog without limits pays nothing and runs no broker.
+Each admission is a ticket that the edge releases when the request ends; a ticket whose edge died
+expires after the request deadline, so slots cannot leak. Failure mode, by choice: when the broker
+cannot be reached within `BROKER_TIMEOUT_S`, limited requests fail closed with 503
+`limiter_unavailable` and Retry-After (unlimited ones are unaffected); Serve restarts the broker,
+which starts with empty counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from services.core.catalog import Catalog
+from services.core.errors import Code
+from services.core.serve_context import outside_request
+from services.core.timing import BROKER_TIMEOUT_S, TICKET_GRACE_S
+from services.edge.admission import Admission, RateLimit, Rejected
+
+logger = logging.getLogger("slmserve.limits")
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    ticket: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    message: str
+    reason: Code
+    retry_after_s: float
+
+
+def admission_for(catalog: Catalog) -> Admission:
+    limits = catalog.router.rate_limits
+    return Admission(
+        {entry.name: entry.max_in_flight for entry in catalog.models},
+        {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
+        RateLimit(**limits.default.model_dump()),
+    )
+
+
+def has_limits(catalog: Catalog) -> bool:
+    limits = catalog.router.rate_limits
+    rates = [limits.default, *limits.tenants.values()]
+    return any(entry.max_in_flight for entry in catalog.models) or any(
+        rate.requests_per_minute or rate.tokens_per_minute for rate in rates
+    )
+
+
+class LimitBroker:
+    """One replica per application (services/app.py): the cluster's admission state."""
+
+    def __init__(self, catalog: dict[str, Any]) -> None:
+        parsed = Catalog.model_validate(catalog)
+        self.admission = admission_for(parsed)
+        self.ticket_ttl_s = parsed.router.request_timeout_s + TICKET_GRACE_S
+        self.tickets: dict[str, tuple[str, float]] = {}  # ticket -> (model, expires at)
+
+    def _expire(self, now: float) -> None:
+        for ticket in [ticket for ticket, (_, expires) in self.tickets.items() if expires < now]:
+            model, _ = self.tickets.pop(ticket)
+            logger.warning("admission ticket for %s expired unreleased (its edge left?)", model)
+            self.admission.release(model)
+
+    def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | Refused:
+        now = time.monotonic()
+        self._expire(now)
+        try:
+            self.admission.admit(model, tenant, estimated_tokens)
+        except Rejected as rejected:
+            return Refused(str(rejected), rejected.reason, rejected.retry_after_s)
+        ticket = uuid.uuid4().hex
+        self.tickets[ticket] = (model, now + self.ticket_ttl_s)
+        return Admitted(ticket)
+
+    def release(self, ticket: str) -> None:
+        entry = self.tickets.pop(ticket, None)
+        if entry is not None:  # unknown: expired already, or issued before a broker restart
+            self.admission.release(entry[0])
+
+    def in_flight(self) -> dict[str, int]:
+        return dict(self.admission.in_flight)
+
+
+class LimiterUnavailable(Exception):
+    pass
+
+
+class SharedLimits:
+    """An edge's view of the broker (None when the catalog has no limits)."""
+
+    def __init__(self, catalog: Catalog, broker: Any | None) -> None:
+        self.broker = broker
+        self.rules = admission_for(catalog)  # consulted only for which limits apply; the counts are the broker's
+
+    def applies(self, model: str, tenant: str) -> bool:
+        return self.broker is not None and self.rules.applies(model, tenant)
+
+    async def admit(self, model: str, tenant: str, estimated_tokens: int) -> str | None:
+        """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
+        if self.broker is None or not self.rules.applies(model, tenant):
+            return None
+        # Outside the request, so that Serve does not cancel the call with a departing client's request
+        # (the broker may have counted the ticket already), and shielded: an edge that gives up on the
+        # call (its client left, or the broker was slow) may still be granted a ticket later; it is
+        # released the moment it lands.
+        call = asyncio.ensure_future(outside_request(self.broker.admit.remote, model, tenant, estimated_tokens))
+        try:
+            async with asyncio.timeout(BROKER_TIMEOUT_S):
+                decision = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            call.add_done_callback(self._release_late_ticket)
+            raise
+        except Exception as error:  # timeout, a dead or restarting broker: fail closed
+            call.add_done_callback(self._release_late_ticket)
+            logger.warning("limit broker unreachable: %r", error)
+            raise LimiterUnavailable(str(error)) from error
+        if isinstance(decision, Refused):
+            raise Rejected(decision.message, decision.reason, decision.retry_after_s)
+        ticket: str = decision.ticket
+        return ticket
+
+    def release(self, ticket: str | None) -> None:
+        if ticket is not None and self.broker is not None:
+            # Not awaited (an end of request never waits on it), and outside the request: the release of
+            # a cancelled request's ticket must not be cancelled with it.
+            outside_request(self.broker.release.remote, ticket)
+
+    def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
+        if not call.cancelled() and call.exception() is None:
+            decision = call.result()
+            if isinstance(decision, Admitted):
+                self.release(decision.ticket)

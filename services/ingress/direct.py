@@ -1,0 +1,56 @@
+"""The direct ingress: an engine replica that is also the HTTP server. HAProxy forwards each request
+straight to it; the edge (services/edge) runs in this process and iterates the engine's stream
+in-process, so tokens cross one Python process, as with bare `vllm serve`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray import serve
+
+from services.core import platform
+from services.core.catalog import Catalog
+from services.edge.app import build_app
+from services.edge.edge import Edge
+from services.edge.limits import has_limits
+from services.edge.readiness import SelfReadiness
+from services.engine.deployment import EngineDeployment
+from services.engine.interface import LocalEngine
+from services.engine.protocol import StreamItem
+from services.metrics.records import RecordBuffer
+from services.routing import decisions
+
+
+class DirectEngine(EngineDeployment):
+    """An engine replica that is also the HTTP ingress (direct mode): the edge runs in this process
+    and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
+    app `__serve_build_asgi_app__` returns once the engine has loaded."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
+    ) -> None:
+        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))
+        self.catalog = Catalog.model_validate(catalog)
+        self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
+
+    def stream(
+        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
+    ) -> AsyncGenerator[StreamItem, None]:
+        # With one fixed replica HAProxy asks no IngressRouter: the choice is counted here, so the
+        # routing metric (and its dashboard panel) covers every model.
+        if not self.entry.has_replica_choice:
+            decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")
+        return super().stream(route, body, request_id, trace_headers)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        edge = Edge(
+            self.catalog,
+            {self.entry.name: LocalEngine(self)},
+            RecordBuffer(self.metrics_hub, collectors=(decisions.drain,)),
+            SelfReadiness(),
+            served_by="engine",
+            replica=serve.get_replica_context().replica_id.unique_id,
+            limit_broker=self.limit_broker,
+        )
+        return build_app(edge)

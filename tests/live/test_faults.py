@@ -1,0 +1,103 @@
+"""Fault behaviour with the real application: an engine replica's process is killed mid-stream.
+Runs after every other test (the `disrupts_app` marker, tests/conftest.py) because it disturbs
+the application. Writes its figures to
+out/reliability.json (docs/reliability.md quotes them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.disrupts_app
+MOE = "tiny-phimoe"
+BODY = {"model": MOE, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def stream_in_background(live_server, max_tokens: int) -> tuple[list[str], threading.Event]:
+    """Start a long stream on tiny-phimoe in a thread; return once 5 events have arrived, with the
+    list its `data:` lines keep landing in and an event set when the stream ends."""
+    body = {**BODY, "max_tokens": max_tokens, "ignore_eos": True, "stream": True}
+    lines: list[str] = []
+    ended = threading.Event()
+
+    def stream() -> None:
+        with live_server.http.stream("POST", "/v1/chat/completions", json=body, timeout=120) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+        ended.set()
+
+    threading.Thread(target=stream, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while len(lines) < 5:
+        assert time.monotonic() < deadline, "the stream never started"
+        time.sleep(0.02)
+    return lines, ended
+
+
+def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
+    pid = live_server.engine_handle(MOE).info.remote().result()["pid"]
+    lines, ended = stream_in_background(live_server, 1500)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+
+    # The in-flight stream ends with an error event, never hangs.
+    assert ended.wait(30), "the stream hung after its replica died"
+    assert '"code": "replica_failed"' in lines[-2] and lines[-1] == "data: [DONE]"
+    stream_ended_s = time.monotonic() - killed_at
+
+    # Meanwhile new requests fail fast with 503 + Retry-After (or succeed once the replica is back);
+    # readiness reflects the outage; service returns without manual action.
+    saw_503 = saw_not_ready = False
+    recovered_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        response = live_server.http.post("/v1/chat/completions", json=BODY, timeout=60)
+        if response.status_code == 503:
+            saw_503 = True
+            assert response.headers.get("retry-after")
+            assert response.json()["error"]["code"] in ("replica_unavailable", "model_not_ready")
+            assert time.monotonic() - started < 35
+        elif response.status_code == 200 and saw_503:
+            recovered_at = time.monotonic()
+            break
+        else:
+            assert response.status_code == 200, response.text
+        if httpx.get(f"{live_server.base_url}/v1/health/ready").status_code == 503:
+            saw_not_ready = True
+        time.sleep(0.5)
+    assert recovered_at is not None, "the model did not come back within 240 s"
+    assert saw_503 and saw_not_ready
+    assert live_server.engine_handle(MOE).info.remote().result()["pid"] != pid  # a new replica
+    recovery_s = recovered_at - killed_at
+    out = ROOT / "out"
+    out.mkdir(exist_ok=True)
+    (out / "reliability.json").write_text(
+        json.dumps({"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)})
+    )
+
+
+def test_deleting_the_application_drains_in_flight_streams(live_server):
+    """Graceful shutdown: taking the application down (a redeploy, `slmserve serve` stopping, a
+    RayService rolling over) lets every stream already running finish before replicas exit.
+    Last test of the session: the application is gone afterwards."""
+    from ray import serve
+
+    lines, ended = stream_in_background(live_server, 600)
+    serve.delete(live_server.settings.app_name, _blocking=False)
+    assert ended.wait(90), "the stream hung while the application shut down"
+    assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines), lines[-3:]
+    assert any('"finish_reason":"length"' in line for line in lines)  # all 600 tokens, not cut short
+    deadline = time.monotonic() + 90
+    while serve.status().applications.get(live_server.settings.app_name) is not None:
+        assert time.monotonic() < deadline, "the application did not go away after draining"
+        time.sleep(0.5)

@@ -1,0 +1,153 @@
+"""Cluster-wide limits (services/edge/limits.py) on their own: several edges share one broker, tickets
+expire, an unreachable broker fails closed. The live two-replica case is in test_routing_live.py.
+The handle here is a stand-in that calls the real broker in this process (Ray is not needed to
+show the arithmetic)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from services.core.catalog import parse_catalog
+from services.edge.admission import Rejected
+from services.edge.limits import LimitBroker, LimiterUnavailable, SharedLimits, has_limits
+
+CATALOG = {
+    "router": {"rate_limits": {"tenants": {"small": {"requests_per_minute": 3}, "vip": {}}}},
+    "models": [{"name": "bounded", "source": "org/a", "max_in_flight": 4}, {"name": "free", "source": "org/b"}],
+}
+
+
+class _Method:
+    def __init__(self, function: Any, calls: list[str], fail: bool, delay_s: float = 0.0) -> None:
+        self.function, self.calls, self.fail, self.delay_s = function, calls, fail, delay_s
+
+    def remote(self, *args: Any) -> Any:
+        self.calls.append(self.function.__name__)
+
+        async def answer() -> Any:
+            await asyncio.sleep(self.delay_s)
+            if self.fail:
+                raise ConnectionError("broker gone")
+            return self.function(*args)
+
+        if self.function.__name__ != "admit":
+            return self.function(*args)
+        granted = asyncio.ensure_future(answer())  # runs in the broker whether or not the caller waits
+        return _Response(granted)
+
+
+class _Response:
+    """Awaiting it and giving up (cancelled, timed out) does not undo the broker's work, as with Serve."""
+
+    def __init__(self, granted: asyncio.Future[Any]) -> None:
+        self.granted = granted
+
+    def __await__(self) -> Any:
+        return asyncio.shield(self.granted).__await__()
+
+
+class Handle:
+    """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release.remote(...)` is not."""
+
+    def __init__(self, broker: LimitBroker, fail: bool = False, admit_delay_s: float = 0.0) -> None:
+        self.calls: list[str] = []
+        self.admit = _Method(broker.admit, self.calls, fail, admit_delay_s)
+        self.release = _Method(broker.release, self.calls, fail)
+
+
+def edges(count: int) -> tuple[LimitBroker, list[SharedLimits], Handle]:
+    broker = LimitBroker(CATALOG)
+    handle = Handle(broker)
+    return broker, [SharedLimits(parse_catalog(CATALOG), handle) for _ in range(count)], handle
+
+
+def test_two_edges_share_one_in_flight_bound():
+    async def scenario() -> None:
+        broker, (left, right), _ = edges(2)
+        tickets = [await edge.admit("bounded", "anyone", 10) for edge in (left, right, left, right)]
+        for edge in (left, right):  # per-edge bounds would admit 4 each
+            with pytest.raises(Rejected) as raised:
+                await edge.admit("bounded", "anyone", 10)
+            assert raised.value.reason == "queue_full"
+        left.release(tickets[0])
+        assert await right.admit("bounded", "anyone", 10)
+        assert broker.in_flight()["bounded"] == 4
+
+    asyncio.run(scenario())
+
+
+def test_two_edges_share_one_tenant_rate():
+    async def scenario() -> None:
+        _, (left, right), _ = edges(2)
+        admitted = 0
+        for edge in (left, right, left, right, left, right):
+            try:
+                left.release(await edge.admit("free", "small", 1))
+                admitted += 1
+            except Rejected as rejected:
+                assert rejected.reason == "rate_limited_requests" and rejected.retry_after_s >= 1
+        assert admitted == 3  # 3 a minute in all, not 3 per edge
+
+    asyncio.run(scenario())
+
+
+def test_requests_no_limit_applies_to_never_ask_the_broker():
+    async def scenario() -> None:
+        _, (edge,), handle = edges(1)
+        assert await edge.admit("free", "vip", 10) is None and await edge.admit("free", "anyone", 10) is None
+        edge.release(None)
+        assert handle.calls == []
+        assert not has_limits(parse_catalog({"models": [{"name": "m", "source": "org/m"}]}))
+
+    asyncio.run(scenario())
+
+
+def test_an_unreachable_broker_fails_closed_for_limited_requests_only():
+    async def scenario() -> None:
+        edge = SharedLimits(parse_catalog(CATALOG), Handle(LimitBroker(CATALOG), fail=True))
+        with pytest.raises(LimiterUnavailable):
+            await edge.admit("bounded", "anyone", 10)
+        assert await edge.admit("free", "anyone", 10) is None  # no limit applies: served as usual
+
+    asyncio.run(scenario())
+
+
+def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
+    broker = LimitBroker(CATALOG)
+    for _ in range(4):
+        broker.admit("bounded", "anyone", 1)
+    assert broker.admit("bounded", "anyone", 1).reason == "queue_full"
+    broker.ticket_ttl_s = 0  # as if the request deadline had long passed
+    broker.tickets = {ticket: (model, 0.0) for ticket, (model, _) in broker.tickets.items()}
+    assert broker.admit("bounded", "anyone", 1).ticket
+    assert broker.in_flight()["bounded"] == 1
+    broker.release("unknown-ticket")  # a release from before a broker restart: ignored
+    assert broker.in_flight()["bounded"] == 1
+
+
+@pytest.mark.parametrize("gives_up", ["cancelled", "timed_out"])
+def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives_up, monkeypatch):
+    """The client left (Serve cancels the request) or the broker was slow: the broker may still grant
+    the ticket after the edge stopped waiting, and that slot must come back, not wait for expiry."""
+
+    async def scenario() -> None:
+        broker = LimitBroker(CATALOG)
+        edge = SharedLimits(parse_catalog(CATALOG), Handle(broker, admit_delay_s=0.2))
+        if gives_up == "timed_out":
+            monkeypatch.setattr("services.edge.limits.BROKER_TIMEOUT_S", 0.05)
+            with pytest.raises(LimiterUnavailable):
+                await edge.admit("bounded", "anyone", 10)
+        else:
+            waiting = asyncio.ensure_future(edge.admit("bounded", "anyone", 10))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert broker.in_flight().get("bounded", 0) == 0  # not granted yet
+        await asyncio.sleep(0.3)
+        assert broker.tickets == {} and broker.in_flight().get("bounded", 0) == 0
+
+    asyncio.run(scenario())
