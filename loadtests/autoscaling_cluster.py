@@ -43,7 +43,7 @@ from testkit.serving import session_homes
 
 ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "loadtests" / "autoscaling-cluster.yaml"
-HEAD_CPUS = 2  # the head holds Serve's controller, HAProxy, the IngressRouter and the metrics hub; no GPU
+HEAD_CPUS = 2  # the head holds Serve's controller, HAProxy, the ReplicaPicker and the metrics hub; no GPU
 
 
 def log(message: str) -> None:
@@ -547,7 +547,7 @@ def run(catalog_path: Path = CATALOG, progress_json: Path | None = None) -> Clus
             clock,
             timeline,
             groups,
-            catalog.router.session_header,
+            catalog.edge.session_header,
         )
     finally:
         try:

@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_catalog_path(args.catalog)
     if args.data_plane:
         plane = args.data_plane
-        path = catalog_variant(str(path), lambda c: c.setdefault("router", {}).update(data_plane=plane))
+        path = catalog_variant(str(path), lambda c: c.setdefault("edge", {}).update(data_plane=plane))
     settings = Settings(catalog=str(path), port=args.port, ray_num_cpus=8)
     catalog = load_catalog(path)
     args.plane = catalog.data_plane

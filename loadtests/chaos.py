@@ -9,8 +9,8 @@ bounded streaming load it then
    new requests must keep succeeding on the other replica (at most a tenth of them may fail, those
    sent before Serve stops choosing the lost one); a node added back must get a
    replacement replica;
-2. kills the routing replicas (direct: the IngressRouter, beside the stream: requests keep being
-   served, as HAProxy falls back when the route call fails; routed: the Router, the token path):
+2. kills the routing replicas (direct: the ReplicaPicker, beside the stream: requests keep being
+   served, as HAProxy falls back when the route call fails; routed: the PlatformIngress, the token path):
    Serve restarts them;
 3. kills HAProxy: Serve's proxy restarts it and the port answers again;
 4. drains a worker node whose replica holds streams, as a stopping pod's preStop hook does
@@ -158,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         entry["deployment"]["graceful_shutdown_timeout_s"] = 180  # a drained replica's streams finish
         entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
         # the routing deployment on the head, never on a node that is killed or that an engine needs
-        catalog.setdefault("router", {})["data_plane"] = plane
-        catalog["router"]["deployment"] = {"ray_actor_options": {"num_cpus": 0.5, "resources": {"head_node": 0.01}}}
+        catalog.setdefault("edge", {})["data_plane"] = plane
+        catalog["edge"]["deployment"] = {"ray_actor_options": {"num_cpus": 0.5, "resources": {"head_node": 0.01}}}
 
     path = catalog_variant("cpu", two_replicas)
     catalog = load_catalog(path)
@@ -266,7 +266,7 @@ def kill_worker_node(cluster, gcs: str, node, base_url: str, plane: str) -> dict
 
 
 # The deployment that decides where a request goes: beside the stream, or on it.
-ROUTING_DEPLOYMENT = {"direct": "IngressRouter", "routed": "Router"}
+ROUTING_DEPLOYMENT = {"direct": "ReplicaPicker", "routed": "PlatformIngress"}
 
 
 def kill_routing_replicas(base_url: str, deployment: str) -> dict:
@@ -431,8 +431,8 @@ def write_report(figures: list[dict], plane: str) -> None:
         for f in figures
     )
     shape = {
-        "direct": "direct data plane (HAProxy to the engine replica, the IngressRouter beside the stream)",
-        "routed": "routed data plane (HAProxy to the Router replica, which streams from the engine replica)",
+        "direct": "direct data plane (HAProxy to the engine replica, the ReplicaPicker beside the stream)",
+        "routed": "routed data plane (HAProxy to the PlatformIngress replica, which streams from the engine replica)",
     }[plane]
     body = f"""## Chaos on a local multi-node Ray: {plane} data plane
 

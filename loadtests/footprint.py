@@ -36,7 +36,7 @@ def measure(catalog_name: str, data_plane: str) -> dict[str, object]:
     models: list[str] = []
 
     def plane(catalog: dict) -> None:
-        catalog.setdefault("router", {})["data_plane"] = data_plane
+        catalog.setdefault("edge", {})["data_plane"] = data_plane
         models.extend(entry["name"] for entry in catalog["models"])
 
     catalog = catalog_variant(catalog_name, plane)

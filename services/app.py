@@ -1,11 +1,11 @@
 """Build the Ray Serve applications of a catalog (services/core/layout.py says which, and where).
 
 - direct (the default): per model, an application whose engine deployment is the HTTP ingress,
-  with the `IngressRouter` as its ingress request router where it has a replica choice, so HAProxy
+  with the `ReplicaPicker` as its ingress request router where it has a replica choice, so HAProxy
   sends each request straight to an engine replica; plus the platform application at `/`: the
-  `MetricsHub`, the `LimitBroker` (when the catalog sets limits) and a `Router` that answers the
+  `MetricsHub`, the `LimitBroker` (when the catalog sets limits) and a `PlatformIngress` that answers the
   control routes and every request HAProxy could not place by its `model`, through handles.
-- routed: one application whose `Router` is the ingress and calls each model's engine deployment
+- routed: one application whose `PlatformIngress` is the ingress and calls each model's engine deployment
   through a handle.
 
 This is also the import path KubeRay's serveConfigV2 names (`services.app:build_app`), with the
@@ -50,7 +50,7 @@ def _request_router(entry: ModelEntry) -> dict[str, Any]:
 
     return {
         "request_router_config": RequestRouterConfig(
-            request_router_class="services.routing.policies.AffinityRouter",
+            request_router_class="services.routing.policies.AffinityPolicy",
             request_router_kwargs={
                 **entry.routing.router_kwargs(),
                 **({"base_names": entry.names} if entry.adapter_affinity else {}),
@@ -89,7 +89,7 @@ def _limit_broker(catalog: Catalog) -> Application | None:
 
 def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, cache_dir: str) -> Application:
     from services.ingress.direct import DirectEngine
-    from services.ingress.replica_picker import IngressRouter
+    from services.ingress.replica_picker import ReplicaPicker
 
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
         entry.model_dump(mode="json"), cache_dir, platform_app, catalog.model_dump(mode="json")
@@ -99,9 +99,9 @@ def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, c
     if not entry.has_replica_choice or not ray_compat.haproxy_enabled():
         return engine
     router = (
-        serve.deployment(serve.ingress()(IngressRouter))
-        .options(name="IngressRouter", **_serve_options(catalog.router.deployment, {}))
-        .bind(engine, platform_app, catalog.router.session_header)
+        serve.deployment(serve.ingress()(ReplicaPicker))
+        .options(name="ReplicaPicker", **_serve_options(catalog.edge.deployment, {}))
+        .bind(engine, platform_app, catalog.edge.session_header)
     )
     return ray_compat.with_ingress_request_router(engine, router)
 
@@ -117,9 +117,9 @@ def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
 
 
 def _platform_application(catalog: Catalog, plan: Layout, cache_dir: str) -> Application:
-    """The hub, the broker and the Router; in routed mode the engines too, bound to the Router."""
+    """The hub, the broker and the PlatformIngress; in routed mode the engines too, bound to the PlatformIngress."""
     from services.engine.deployment import EngineDeployment
-    from services.ingress.routed import Router
+    from services.ingress.platform_ingress import PlatformIngress
 
     hub = _metrics_hub(catalog, plan)
     engines = (
@@ -130,8 +130,8 @@ def _platform_application(catalog: Catalog, plan: Layout, cache_dir: str) -> App
         if plan.data_plane == "routed"
         else []
     )
-    router = serve.deployment(serve.ingress()(Router)).options(
-        name="Router", **_serve_options(catalog.router.deployment, {})
+    router = serve.deployment(serve.ingress()(PlatformIngress)).options(
+        name="PlatformIngress", **_serve_options(catalog.edge.deployment, {})
     )
     return router.bind(catalog.model_dump(mode="json"), plan.platform_app, hub, _limit_broker(catalog), *engines)
 

@@ -93,7 +93,7 @@ def control_environment() -> dict[str, str]:
 def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
     """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): each
     served name's application (for the wrapper's model rule, services/haproxy), the session header's
-    name, and whether to send request bodies to the IngressRouters (prefix affinity needs them, and
+    name, and whether to send request bodies to the ReplicaPickers (prefix affinity needs them, and
     so does adapter affinity, for `model`; other policies route without). The switch is Ray-wide:
     on when any model's router reads bodies."""
     direct = catalog.data_plane == "direct"
@@ -102,7 +102,7 @@ def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
         for entry in catalog.models
     )
     return {
-        "RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.router.session_header.lower(),
+        "RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.edge.session_header.lower(),
         "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if direct and reads_body else "0",
         ROUTES_ENV: json.dumps(model_routes(catalog, app_name)),
     }

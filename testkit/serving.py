@@ -104,7 +104,7 @@ def haproxy_servers_up(port: int, backend: str) -> int | None:
 
 def wait_for_haproxy(base_url: str, catalog: str | Path, replicas: int, timeout_s: float = 30) -> None:
     """Until HAProxy's config lists `replicas` servers for every model's application (direct plane):
-    Serve's controller reports a new replica RUNNING, and the IngressRouter may choose it, a moment
+    Serve's controller reports a new replica RUNNING, and the ReplicaPicker may choose it, a moment
     before HAProxy has reloaded with it, and a choice HAProxy cannot follow falls to its own balancing.
     Not fatal: past the timeout the test runs and says what it saw."""
     from ray.serve._private.haproxy import HAProxyManager

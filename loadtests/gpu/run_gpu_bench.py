@@ -55,7 +55,10 @@ def start_profilers(out: Path, system: str, seconds: int = 8) -> list[subprocess
     import psutil
 
     roles = {
-        "slmserve": {"engine": "ServeReplica:slmserve-", "router": ":Router"},  # a model's application; routed hop
+        "slmserve": {
+            "engine": "ServeReplica:slmserve-",
+            "router": ":PlatformIngress",
+        },  # a model's application; routed hop
         "bare-vllm": {"api": "vllm.entrypoints.openai.api_server"},
     }[system]
     profilers = []
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.data_plane:
         args.catalog = catalog_variant(
-            str(args.catalog), lambda c: c.setdefault("router", {}).update(data_plane=args.data_plane)
+            str(args.catalog), lambda c: c.setdefault("edge", {}).update(data_plane=args.data_plane)
         )
     catalog = load_catalog(args.catalog)
     entry = catalog.models[0]

@@ -8,6 +8,7 @@ handed to vLLM untouched, and the Ray Serve deployment options of its engine rep
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -381,10 +382,10 @@ class RateLimits(_Strict):
 
 
 DataPlane = Literal["direct", "routed"]
-ROUTER_DEPLOYMENT: dict[str, Any] = {"max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.5}}
+EDGE_DEPLOYMENT: dict[str, Any] = {"max_ongoing_requests": 1024, "ray_actor_options": {"num_cpus": 0.5}}
 
 
-class RouterOptions(_Strict):
+class EdgeOptions(_Strict):
     """The HTTP edge (the engine replicas in direct mode, the router replicas in routed mode); its
     admission limits hold across the cluster (services/edge/limits.py)."""
 
@@ -406,7 +407,7 @@ class RouterOptions(_Strict):
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
-    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions.model_validate(ROUTER_DEPLOYMENT))
+    deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions.model_validate(EDGE_DEPLOYMENT))
 
 
 class TracingOptions(_Strict):
@@ -483,7 +484,7 @@ class ClusterOptions(_Strict):
 class Catalog(_Strict):
     version: Literal[1] = 1
     description: str = ""
-    router: RouterOptions = Field(default_factory=RouterOptions)
+    edge: EdgeOptions = Field(default_factory=EdgeOptions)
     tracing: TracingOptions = Field(default_factory=TracingOptions)
     media: MediaPolicy = Field(default_factory=MediaPolicy)
     cluster: ClusterOptions | None = Field(
@@ -508,19 +509,26 @@ class Catalog(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _routed_router_replicas(cls, data: Any) -> Any:
+    def _edge_block(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if "router" in data:  # the block's old name: one rename, said once per load
+            if "edge" in data:
+                raise ValueError("set `edge:` only (`router:` is its old name)")
+            warnings.warn("the catalog's `router:` block is now called `edge:`; rename it", FutureWarning, stacklevel=2)
+            data = {("edge" if key == "router" else key): value for key, value in data.items()}
         # Routed, every token crosses a router replica: two by default, so losing one cuts only its
-        # own streams. Direct, the router answers control routes and what HAProxy cannot place: one.
-        if not isinstance(data, dict) or not isinstance(data.get("router") or {}, dict):
+        # own streams. Direct, the platform's edge answers control routes and what HAProxy cannot place: one.
+        edge = data.get("edge") or {}
+        if not isinstance(edge, dict):
             return data
-        router = dict(data.get("router") or {})
-        deployment = router.get("deployment")
-        if router.get("data_plane") != "routed" or (deployment is not None and not isinstance(deployment, dict)):
+        deployment = edge.get("deployment")
+        if edge.get("data_plane") != "routed" or (deployment is not None and not isinstance(deployment, dict)):
             return data
-        deployment = dict(deployment or ROUTER_DEPLOYMENT)
+        deployment = dict(deployment or EDGE_DEPLOYMENT)
         if "num_replicas" not in deployment and "autoscaling_config" not in deployment:
             deployment["num_replicas"] = 2
-        return {**data, "router": {**router, "deployment": deployment}}
+        return {**data, "edge": {**edge, "deployment": deployment}}
 
     @model_validator(mode="after")
     def _replicas_fit_a_node_group(self) -> Catalog:
@@ -537,13 +545,13 @@ class Catalog(_Strict):
 
     @property
     def data_plane(self) -> DataPlane:
-        return "routed" if self.router.data_plane == "routed" else "direct"
+        return "routed" if self.edge.data_plane == "routed" else "direct"
 
     @property
     def cpus_needed(self) -> float:
         """Logical CPUs that every deployment at its largest replica count asks Ray for (the router's
         and the engines'; the hub and the limit broker ask for none)."""
-        deployments = [self.router.deployment, *(entry.deployment for entry in self.models)]
+        deployments = [self.edge.deployment, *(entry.deployment for entry in self.models)]
         return sum(options.max_replicas * options.cpus_per_replica for options in deployments)
 
     def resolve(self, name: str) -> ModelEntry | None:

@@ -32,7 +32,7 @@ ROUTING_STATS_PERIOD_S = 1.0
 # sends older than a few report periods are in one, or the replica is too busy to report and their
 # count would only grow. Wall-clock, as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
-# HAProxy waits RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_TIMEOUT_S (5 s) for the IngressRouter's
+# HAProxy waits RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_TIMEOUT_S (5 s) for the ReplicaPicker's
 # choice; answer before it with a clear 503 instead of its timeout.
 CHOOSE_TIMEOUT_S = 4.0
 
@@ -58,7 +58,7 @@ ENGINE_QUERY_TIMEOUT_S = 5.0
 # know is checked again (an adapter that just appeared in adapters_dir is reachable this soon after its
 # replicas registered it).
 ADAPTER_LIST_MAX_AGE_S = 1.0
-# The longest request deadline a catalog may set (router.request_timeout_s).
+# The longest request deadline a catalog may set (edge.request_timeout_s).
 MAX_REQUEST_TIMEOUT_S = 3000.0
 # A replaced adapter's old snapshot is deleted this long after: longer than any request's deadline, so
 # no running request loses its weights.
@@ -72,7 +72,7 @@ PROXY_HEALTH_CHECK_PERIOD_S = 1.0
 
 # A router replica that starts while the engines run (a rolled catalog, a replacement) waits at most
 # this long for its first view of them before it takes traffic.
-ROUTER_WARM_TIMEOUT_S = 10.0
+INGRESS_WARM_TIMEOUT_S = 10.0
 # The platform router writes its catalog's models into HAProxy's map at start; HAProxy may be
 # reloading then, so it tries this many times, this far apart.
 MODEL_MAP_ATTEMPTS = 30

@@ -251,7 +251,7 @@ class Edge:
 
     async def _forward(self, route: str, request: Request, span: Span) -> Response:
         arrived = time.perf_counter()
-        options = self.catalog.router
+        options = self.catalog.edge
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         placed = "none"
         try:
@@ -305,7 +305,7 @@ class Edge:
         streaming = False
         try:
             request_id = _request_id(request)
-            session_id = request.headers.get(self.catalog.router.session_header) or None
+            session_id = request.headers.get(self.catalog.edge.session_header) or None
             stream, head = await self._open(entry, model_name, route, body, request_id, session_id, span, deadline)
             record = CompletionRecord(
                 model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None

@@ -43,7 +43,7 @@ class Refused:
 
 
 def admission_for(catalog: Catalog) -> Admission:
-    limits = catalog.router.rate_limits
+    limits = catalog.edge.rate_limits
     return Admission(
         {entry.name: entry.max_in_flight for entry in catalog.models},
         {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
@@ -52,7 +52,7 @@ def admission_for(catalog: Catalog) -> Admission:
 
 
 def has_limits(catalog: Catalog) -> bool:
-    limits = catalog.router.rate_limits
+    limits = catalog.edge.rate_limits
     rates = [limits.default, *limits.tenants.values()]
     return any(entry.max_in_flight for entry in catalog.models) or any(
         rate.requests_per_minute or rate.tokens_per_minute for rate in rates
@@ -65,7 +65,7 @@ class LimitBroker:
     def __init__(self, catalog: dict[str, Any]) -> None:
         parsed = Catalog.model_validate(catalog)
         self.admission = admission_for(parsed)
-        self.ticket_ttl_s = parsed.router.request_timeout_s + TICKET_GRACE_S
+        self.ticket_ttl_s = parsed.edge.request_timeout_s + TICKET_GRACE_S
         self.tickets: dict[str, tuple[str, float]] = {}  # ticket -> (model, expires at)
 
     def _expire(self, now: float) -> None:

@@ -85,7 +85,7 @@ class LocalEngine:
         session_id: str | None,
         trace_headers: dict[str, str] | None = None,
     ) -> LocalStream:
-        # the replica was chosen already (HAProxy, or the IngressRouter)
+        # the replica was chosen already (HAProxy, or the ReplicaPicker)
         return LocalStream(self.engine.stream(route, body, request_id, trace_headers))
 
     def ready(self) -> bool:

@@ -37,7 +37,7 @@ class DirectEngine(EngineDeployment):
     def stream(
         self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
     ) -> AsyncGenerator[StreamItem, None]:
-        # With one fixed replica HAProxy asks no IngressRouter: the choice is counted here, so the
+        # With one fixed replica HAProxy asks no ReplicaPicker: the choice is counted here, so the
         # routing metric (and its dashboard panel) covers every model.
         if not self.entry.has_replica_choice:
             decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")

@@ -44,7 +44,7 @@ def routing_body(raw: bytes) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-class IngressRouter:
+class ReplicaPicker:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
     def __init__(self, engine: DeploymentHandle, platform_app: str, session_header: str) -> None:

@@ -1,5 +1,5 @@
 """Routing decisions taken in this process, by (engine deployment, policy, reason), until the
-process's RecordBuffer ships them to the metrics hub (the IngressRouter's, or the Router's).
+process's RecordBuffer ships them to the metrics hub (the ReplicaPicker's, or the PlatformIngress's).
 
 A module of its own because Ray pickles a deployment's request-router class by value: the class's
 methods see a copy of their own module's globals, but a module they reference is the live one."""

@@ -1,6 +1,6 @@
 """Replica choice for an engine deployment: prefix affinity, session affinity, least loaded, with a
 load guard. A Ray Serve request router (`ray.serve.request_router.RequestRouter`), so it drives both
-the direct-mode IngressRouter's pick and the routed-mode Router's handle calls.
+the direct-mode ReplicaPicker's pick and the routed-mode PlatformIngress's handle calls.
 
 - Load is what each engine replica reports (`record_routing_stats`: requests it holds, KV-cache
   usage, refreshed about once a second) plus what this router sent it since that report. Serve's
@@ -132,8 +132,8 @@ class PrefixIndex:
 
 
 def _request_body(pending: PendingRequest | None) -> dict[str, Any] | None:
-    """The OpenAI body among the request's arguments: the IngressRouter passes it alone, the
-    routed-mode Router's `generate(route, body, request_id, trace_headers)` call second."""
+    """The OpenAI body among the request's arguments: the ReplicaPicker passes it alone, the
+    routed-mode PlatformIngress's `generate(route, body, request_id, trace_headers)` call second."""
     if pending is None:
         return None
     for argument in pending.args:
@@ -262,7 +262,7 @@ class ReplicaChooser:
         return self._least_loaded(replicas), "least_loaded" if policy == "least-loaded" else "fallback"
 
 
-class AffinityRouter(RequestRouter):  # type: ignore[misc]  # Ray reads as untyped
+class AffinityPolicy(RequestRouter):  # type: ignore[misc]  # Ray reads as untyped
     """Ray Serve's request-router interface over `ReplicaChooser`; configured per engine deployment
     from the catalog's `routing:` block (services/app.py)."""
 

@@ -81,7 +81,7 @@ def direct_server(live_server) -> Iterator[DirectServer]:
         threads[0].start()
 
     keys = f"direct:{DIRECT_KEY}"
-    catalog = catalog_variant(str(TEST_CATALOG), lambda catalog: catalog["router"].pop("data_plane"))  # the default
+    catalog = catalog_variant(str(TEST_CATALOG), lambda catalog: catalog["edge"].pop("data_plane"))  # the default
     with serving(catalog, api_keys=keys, ready_timeout_s=READY_TIMEOUT_S, on_start=send_early) as server:
         burst = fresh_start_burst(server.base_url, DIRECT_AUTH, MODEL)
         threads[0].join(60)

@@ -126,7 +126,7 @@ def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(server):
     assert len(homes) == 1, homes  # all of one adapter's requests on one replica
     spread = Counter(replica_for(MODEL, f"base question {n}") for n in range(12))
     assert len(spread) == 2, spread  # while base-model requests use both
-    time.sleep(1.5)  # the routing metric ships with the IngressRouter's next flush
+    time.sleep(1.5)  # the routing metric ships with the ReplicaPicker's next flush
     assert decisions()["adapter_hit"] - before["adapter_hit"] >= 7
 
 

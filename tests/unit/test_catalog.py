@@ -245,3 +245,11 @@ def test_cluster_block_is_validated():
     assert "cluster.autoscaler.upscaling_mode" in _error(
         {"cluster": {"autoscaler": {"upscaling_mode": "Fast"}, "node_groups": [group]}, **MINIMAL}
     )
+
+
+def test_the_edge_blocks_old_name_router_still_loads_with_a_warning():
+    with pytest.warns(FutureWarning, match="`router:` block is now called `edge:`"):
+        catalog = parse_catalog({**MINIMAL, "router": {"data_plane": "routed", "session_header": "X-Conv"}})
+    assert catalog.edge.session_header == "X-Conv" and catalog.data_plane == "routed"
+    assert catalog.edge.deployment.num_replicas == 2  # the routed default applies under the old name too
+    assert "`edge:` only" in _error({**MINIMAL, "router": {}, "edge": {}})

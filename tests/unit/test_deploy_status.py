@@ -24,7 +24,7 @@ NS, NAME, CLUSTER = "llm", "slm-slmserve", "slm-slmserve-raycluster-x7k2p"
 
 def rayservice(ready: bool) -> dict:
     deployments = {
-        "Router": {"status": "HEALTHY", "message": ""},
+        "PlatformIngress": {"status": "HEALTHY", "message": ""},
         "engine-microsoft-Phi-3.5-mini-instruct": {
             "status": "HEALTHY" if ready else "UPDATING",
             "message": "" if ready else "Deploying: 0/1 replicas running.",
@@ -89,7 +89,10 @@ def serve_details(ready: bool) -> dict:
         "applications": {
             "slmserve": {
                 "status": "RUNNING" if ready else "DEPLOYING",
-                "deployments": {"Router": deployment(["RUNNING"], 1), "engine-microsoft-Phi-3.5-mini-instruct": engine},
+                "deployments": {
+                    "PlatformIngress": deployment(["RUNNING"], 1),
+                    "engine-microsoft-Phi-3.5-mini-instruct": engine,
+                },
             }
         }
     }
@@ -192,7 +195,7 @@ def test_status_reports_applications_groups_and_pending_gpu_pods(fake_api, capsy
         "deployment engine-microsoft-Phi-3.5-mini-instruct: UPDATING [0/1 replicas running/target] "
         "Deploying: 0/1 replicas running." in out
     )
-    assert "deployment Router: HEALTHY [1/1 replicas running/target]" in out
+    assert "deployment PlatformIngress: HEALTHY [1/1 replicas running/target]" in out
     assert "group gpu-1x: 1 pods, 1 running, 0 ready, 0 pending" in out
     assert "group gpu-2x: 1 pods, 0 running, 0 ready, 1 pending" in out
     assert "Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu." in out

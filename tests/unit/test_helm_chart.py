@@ -129,7 +129,7 @@ def test_data_plane_follows_the_catalog_unless_values_pin_it(name: str, data_pla
     ][0]["args"]["catalog"]
     assert parse_catalog(catalog).data_plane == shape
     if data_plane:
-        assert catalog["router"]["data_plane"] == data_plane
+        assert catalog["edge"]["data_plane"] == data_plane
 
 
 @pytest.mark.parametrize("data_plane", ["", "routed"])
@@ -507,7 +507,7 @@ def test_haproxy_gets_the_routing_switches_the_catalog_needs(tmp_path: Path, mod
         yaml.safe_dump(
             {
                 "catalog": {
-                    "inline": {"router": {"session_header": "X-Conversation"}, "cluster": ONE_GROUP, "models": models}
+                    "inline": {"edge": {"session_header": "X-Conversation"}, "cluster": ONE_GROUP, "models": models}
                 },
                 "serve": {"dataPlane": data_plane},
             }
@@ -629,3 +629,21 @@ def test_kustomize_base_matches_the_chart():
     assert result.returncode == 0, result.stderr
     committed = (ROOT / "deploy" / "kustomize" / "base" / "slmserve.yaml").read_text()
     assert committed == result.stdout, "deploy/kustomize/base is stale: run `make manifests`"
+
+
+def test_a_catalog_with_the_edge_blocks_old_name_reaches_serve_as_edge(tmp_path: Path):
+    models = [{"name": "a", "source": "org/a"}, {"name": "b", "source": "org/b"}]
+    values = tmp_path / "values.yaml"
+    inline = {"router": {"session_header": "X-Conversation"}, "cluster": ONE_GROUP, "models": models}
+    values.write_text(yaml.safe_dump({"catalog": {"inline": inline}, "serve": {"dataPlane": "routed"}}))
+    docs = render("-f", str(values))
+    for application in serve_config(docs)["applications"]:
+        catalog = application["args"]["catalog"]
+        assert "router" not in catalog and catalog["edge"] == {
+            "session_header": "X-Conversation",
+            "data_plane": "routed",
+        }
+    assert {env["RAY_SERVE_SESSION_ID_HEADER_KEY"] for env in ray_envs(docs)} == {"x-conversation"}
+    values.write_text(yaml.safe_dump({"catalog": {"inline": {**inline, "edge": {}}}}))
+    result = run_helm("template", "rel", str(CHART), "-f", str(values))
+    assert result.returncode != 0 and "router: is edge:'s old name" in result.stderr, result.stderr

@@ -15,7 +15,7 @@ from services.edge.admission import Rejected
 from services.edge.limits import LimitBroker, LimiterUnavailable, SharedLimits, has_limits
 
 CATALOG = {
-    "router": {"rate_limits": {"tenants": {"small": {"requests_per_minute": 3}, "vip": {}}}},
+    "edge": {"rate_limits": {"tenants": {"small": {"requests_per_minute": 3}, "vip": {}}}},
     "models": [{"name": "bounded", "source": "org/a", "max_in_flight": 4}, {"name": "free", "source": "org/b"}],
 }
 

@@ -39,7 +39,7 @@ def test_proxy_ingress_turns_haproxy_off_and_wildcard_hosts_are_polled_on_loopba
 
 def test_haproxy_is_told_what_the_catalog_s_routing_needs():
     def env(models: list[dict], data_plane: str = "auto") -> dict[str, str]:
-        return routing_environment(parse_catalog({"router": {"data_plane": data_plane}, "models": models}), "app")
+        return routing_environment(parse_catalog({"edge": {"data_plane": data_plane}, "models": models}), "app")
 
     one = {"name": "m", "source": "org/m"}
     two = {**one, "deployment": {"num_replicas": 2}}
@@ -52,7 +52,9 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
     assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
     with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}
     assert env([with_adapters])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # adapter affinity
-    assert env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"  # the Router reads bodies
+    assert (
+        env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
+    )  # the PlatformIngress reads bodies
     assert env([two], "routed")["SLMSERVE_MODEL_ROUTES"] == "{}"  # nothing for HAProxy to place
     other = {"name": "o", "source": "org/o", "aliases": ["other"]}
     assert json.loads(env([one, other])["SLMSERVE_MODEL_ROUTES"]) == {

@@ -35,12 +35,12 @@ def test_readiness_polls_faster_while_loading_and_suspects_expire():
 def test_an_old_adapter_snapshot_outlives_every_request_deadline_a_catalog_may_set():
     assert timing.ADAPTER_SNAPSHOT_GRACE_S > timing.MAX_REQUEST_TIMEOUT_S
     models = [{"name": "m", "source": "embedded://smollm2-135m-instruct"}]
-    at_most = parse_catalog({"router": {"request_timeout_s": timing.MAX_REQUEST_TIMEOUT_S}, "models": models})
-    assert at_most.router.request_timeout_s == timing.MAX_REQUEST_TIMEOUT_S
-    with pytest.raises(CatalogError, match=r"router\.request_timeout_s"):
-        parse_catalog({"router": {"request_timeout_s": timing.MAX_REQUEST_TIMEOUT_S + 1}, "models": models})
+    at_most = parse_catalog({"edge": {"request_timeout_s": timing.MAX_REQUEST_TIMEOUT_S}, "models": models})
+    assert at_most.edge.request_timeout_s == timing.MAX_REQUEST_TIMEOUT_S
+    with pytest.raises(CatalogError, match=r"edge\.request_timeout_s"):
+        parse_catalog({"edge": {"request_timeout_s": timing.MAX_REQUEST_TIMEOUT_S + 1}, "models": models})
 
 
 def test_the_broker_answers_well_within_the_default_deadline():
     default_deadline = parse_catalog({"models": [{"name": "m", "source": "embedded://smollm2-135m-instruct"}]})
-    assert timing.BROKER_TIMEOUT_S < default_deadline.router.request_timeout_s / 10
+    assert timing.BROKER_TIMEOUT_S < default_deadline.edge.request_timeout_s / 10

@@ -54,19 +54,27 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 {{- $catalog = fromYaml $text -}}
 {{- end -}}
-{{- /* serve.dataPlane, when set, is the catalog's router.data_plane (validated by the catalog schema) */ -}}
+{{- /* `router:` is the edge block's old name: the catalog reaches Serve as `edge:` */ -}}
+{{- if hasKey $catalog "router" -}}
+{{- if hasKey $catalog "edge" -}}
+{{- fail "the catalog sets both edge: and router: (router: is edge:'s old name)" -}}
+{{- end -}}
+{{- $_ := set $catalog "edge" (get $catalog "router") -}}
+{{- $_ := unset $catalog "router" -}}
+{{- end -}}
+{{- /* serve.dataPlane, when set, is the catalog's edge.data_plane (validated by the catalog schema) */ -}}
 {{- with .Values.serve.dataPlane -}}
-{{- $router := deepCopy (get $catalog "router" | default dict) -}}
-{{- $_ := set $router "data_plane" . -}}
-{{- $_ := set $catalog "router" $router -}}
+{{- $edge := deepCopy (get $catalog "edge" | default dict) -}}
+{{- $_ := set $edge "data_plane" . -}}
+{{- $_ := set $catalog "edge" $edge -}}
 {{- end -}}
 {{- toYaml $catalog -}}
 {{- end -}}
 
-{{/* The catalog's data plane: the values' serve.dataPlane is already in its router block. */}}
+{{/* The catalog's data plane: the values' serve.dataPlane is already in its edge block. */}}
 {{- define "slmserve.dataPlane" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
-{{- ternary "routed" "direct" (eq (get (get $catalog "router" | default dict) "data_plane" | default "auto") "routed") -}}
+{{- ternary "routed" "direct" (eq (get (get $catalog "edge" | default dict) "data_plane" | default "auto") "routed") -}}
 {{- end -}}
 
 {{/* The Serve applications (services/core/layout.py): the platform's at `/`, then, on the direct plane,
@@ -100,15 +108,15 @@ one per model under its internal prefix, named by the model's name with what Ser
 {{- end -}}
 
 {{/* Environment shared by head and workers. Ray Serve's HAProxy reads the session header's name
-and whether to send request bodies to the IngressRouter (a direct-mode model with more than one
+and whether to send request bodies to the ReplicaPicker (a direct-mode model with more than one
 replica, routed by prefix affinity, or least loaded with LoRA adapters, needs them), as
 services/runtime.py routing_environment sets them for local runs. */}}
 {{- define "slmserve.env" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
-{{- $router := get $catalog "router" | default dict -}}
+{{- $edge := get $catalog "edge" | default dict -}}
 {{- $models := get $catalog "models" | default list -}}
 {{- $direct := eq (include "slmserve.dataPlane" .) "direct" -}}
-{{- /* bodies go to the IngressRouters when any model's router reads them (one Ray-wide switch) */ -}}
+{{- /* bodies go to the ReplicaPickers when any model's router reads them (one Ray-wide switch) */ -}}
 {{- $readsBody := false -}}
 {{- range $model := $models -}}
 {{- $lora := hasKey $model "lora" -}}
@@ -124,7 +132,7 @@ services/runtime.py routing_environment sets them for local runs. */}}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ ternary "1" "0" (eq .Values.serve.ingress "haproxy") | quote }}
 - name: RAY_SERVE_SESSION_ID_HEADER_KEY
-  value: {{ get $router "session_header" | default "X-Session-Id" | lower | quote }}
+  value: {{ get $edge "session_header" | default "X-Session-Id" | lower | quote }}
 - name: RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY
   value: {{ ternary "1" "0" (and $direct $readsBody) | quote }}
 - name: RAY_SERVE_HAPROXY_BINARY_PATH

@@ -23,7 +23,7 @@ from services.core import platform
 from services.core.catalog import Catalog
 from services.core.layout import layout, model_routes
 from services.core.serve_context import background_task
-from services.core.timing import MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S, ROUTER_WARM_TIMEOUT_S
+from services.core.timing import INGRESS_WARM_TIMEOUT_S, MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S
 from services.edge.app import build_app
 from services.edge.edge import Edge
 from services.edge.readiness import ControllerReadiness
@@ -36,7 +36,7 @@ from services.routing import decisions
 logger = logging.getLogger("slmserve.router")
 
 
-class Router:
+class PlatformIngress:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
     def __init__(
@@ -64,7 +64,7 @@ class Router:
         self.adapters_period_s = min(refresh) if refresh and self.plan.model_apps else None
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        await self.edge.warm(ROUTER_WARM_TIMEOUT_S)  # Serve sends nothing here before this returns
+        await self.edge.warm(INGRESS_WARM_TIMEOUT_S)  # Serve sends nothing here before this returns
         if self.plan.model_apps and (models := HAProxyMap.on_this_node(MODELS_MAP)) is not None:
             background_task(self._write_model_routes(models))
         if self.adapters_period_s is not None and (routes := HAProxyMap.on_this_node(ADAPTERS_MAP)) is not None:
