@@ -8,6 +8,8 @@ from enum import StrEnum
 from http import HTTPStatus
 from typing import Any
 
+from pydantic import BaseModel
+
 _TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -58,8 +60,22 @@ def error_type(status: int) -> str:
     return _TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "server_error")
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error body slmserve sends; the OpenAPI document's error schema is this model's."""
+
+    error: ErrorDetail
+
+
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+    detail = ErrorDetail(message=message, type=error_type(status), param=param, code=code)
+    return ErrorBody(error=detail).model_dump()
 
 
 def error_json(status: int, message: str, *, param: str | None = None, code: str | None = None) -> bytes:

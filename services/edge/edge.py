@@ -36,9 +36,10 @@ from services.edge.limits import LimiterUnavailable, SharedLimits
 from services.edge.media import MediaError, MediaFetcher, prepare_images
 from services.edge.readiness import ControllerReadiness, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
+from services.edge.request import envelope_of
 from services.edge.tracing import Span, Tracing
 from services.engine.interface import REPLICA_GONE, Engine, EngineStream
-from services.engine.protocol import Head
+from services.engine.protocol import EngineCall, Head
 from services.metrics.records import CompletionRecord, PlacedRecord, RecordBuffer
 
 logger = logging.getLogger("slmserve.edge")
@@ -95,52 +96,6 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise APIError(400, "request body must be a JSON object", reason=Code.INVALID_JSON)
     return body
-
-
-# OpenAI answers 400 for a value of the wrong JSON type; vLLM's pydantic models would coerce some of
-# them ("stream": "yes" streams, "max_tokens": "5" is 5). The edge checks these scalar fields
-# strictly, the same for every route and model: booleans are only true/false, integers only whole
-# JSON numbers without a fraction (never a boolean), numbers any JSON number; null means unset.
-STRICT_FIELDS = {
-    "stream": "boolean",
-    "echo": "boolean",
-    "ignore_eos": "boolean",
-    "n": "integer",
-    "best_of": "integer",
-    "max_tokens": "integer",
-    "max_completion_tokens": "integer",
-    "min_tokens": "integer",
-    "seed": "integer",
-    "top_k": "integer",
-    "top_logprobs": "integer",
-    "temperature": "number",
-    "top_p": "number",
-    "min_p": "number",
-    "presence_penalty": "number",
-    "frequency_penalty": "number",
-    "repetition_penalty": "number",
-}
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
-
-
-def _has_json_type(value: Any, kind: str) -> bool:
-    if kind == "boolean":
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    return isinstance(value, int) if kind == "integer" else isinstance(value, int | float)
-
-
-def check_field_types(body: dict[str, Any]) -> None:
-    for field, kind in STRICT_FIELDS.items():
-        value = body.get(field)
-        if value is not None and not _has_json_type(value, kind):
-            got = _JSON_TYPES.get(type(value), type(value).__name__)
-            raise APIError(400, f"`{field}` must be a JSON {kind}, not {got}", param=field, reason=Code.INVALID_REQUEST)
-    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
-        raise APIError(
-            400, "`stream_options` must be a JSON object", param="stream_options", reason=Code.INVALID_REQUEST
-        )
 
 
 def _retry_later(message: str, code: Code, model: str, base_model: str = "") -> APIError:
@@ -212,10 +167,7 @@ class Edge:
                         adapters.setdefault(name, entry)
         return adapters
 
-    async def resolve(self, body: dict[str, Any]) -> Target:
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise APIError(400, "`model` is required and must be a string", param="model", reason=Code.INVALID_REQUEST)
+    async def resolve(self, model: str) -> Target:
         entry = self.catalog.resolve(model)
         target = Target(entry) if entry is not None and entry.name in self.engines else None
         if target is None:
@@ -256,14 +208,13 @@ class Edge:
         placed = "none"
         try:
             body = await read_json_body(request, options.max_body_bytes)
-            target = await self.resolve(body)
+            target = await self.resolve(envelope_of(body).model)
             placed = target.model_name
         finally:
             if self.served_by == "platform":  # HAProxy could not place it (services/haproxy/rules.py)
                 self.records.add(PlacedRecord(placed))
         entry, model_name = target.entry, target.model_name
         span.set_attribute("gen_ai.request.model", model_name)
-        check_field_types(body)
         media = None
         if route == "chat":
             try:
@@ -305,8 +256,14 @@ class Edge:
         streaming = False
         try:
             request_id = _request_id(request)
-            session_id = request.headers.get(self.catalog.edge.session_header) or None
-            stream, head = await self._open(entry, model_name, route, body, request_id, session_id, span, deadline)
+            call = EngineCall(
+                route,
+                body,
+                request_id,
+                session_id=request.headers.get(self.catalog.edge.session_header) or None,
+                trace_headers=self.tracing.headers_for(span),
+            )
+            stream, head = await self._open(entry, model_name, call, span, deadline)
             record = CompletionRecord(
                 model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None
             )
@@ -339,21 +296,13 @@ class Edge:
                 self.limits.release(ticket)
 
     async def _open(
-        self,
-        entry: ModelEntry,
-        model_name: str,
-        route: str,
-        body: dict[str, Any],
-        request_id: str,
-        session_id: str | None,
-        span: Span,
-        deadline: float,
+        self, entry: ModelEntry, model_name: str, call: EngineCall, span: Span, deadline: float
     ) -> tuple[EngineStream, Head]:
         """The engine stream and its head. A replica lost before it answered (routed mode) is tried
         once more, on another, when the model has one: nothing has reached the client yet, and
         Serve's router no longer chooses a replica it found unavailable."""
         for attempt in (1, 2):
-            stream = self.engines[entry.name].open(route, body, request_id, session_id, self.tracing.headers_for(span))
+            stream = self.engines[entry.name].open(call)
             try:
                 with self.tracing.phase(span, "engine.head"):
                     async with asyncio.timeout_at(deadline):
@@ -371,7 +320,9 @@ class Edge:
             except REPLICA_GONE as error:
                 self.readiness.mark_failed(entry.deployment_name)
                 if attempt == 1 and self.readiness.is_ready(entry.deployment_name):
-                    logger.warning("%s: %s lost a replica before answering; trying another", request_id, entry.name)
+                    logger.warning(
+                        "%s: %s lost a replica before answering; trying another", call.request_id, entry.name
+                    )
                     continue
                 raise _retry_later(
                     f"model `{entry.name}` is unavailable right now; retry shortly",

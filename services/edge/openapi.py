@@ -12,25 +12,10 @@ import copy
 from typing import Any
 
 from services.core.catalog import ModelEntry
+from services.core.errors import ErrorBody
 from services.edge.middleware import needs_key
 from services.engine import sse
 
-OPENAI_ERROR = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["message", "type", "param", "code"],
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
 BODY_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 _ERROR_MEANINGS = {
     "400": "invalid request (malformed JSON, a bad field, prompt too long, bad image)",
@@ -62,7 +47,9 @@ def openapi_document(
     `$defs` refer to `#/components/schemas/...`; `models` are the ones this edge serves."""
     doc = copy.deepcopy(base)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
-    components["OpenAIError"] = OPENAI_ERROR
+    error_schema = ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(error_schema.pop("$defs"))
+    components["OpenAIError"] = error_schema
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     model_names = sorted({name for entry in models for name in entry.names})

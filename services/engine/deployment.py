@@ -31,7 +31,7 @@ from services.engine import sse, vllm_compat
 from services.engine.adapters import AdapterSync
 from services.engine.profiles import Hardware
 from services.engine.profiles import choose as choose_profile
-from services.engine.protocol import Head, Outcome, StreamItem
+from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
 from services.engine.streaming import coalesce
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
@@ -99,11 +99,9 @@ class EngineDeployment:
         if metrics_hub is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
-    async def generate(
-        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncGenerator[StreamItem, None]:
+    async def generate(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         """`stream` for callers through a Serve handle (routed mode), with queued frames joined."""
-        frames = self.stream(route, body, request_id, trace_headers)
+        frames = self.stream(call)
         head = await anext(frames)
         assert isinstance(head, Head)  # every stream opens with its head
         yield head
@@ -113,12 +111,10 @@ class EngineDeployment:
         else:
             await frames.aclose()
 
-    async def stream(
-        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncGenerator[StreamItem, None]:
+    async def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
-        the stream's Outcome just before the final [DONE]. Closing it aborts the request.
-        `trace_headers` (W3C) make vLLM's engine span a child of the edge's request span."""
+        the stream's Outcome just before the final [DONE]. Closing it aborts the request."""
+        route, body, request_id = call.route, call.body, call.request_id
         serving = self.serving.get(route)
         if serving is None:
             yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
@@ -133,7 +129,7 @@ class EngineDeployment:
         create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
             request = self.request_types[route].model_validate({**body, "request_id": request_id})
-            result = await create(request, vllm_compat.traced_request(trace_headers))
+            result = await create(request, vllm_compat.traced_request(call.trace_headers))
         except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
             message, param = _validation_message(error)
             yield Head(400, error_json(400, message, param=param), None)

@@ -18,7 +18,7 @@ from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableE
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from services.core.timing import ENGINE_QUERY_TIMEOUT_S
-from services.engine.protocol import Head, Outcome
+from services.engine.protocol import EngineCall, Head, Outcome
 from services.routing.session import with_session
 
 logger = logging.getLogger("slmserve.edge")
@@ -35,14 +35,7 @@ class EngineStream(Protocol):
 
 
 class Engine(Protocol):
-    def open(
-        self,
-        route: str,
-        body: dict[str, Any],
-        request_id: str,
-        session_id: str | None,
-        trace_headers: dict[str, str] | None = None,
-    ) -> EngineStream: ...
+    def open(self, call: EngineCall) -> EngineStream: ...
     def ready(self) -> bool: ...
     async def request_schemas(self) -> dict[str, dict[str, Any]]: ...
     async def adapter_names(self, max_age_s: float) -> list[str]: ...
@@ -77,16 +70,9 @@ class LocalEngine:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
-    def open(
-        self,
-        route: str,
-        body: dict[str, Any],
-        request_id: str,
-        session_id: str | None,
-        trace_headers: dict[str, str] | None = None,
-    ) -> LocalStream:
+    def open(self, call: EngineCall) -> LocalStream:
         # the replica was chosen already (HAProxy, or the ReplicaPicker)
-        return LocalStream(self.engine.stream(route, body, request_id, trace_headers))
+        return LocalStream(self.engine.stream(call))
 
     def ready(self) -> bool:
         return True  # an engine replica only answers HTTP once its engine has loaded
@@ -135,19 +121,10 @@ class RemoteEngine:
         self._adapters: list[str] = []
         self._adapters_at = float("-inf")
 
-    def open(
-        self,
-        route: str,
-        body: dict[str, Any],
-        request_id: str,
-        session_id: str | None,
-        trace_headers: dict[str, str] | None = None,
-    ) -> RemoteStream:
-        # The engine deployment's request router (services/routing/policies.py) sees `body` and the
-        # session id when it picks the replica.
-        return RemoteStream(
-            with_session(self.handle, session_id).generate.remote(route, body, request_id, trace_headers)
-        )
+    def open(self, call: EngineCall) -> RemoteStream:
+        # The engine deployment's request router (services/routing/policies.py) sees the call's body
+        # and session id when it picks the replica.
+        return RemoteStream(with_session(self.handle, call.session_id).generate.remote(call))
 
     def ready(self) -> bool:
         return bool(self.handle.running_replicas_populated())

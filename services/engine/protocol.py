@@ -11,7 +11,18 @@ runs in the engine's own process (direct mode) or reaches it through a Serve han
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCall:
+    """One request, as the edge hands it to an engine (in-process, or pickled through a handle)."""
+
+    route: str  # "chat" or "completions"
+    body: dict[str, Any]  # the client's OpenAI body, passed to vLLM unchanged
+    request_id: str
+    session_id: str | None = None  # for the replica choice (routed mode); the engine ignores it
+    trace_headers: dict[str, str] | None = None  # W3C: vLLM's span becomes a child of the edge's
 
 
 @dataclass(slots=True)

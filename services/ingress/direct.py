@@ -17,7 +17,7 @@ from services.edge.limits import has_limits
 from services.edge.readiness import SelfReadiness
 from services.engine.deployment import EngineDeployment
 from services.engine.interface import LocalEngine
-from services.engine.protocol import StreamItem
+from services.engine.protocol import EngineCall, StreamItem
 from services.metrics.records import RecordBuffer
 from services.routing import decisions
 
@@ -34,14 +34,12 @@ class DirectEngine(EngineDeployment):
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
 
-    def stream(
-        self, route: str, body: dict[str, Any], request_id: str, trace_headers: dict[str, str] | None = None
-    ) -> AsyncGenerator[StreamItem, None]:
+    def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         # With one fixed replica HAProxy asks no ReplicaPicker: the choice is counted here, so the
         # routing metric (and its dashboard panel) covers every model.
         if not self.entry.has_replica_choice:
             decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")
-        return super().stream(route, body, request_id, trace_headers)
+        return super().stream(call)
 
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(

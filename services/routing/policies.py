@@ -133,12 +133,13 @@ class PrefixIndex:
 
 def _request_body(pending: PendingRequest | None) -> dict[str, Any] | None:
     """The OpenAI body among the request's arguments: the ReplicaPicker passes it alone, the
-    routed-mode PlatformIngress's `generate(route, body, request_id, trace_headers)` call second."""
+    routed-mode PlatformIngress an `EngineCall` (services/engine/protocol.py) that holds it."""
     if pending is None:
         return None
     for argument in pending.args:
-        if isinstance(argument, dict) and ("messages" in argument or "prompt" in argument):
-            return argument
+        body = getattr(argument, "body", argument)
+        if isinstance(body, dict) and ("messages" in body or "prompt" in body):
+            return body
     return None
 
 

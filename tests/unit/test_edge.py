@@ -1,0 +1,229 @@
+"""The edge (services/edge) over scripted engines (testkit/fake_engine.py): every answer slmserve gives
+before or around the engine's own, without Ray or vLLM. The same behaviours through the real
+application are tests/live/test_openai_api.py and tests/live/test_security.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from services.core.catalog import parse_catalog
+from services.core.errors import ErrorBody
+from services.edge.request import RequestEnvelope
+from services.engine.protocol import Outcome
+from testkit.fake_engine import Answer, Hang, Lost, ScriptedEngine, ScriptedReadiness, Stream, catalog_of, edge_with
+
+CHAT = {"model": "text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def error_of(response) -> dict:
+    """The OpenAI error of a response, checked against the one error model."""
+    assert response.headers["content-type"].startswith("application/json")
+    return ErrorBody.model_validate(response.json()).error.model_dump()
+
+
+async def post(under_test, body=None, *, path="/v1/chat/completions", **kwargs):
+    async with under_test.client() as client:
+        return await client.post(path, json=CHAT if body is None else body, **kwargs)
+
+
+def test_an_answer_passes_through_with_the_engine_s_status_and_the_edge_s_headers():
+    with edge_with(served_by="engine") as under_test:
+        response = run(post(under_test))
+    assert response.status_code == 200 and response.json()["object"] == "chat.completion"
+    assert response.headers["x-slmserve-served-by"] == "engine"
+    call = under_test.engines["text"].calls[0]
+    assert (call.route, call.body, call.session_id) == ("chat", CHAT, None)
+
+
+def test_an_alias_reaches_its_model_and_the_session_header_reaches_the_call():
+    with edge_with(catalog_of(session_header="X-Conv")) as under_test:
+        response = run(post(under_test, {**CHAT, "model": "default"}, headers={"X-Conv": "c1"}))
+    assert response.status_code == 200
+    assert under_test.engines["text"].calls[0].session_id == "c1"
+    assert not under_test.engines["vision"].calls
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "kind", "got"),
+    [
+        ("stream", "yes", "boolean", "string"),
+        ("n", True, "integer", "boolean"),
+        ("max_tokens", 5.0, "integer", "number"),
+        ("temperature", True, "number", "boolean"),
+        ("stream_options", [1], "object", "array"),
+    ],
+)
+def test_a_wrong_json_type_is_a_400_naming_the_field_and_no_engine_sees_it(field, value, kind, got):
+    with edge_with() as under_test:
+        response = run(post(under_test, {**CHAT, field: value}))
+    assert response.status_code == 400
+    assert error_of(response) == {
+        "message": f"`{field}` must be a JSON {kind}, not {got}",
+        "type": "invalid_request_error",
+        "param": field,
+        "code": None,
+    }
+    assert not under_test.engines["text"].calls
+
+
+def test_the_envelope_passes_every_other_field_to_the_engine_unchanged():
+    body = {**CHAT, "temperature": 1, "seed": None, "logit_bias": {"1": 2}, "guided_json": {"type": "object"}}
+    assert RequestEnvelope.model_validate(body).model_extra == {
+        "messages": body["messages"],
+        "logit_bias": {"1": 2},
+        "guided_json": {"type": "object"},
+    }
+    with edge_with() as under_test:
+        assert run(post(under_test, body)).status_code == 200
+    assert under_test.engines["text"].calls[0].body == body  # the int temperature is not made a float
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "code"),
+    [
+        ({"messages": []}, 400, "model", None),
+        ({**CHAT, "model": 7}, 400, "model", None),
+        ({**CHAT, "model": ""}, 400, "model", None),
+        ({**CHAT, "model": "nope"}, 404, "model", "model_not_found"),
+    ],
+)
+def test_a_missing_or_unknown_model(body, status, param, code):
+    with edge_with() as under_test:
+        response = run(post(under_test, body))
+    assert response.status_code == status
+    error = error_of(response)
+    assert (error["param"], error["code"]) == (param, code)
+
+
+def test_malformed_json_a_non_object_and_a_form_body_are_400s():
+    async def send(under_test, content: bytes, content_type: str):
+        async with under_test.client() as client:
+            return await client.post("/v1/chat/completions", content=content, headers={"content-type": content_type})
+
+    with edge_with() as under_test:
+        for content, content_type, message in [
+            (b"{", "application/json", "request body is not valid JSON"),
+            (b"[1]", "application/json", "request body must be a JSON object"),
+            (b"model=text", "application/x-www-form-urlencoded", "Only 'application/json' is allowed"),
+            (b"[" * 100_000, "application/json", "nested too deeply"),
+        ]:
+            response = run(send(under_test, content, content_type))
+            assert response.status_code == 400 and message in error_of(response)["message"], response.text
+
+
+def test_a_body_over_the_limit_is_a_413():
+    with edge_with(catalog_of(max_body_bytes=1024)) as under_test:
+        response = run(post(under_test, {**CHAT, "padding": "x" * 2000}))
+    assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
+
+
+def test_a_loading_model_is_a_503_with_retry_after():
+    catalog = catalog_of()
+    readiness = ScriptedReadiness(loading={catalog.models[0].deployment_name})
+    with edge_with(catalog, readiness=readiness) as under_test:
+        response = run(post(under_test))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert error_of(response)["code"] == "model_not_ready"
+
+
+def test_an_engine_that_never_answers_is_a_504_and_is_cancelled():
+    with edge_with(catalog_of(request_timeout_s=0.3), {"text": ScriptedEngine(Hang())}) as under_test:
+        response = run(post(under_test))
+    assert response.status_code == 504 and error_of(response)["code"] == "timeout"
+    assert under_test.engines["text"].streams[0].cancelled
+
+
+def test_a_replica_lost_before_its_head_is_tried_once_more():
+    with edge_with(engines={"text": ScriptedEngine(Lost(), Answer())}) as under_test:
+        response = run(post(under_test))
+    assert response.status_code == 200 and len(under_test.engines["text"].calls) == 2
+    assert under_test.readiness.failed == [under_test.edge.catalog.models[0].deployment_name]
+
+
+def test_a_replica_lost_twice_is_a_503_replica_unavailable():
+    with edge_with(engines={"text": ScriptedEngine(Lost())}) as under_test:
+        response = run(post(under_test))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert error_of(response)["code"] == "replica_unavailable"
+    assert len(under_test.engines["text"].calls) == 2
+
+
+def test_a_stream_relays_the_engine_s_frames_and_ends_once():
+    frames = [f'data: {{"choices":[{{"delta":{{"content":"{i}"}}}}]}}\n\n' for i in range(3)]
+    with edge_with(engines={"text": ScriptedEngine(Stream(frames, Outcome(3, 3, "stop")))}) as under_test:
+        response = run(post(under_test, {**CHAT, "stream": True}))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    assert response.text == "".join(frames) + "data: [DONE]\n\n"
+
+
+def test_a_stream_that_passes_its_deadline_ends_with_an_error_event_and_done():
+    slow = Stream(['data: {"choices":[]}\n\n'] * 50, pause_s=0.05)
+    with edge_with(catalog_of(request_timeout_s=0.3), {"text": ScriptedEngine(slow)}) as under_test:
+        response = run(post(under_test, {**CHAT, "stream": True}))
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+    assert under_test.engines["text"].streams[0].cancelled
+
+
+def test_the_in_flight_bound_is_a_429_with_retry_after_and_frees_its_slot():
+    models = [{"name": "text", "source": "embedded://smollm2-135m-instruct", "max_in_flight": 1}]
+    catalog = parse_catalog({"models": models})
+    slow = Stream(['data: {"choices":[]}\n\n'] * 4, pause_s=0.1)
+    with edge_with(catalog, {"text": ScriptedEngine(slow)}) as under_test:
+
+        async def two_at_once():
+            async with under_test.client() as client:
+                first = asyncio.create_task(client.post("/v1/chat/completions", json={**CHAT, "stream": True}))
+                await asyncio.sleep(0.15)  # the first holds the only slot
+                second = await client.post("/v1/chat/completions", json=CHAT)
+                return await first, second, await client.post("/v1/chat/completions", json=CHAT)
+
+        first, second, third = run(two_at_once())
+    assert first.status_code == 200
+    assert second.status_code == 429 and second.headers["retry-after"] and error_of(second)["code"] == "queue_full"
+    assert third.status_code == 200  # the stream's slot came back when it ended
+
+
+def test_api_keys_guard_every_api_route_and_leave_health_open(monkeypatch):
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "team:sk-unit")
+    with edge_with() as under_test:
+
+        async def calls():
+            async with under_test.client() as anonymous, under_test.client(Authorization="Bearer sk-unit") as keyed:
+                return (
+                    await anonymous.post("/v1/chat/completions", json=CHAT),
+                    await anonymous.get("/v1/models"),
+                    await anonymous.get("/v1/health/ready"),
+                    await keyed.post("/v1/chat/completions", json=CHAT),
+                    await keyed.get("/v1/models"),
+                )
+
+        chat, models, health, keyed_chat, keyed_models = run(calls())
+    assert chat.status_code == models.status_code == 401 and error_of(chat)["type"] == "authentication_error"
+    assert health.status_code == 200 and keyed_chat.status_code == 200
+    assert {card["id"] for card in keyed_models.json()["data"]} == {"text", "vision"}
+    assert not any("sk-unit" in response.text for response in (chat, models, keyed_chat, keyed_models))
+
+
+def test_the_openapi_document_s_errors_are_the_error_model():
+    with edge_with() as under_test:
+
+        async def document():
+            async with under_test.client() as client:
+                return (await client.get("/openapi.json")).json()
+
+        doc = run(document())
+    schemas = doc["components"]["schemas"]
+    assert schemas["OpenAIError"]["properties"]["error"] == {"$ref": "#/components/schemas/ErrorDetail"}
+    assert schemas["ErrorDetail"]["required"] == ["message", "type", "param", "code"]
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
+    assert set(chat["responses"]) == {"200", "400", "401", "404", "413", "429", "503", "504"}
+    assert schemas["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["default", "text", "vision"]
