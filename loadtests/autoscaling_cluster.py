@@ -16,7 +16,6 @@ figures to docs/autoscaling.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import itertools
 import json
@@ -37,11 +36,11 @@ import httpx
 import psutil
 
 from loadtests.autoscaling_run import poll_until, read_sample
+from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.sse import StreamMeter
 from testkit.serving import session_homes
 
-ROOT = Path(__file__).resolve().parents[1]
 CATALOG = ROOT / "loadtests" / "autoscaling-cluster.yaml"
 HEAD_CPUS = 2  # the head holds Serve's controller, HAProxy, the ReplicaPicker and the metrics hub; no GPU
 
@@ -621,7 +620,7 @@ def report(timeline: ClusterTimeline, ended: datetime.datetime) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--catalog", type=Path, default=CATALOG)
     parser.add_argument("--json", type=Path, help="write the timeline and its figures here")
     parser.add_argument("--docs", type=Path, help="write the figures and the plot into this docs folder")

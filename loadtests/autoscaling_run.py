@@ -13,7 +13,6 @@ On the GPU machine (Phi-3.5-mini shape, two replicas at 0.45 of the card):
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -27,11 +26,11 @@ from typing import TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.workload import percentile
 from testkit.serving import catalog_variant, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 SLO = {"ttft_p90_s": 2.0, "queue_per_replica": 2, "cooldown_s": 30}
 T = TypeVar("T")
@@ -327,7 +326,7 @@ def report(timeline: Timeline, streams: int, quiet: int, scenario: Scenario) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--streams", type=int, default=12)
     parser.add_argument("--docs", "--out", dest="docs", type=Path, default=ROOT / "docs")
     parser.add_argument("--gpu", action="store_true", help="the GPU scenario (on the GPU machine)")

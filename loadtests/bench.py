@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import platform
@@ -34,11 +33,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
 from testkit.serving import catalog_variant
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 
@@ -171,7 +170,7 @@ def scrape_summary(scrapes: dict[str, list[float]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--levels", default="1,4,16,32")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompt-words", type=int, default=64)
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = ROOT / "out"
     logs.mkdir(exist_ok=True)
     bare_port = args.port + 1
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = started_at()
     print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
     bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
     try:

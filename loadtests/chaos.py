@@ -25,9 +25,7 @@ docs/reliability.md, a section per data plane.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import datetime
 import json
 import os
 import subprocess
@@ -35,15 +33,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import psutil
 
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from testkit.serving import catalog_variant, running_replicas, until, wait_for_replicas
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 STREAM = {
     "model": MODEL,
@@ -139,7 +136,7 @@ def kill_processes(match) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--data-plane", choices=("direct", "routed"), default="direct")
     plane = parser.parse_args(argv).data_plane
     # Ray resolves 127.0.0.1 in a cluster address to the host's own address unless clusters are
@@ -424,7 +421,7 @@ def _seconds(value: float | None) -> str:
 
 
 def write_report(figures: list[dict], plane: str) -> None:
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = started_at()
     rows = "".join(
         f"| {f['step']} | {', '.join(f'{k} {v}' for k, v in f['streams'].items() if v) or '-'} | {f['probes']} | "
         f"{f['failed']} | {_seconds(f['recovered_s'])} ({f['recovered']}) | {'pass' if f['ok'] else 'FAIL'} |\n"

@@ -13,7 +13,6 @@ say what each system costs itself, not what it suffers from the others.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -24,11 +23,11 @@ from pathlib import Path
 import psutil
 
 from loadtests.bench import MODEL, start_bare_vllm
+from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.workload import run_level
 from testkit.serving import serving
 
-ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("engine core", "vLLM worker", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
 ENGINE = ("engine core", "vLLM worker")  # the same work in both systems: the model
 
@@ -137,7 +136,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--processes", action="store_true", help="slmserve idle, process by process (printed only)")
     args = parser.parse_args(argv)

@@ -8,20 +8,18 @@ Grafana dashboard are then drawn from Prometheus's answers to the dashboard's ow
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import datetime
 import json
 import sys
 import time
 from pathlib import Path
 
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from loadtests.workload import run_level
 from testkit.prometheus import DASHBOARD, Prometheus, local_prometheus
 from testkit.serving import catalog_variant, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 BOUND = 6
 PHASES = ((1, 6), (4, 24), (8, 40))  # (concurrent streams, requests); 8 is above the bound
@@ -111,10 +109,10 @@ def draw(prometheus: Prometheus, start: float, end: float, path: Path) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--max-tokens", type=int, default=48)
     args = parser.parse_args(argv)
-    started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = started_at()
 
     def bounded(catalog: dict) -> None:
         catalog["models"][0]["max_in_flight"] = BOUND
@@ -146,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(f"{c} streams: {r.errors} of {n} refused" for (c, n), r in zip(PHASES, results, strict=True))
     section = f"""## What the dashboard shows: a recorded run
 
-Run {started_at}: `.venv/bin/python -m loadtests.dashboard_run`. The embedded default (the `cpu`
+Run {started}: `.venv/bin/python -m loadtests.dashboard_run`. The embedded default (the `cpu`
 catalog, with `max_in_flight: {BOUND}` so that rejections show) on 2 CPU cores, Debian's Prometheus
 scraping it once a second with the chart's ServiceMonitor labels (`testkit/prometheus.py`), and a
 load of {", ".join(f"{n} streams {c} at a time" for c, n in PHASES)} ({args.max_tokens} tokens each;

@@ -8,7 +8,6 @@ direct (each engine replica serves HTTP). Writes a table to docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from testkit.serving import catalog_variant, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 ENGINE_CORE = "VLLM::EngineCore"
 
 
@@ -60,7 +59,7 @@ def measure(catalog_name: str, data_plane: str) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--catalog", default="cpu", help="a shipped catalog's name or a catalog file")
     catalog_name = parser.parse_args(argv).catalog
     rows = [measure(catalog_name, shape) for shape in ("routed", "direct")]

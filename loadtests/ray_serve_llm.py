@@ -11,16 +11,17 @@ and serves until it gets SIGTERM or SIGINT.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import sys
 import threading
 
+from loadtests.harness import command_line
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__)
     parser.add_argument("--model-dir", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)

@@ -15,7 +15,6 @@ Verdict: no failed request and no cut stream on the model that stays, none cut o
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import json
 import signal
 import sys
@@ -29,10 +28,10 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.harness import ROOT, started_at
 from loadtests.report import write_section
 from testkit.serving import ServerProcess, catalog_variant, serving, until
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 ADDED = "smollm2-second"
 STREAMS = 8
@@ -198,7 +197,7 @@ def main() -> int:
 
 
 def write_report(rows: list, ok: bool) -> None:
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = started_at()
     table = "".join(
         f"| {step} | {seconds:.0f} s | {', '.join(f'{k} {v}' for k, v in sorted(kept.items())) or '-'} | "
         f"{', '.join(f'{k} {v}' for k, v in sorted(leaving.items())) or '-'} |\n"

@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import sys
 from pathlib import Path
 
 import httpx
 
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from loadtests.workload import percentile
 from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations
 from testkit.serving import catalog_variant, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 KV_PER_REPLICA = 512 * 2**20  # about 11,000 float32 tokens of SmolLM2: less than all conversations need
 SINGLE = "one replica, cache for all"
@@ -160,14 +159,14 @@ is made without probing queue lengths). Reproduce: `.venv/bin/python -m loadtest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--conversations", type=int, default=16)
     parser.add_argument("--turns", type=int, default=4)
     parser.add_argument("--system-words", type=int, default=700)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
-    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    started = started_at()
     setups = [
         ("power-of-two", "power-of-two", 2, KV_PER_REPLICA),
         ("prefix-affinity", "prefix-affinity", 2, KV_PER_REPLICA),

@@ -6,7 +6,6 @@ for the run and stops it afterwards. Traffic goes to 127.0.0.1 only, bounded in 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import subprocess
@@ -15,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from loadtests.harness import ROOT, command_line, locust_command, require_local
 
 
 def _ready(host: str) -> bool:
@@ -50,7 +49,7 @@ def summarize(prefix: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--host", default=os.environ.get("SLMSERVE_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--spawn-rate", type=float, default=4)
@@ -59,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "out" / "loadtest"))
     parser.add_argument("user_classes", nargs="*", default=["StreamingChatUser", "ChatUser", "CompletionUser"])
     args, locust_extra = parser.parse_known_args(argv)
-    if not args.host.startswith(("http://127.", "http://localhost", "http://[::1]")):
-        parser.error("load tests only target this machine (127.0.0.1 / localhost)")
+    require_local(parser, args.host)
     server = None
     if not _ready(args.host):
         server = _start_server(int(args.host.rsplit(":", 1)[1].split("/")[0]), args.catalog)
@@ -72,23 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(ROOT / "loadtests" / "locustfile.py"),
-        "--headless",
-        "--host",
-        args.host,
-        "-u",
-        str(args.users),
-        "-r",
-        str(args.spawn_rate),
-        "-t",
-        args.time,
-        "--csv",
-        args.out,
-        "--only-summary",
+        *locust_command(args.host, args.users, args.spawn_rate, args.time, args.out),
         *locust_extra,
         *args.user_classes,
     ]

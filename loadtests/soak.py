@@ -14,7 +14,6 @@ nothing in flight for any model afterwards, platform memory grown under 5%.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import os
@@ -22,16 +21,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import psutil
 
+from loadtests.harness import ROOT, command_line, locust_command, out_dir
 from loadtests.sse import parse_model_mix
 from services.core.catalog import load_catalog
 from services.runtime import wait_until_ready
 from testkit.serving import catalog_variant
 
-ROOT = Path(__file__).resolve().parents[1]
 TEST_CATALOG = ROOT / "tests" / "catalogs" / "test.yaml"  # three model families
 MARK_START, MARK_END = "<!-- soak:start -->", "<!-- soak:end -->"
 BOUND = 4  # requests in flight per model
@@ -69,7 +67,7 @@ def scrape(host: str, name: str, model: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = command_line(__doc__)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--users", type=int, default=12)
     parser.add_argument("--model", default="tiny-phimoe")
@@ -79,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8300)
     args = parser.parse_args(argv)
     host = f"http://127.0.0.1:{args.port}"
-    out = ROOT / "out"
-    out.mkdir(exist_ok=True)
+    out = out_dir()
     catalog_path = catalog_variant(str(TEST_CATALOG), bound_every_model)
     server = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "serve", "--catalog", str(catalog_path), "--port", str(args.port)],
@@ -102,23 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         code = subprocess.call(
             [
-                sys.executable,
-                "-m",
-                "locust",
-                "-f",
-                str(ROOT / "loadtests" / "locustfile.py"),
-                "--headless",
-                "--host",
-                host,
-                "-u",
-                str(args.users),
-                "-r",
-                str(args.users),
-                "-t",
-                f"{int(args.minutes * 60)}s",
-                "--csv",
-                str(prefix),
-                "--only-summary",
+                *locust_command(host, args.users, args.users, f"{int(args.minutes * 60)}s", prefix),
                 "--model",
                 args.model,
                 "--max-tokens",

@@ -7,18 +7,16 @@ up on its own port with its own Ray, or end with one clear line; neither may ans
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
+from loadtests.harness import ROOT, started_at
 from loadtests.report import write_section
 from testkit.serving import serving
 
-ROOT = Path(__file__).resolve().parents[1]
 BOTH_UP_TIMEOUT_S = 900
 
 
@@ -48,7 +46,7 @@ def main() -> int:
         results = list(pool.map(lambda _: one(both_up, started), range(2)))
     ok = all(not replica.startswith("failed") for _, _, replica in results) and results[0][2] != results[1][2]
     rows = "".join(f"| {url} | {ready:.0f} s | {replica} |\n" for url, ready, replica in results)
-    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    when = started_at()
     verdict = "pass: both ready at once, each answering from its own replica" if ok else "FAIL"
     body = f"""## Two instances started at once on one machine
 
