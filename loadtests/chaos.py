@@ -39,16 +39,11 @@ import psutil
 
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
+from testkit.live import long_stream
 from testkit.serving import catalog_variant, running_replicas, until, wait_for_replicas
 
 MODEL = "smollm2-135m-instruct"
-STREAM = {
-    "model": MODEL,
-    "messages": [{"role": "user", "content": "Tell a long story."}],
-    "max_tokens": 400,
-    "ignore_eos": True,
-    "stream": True,
-}
+STREAM = long_stream(MODEL, 400, "Tell a long story.")
 PROBE = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 HANG_S = 60.0  # a stream that neither ends nor moves for this long counts as hung
 

@@ -125,3 +125,14 @@ class LiveServer:
             while admitted().get(name, 0) != 0:
                 assert time.monotonic() < deadline, f"{name}'s admission slots stayed taken after its requests ended"
                 time.sleep(0.2)
+
+
+def long_stream(model: str, max_tokens: int, content: str = "hello") -> dict:
+    """A streamed chat request that generates exactly `max_tokens` tokens (EOS ignored)."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+    }

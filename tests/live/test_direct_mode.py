@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.catalog import load_catalog
 from services.core.layout import INTERNAL_PREFIX
-from testkit.live import AUTH, READY_TIMEOUT_S, TEST_CATALOG, fresh_start_burst
+from testkit.live import AUTH, READY_TIMEOUT_S, TEST_CATALOG, fresh_start_burst, long_stream
 from testkit.serving import catalog_variant, serving
 
 CATALOG = load_catalog(TEST_CATALOG)
@@ -143,13 +143,7 @@ def test_edge_concerns_run_in_the_engine_replica(direct_server):
 
 def test_a_client_that_leaves_mid_stream_stops_the_engine(direct_server):
     http = direct_server.http
-    body = {
-        "model": MODEL,
-        "messages": [{"role": "user", "content": "hello"}],
-        "max_tokens": 1500,
-        "ignore_eos": True,
-        "stream": True,
-    }
+    body = long_stream(MODEL, 1500)
     with http.stream("POST", "/v1/chat/completions", json=body) as response:
         lines = response.iter_lines()
         assert any(next(lines).startswith("data: ") for _ in range(4))

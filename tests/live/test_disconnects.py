@@ -14,17 +14,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from testkit.live import API_KEY
+from testkit.live import API_KEY, long_stream
 
 MOE = "tiny-phimoe"
 BOUND = 4
-LONG_STREAM = {
-    "model": MOE,
-    "messages": [{"role": "user", "content": "hello"}],
-    "max_tokens": 1500,
-    "ignore_eos": True,
-    "stream": True,
-}
+LONG_STREAM = long_stream(MOE, 1500)
 
 
 def _post_and_hang_up(base_url: str, body: dict, linger_s: float = 0.0) -> None:

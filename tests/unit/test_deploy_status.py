@@ -202,25 +202,16 @@ def test_status_reports_applications_groups_and_pending_gpu_pods(fake_api, capsy
     assert api.selectors == [f"ray.io/cluster={CLUSTER}"]
 
 
+def wait_for_status(kubeconfig, timeout_s: str, poll_s: str = "0.05") -> int:
+    """`slmserve deploy status --wait`."""
+    arguments = ["deploy", "status", NAME, "-n", NS, "--kubeconfig", str(kubeconfig), "--wait"]
+    return cli_main([*arguments, "--timeout", timeout_s, "--poll", poll_s])
+
+
 def test_wait_polls_until_ready(fake_api, capsys):
     api, kubeconfig = fake_api
     api.ready_after = 2
-    code = cli_main(
-        [
-            "deploy",
-            "status",
-            NAME,
-            "-n",
-            NS,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--wait",
-            "--timeout",
-            "30",
-            "--poll",
-            "0.05",
-        ]
-    )
+    code = wait_for_status(kubeconfig, timeout_s="30")
     out = capsys.readouterr().out
     assert code == 0
     assert api.rayservice_reads == 3
@@ -240,22 +231,7 @@ def test_status_says_when_the_serve_api_cannot_be_read(fake_api, capsys):
 def test_wait_times_out(fake_api, capsys):
     api, kubeconfig = fake_api
     api.ready_after = 10_000
-    code = cli_main(
-        [
-            "deploy",
-            "status",
-            NAME,
-            "-n",
-            NS,
-            "--kubeconfig",
-            str(kubeconfig),
-            "--wait",
-            "--timeout",
-            "0.3",
-            "--poll",
-            "0.1",
-        ]
-    )
+    code = wait_for_status(kubeconfig, timeout_s="0.3", poll_s="0.1")
     assert code == 1
     assert "timed out" in capsys.readouterr().err
 
