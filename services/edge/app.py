@@ -85,6 +85,27 @@ async def completions(request: Request) -> Response:
     return await _edge(request).forward("completions", request)
 
 
+@ROUTES.post("/v1/chat/completions/batch")
+async def chat_completions_batch(request: Request) -> Response:
+    return await _edge(request).forward("chat_batch", request)
+
+
+@ROUTES.post("/tokenize")
+async def tokenize(request: Request) -> Response:
+    return await _edge(request).forward("tokenize", request)
+
+
+@ROUTES.post("/detokenize")
+async def detokenize(request: Request) -> Response:
+    return await _edge(request).forward("detokenize", request)
+
+
+@ROUTES.post("/invocations")
+async def invocations(request: Request) -> Response:
+    """SageMaker's route, as vLLM serves it: a chat body (`messages`) or a completion body."""
+    return await _edge(request).forward(None, request)
+
+
 def _adapter_card(name: str, base: ModelEntry, created: int) -> dict[str, Any]:
     assert base.lora is not None
     return {
@@ -145,6 +166,13 @@ async def health(request: Request) -> JSONResponse:
     return await ready(request)
 
 
+@ROUTES.get("/ping")
+@ROUTES.post("/ping")
+async def ping(request: Request) -> JSONResponse:
+    """SageMaker's health check, as vLLM serves it beside /invocations."""
+    return await ready(request)
+
+
 @ROUTES.get("/openapi.json", include_in_schema=False)
 async def openapi_json(request: Request) -> JSONResponse:
     """The request bodies come from vLLM's protocol models, which only an engine imports: ask the
@@ -167,6 +195,12 @@ async def openapi_json(request: Request) -> JSONResponse:
 @ROUTES.get("/v1/version")
 async def version() -> dict[str, str]:
     return {"release": __version__, "api": "v1"}
+
+
+@ROUTES.get("/version")
+async def server_version() -> dict[str, str]:
+    """vLLM's `/version`, with slmserve's release (NIM's is /v1/version)."""
+    return {"version": __version__}
 
 
 @ROUTES.get("/v1/metadata")

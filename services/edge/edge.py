@@ -39,7 +39,7 @@ from services.edge.relay import RelayResponse, StreamRelay
 from services.edge.request import envelope_of
 from services.edge.tracing import Span, Tracing
 from services.engine.interface import REPLICA_GONE, Engine, EngineStream
-from services.engine.protocol import EngineCall, Head
+from services.engine.protocol import GENERATIVE, EngineCall, Head, RouteKind
 from services.metrics.records import CompletionRecord, PlacedRecord, RecordBuffer
 
 logger = logging.getLogger("slmserve.edge")
@@ -187,8 +187,9 @@ class Edge:
             )
         return target
 
-    async def forward(self, route: str, request: Request) -> Response:
-        span = self.tracing.start_request(request.headers, route)
+    async def forward(self, route: RouteKind | None, request: Request) -> Response:
+        """Serve one engine route; `route` None picks chat or completions by the body (/invocations)."""
+        span = self.tracing.start_request(request.headers, route or "invocations")
         try:
             response = await self._forward(route, request, span)
         except APIError as error:
@@ -201,7 +202,7 @@ class Edge:
             self.tracing.end(span, response.status_code)
         return response
 
-    async def _forward(self, route: str, request: Request, span: Span) -> Response:
+    async def _forward(self, route: RouteKind | None, request: Request, span: Span) -> Response:
         arrived = time.perf_counter()
         options = self.catalog.edge
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
@@ -215,8 +216,9 @@ class Edge:
                 self.records.add(PlacedRecord(placed))
         entry, model_name = target.entry, target.model_name
         span.set_attribute("gen_ai.request.model", model_name)
+        route = route or ("chat" if "messages" in body else "completions")
         media = None
-        if route == "chat":
+        if "messages" in body:
             try:
                 with self.tracing.phase(span, "images"):
                     media = await prepare_images(
@@ -271,7 +273,8 @@ class Edge:
                 if head.outcome is not None:
                     record.ttft_s = record.e2e_s = time.perf_counter() - arrived
                     record.apply(head.outcome)
-                self.records.add(record)
+                if route in GENERATIVE:  # NIM's request metrics count completions, not tokenize calls
+                    self.records.add(record)
                 return Response(head.body, status_code=head.status, media_type="application/json")
             streaming = True
 

@@ -234,6 +234,9 @@ def _image_parts(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         return parts
     for message in messages:
+        if isinstance(message, list):  # a conversation of a batch (/v1/chat/completions/batch)
+            parts.extend(_image_parts(message))
+            continue
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             parts.extend(p for p in content if isinstance(p, dict) and p.get("type") == "image_url")
@@ -251,7 +254,8 @@ def _part_url(part: dict[str, Any]) -> str:
 async def prepare_images(
     body: dict[str, Any], *, model: str, accepts_images: bool, max_images: int, fetcher: MediaFetcher
 ) -> MediaOutcome | None:
-    """Check and inline every image of a chat request in place; None when it has none."""
+    """Check and inline every image of a request's messages in place (chat, a batch's conversations,
+    a chat tokenize request), so that no engine fetches a URL itself; None when it has none."""
     parts = _image_parts(body.get("messages"))
     if not parts:
         return None

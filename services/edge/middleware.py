@@ -12,10 +12,15 @@ from services.core.errors import Code, error_body
 from services.core.layout import INTERNAL_PREFIX
 from services.metrics.records import HTTPRecord
 
+# Routes outside /v1/ that reach a model: vLLM's tokenizer routes and SageMaker's /invocations.
+MODEL_ROUTES_OUTSIDE_V1 = frozenset({"/tokenize", "/detokenize", "/invocations"})
+
 
 def needs_key(path: str) -> bool:
     """`path` as the routes see it: below the application's route prefix (`route_path`)."""
-    return (path.startswith("/v1/") and not path.startswith("/v1/health/")) or path == "/metrics"
+    if path.startswith("/v1/"):
+        return not path.startswith("/v1/health/")
+    return path == "/metrics" or path in MODEL_ROUTES_OUTSIDE_V1
 
 
 def route_path(scope: dict[str, Any]) -> str:

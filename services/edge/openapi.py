@@ -16,7 +16,14 @@ from services.core.errors import ErrorBody
 from services.edge.middleware import needs_key
 from services.engine import sse
 
-BODY_ROUTES = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+BODY_ROUTES = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/chat/completions/batch": "chat_batch",
+    "/tokenize": "tokenize",
+    "/detokenize": "detokenize",
+}
+KIND_TITLES = {"tokenize": "TokenizeRequest"}  # a union of two models has no title of its own
 _ERROR_MEANINGS = {
     "400": "invalid request (malformed JSON, a bad field, prompt too long, bad image)",
     "401": "missing or wrong API key (when keys are configured)",
@@ -40,6 +47,44 @@ def _error_responses(*statuses: str) -> dict[str, Any]:
     }
 
 
+def _ref(title: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{title}"}
+
+
+def _register(components: dict[str, Any], schema: dict[str, Any], title: str, model_names: list[str]) -> str:
+    """`schema` as a component, with `model` required and one of the catalog's names (the edge picks
+    the engine by it); a union gets that on each of its models."""
+    for option in schema.get("anyOf", []):
+        referenced = components[option["$ref"].rsplit("/", 1)[1]]
+        _register(components, referenced, referenced["title"], model_names)
+    if "properties" in schema:
+        for field in _ROUTER_OWNED:
+            schema["properties"].pop(field, None)
+        schema["properties"]["model"] = {
+            "type": "string",
+            "enum": model_names,
+            "description": "a catalog model name or alias (GET /v1/models)",
+        }
+        schema["required"] = sorted({*schema.get("required", []), "model"})
+    title = schema.get("title", title)
+    components[title] = schema
+    return str(title)
+
+
+def _answer_responses(kind: str) -> dict[str, Any]:
+    streams = kind in ("chat", "completions")
+    content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
+    if streams:
+        content[sse.MEDIA_TYPE] = {"schema": {"type": "string"}}
+    return {
+        "200": {
+            "description": "the answer" + ("; with `stream: true`, server-sent events of chunks" if streams else ""),
+            "content": content,
+        },
+        **_error_responses("400", "401", "404", "413", "429", "503", "504"),
+    }
+
+
 def openapi_document(
     base: dict[str, Any], request_schemas: dict[str, dict[str, Any]], models: list[ModelEntry]
 ) -> dict[str, Any]:
@@ -53,34 +98,22 @@ def openapi_document(
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
     model_names = sorted({name for entry in models for name in entry.names})
-    for path, kind in BODY_ROUTES.items():
-        schema = copy.deepcopy(request_schemas[kind])
+    titles: dict[str, str] = {}
+    for kind, request_schema in request_schemas.items():
+        schema = copy.deepcopy(request_schema)
         components.update(schema.pop("$defs", {}))
-        for field in _ROUTER_OWNED:
-            schema["properties"].pop(field, None)
-        # The edge picks the engine by `model`: required, and one of the catalog's names.
-        schema["properties"]["model"] = {
-            "type": "string",
-            "enum": model_names,
-            "description": "a catalog model name or alias (GET /v1/models)",
-        }
-        schema["required"] = sorted({*schema.get("required", []), "model"})
-        components[schema["title"]] = schema
+        titles[kind] = _register(components, schema, KIND_TITLES.get(kind, kind), model_names)
+    for path, kind in BODY_ROUTES.items():
+        if kind not in titles or path not in doc["paths"]:  # a route this vLLM does not serve
+            continue
         operation = doc["paths"][path]["post"]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema['title']}"}}},
-        }
-        operation["responses"] = {
-            "200": {
-                "description": "the completion; with `stream: true`, server-sent events of chunks",
-                "content": {
-                    "application/json": {"schema": {"type": "object"}},
-                    sse.MEDIA_TYPE: {"schema": {"type": "string"}},
-                },
-            },
-            **_error_responses("400", "401", "404", "413", "429", "503", "504"),
-        }
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(titles[kind])}}}
+        operation["responses"] = _answer_responses(kind)
+    if "/invocations" in doc["paths"] and {"chat", "completions"} <= titles.keys():
+        invocation = {"anyOf": [_ref(titles["chat"]), _ref(titles["completions"])]}
+        operation = doc["paths"]["/invocations"]["post"]
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": invocation}}}
+        operation["responses"] = _answer_responses("chat")
     for path, operations in doc["paths"].items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -89,9 +122,10 @@ def openapi_document(
                 responses.update(_error_responses("400", "404"))
             if needs_key(path):
                 responses.update(_error_responses("401"))
-    for path in ("/v1/health/ready", "/health"):
-        doc["paths"][path]["get"]["responses"]["503"] = {
-            "description": "not every model has a running replica yet; see Retry-After",
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
+    for path in ("/v1/health/ready", "/health", "/ping"):
+        for operation in doc["paths"][path].values():
+            operation["responses"]["503"] = {
+                "description": "not every model has a running replica yet; see Retry-After",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
     return doc

@@ -32,6 +32,7 @@ from services.engine.adapters import AdapterSync
 from services.engine.profiles import Hardware
 from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
+from services.engine.routes import engine_routes
 from services.engine.streaming import coalesce
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
@@ -51,6 +52,15 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
     param = ".".join(str(part) for part in first["loc"]) or None
     message = first["msg"].removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param
+
+
+def _outcome_of(result: Any) -> Outcome | None:
+    """Usage and finish reason of a complete answer; None for answers without usage (tokenize)."""
+    usage = getattr(result, "usage", None)
+    if usage is None:
+        return None
+    choices = getattr(result, "choices", None)
+    return Outcome(usage.prompt_tokens, usage.completion_tokens or 0, choices[-1].finish_reason if choices else None)
 
 
 def _vllm_families() -> list[Any]:
@@ -86,11 +96,7 @@ class EngineDeployment:
             self.adapters = AdapterSync(self.entry.lora, self.stack, self.entry.names)
             await self.adapters.refresh()  # the adapters present at start are served from the first request
             self._adapter_task = asyncio.get_running_loop().create_task(self.adapters.run_forever())
-        self.serving = {"chat": self.stack.chat, "completions": self.stack.completion}
-        self.request_types = {
-            "chat": vllm_compat.ChatCompletionRequest,
-            "completions": vllm_compat.CompletionRequest,
-        }
+        self.routes = engine_routes(self.stack)
         self.kv_usage = 0.0  # refreshed with every metrics snapshot, as are the next two
         self.waiting = 0.0
         self.recent_ttft = RecentQuantile(TTFT_WINDOW_S)
@@ -115,8 +121,8 @@ class EngineDeployment:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
         the stream's Outcome just before the final [DONE]. Closing it aborts the request."""
         route, body, request_id = call.route, call.body, call.request_id
-        serving = self.serving.get(route)
-        if serving is None:
+        engine_route = self.routes.get(route)
+        if engine_route is None:
             yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
             return
         client_wants_usage = _wants_usage(body)
@@ -126,28 +132,20 @@ class EngineDeployment:
             if not client_wants_usage:  # without include_usage vLLM puts usage on no chunk at all
                 options["continuous_usage_stats"] = False
             body = {**body, "stream_options": options}
-        create = serving.create_chat_completion if route == "chat" else serving.create_completion
         try:
-            request = self.request_types[route].model_validate({**body, "request_id": request_id})
-            result = await create(request, vllm_compat.traced_request(call.trace_headers))
+            result = await engine_route.create(body, request_id, vllm_compat.traced_request(call.trace_headers))
         except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
             message, param = _validation_message(error)
             yield Head(400, error_json(400, message, param=param), None)
             return
         except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators and serving layer raise these
-            yield Head(*from_vllm_error(vllm_compat.error_from_exception(serving, error)), None)
+            yield Head(*from_vllm_error(vllm_compat.error_from_exception(engine_route.serving, error)), None)
             return
         if isinstance(result, vllm_compat.ErrorResponse):
             yield Head(*from_vllm_error(result), None)
             return
         if not hasattr(result, "__aiter__"):
-            usage = result.usage
-            outcome = Outcome(
-                usage.prompt_tokens,
-                usage.completion_tokens or 0,
-                result.choices[-1].finish_reason if result.choices else None,
-            )
-            yield Head(200, result.model_dump_json().encode(), outcome)
+            yield Head(200, result.model_dump_json().encode(), _outcome_of(result))
             return
         yield Head(200, None, None)
         frames = self._frames(result, request_id, client_wants_usage)
@@ -218,10 +216,7 @@ class EngineDeployment:
     async def request_schemas(self) -> dict[str, dict[str, Any]]:
         """JSON schemas of the bodies this engine accepts (vLLM's protocol models), for the
         router's OpenAPI document; `$defs` refer to `#/components/schemas/...`."""
-        return {
-            route: model.model_json_schema(ref_template="#/components/schemas/{model}")
-            for route, model in self.request_types.items()
-        }
+        return {kind: route.schema() for kind, route in self.routes.items()}
 
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()

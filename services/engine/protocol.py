@@ -11,14 +11,18 @@ runs in the engine's own process (direct mode) or reaches it through a Serve han
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+# The OpenAI routes an engine answers (services/engine/routes.py); the edge maps HTTP paths to them.
+RouteKind = Literal["chat", "completions", "chat_batch", "tokenize", "detokenize"]
+GENERATIVE: frozenset[RouteKind] = frozenset({"chat", "completions", "chat_batch"})  # counted as requests
 
 
 @dataclass(frozen=True, slots=True)
 class EngineCall:
     """One request, as the edge hands it to an engine (in-process, or pickled through a handle)."""
 
-    route: str  # "chat" or "completions"
+    route: RouteKind
     body: dict[str, Any]  # the client's OpenAI body, passed to vLLM unchanged
     request_id: str
     session_id: str | None = None  # for the replica choice (routed mode); the engine ignores it

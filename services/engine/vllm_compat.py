@@ -41,6 +41,27 @@ CompletionRequest = _first(
     ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
     ("vllm.entrypoints.openai.protocol", "CompletionRequest"),
 )
+
+
+def _optional(*candidates: tuple[str, str]) -> Any:
+    """`_first`, or None where this vLLM has no such thing (a route it does not serve)."""
+    try:
+        return _first(*candidates)
+    except ImportError:
+        return None
+
+
+BatchChatCompletionRequest = _optional(
+    ("vllm.entrypoints.openai.chat_completion.protocol", "BatchChatCompletionRequest"),  # 0.32
+)
+TokenizeRequest = _optional(
+    ("vllm.entrypoints.serve.tokenize.protocol", "TokenizeRequest"),  # 0.32
+    ("vllm.entrypoints.openai.protocol", "TokenizeRequest"),
+)
+DetokenizeRequest = _optional(
+    ("vllm.entrypoints.serve.tokenize.protocol", "DetokenizeRequest"),
+    ("vllm.entrypoints.openai.protocol", "DetokenizeRequest"),
+)
 ErrorResponse = _first(
     ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),  # 0.32
     ("vllm.entrypoints.openai.engine.protocol", "ErrorResponse"),  # 0.24
@@ -127,6 +148,8 @@ class ServingStack:
         self.engine: Any = None
         self.chat: Any = None
         self.completion: Any = None
+        self.chat_batch: Any = None  # /v1/chat/completions/batch, where this vLLM serves it
+        self.tokenization: Any = None  # /tokenize and /detokenize
         self.models: Any = None  # vLLM's OpenAIServingModels: the served names and LoRA adapters
 
     async def start(self) -> None:
@@ -140,6 +163,10 @@ class ServingStack:
         await _init_app_state(self.engine, state, self.namespace, supported_tasks)
         self.chat = getattr(state, "openai_serving_chat", None)
         self.completion = getattr(state, "openai_serving_completion", None)
+        self.chat_batch = getattr(state, "openai_serving_chat_batch", None)
+        self.tokenization = getattr(state, "serving_tokenization", None) or getattr(
+            state, "openai_serving_tokenization", None
+        )
         self.models = state.openai_serving_models
 
     def base_model_config(self) -> dict[str, Any]:

@@ -275,6 +275,10 @@ PROTECTED = [
     ("GET", "/v1/version"),
     ("GET", "/v1/metrics"),
     ("GET", "/metrics"),
+    ("POST", "/v1/chat/completions/batch"),
+    ("POST", "/tokenize"),
+    ("POST", "/detokenize"),
+    ("POST", "/invocations"),
 ]
 
 

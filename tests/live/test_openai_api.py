@@ -346,3 +346,42 @@ def test_stream_without_include_usage_has_no_usage_anywhere(live_server, options
 def test_completions_without_a_prompt_are_400(live_server, body):
     response = live_server.http.post("/v1/completions", json=body, timeout=60)
     _assert_error(response, 400)
+
+
+def test_tokenize_and_detokenize_round_trip_through_vllm(live_server, client):
+    """vLLM's tokenizer routes, through the platform (they lie outside /v1/) to the model's engine."""
+    tokens = live_server.http.post("/tokenize", json={"model": MODEL, "prompt": "The capital of France"})
+    assert tokens.status_code == 200, tokens.text
+    answer = tokens.json()
+    assert answer["count"] == len(answer["tokens"]) > 2 and answer["max_model_len"] == 2048
+    text = live_server.http.post("/detokenize", json={"model": MODEL, "tokens": answer["tokens"]})
+    assert text.status_code == 200 and text.json()["prompt"] == "The capital of France"
+    chat = live_server.http.post("/tokenize", json={"model": MODEL, "messages": FRANCE})
+    reply = client.chat.completions.create(model=MODEL, messages=FRANCE, max_tokens=1)
+    assert chat.status_code == 200 and chat.json()["count"] == reply.usage.prompt_tokens  # the chat template's count
+    unknown = live_server.http.post("/tokenize", json={"model": "nope", "prompt": "x"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+def test_batched_chat_answers_each_conversation(live_server, client):
+    questions = [FRANCE, [{"role": "user", "content": "What is the capital of Italy?"}]]
+    response = live_server.http.post(
+        "/v1/chat/completions/batch", json={"model": MODEL, "messages": questions, "max_tokens": 20, "temperature": 0}
+    )
+    assert response.status_code == 200, response.text
+    choices = sorted(response.json()["choices"], key=lambda choice: choice["index"])
+    singles = [client.chat.completions.create(model=MODEL, messages=q, max_tokens=20, temperature=0) for q in questions]
+    assert [c["message"]["content"] for c in choices] == [s.choices[0].message.content for s in singles]
+    streamed = live_server.http.post(
+        "/v1/chat/completions/batch", json={"model": MODEL, "messages": questions, "stream": True}
+    )
+    assert streamed.status_code == 400  # as vLLM: a batch does not stream
+
+
+def test_invocations_serves_chat_and_completion_bodies_and_version_answers(live_server):
+    chat = live_server.http.post("/invocations", json={"model": MODEL, "messages": FRANCE, "max_tokens": 5})
+    completion = live_server.http.post("/invocations", json={"model": MODEL, "prompt": "Paris is", "max_tokens": 5})
+    assert chat.status_code == 200 and chat.json()["object"] == "chat.completion"
+    assert completion.status_code == 200 and completion.json()["object"] == "text_completion"
+    assert httpx.get(f"{live_server.base_url}/version").json()["version"]
+    assert httpx.get(f"{live_server.base_url}/ping").status_code == 200

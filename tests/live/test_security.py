@@ -43,6 +43,10 @@ def test_missing_or_wrong_key_is_401_on_every_api_route(live_server, key):
         ("GET", "/metrics"),
         ("GET", "/v1/metadata"),
         ("GET", "/v1/nowhere"),
+        ("POST", "/v1/chat/completions/batch"),
+        ("POST", "/tokenize"),
+        ("POST", "/detokenize"),
+        ("POST", "/invocations"),
     ):
         response = call(live_server, key, path, body, method)
         error = assert_openai_error(response, 401, "invalid_api_key")
@@ -51,7 +55,7 @@ def test_missing_or_wrong_key_is_401_on_every_api_route(live_server, key):
 
 
 def test_health_routes_stay_open(live_server):
-    for path in ("/v1/health/live", "/v1/health/ready", "/health"):
+    for path in ("/v1/health/live", "/v1/health/ready", "/health", "/ping", "/version"):
         assert call(live_server, None, path, method="GET").status_code == 200
 
 

@@ -227,3 +227,63 @@ def test_the_openapi_document_s_errors_are_the_error_model():
     assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ChatCompletionRequest")
     assert set(chat["responses"]) == {"200", "400", "401", "404", "413", "429", "503", "504"}
     assert schemas["ChatCompletionRequest"]["properties"]["model"]["enum"] == ["default", "text", "vision"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "route"),
+    [
+        ("/tokenize", {"model": "text", "prompt": "hi"}, "tokenize"),
+        ("/detokenize", {"model": "text", "tokens": [1, 2]}, "detokenize"),
+        (
+            "/v1/chat/completions/batch",
+            {"model": "text", "messages": [[{"role": "user", "content": "a"}]]},
+            "chat_batch",
+        ),
+        ("/invocations", CHAT, "chat"),
+        ("/invocations", {"model": "text", "prompt": "once upon"}, "completions"),
+    ],
+)
+def test_vllm_s_other_routes_reach_the_engine_as_their_route_and_need_the_key(monkeypatch, path, body, route):
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "team:sk-unit")
+    with edge_with() as under_test:
+        anonymous = run(post(under_test, body, path=path))
+        keyed = run(post(under_test, body, path=path, headers={"Authorization": "Bearer sk-unit"}))
+    assert anonymous.status_code == 401
+    assert keyed.status_code == 200 and [call.route for call in under_test.engines["text"].calls] == [route]
+
+
+def test_version_and_ping_answer_without_a_key(monkeypatch):
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "team:sk-unit")
+    with edge_with() as under_test:
+
+        async def calls():
+            async with under_test.client() as client:
+                return await client.get("/version"), await client.get("/ping"), await client.post("/ping")
+
+        version, ping_get, ping_post = run(calls())
+    assert version.status_code == 200 and version.json()["version"]
+    assert ping_get.status_code == ping_post.status_code == 200
+
+
+def test_images_in_a_batch_s_conversations_and_a_tokenize_request_meet_the_image_guard():
+    image = {"type": "image_url", "image_url": {"url": "http://169.254.169.254/latest/meta-data"}}
+    conversation = [{"role": "user", "content": [{"type": "text", "text": "what is this?"}, image]}]
+    with edge_with() as under_test:
+        to_text = run(
+            post(under_test, {"model": "text", "messages": [conversation]}, path="/v1/chat/completions/batch")
+        )
+        to_vision = run(post(under_test, {"model": "vision", "messages": conversation}, path="/tokenize"))
+    assert to_text.status_code == 400 and error_of(to_text)["code"] == "model_not_multimodal"
+    assert to_vision.status_code == 400 and error_of(to_vision)["code"] == "image_url_refused"
+    assert not under_test.engines["text"].calls and not under_test.engines["vision"].calls
+
+
+def test_tokenize_calls_are_not_counted_as_completions():
+    from prometheus_client import generate_latest
+
+    with edge_with() as under_test:
+        run(post(under_test, {"model": "text", "prompt": "hi"}, path="/tokenize"))
+        run(post(under_test))
+        run(under_test.edge.records.flush())
+    text = generate_latest(under_test.hub.registry).decode()
+    assert 'request_success_total{base_model="text",model_name="text"} 1.0' in text

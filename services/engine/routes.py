@@ -1,0 +1,51 @@
+"""The OpenAI routes an engine answers, each through vLLM's own serving object and request model,
+exactly as bare `vllm serve` does; a route this vLLM release lacks is left out (the engine then
+answers it 404, as bare vLLM would)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from services.engine import vllm_compat
+from services.engine.protocol import RouteKind
+
+
+@dataclass(frozen=True)
+class EngineRoute:
+    serving: Any  # vLLM's serving object
+    method: str  # its coroutine for this route: (request, raw_request) -> response | generator | ErrorResponse
+    request: TypeAdapter[Any]  # vLLM's request model (a union for /tokenize)
+    takes_request_id: bool  # the model has vLLM's `request_id` field, set to the edge's id
+
+    async def create(self, body: dict[str, Any], request_id: str, raw_request: Any) -> Any:
+        """Validates `body` with vLLM's model (pydantic's ValidationError is the caller's 400) and runs it."""
+        request = self.request.validate_python({**body, "request_id": request_id} if self.takes_request_id else body)
+        return await getattr(self.serving, self.method)(request, raw_request)
+
+    def schema(self) -> dict[str, Any]:
+        """The request's JSON schema; `$defs` refer to `#/components/schemas/...`."""
+        schema: dict[str, Any] = self.request.json_schema(ref_template="#/components/schemas/{model}")
+        return schema
+
+
+def engine_routes(stack: vllm_compat.ServingStack) -> dict[RouteKind, EngineRoute]:
+    candidates: dict[RouteKind, tuple[Any, str, Any, bool]] = {
+        "chat": (stack.chat, "create_chat_completion", vllm_compat.ChatCompletionRequest, True),
+        "completions": (stack.completion, "create_completion", vllm_compat.CompletionRequest, True),
+        "chat_batch": (
+            stack.chat_batch,
+            "create_batch_chat_completion",
+            vllm_compat.BatchChatCompletionRequest,
+            True,
+        ),
+        "tokenize": (stack.tokenization, "create_tokenize", vllm_compat.TokenizeRequest, False),
+        "detokenize": (stack.tokenization, "create_detokenize", vllm_compat.DetokenizeRequest, False),
+    }
+    return {
+        kind: EngineRoute(serving, method, TypeAdapter(request), takes_id)
+        for kind, (serving, method, request, takes_id) in candidates.items()
+        if serving is not None and request is not None
+    }
