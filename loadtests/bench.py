@@ -36,6 +36,7 @@ from pathlib import Path
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
+from testkit.bare_vllm import start_bare_vllm
 from testkit.serving import catalog_variant
 
 MODEL = "smollm2-135m-instruct"
@@ -44,28 +45,6 @@ SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 
 def _engine_args(catalog) -> dict:
     return dict(catalog.resolve(MODEL).engine_args)
-
-
-def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
-    flags = []
-    for key, value in engine_args.items():
-        flag = "--" + key.replace("_", "-")
-        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
-    command = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        model_dir,
-        "--served-model-name",
-        served_name,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *flags,
-    ]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import psutil
 
-from loadtests.bench import MODEL, start_bare_vllm
+from loadtests.bench import MODEL
 from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.workload import run_level
+from testkit.bare_vllm import start_bare_vllm
 from testkit.serving import serving
 
 GROUPS = ("engine core", "vLLM worker", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")

@@ -21,10 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import scraping, start_bare_vllm
+from loadtests.bench import scraping
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table, summarize
 from loadtests.workload import LevelResult, percentile, run_level
+from testkit.bare_vllm import start_bare_vllm
 from testkit.serving import catalog_variant
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -89,7 +89,10 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except json.JSONDecodeError as error:  # `param` as vLLM (FastAPI) names it: the offset in the body
+        message = f"request body is not valid JSON: {error}"
+        raise APIError(400, message, param=f"body.{error.pos}", reason=Code.INVALID_JSON) from None
+    except UnicodeDecodeError as error:
         raise APIError(400, f"request body is not valid JSON: {error}", reason=Code.INVALID_JSON) from None
     except RecursionError:  # hostile nesting: a malformed body like any other, never a 500
         raise APIError(400, "request body is nested too deeply", reason=Code.INVALID_JSON) from None

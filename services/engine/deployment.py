@@ -126,7 +126,8 @@ class EngineDeployment:
             yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
             return
         client_wants_usage = _wants_usage(body)
-        if body.get("stream") is True and isinstance(body.get("stream_options") or {}, dict):
+        streams = route in ("chat", "completions") and body.get("stream") is True
+        if streams and isinstance(body.get("stream_options") or {}, dict):
             # Always ask vLLM for the final usage chunk (metrics need it); drop it below unless asked.
             options = {**(body.get("stream_options") or {}), "include_usage": True}
             if not client_wants_usage:  # without include_usage vLLM puts usage on no chunk at all
@@ -135,7 +136,7 @@ class EngineDeployment:
         try:
             result = await engine_route.create(body, request_id, vllm_compat.traced_request(call.trace_headers))
         except ValidationError as error:  # before CLIENT_ERRORS: pydantic's error is a ValueError too
-            message, param = _validation_message(error)
+            message, param = await vllm_compat.validation_error(error.errors()) or _validation_message(error)
             yield Head(400, error_json(400, message, param=param), None)
             return
         except vllm_compat.CLIENT_ERRORS as error:  # vLLM's validators and serving layer raise these
@@ -148,7 +149,9 @@ class EngineDeployment:
             yield Head(200, result.model_dump_json().encode(), _outcome_of(result))
             return
         yield Head(200, None, None)
-        frames = self._frames(result, request_id, client_wants_usage)
+        # Without the usage it asked for itself, a client gets vLLM's fingerprint on the finishing chunks.
+        fingerprint = None if client_wants_usage else getattr(engine_route.serving, "system_fingerprint", None)
+        frames = self._frames(result, request_id, client_wants_usage, fingerprint)
         try:
             async for item in frames:
                 yield item
@@ -160,6 +163,7 @@ class EngineDeployment:
         chunks: AsyncIterator[str],
         request_id: str,
         client_wants_usage: bool,
+        fingerprint: str | None,
     ) -> AsyncGenerator[str | Outcome, None]:
         """vLLM's SSE chunks, minus the usage chunk the client did not ask for, with the Outcome
         placed just before [DONE] (clients hang up right after [DONE])."""
@@ -177,6 +181,7 @@ class EngineDeployment:
                         continue
                 elif (reason := sse.finish_reason_of(chunk)) is not None:
                     outcome.finish_reason = reason
+                    chunk = sse.with_fingerprint(chunk, fingerprint) if fingerprint else chunk
                 yield chunk
         except Exception as error:  # the stream already started: report in-band, never hang
             logger.exception("stream %s failed", request_id)

@@ -42,6 +42,14 @@ def usage_of(frame: str) -> dict[str, Any] | None:
     return usage
 
 
+def with_fingerprint(frame: str, fingerprint: str) -> str:
+    """One chunk's frame with `system_fingerprint` set (vLLM stamps it on a stream's finishing chunks)."""
+    if '"system_fingerprint"' in frame:
+        return frame
+    body = frame.removeprefix(DATA).rstrip()
+    return f"{DATA}{body[:-1]},{json.dumps('system_fingerprint')}:{json.dumps(fingerprint)}}}\n\n"
+
+
 def finish_reason_of(frame: str) -> str | None:
     """The last finish reason a frame carries (a coalesced frame may hold several chunks)."""
     if '"finish_reason":"' not in frame:

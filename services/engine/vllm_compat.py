@@ -87,6 +87,34 @@ def traced_request(trace_headers: dict[str, str] | None) -> Any:
     return SimpleNamespace(headers=Headers(trace_headers), state=State())
 
 
+_validation_exception_handler = _optional(
+    ("vllm.entrypoints.serve.exception_handling.handlers.validation", "validation_exception_handler"),  # 0.32
+    ("vllm.entrypoints.openai.api_server", "validation_exception_handler"),
+)
+
+
+async def validation_error(errors: list[Any]) -> tuple[str, str | None] | None:
+    """(message, param) of the 400 `vllm serve` answers when its request model refuses a body with
+    these pydantic `errors`: vLLM's own handler, as FastAPI would call it (locations under `body`).
+    None where this release has no such handler or it cannot be called this way."""
+    if _validation_exception_handler is None:
+        return None
+    import json
+    from types import SimpleNamespace
+
+    from fastapi.exceptions import RequestValidationError
+
+    located = [{**error, "loc": ("body", *error["loc"])} for error in errors]
+    args = SimpleNamespace(log_error_stack=False)
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(args=args)), state=SimpleNamespace())
+    try:
+        response = await _validation_exception_handler(request, RequestValidationError(located))
+        error = json.loads(response.body)["error"]
+    except Exception:  # a release whose handler reads more of the request: slmserve's own wording
+        return None
+    return str(error["message"]), error.get("param")
+
+
 def _lora_request(kind: str, **fields: Any) -> Any:
     """vLLM's Load/UnloadLoRAAdapterRequest, looked up on first use (only LoRA-serving engines need it)."""
     return _first(

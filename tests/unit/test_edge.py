@@ -116,6 +116,8 @@ def test_malformed_json_a_non_object_and_a_form_body_are_400s():
         ]:
             response = run(send(under_test, content, content_type))
             assert response.status_code == 400 and message in error_of(response)["message"], response.text
+        malformed = run(send(under_test, b'{"model": ', "application/json"))
+        assert error_of(malformed)["param"] == "body.10"  # as vLLM (FastAPI) names it: the offset
 
 
 def test_a_body_over_the_limit_is_a_413():

@@ -25,3 +25,10 @@ def test_an_error_event_is_an_openai_error_in_a_data_line():
     assert frame.startswith("data: ") and frame.endswith("\n\n")
     error = json.loads(frame.removeprefix("data: "))["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == "timeout"
+
+
+def test_a_finishing_chunk_gets_vllm_s_fingerprint_once():
+    frame = 'data: {"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    stamped = sse.with_fingerprint(frame, "fp-1")
+    assert json.loads(stamped.removeprefix("data: "))["system_fingerprint"] == "fp-1" and stamped.endswith("\n\n")
+    assert sse.with_fingerprint(stamped, "fp-2") == stamped

@@ -1,0 +1,32 @@
+"""Bare `vllm serve` of one model with given engine arguments: the baseline of the benchmarks and the
+oracle of the conformance test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
+    flags = []
+    for key, value in engine_args.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag] if value is True else [] if value is False else [flag, str(value)]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *flags,
+    ]
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
