@@ -1,1 +1,1 @@
-"""Engine deployments: one Ray Serve deployment per catalog model, each hosting a vLLM engine."""
+"""The engine: its contract with the edge (protocol, interface), the deployment that hosts vLLM, and vLLM itself behind vllm_compat."""
