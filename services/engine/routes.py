@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from services.engine import vllm_compat
 from services.engine.protocol import RouteKind
@@ -20,10 +20,19 @@ class EngineRoute:
     request: TypeAdapter[Any]  # vLLM's request model (a union for /tokenize)
     takes_request_id: bool  # the model has vLLM's `request_id` field, set to the edge's id
 
+    def parse(self, body: dict[str, Any], request_id: str) -> Any:
+        """vLLM's request model of `body`. pydantic's ValidationError is the caller's 400; so is any other
+        error a vLLM validator raises on input it did not expect (`structured_outputs` as a list made
+        vLLM 0.32's completion validator raise AttributeError, a 500 in bare vLLM), as a ValueError."""
+        try:
+            return self.request.validate_python({**body, "request_id": request_id} if self.takes_request_id else body)
+        except ValidationError:
+            raise
+        except Exception as error:
+            raise ValueError(f"invalid request: {type(error).__name__}: {error}") from error
+
     async def create(self, body: dict[str, Any], request_id: str, raw_request: Any) -> Any:
-        """Validates `body` with vLLM's model (pydantic's ValidationError is the caller's 400) and runs it."""
-        request = self.request.validate_python({**body, "request_id": request_id} if self.takes_request_id else body)
-        return await getattr(self.serving, self.method)(request, raw_request)
+        return await getattr(self.serving, self.method)(self.parse(body, request_id), raw_request)
 
     def schema(self) -> dict[str, Any]:
         """The request's JSON schema; `$defs` refer to `#/components/schemas/...`."""
