@@ -1,5 +1,5 @@
 """OpenAI-style error bodies: `{"error": {"message", "type", "param", "code"}}`, one shape for
-every error slmserve returns, whether the router or vLLM found the problem."""
+every error slmserve returns, whether the edge or vLLM found the problem."""
 
 from __future__ import annotations
 

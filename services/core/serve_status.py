@@ -1,4 +1,4 @@
-"""What the Serve controller says about an application's deployments (read by the router's
+"""What the Serve controller says about an application's deployments (read by the PlatformIngress's
 readiness and the metrics hub alike)."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 health and metadata, metrics and the OpenAPI document, with OpenAI-shaped errors everywhere.
 
 `ROUTES` is one route table; `build_app` mounts it on a fresh FastAPI app per replica with that
-replica's `Edge` in `app.state`, so the engine replica (direct mode) and the router (routed mode)
+replica's `Edge` in `app.state`, so an engine replica (direct mode) and a PlatformIngress replica
 serve exactly the same API.
 """
 

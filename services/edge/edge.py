@@ -2,8 +2,8 @@
 
 One `Edge` per HTTP-serving replica. In direct mode that replica is the engine replica itself, and
 the edge calls its engine in-process, so a streamed token crosses one Python process as with bare
-`vllm serve`. In routed mode (a multi-model catalog) it is the router replica, which calls each
-model's engine deployment through one reused Serve handle.
+`vllm serve`. In the platform application (what HAProxy cannot place, and every request in routed
+mode) it is a PlatformIngress replica, which calls each model's engine through one reused Serve handle.
 
 Per request, before any engine work: the JSON body is parsed once (size-limited), the model or
 alias is resolved (404 `model_not_found`), readiness checked (503 + Retry-After), images verified

@@ -1,6 +1,6 @@
 """Admission limits that hold across the cluster: per-model in-flight bounds and per-tenant request
 and token rates, enforced by one `LimitBroker` deployment for every replica that serves HTTP (each
-engine replica in direct mode, each router replica in routed mode), so that two replicas never
+engine replica in direct mode, each PlatformIngress replica), so that two replicas never
 admit twice the budget.
 
 An edge asks the broker only for requests that some limit applies to (a model with

@@ -1,6 +1,6 @@
-"""The metrics hub: one small Serve deployment that every router replica ships its request
-records to and every engine replica ships its vLLM metric snapshot to. A scrape of /metrics on
-any router replica renders the hub's registry, so it always shows the whole application, never
+"""The metrics hub: one small Serve deployment that every edge replica ships its request records to
+and every engine replica ships its vLLM metric snapshot to. A scrape of /metrics on any edge
+replica renders the hub's registry, so it always shows the whole application, never
 one replica's partial view.
 """
 

@@ -1,5 +1,5 @@
-"""What a router replica records per request, buffered and shipped to the hub in batches so the
-request path never waits on a metrics call."""
+"""What an edge replica (an engine replica, or a PlatformIngress replica) records per request,
+buffered and shipped to the hub in batches so the request path never waits on a metrics call."""
 
 from __future__ import annotations
 
