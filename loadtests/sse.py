@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -101,3 +102,17 @@ def parse_model_mix(text: str) -> list[tuple[str, float]]:
         name, _, weight = item.partition(":")
         mix.append((name, float(weight) if weight else 1.0))
     return mix
+
+
+def prompt_words_for(model_dir: Path | str, target_tokens: int) -> int:
+    """Words of loadtests.sse.prompt_of that make a chat prompt of about `target_tokens` tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    for words in range(8, 400):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt_of(words)}], add_generation_prompt=True, tokenize=False
+        )
+        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target_tokens:
+            return words
+    return 400

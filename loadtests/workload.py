@@ -137,3 +137,19 @@ async def run_level(
     body = chat_body(prompt_words, max_tokens, extra_body)
     results, wall = await run_bodies(chat_url, [{"model": name, **body} for name in models], concurrency, requests)
     return level_result(system, concurrency, [stats for _, stats in results], wall)
+
+
+def row(setup: str, traffic: str, result: LevelResult) -> dict:
+    """One level's figures as a table row (the GPU runs' JSON and markdown)."""
+    return {
+        "setup": setup,
+        "traffic": traffic,
+        "concurrency": result.concurrency,
+        "requests": result.requests,
+        "errors": result.errors,
+        "output_tok_per_s": round(result.output_tok_per_s, 1),
+        "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
+        "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
+        "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
+        "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2),
+    }

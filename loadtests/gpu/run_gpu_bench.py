@@ -24,6 +24,7 @@ from pathlib import Path
 from loadtests.bench import scraping
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table, summarize
+from loadtests.sse import prompt_words_for
 from loadtests.workload import LevelResult, percentile, run_level
 from testkit.bare_vllm import start_bare_vllm
 from testkit.serving import catalog_variant
@@ -33,22 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # stream would carry empty deltas and no token could be timed. Both systems get the same body.
 VISIBLE_TOKENS = {"skip_special_tokens": False}
 CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-dummy.yaml"
-
-
-def prompt_words_for(model_dir: Path, target_tokens: int) -> int:
-    """Words of loadtests.sse.prompt_of that make a chat prompt of about `target_tokens` tokens."""
-    from transformers import AutoTokenizer
-
-    from loadtests.sse import prompt_of
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    for words in range(8, 400):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt_of(words)}], add_generation_prompt=True, tokenize=False
-        )
-        if len(tokenizer(text, add_special_tokens=False)["input_ids"]) >= target_tokens:
-            return words
-    return 400
 
 
 def start_profilers(out: Path, system: str, seconds: int = 8) -> list[subprocess.Popen]:
@@ -289,7 +274,7 @@ def mixed_load(catalog, base_url: str, words: int, max_tokens: int, concurrency:
 
 
 def mixed_table(rows: list[dict]) -> str:
-    from loadtests.gpu.run_gpu_family import table  # that module imports this one
+    from loadtests.gpu.run_gpu_family import table
 
     return table(rows)
 

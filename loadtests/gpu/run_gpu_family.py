@@ -26,9 +26,8 @@ from pathlib import Path
 import httpx
 
 from loadtests.gpu.make_phi35 import build
-from loadtests.gpu.run_gpu_bench import prompt_words_for
-from loadtests.gpu.run_gpu_lora import row
-from loadtests.workload import chat_body, level_result, run_bodies
+from loadtests.sse import prompt_words_for
+from loadtests.workload import chat_body, level_result, row, run_bodies
 from testkit.serving import running_replicas, serving
 
 ROOT = Path(__file__).resolve().parents[2]

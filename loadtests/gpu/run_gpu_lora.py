@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from loadtests.gpu.make_phi35 import build, build_adapters
-from loadtests.gpu.run_gpu_bench import prompt_words_for
 from loadtests.gpu.run_gpu_routing import wait_for_free_gpu
-from loadtests.workload import LevelResult, percentile, run_level
+from loadtests.sse import prompt_words_for
+from loadtests.workload import row, run_level
 from testkit.serving import catalog_variant, serving
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,21 +27,6 @@ CATALOG = ROOT / "loadtests" / "gpu" / "phi35-mini-lora.yaml"
 ADAPTERS = ["sql", "support", "legal", "medical"]
 MODEL = "phi-3.5-mini"
 VISIBLE_TOKENS = {"skip_special_tokens": False}  # dummy weights: see run_gpu_bench.py
-
-
-def row(setup: str, traffic: str, result: LevelResult) -> dict:
-    return {
-        "setup": setup,
-        "traffic": traffic,
-        "concurrency": result.concurrency,
-        "requests": result.requests,
-        "errors": result.errors,
-        "output_tok_per_s": round(result.output_tok_per_s, 1),
-        "ttft_p50_ms": round(percentile(result.ttft_s, 50) * 1000, 1),
-        "ttft_p95_ms": round(percentile(result.ttft_s, 95) * 1000, 1),
-        "itl_p50_ms": round(percentile(result.itl_s, 50) * 1000, 2),
-        "itl_p95_ms": round(percentile(result.itl_s, 95) * 1000, 2),
-    }
 
 
 def table(rows: list[dict]) -> str:
