@@ -28,7 +28,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.harness import ROOT, started_at
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from testkit.serving import ServerProcess, catalog_variant, serving, until
 
@@ -118,7 +118,9 @@ def apply(server: ServerProcess, path: Path, catalog: dict) -> None:
     server.process.send_signal(signal.SIGHUP)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    command_line(__doc__).parse_args(argv)  # no options: --help says what the run does
+
     def two_replicas(catalog: dict) -> None:
         entry = catalog["models"][0]
         entry["deployment"]["num_replicas"] = 2

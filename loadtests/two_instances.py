@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from loadtests.harness import ROOT, started_at
+from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from testkit.serving import serving
 
@@ -39,7 +39,8 @@ def one(both_up: threading.Barrier, started: float) -> tuple[str, float, str]:
         return "-", time.monotonic() - started, f"failed: {lines[-1][:200]}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    command_line(__doc__).parse_args(argv)  # no options: --help says what the run does
     started = time.monotonic()
     both_up = threading.Barrier(2)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
