@@ -59,14 +59,21 @@ def local_environment(settings: Settings, catalog: Catalog) -> dict[str, str]:
 INSTANCE_PORTS = range(20000, 30000)
 
 
+# Ports this process handed out: none is bound until its user starts, so a later call would see it free
+# (a local cluster's Ray ports and its HAProxy's stats port once drew the same one).
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int, *, candidates: range = INSTANCE_PORTS) -> list[int]:
     """`count` different ports that nothing listens on, on loopback or any address, drawn at random
-    from `candidates` so that instances started side by side rarely try the same one."""
+    from `candidates` so that instances started side by side rarely try the same one, and never one
+    this process handed out before."""
     chosen: list[int] = []
     for port in random.sample(candidates, len(candidates)):
-        if _bindable(port):
+        if port not in _handed_out and _bindable(port):
             chosen.append(port)
             if len(chosen) == count:
+                _handed_out.update(chosen)
                 return chosen
     raise RuntimeError(f"fewer than {count} free ports in {candidates.start}-{candidates.stop - 1}")
 

@@ -74,3 +74,13 @@ def test_instance_ports_skip_listened_ports_and_stay_out_of_ray_s_and_the_kernel
         taken = listener.getsockname()[1]
         with pytest.raises(RuntimeError, match="fewer than 1 free ports"):
             free_ports(1, candidates=range(taken, taken + 1))
+
+
+def test_a_port_handed_out_is_never_handed_out_again_though_nothing_binds_it_yet():
+    """A local cluster takes its Ray ports and then its HAProxy's in two calls, binding none in between:
+    the second call once drew a port of the first (HAProxy: Address already in use)."""
+    from services.runtime import free_ports
+
+    first = free_ports(20, candidates=range(24000, 24100))
+    second = free_ports(20, candidates=range(24000, 24100))
+    assert len(set(first)) == 20 and not set(first) & set(second)
