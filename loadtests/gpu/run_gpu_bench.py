@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from loadtests import overhead
 from loadtests.bench import scraping
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table, summarize
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
         results: dict[tuple[str, int], LevelResult] = {}
+        platform_time: dict[str, list[dict[str, dict[str, float]]]] = {}  # level -> per round, by phase
         for round_index in range(args.rounds):
             order = systems if round_index % 2 == 0 else tuple(reversed(systems))
             for c in levels:
@@ -186,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.profile and round_index == 0 and system in ("slmserve", "bare-vllm") and c == levels[-1]
                     )
                     profilers = start_profilers(out, system) if profiling else []
+                    own_before = overhead.read(metrics_urls[system], entry.name) if system == "slmserve" else None
                     with scraping(metrics_urls[system], args.scrape_hz):
                         result = asyncio.run(
                             run_level(
@@ -203,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
                         profiler.wait(timeout=60)
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
+                    if own_before is not None:  # the platform's own time per request at this level
+                        phases = overhead.summary(own_before, overhead.read(metrics_urls[system], entry.name))
+                        platform_time.setdefault(str(c), []).append(phases)
+                        print(f"[gpu-bench] round {round_index + 1} c={c:<3} platform time: {overhead.line(phases)}")
                     print(
                         f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
                         f"tok/s TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.1f} ms ITL p50 "
@@ -236,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                     "levels": levels,
                     "prompt_words": words,
                     "results": summarize(results),
+                    "platform_time": platform_time,
                 },
                 indent=1,
             )

@@ -19,6 +19,9 @@ from services.core.catalog import Catalog, ModelEntry
 
 # Paths under this prefix are HAProxy's to write: it refuses them from clients (services/haproxy).
 INTERNAL_PREFIX = "/_slmserve"
+# HAProxy stamps each request with the wall-clock microsecond it read it (services/haproxy/rules.py),
+# overwriting any a client sent; the edge reports the time up to its handler as the `ingress` phase.
+RECEIVED_HEADER = "X-Slmserve-Received"
 
 
 def _slug(name: str) -> str:

@@ -28,6 +28,7 @@ from fastapi.responses import Response
 from services.core import ray_compat
 from services.core.catalog import Catalog, ModelEntry
 from services.core.errors import APIError, Code
+from services.core.layout import RECEIVED_HEADER
 from services.core.settings import Settings
 from services.core.timing import ADAPTER_LIST_MAX_AGE_S, RETRY_AFTER_S
 from services.edge.admission import Rejected, estimate_tokens
@@ -63,6 +64,19 @@ def _request_id(request: Request) -> str:
     """Serve's ingress takes the client's X-Request-Id (or makes one) and logs it; reuse that id so
     vLLM's ids and logs match it."""
     return ray_compat.serve_request_id() or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+
+
+INGRESS_PLAUSIBLE_S = 60.0
+
+
+def _ingress_seconds(request: Request) -> float | None:
+    """Seconds since HAProxy read the request (its stamp; absent without HAProxy in front). Hosts'
+    clocks may differ by a little: a negative span reads 0, an implausible one is dropped."""
+    try:
+        seconds = time.time() - int(request.headers[RECEIVED_HEADER]) / 1e6
+    except (KeyError, ValueError):
+        return None
+    return max(0.0, seconds) if seconds < INGRESS_PLAUSIBLE_S else None
 
 
 WARM_POLL_S = 0.1  # how often a starting router looks whether its handles know their replicas
@@ -207,6 +221,7 @@ class Edge:
 
     async def _forward(self, route: RouteKind | None, request: Request, span: Span) -> Response:
         arrived = time.perf_counter()
+        ingress_s = _ingress_seconds(request)
         options = self.catalog.edge
         deadline = asyncio.get_running_loop().time() + options.request_timeout_s
         placed = "none"
@@ -268,9 +283,15 @@ class Edge:
                 session_id=request.headers.get(self.catalog.edge.session_header) or None,
                 trace_headers=self.tracing.headers_for(span),
             )
+            edge_s = time.perf_counter() - arrived
             stream, head = await self._open(entry, model_name, call, span, deadline)
             record = CompletionRecord(
-                model_name, success=head.status == 200, base_model=entry.name, vision_s=media.seconds if media else None
+                model_name,
+                success=head.status == 200,
+                base_model=entry.name,
+                vision_s=media.seconds if media else None,
+                ingress_s=ingress_s,
+                edge_s=edge_s,
             )
             if head.body is not None:
                 if head.outcome is not None:

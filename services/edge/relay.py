@@ -54,9 +54,11 @@ class StreamRelay:
             async with asyncio.timeout_at(self.deadline):
                 async for item in self.stream:
                     if isinstance(item, str):
+                        handed = time.perf_counter()
                         if record.ttft_s is None:
-                            record.ttft_s = time.perf_counter() - self.arrived
+                            record.ttft_s = handed - self.arrived
                         yield item
+                        record.relay_s = (record.relay_s or 0.0) + time.perf_counter() - handed
                     elif isinstance(item, Outcome):
                         self.outcome = item
         except TimeoutError:

@@ -24,7 +24,7 @@ import json
 import re
 from pathlib import Path
 
-from services.core.layout import INTERNAL_PREFIX
+from services.core.layout import INTERNAL_PREFIX, RECEIVED_HEADER
 
 MARK = "# slmserve: model routing"
 FRONTEND = "frontend http_frontend"
@@ -70,6 +70,7 @@ def frontend_rules(models_map: Path, adapters_map: Path, model_header: str = "")
         f"    {MARK} (services/haproxy/rules.py)",
         f"    http-request return status 404 content-type application/json string {_refused_body()}"
         f" hdr X-Slmserve-Served-By haproxy if {{ path_beg {INTERNAL_PREFIX}/ }} || {{ path {INTERNAL_PREFIX} }}",
+        f"    http-request set-header {RECEIVED_HEADER} %[date(0,us)]",
         *by_header,
         f"    http-request wait-for-body time {BODY_WAIT_S}s if {placeable}",
         f"    http-request set-var(txn.slmserve_model) req.body,json_query('$.model') if {placeable}",

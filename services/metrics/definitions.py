@@ -14,6 +14,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5)
 E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+OVERHEAD_PHASES = ("ingress", "edge", "relay")
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # vLLM's own series the dashboard reads, passed through by the hub with a `replica` label.
 VLLM_SERIES_ON_DASHBOARD = frozenset(
@@ -103,6 +105,15 @@ class EdgeMetrics:
             "Engine replica choices by policy and reason "
             "(prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
             (*MODEL, "policy", "reason"),
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "slmserve_platform_overhead_seconds",
+            "The platform's own time per request, by phase: ingress (HAProxy's receipt to the edge's "
+            "handler), edge (the handler to the engine call: parsing, checks, admission), relay (handing "
+            "a stream's chunks to the client, including any wait on a client that reads slowly)",
+            (*MODEL, "phase"),
+            buckets=OVERHEAD_BUCKETS,
             registry=registry,
         )
         self.placed = Counter(

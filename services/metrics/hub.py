@@ -174,6 +174,9 @@ class MetricsHub:
                 edge.tpot.labels(*model).observe((record.e2e_s - record.ttft_s) / (record.generation_tokens - 1))
         if record.vision_s is not None:
             edge.vision_encoder.labels(*model).observe(record.vision_s)
+        for phase, seconds in (("ingress", record.ingress_s), ("edge", record.edge_s), ("relay", record.relay_s)):
+            if seconds is not None:
+                edge.overhead.labels(record.model_name, phase).observe(seconds)
 
     def update_engine(self, snapshot: EngineSnapshot) -> None:
         self.snapshots[snapshot.replica_id] = snapshot

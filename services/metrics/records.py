@@ -43,6 +43,11 @@ class CompletionRecord:
     ttft_s: float | None = None
     e2e_s: float | None = None
     vision_s: float | None = None
+    # The platform's own time (slmserve_platform_overhead_seconds): HAProxy's receipt to the edge's
+    # handler, the handler to the engine call, and handing a stream's chunks on to the client.
+    ingress_s: float | None = None
+    edge_s: float | None = None
+    relay_s: float | None = None
 
     def apply(self, outcome: Usage) -> None:
         """Take usage and finish reason from the engine's outcome of the request."""

@@ -289,3 +289,28 @@ def test_tokenize_calls_are_not_counted_as_completions():
         run(under_test.edge.records.flush())
     text = generate_latest(under_test.hub.registry).decode()
     assert 'request_success_total{base_model="text",model_name="text"} 1.0' in text
+
+
+def test_the_platform_s_own_time_is_measured_per_phase():
+    """ingress from HAProxy's stamp (a stamp from far away or none at all is not a measurement), the
+    edge's own work up to the engine call, and the relay's hand-over of a stream's chunks."""
+    import time
+
+    from services.core.layout import RECEIVED_HEADER
+
+    frames = [f'data: {{"choices":[{{"delta":{{"content":"{i}"}}}}]}}\n\n' for i in range(3)]
+    engines = {"text": ScriptedEngine(Stream(frames, Outcome(3, 3, "stop")), Answer(), Answer())}
+    stamp = str(int((time.time() - 0.25) * 1e6))
+    with edge_with(engines=engines) as under_test:
+        run(post(under_test, {**CHAT, "stream": True}, headers={RECEIVED_HEADER: stamp}))
+        run(post(under_test, headers={RECEIVED_HEADER: "12"}))  # 1970: not plausible
+        run(post(under_test, headers={RECEIVED_HEADER: "soon"}))
+        run(under_test.edge.records.flush())
+
+    def sample(phase: str, suffix: str) -> float | None:
+        labels = {"model_name": "text", "phase": phase}
+        return under_test.hub.registry.get_sample_value(f"slmserve_platform_overhead_seconds_{suffix}", labels)
+
+    assert sample("ingress", "count") == 1 and 0.25 <= sample("ingress", "sum") < 5
+    assert sample("edge", "count") == 3 and 0 < sample("edge", "sum") < 5
+    assert sample("relay", "count") == 1 and 0 < sample("relay", "sum") < 5

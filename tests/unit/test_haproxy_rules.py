@@ -20,6 +20,7 @@ import pytest
 from ray.serve._private.haproxy import BackendConfig, HAProxyApi, HAProxyConfig, ServerConfig
 from ray.serve.config import HTTPOptions
 
+from services.core.layout import RECEIVED_HEADER
 from services.haproxy.maps import HAProxyMap
 from services.haproxy.rules import BUFFER_BYTES, MARK, RETRY_ON, add_rules
 from services.haproxy.wrapper import ADAPTERS_MAP, MODELS_MAP, prepare, real_binary
@@ -119,6 +120,7 @@ class _Echo(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Echo-Received", self.headers.get(RECEIVED_HEADER) or "")
         self.end_headers()
         self.wfile.write(body)
 
@@ -245,6 +247,15 @@ def test_a_client_sent_internal_prefix_is_refused_before_anything_is_placed(hapr
         refused = haproxy.post({"model": "alpha"}, path=path, headers={GATEWAY_HEADER: "alpha"})
         assert refused.status_code == 404 and refused.headers["x-slmserve-served-by"] == "haproxy"
         assert refused.json()["error"]["code"] == "route_not_found"
+
+
+def test_every_request_carries_haproxy_s_own_receipt_time(haproxy):
+    """The edge's `ingress` phase starts at this stamp: HAProxy's clock, never the client's."""
+    for path, body in (("/v1/chat/completions", {"model": "alpha"}), ("/v1/completions", b"not json")):
+        before = time.time()
+        answer = haproxy.post(body, path=path, headers={RECEIVED_HEADER: "5"})
+        stamped = int(answer.headers["x-echo-received"]) / 1e6
+        assert before - 1 <= stamped <= time.time() + 1, (path, stamped, before)
 
 
 def test_adapters_join_and_leave_the_running_haproxy_s_map(haproxy):

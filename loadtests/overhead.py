@@ -1,0 +1,86 @@
+"""The platform's own time per request (`slmserve_platform_overhead_seconds`, by phase) over one
+stretch of a benchmark: read the histograms before and after, and summarise the difference."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.core.timing import RECORDS_FLUSH_PERIOD_S
+from services.metrics.definitions import OVERHEAD_PHASES
+
+FAMILY = "slmserve_platform_overhead_seconds"
+
+
+@dataclass(frozen=True)
+class Histogram:
+    buckets: tuple[tuple[float, float], ...]  # (upper bound, cumulative count)
+    total: float
+    count: float
+
+
+def read(metrics_url: str, model: str) -> dict[str, Histogram]:
+    """Each phase's histogram for `model`, once the edge replicas have shipped their records."""
+    time.sleep(3 * RECORDS_FLUSH_PERIOD_S)
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    found: dict[str, dict[str, object]] = {phase: {"buckets": {}, "sum": 0.0, "count": 0.0} for phase in OVERHEAD_PHASES}
+    for family in text_string_to_metric_families(text):
+        if family.name != FAMILY:
+            continue
+        for sample in family.samples:
+            phase = sample.labels.get("phase")
+            if sample.labels.get("model_name") != model or phase not in found:
+                continue
+            if sample.name.endswith("_bucket"):
+                found[phase]["buckets"][float(sample.labels["le"])] = sample.value  # type: ignore[index]
+            elif sample.name.endswith("_sum"):
+                found[phase]["sum"] = sample.value
+            elif sample.name.endswith("_count"):
+                found[phase]["count"] = sample.value
+    return {
+        phase: Histogram(tuple(sorted(values["buckets"].items())), values["sum"], values["count"])  # type: ignore[union-attr, arg-type]
+        for phase, values in found.items()
+    }
+
+
+def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
+    """Prometheus's histogram_quantile: linear within the bucket that holds the rank."""
+    total = buckets[-1][1] if buckets else 0.0
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = cumulative - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 0.0)
+        lower, below = bound, cumulative
+    return lower
+
+
+def summary(before: dict[str, Histogram], after: dict[str, Histogram]) -> dict[str, dict[str, float]]:
+    """Per phase over the stretch: requests, mean, p50 and p95 in milliseconds."""
+    result = {}
+    for phase, later in after.items():
+        earlier = before.get(phase, Histogram((), 0.0, 0.0))
+        counts = dict(earlier.buckets)
+        buckets = [(bound, cumulative - counts.get(bound, 0.0)) for bound, cumulative in later.buckets]
+        count = later.count - earlier.count
+        result[phase] = {
+            "requests": count,
+            "mean_ms": 1000 * (later.total - earlier.total) / count if count else float("nan"),
+            "p50_ms": 1000 * _quantile(buckets, 0.5),
+            "p95_ms": 1000 * _quantile(buckets, 0.95),
+        }
+    return result
+
+
+def line(phases: dict[str, dict[str, float]]) -> str:
+    return "; ".join(
+        f"{phase} mean {s['mean_ms']:.2f} p50 {s['p50_ms']:.2f} p95 {s['p95_ms']:.2f} ms" for phase, s in phases.items()
+    )
