@@ -27,24 +27,23 @@ def read(metrics_url: str, model: str) -> dict[str, Histogram]:
     time.sleep(3 * RECORDS_FLUSH_PERIOD_S)
     with urllib.request.urlopen(metrics_url, timeout=10) as response:
         text = response.read().decode()
-    found: dict[str, dict[str, object]] = {phase: {"buckets": {}, "sum": 0.0, "count": 0.0} for phase in OVERHEAD_PHASES}
+    buckets: dict[str, dict[float, float]] = {phase: {} for phase in OVERHEAD_PHASES}
+    totals: dict[str, float] = dict.fromkeys(OVERHEAD_PHASES, 0.0)
+    counts: dict[str, float] = dict.fromkeys(OVERHEAD_PHASES, 0.0)
     for family in text_string_to_metric_families(text):
         if family.name != FAMILY:
             continue
         for sample in family.samples:
-            phase = sample.labels.get("phase")
-            if sample.labels.get("model_name") != model or phase not in found:
+            phase = sample.labels.get("phase", "")
+            if sample.labels.get("model_name") != model or phase not in buckets:
                 continue
             if sample.name.endswith("_bucket"):
-                found[phase]["buckets"][float(sample.labels["le"])] = sample.value  # type: ignore[index]
+                buckets[phase][float(sample.labels["le"])] = sample.value
             elif sample.name.endswith("_sum"):
-                found[phase]["sum"] = sample.value
+                totals[phase] = sample.value
             elif sample.name.endswith("_count"):
-                found[phase]["count"] = sample.value
-    return {
-        phase: Histogram(tuple(sorted(values["buckets"].items())), values["sum"], values["count"])  # type: ignore[union-attr, arg-type]
-        for phase, values in found.items()
-    }
+                counts[phase] = sample.value
+    return {phase: Histogram(tuple(sorted(buckets[phase].items())), totals[phase], counts[phase]) for phase in buckets}
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
