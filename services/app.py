@@ -112,7 +112,7 @@ def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
     return (
         serve.deployment(MetricsHub)
         .options(name=METRICS_HUB, num_replicas=1, max_ongoing_requests=256, ray_actor_options=ON_THE_HEAD_NODE)
-        .bind(plan.engine_deployments(catalog))
+        .bind(plan.engine_deployments(catalog), catalog.tenants)
     )
 
 

@@ -206,7 +206,7 @@ def edge_with(
     catalog = catalog or catalog_of()
     engines = engines or {entry.name: ScriptedEngine() for entry in catalog.models}
     readiness = readiness or ScriptedReadiness()
-    hub = MetricsHub({entry.name: ("app", entry.deployment_name) for entry in catalog.models})
+    hub = MetricsHub({entry.name: ("app", entry.deployment_name) for entry in catalog.models}, catalog.tenants)
     broker = InProcessHandle(LimitBroker(catalog.model_dump(mode="json"))) if has_limits(catalog) else None
     records = RecordBuffer(InProcessHandle(hub))
     edge = Edge(catalog, dict(engines), records, readiness, served_by=served_by, limit_broker=broker)

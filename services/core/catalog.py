@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.core.service_classes import ANONYMOUS, ServiceClasses
 from services.core.timing import MAX_REQUEST_TIMEOUT_S
 from services.models import check_source
 
@@ -407,6 +408,10 @@ class EdgeOptions(_Strict):
     )
     max_body_bytes: int = Field(32 * 2**20, ge=1024, description="larger request bodies get 413")
     rate_limits: RateLimits = Field(default_factory=RateLimits)
+    service_classes: ServiceClasses = Field(
+        default_factory=ServiceClasses,
+        description="tenants' engine priority and fair share (services/core/service_classes.py)",
+    )
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions.model_validate(EDGE_DEPLOYMENT))
 
 
@@ -531,6 +536,16 @@ class Catalog(_Strict):
         return {**data, "edge": {**edge, "deployment": deployment}}
 
     @model_validator(mode="after")
+    def _engines_schedule_by_priority(self) -> Catalog:
+        """With service classes every engine runs vLLM's priority scheduling (a request's priority
+        other than 0 is an error without it); an entry that asks for another policy is a mistake."""
+        for key, value in self.edge.service_classes.engine_args().items():
+            for entry in self.models:
+                if entry.engine_args.setdefault(key, value) != value:
+                    raise ValueError(f"{entry.name}: engine_args.{key} must be {value!r} with edge.service_classes")
+        return self
+
+    @model_validator(mode="after")
     def _replicas_fit_a_node_group(self) -> Catalog:
         if self.cluster is None:
             return self
@@ -553,6 +568,12 @@ class Catalog(_Strict):
         and the engines'; the hub and the limit broker ask for none)."""
         deployments = [self.edge.deployment, *(entry.deployment for entry in self.models)]
         return sum(options.max_replicas * options.cpus_per_replica for options in deployments)
+
+    @property
+    def tenants(self) -> list[str]:
+        """Every tenant the catalog names (rate limits, service classes), and anonymous."""
+        named = {*self.edge.rate_limits.tenants, *self.edge.service_classes.tenants, ANONYMOUS}
+        return sorted(named)
 
     def resolve(self, name: str) -> ModelEntry | None:
         """The entry serving `name` (a served name or an alias)."""

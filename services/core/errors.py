@@ -45,6 +45,7 @@ class Code(StrEnum):
     MODEL_NOT_MULTIMODAL = "model_not_multimodal"
     # admission (services/edge/admission.py, services/edge/limits.py)
     QUEUE_FULL = "queue_full"
+    QUEUE_TIMEOUT = "queue_timeout"
     RATE_LIMITED_REQUESTS = "rate_limited_requests"
     RATE_LIMITED_TOKENS = "rate_limited_tokens"
     LIMITER_UNAVAILABLE = "limiter_unavailable"

@@ -1,6 +1,7 @@
 """The admission arithmetic: a bound on the requests each model has in flight (queued + running)
-and per-tenant request and token rates (token buckets). One instance holds the whole cluster's
-state, in the LimitBroker deployment (services/edge/limits.py)."""
+and per-tenant request and token rates (token buckets). At the bound, a request whose service class
+may wait joins the model's fair queue (services/edge/fair_queue.py) instead of being refused. One
+instance holds the whole cluster's state, in the LimitBroker deployment (services/edge/limits.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.core.errors import Code
+from services.core.service_classes import ServiceClasses
+from services.edge.fair_queue import FairQueue, Waiter
 
 
 @dataclass
@@ -52,12 +55,18 @@ class RateLimit:
 
 class Admission:
     def __init__(
-        self, max_in_flight: dict[str, int | None], limits: dict[str, RateLimit], default_limit: RateLimit
+        self,
+        max_in_flight: dict[str, int | None],
+        limits: dict[str, RateLimit],
+        default_limit: RateLimit,
+        classes: ServiceClasses | None = None,
     ) -> None:
         self.max_in_flight = max_in_flight
         self.in_flight: dict[str, int] = dict.fromkeys(max_in_flight, 0)
         self.limits = limits
         self.default_limit = default_limit
+        self.classes = classes or ServiceClasses()
+        self.queues: dict[str, FairQueue] = {model: FairQueue() for model in max_in_flight}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
     def _bucket(self, tenant: str, kind: str, per_minute: float) -> TokenBucket:
@@ -71,21 +80,10 @@ class Admission:
         limit = self.limits.get(tenant, self.default_limit)
         return self.max_in_flight.get(model) is not None or bool(limit.requests_per_minute or limit.tokens_per_minute)
 
-    def admit(self, model: str, tenant: str, estimated_tokens: int) -> None:
-        """Raises Rejected, or counts the request in flight (release it with `release`)."""
-        bound = self.max_in_flight.get(model)
-        if bound is not None and self.in_flight[model] >= bound:
-            raise Rejected(
-                f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", Code.QUEUE_FULL, 1
-            )
-        limit = self.limits.get(tenant, self.default_limit)
-        checks = []
-        if limit.requests_per_minute:
-            checks.append((self._bucket(tenant, "requests", limit.requests_per_minute), 1, Code.RATE_LIMITED_REQUESTS))
-        if limit.tokens_per_minute:
-            checks.append(
-                (self._bucket(tenant, "tokens", limit.tokens_per_minute), estimated_tokens, Code.RATE_LIMITED_TOKENS)
-            )
+    def admit(self, model: str, tenant: str, estimated_tokens: int) -> Waiter | None:
+        """Raises Rejected; or counts the request in flight (None; release it with `release`); or,
+        at the model's bound, queues it (the Waiter: its `on_grant` runs when a slot is its)."""
+        checks = self._rate_checks(tenant, estimated_tokens)
         for bucket, amount, code in checks:
             wait = bucket.wait_for(amount)
             if wait > 0:
@@ -95,12 +93,63 @@ class Admission:
                     code,
                     wait,
                 )
-        for bucket, amount, _ in checks:
+        bound, queue = self.max_in_flight.get(model), self.queues[model]
+        class_name, service_class = self.classes.class_of(tenant)
+        waiter = None
+        if bound is not None and (self.in_flight[model] >= bound or queue.waiting()):
+            if queue.waiting(class_name) >= service_class.max_queued:
+                raise Rejected(
+                    f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", Code.QUEUE_FULL, 1
+                )
+            waiter = Waiter(tenant, class_name, service_class.share)
+            queue.push(waiter)
+        else:
+            self.in_flight[model] += 1
+            queue.charge(tenant, service_class.share)
+        for bucket, amount, _ in checks:  # counted once admitted or queued: a queued request is one sent
             bucket.take(amount)
-        self.in_flight[model] += 1
+        return waiter
+
+    def _rate_checks(self, tenant: str, estimated_tokens: int) -> list[tuple[TokenBucket, float, Code]]:
+        limit = self.limits.get(tenant, self.default_limit)
+        checks = []
+        if limit.requests_per_minute:
+            checks.append(
+                (self._bucket(tenant, "requests", limit.requests_per_minute), 1.0, Code.RATE_LIMITED_REQUESTS)
+            )
+        if limit.tokens_per_minute:
+            checks.append(
+                (
+                    self._bucket(tenant, "tokens", limit.tokens_per_minute),
+                    float(estimated_tokens),
+                    Code.RATE_LIMITED_TOKENS,
+                )
+            )
+        return checks
+
+    def queue_timeout_s(self, model: str, tenant: str) -> float:
+        """The longest a request of `tenant` may wait for a slot of `model` (0: it never waits)."""
+        service_class = self.classes.class_of(tenant)[1]
+        may_wait = self.max_in_flight.get(model) is not None and service_class.max_queued > 0
+        return service_class.queue_timeout_s if may_wait else 0.0
 
     def release(self, model: str) -> None:
+        """A request's slot is free: it goes to the fairest waiter, if any."""
         self.in_flight[model] -= 1
+        bound, queue = self.max_in_flight.get(model), self.queues[model]
+        while bound is not None and self.in_flight[model] < bound:
+            waiter = queue.pop()
+            if waiter is None:
+                break
+            self.in_flight[model] += 1
+            waiter.state = "granted"
+            waiter.on_grant()
+
+    def abandon(self, model: str, waiter: Waiter) -> None:
+        """A waiter that stopped waiting (its deadline passed, its caller left) before its grant."""
+        if waiter.state == "waiting":
+            self.queues[model].remove(waiter)
+            waiter.state = "abandoned"
 
 
 def estimate_tokens(body: dict[str, Any]) -> int:

@@ -226,7 +226,8 @@ async def metadata(request: Request) -> dict[str, Any]:
 async def _api_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, APIError)
     if error.reason:
-        _edge(request).records.add(RejectionRecord(error.model, error.reason, error.base_model))
+        tenant = getattr(request.state, "tenant", "")
+        _edge(request).records.add(RejectionRecord(error.model, error.reason, error.base_model, tenant))
     if error.status >= 500:
         logger.warning("%s %s: %s (%s)", request.method, request.url.path, error.message, error.__cause__ or "")
     return _error_response(error.status, error.message, param=error.param, code=error.code, headers=error.headers)

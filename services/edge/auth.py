@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-ANONYMOUS = "anonymous"
+from services.core.service_classes import ANONYMOUS
 
 
 class KeyRing:

@@ -227,7 +227,8 @@ class Edge:
         placed = "none"
         try:
             body = await read_json_body(request, options.max_body_bytes)
-            target = await self.resolve(envelope_of(body).model)
+            envelope = envelope_of(body)
+            target = await self.resolve(envelope.model)
             placed = target.model_name
         finally:
             if self.served_by == "platform":  # HAProxy could not place it (services/haproxy/rules.py)
@@ -235,6 +236,13 @@ class Edge:
         entry, model_name = target.entry, target.model_name
         span.set_attribute("gen_ai.request.model", model_name)
         route = route or ("chat" if "messages" in body else "completions")
+        tenant: str = request.state.tenant
+        service_class, classed = options.service_classes.class_of(tenant)
+        if options.service_classes.enabled and route in GENERATIVE:
+            # vLLM's `priority` (lower runs first): a request may lower its own, never rise above its class's.
+            body["priority"] = max(
+                classed.priority, classed.priority if envelope.priority is None else envelope.priority
+            )
         media = None
         if "messages" in body:
             try:
@@ -258,7 +266,7 @@ class Edge:
                 ) from None
         try:
             with self.tracing.phase(span, "admission"):
-                ticket = await self.limits.admit(entry.name, request.state.tenant, estimate_tokens(body))
+                admitted = await self.limits.admit(entry.name, tenant, estimate_tokens(body))
         except Rejected as rejected:
             raise APIError(
                 429,
@@ -292,6 +300,9 @@ class Edge:
                 vision_s=media.seconds if media else None,
                 ingress_s=ingress_s,
                 edge_s=edge_s,
+                tenant=tenant,
+                service_class=service_class,
+                queued_s=admitted.queued_s if admitted else None,
             )
             if head.body is not None:
                 if head.outcome is not None:
@@ -303,7 +314,7 @@ class Edge:
             streaming = True
 
             def stream_ended() -> None:
-                self.limits.release(ticket)
+                self.limits.release(admitted)
                 self.tracing.end(span, 200)
 
             return RelayResponse(
@@ -320,7 +331,7 @@ class Edge:
             )
         finally:
             if not streaming:  # a stream releases its slot when it ends
-                self.limits.release(ticket)
+                self.limits.release(admitted)
 
     async def _open(
         self, entry: ModelEntry, model_name: str, call: EngineCall, span: Span, deadline: float

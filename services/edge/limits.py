@@ -33,6 +33,7 @@ logger = logging.getLogger("slmserve.limits")
 @dataclass(frozen=True, slots=True)
 class Admitted:
     ticket: str
+    queued_s: float = 0.0  # how long it waited for a slot (its service class's fair queue)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ def admission_for(catalog: Catalog) -> Admission:
         {entry.name: entry.max_in_flight for entry in catalog.models},
         {tenant: RateLimit(**limit.model_dump()) for tenant, limit in limits.tenants.items()},
         RateLimit(**limits.default.model_dump()),
+        catalog.edge.service_classes,
     )
 
 
@@ -74,18 +76,38 @@ class LimitBroker:
             logger.warning("admission ticket for %s expired unreleased (its edge left?)", model)
             self.admission.release(model)
 
-    def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | Refused:
-        now = time.monotonic()
-        self._expire(now)
+    async def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | Refused:
+        """A ticket, at once or after a wait in the model's fair queue; or the reason for a 429."""
+        arrived = time.monotonic()
+        self._expire(arrived)
         try:
-            self.admission.admit(model, tenant, estimated_tokens)
+            waiter = self.admission.admit(model, tenant, estimated_tokens)
         except Rejected as rejected:
             return Refused(str(rejected), rejected.reason, rejected.retry_after_s)
+        if waiter is not None:
+            granted = asyncio.Event()
+            waiter.on_grant = granted.set
+            timeout_s = self.admission.queue_timeout_s(model, tenant)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await granted.wait()
+            except TimeoutError:
+                if waiter.state != "granted":
+                    self.admission.abandon(model, waiter)
+                    return Refused(
+                        f"model `{model}` had no free slot within {timeout_s:g}s; retry shortly", Code.QUEUE_TIMEOUT, 1
+                    )
+            except asyncio.CancelledError:  # the caller is gone: its place, or its slot, goes to the next
+                self.admission.abandon(model, waiter)
+                if waiter.state == "granted":
+                    self.admission.release(model)
+                raise
+        now = time.monotonic()
         ticket = uuid.uuid4().hex
         self.tickets[ticket] = (model, now + self.ticket_ttl_s)
-        return Admitted(ticket)
+        return Admitted(ticket, now - arrived)
 
-    def release(self, ticket: str) -> None:
+    async def release(self, ticket: str) -> None:  # async: a grant resolves a waiter on this loop
         entry = self.tickets.pop(ticket, None)
         if entry is not None:  # unknown: expired already, or issued before a broker restart
             self.admission.release(entry[0])
@@ -108,17 +130,18 @@ class SharedLimits:
     def applies(self, model: str, tenant: str) -> bool:
         return self.broker is not None and self.rules.applies(model, tenant)
 
-    async def admit(self, model: str, tenant: str, estimated_tokens: int) -> str | None:
+    async def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | None:
         """A ticket to release, or None where no limit applies. Raises Rejected or LimiterUnavailable."""
         if self.broker is None or not self.rules.applies(model, tenant):
             return None
+        patience_s = BROKER_TIMEOUT_S + self.rules.queue_timeout_s(model, tenant)  # it may wait in a fair queue
         # Outside the request, so that Serve does not cancel the call with a departing client's request
         # (the broker may have counted the ticket already), and shielded: an edge that gives up on the
         # call (its client left, or the broker was slow) may still be granted a ticket later; it is
         # released the moment it lands.
         call = asyncio.ensure_future(outside_request(self.broker.admit.remote, model, tenant, estimated_tokens))
         try:
-            async with asyncio.timeout(BROKER_TIMEOUT_S):
+            async with asyncio.timeout(patience_s):
                 decision = await asyncio.shield(call)
         except asyncio.CancelledError:
             call.add_done_callback(self._release_late_ticket)
@@ -129,17 +152,17 @@ class SharedLimits:
             raise LimiterUnavailable(str(error)) from error
         if isinstance(decision, Refused):
             raise Rejected(decision.message, decision.reason, decision.retry_after_s)
-        ticket: str = decision.ticket
-        return ticket
+        admitted: Admitted = decision
+        return admitted
 
-    def release(self, ticket: str | None) -> None:
-        if ticket is not None and self.broker is not None:
+    def release(self, admitted: Admitted | None) -> None:
+        if admitted is not None and self.broker is not None:
             # Not awaited (an end of request never waits on it), and outside the request: the release of
             # a cancelled request's ticket must not be cancelled with it.
-            outside_request(self.broker.release.remote, ticket)
+            outside_request(self.broker.release.remote, admitted.ticket)
 
     def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
         if not call.cancelled() and call.exception() is None:
             decision = call.result()
             if isinstance(decision, Admitted):
-                self.release(decision.ticket)
+                self.release(decision)

@@ -45,6 +45,7 @@ class RequestEnvelope(BaseModel):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     stream_options: dict[str, Any] | None = None
+    priority: int | None = None  # vLLM's; with service classes the edge bounds it (services/edge/edge.py)
 
 
 def envelope_of(body: dict[str, Any]) -> RequestEnvelope:

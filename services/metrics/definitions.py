@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from services.core.errors import Code
@@ -10,12 +12,15 @@ MODEL = ("model_name",)
 # Per-request series: model_name is what the client asked for (a LoRA adapter's own name, as NIM labels
 # adapter requests), base_model the catalog model serving it (the same for base-model requests).
 REQUEST = ("model_name", "base_model")
+TENANT = ("tenant", "model_name")
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
 TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5)
 E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OVERHEAD_PHASES = ("ingress", "edge", "relay")
+QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+TENANT_OUTCOMES = ("success", "failure", "rejected")
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # vLLM's own series the dashboard reads, passed through by the hub with a `replica` label.
 VLLM_SERIES_ON_DASHBOARD = frozenset(
@@ -30,6 +35,7 @@ VLLM_SERIES_ON_DASHBOARD = frozenset(
 # and alert rules see 0 instead of no data (other reasons, such as image errors, appear when they occur).
 EXPECTED_REJECTIONS = (
     Code.QUEUE_FULL,
+    Code.QUEUE_TIMEOUT,
     Code.RATE_LIMITED_REQUESTS,
     Code.RATE_LIMITED_TOKENS,
     Code.MODEL_NOT_READY,
@@ -116,6 +122,32 @@ class EdgeMetrics:
             buckets=OVERHEAD_BUCKETS,
             registry=registry,
         )
+        # Metering per tenant (an API key's name, or anonymous: bounded by the keys configured).
+        self.tenant_prompt_tokens = Counter(
+            "slmserve_tenant_prompt_tokens",
+            "Prompt tokens per tenant, as the engine reported them",
+            TENANT,
+            registry=registry,
+        )
+        self.tenant_generation_tokens = Counter(
+            "slmserve_tenant_generation_tokens",
+            "Generated tokens per tenant, as the engine reported them (the answers' `usage`)",
+            TENANT,
+            registry=registry,
+        )
+        self.tenant_requests = Counter(
+            "slmserve_tenant_requests",
+            "Model requests per tenant by outcome: success, failure (reached the engine), rejected (refused before)",
+            (*TENANT, "outcome"),
+            registry=registry,
+        )
+        self.tenant_queue = Histogram(
+            "slmserve_tenant_queue_seconds",
+            "Time a request waited for an in-flight slot of its model (models with max_in_flight)",
+            (*TENANT, "service_class"),
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
         self.placed = Counter(
             "slmserve_platform_placed_requests",
             "Model requests HAProxy could not place by `model` (none, unknown, malformed, beyond its "
@@ -124,8 +156,15 @@ class EdgeMetrics:
             registry=registry,
         )
 
-    def initialize(self, model_names: list[str]) -> None:
-        """Create the per-model series at 0 (Prometheus's advice: initialize the series you know of)."""
+    def initialize(self, model_names: list[str], tenants: Sequence[str] = ()) -> None:
+        """Create the per-model and per-tenant series at 0 (Prometheus's advice: initialize the series
+        you know of)."""
+        for tenant in tenants:
+            for model in model_names:
+                self.tenant_prompt_tokens.labels(tenant, model)
+                self.tenant_generation_tokens.labels(tenant, model)
+                for outcome in TENANT_OUTCOMES:
+                    self.tenant_requests.labels(tenant, model, outcome)
         for model in model_names:
             for counter in (self.success, self.failure, self.prompt_tokens, self.generation_tokens):
                 counter.labels(model, model)

@@ -125,7 +125,7 @@ class _EngineCollector:
 
 
 class MetricsHub:
-    def __init__(self, engines: dict[str, tuple[str, str]]) -> None:
+    def __init__(self, engines: dict[str, tuple[str, str]], tenants: list[str] | None = None) -> None:
         self.apps = {app for app, _ in engines.values()}
         self.deployments = {
             model: deployment for model, (_, deployment) in engines.items()
@@ -137,7 +137,7 @@ class MetricsHub:
         self._states_read_at = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
         self.edge = EdgeMetrics(self.registry)
-        self.edge.initialize(self.model_names)
+        self.edge.initialize(self.model_names, tenants or [])
         self.registry.register(_EngineCollector(self))
 
     def record(self, batch: list[Record]) -> None:
@@ -147,6 +147,8 @@ class MetricsHub:
                 edge.http_requests.labels(record.route, str(record.status_code)).inc()
             elif isinstance(record, RejectionRecord):
                 edge.rejected.labels(*request_labels(record), record.reason).inc()
+                if record.tenant and record.model_name:
+                    edge.tenant_requests.labels(record.tenant, record.model_name, "rejected").inc()
             elif isinstance(record, CompletionRecord):
                 self._record_completion(record)
             elif isinstance(record, PlacedRecord):
@@ -157,6 +159,15 @@ class MetricsHub:
 
     def _record_completion(self, record: CompletionRecord) -> None:
         edge, model = self.edge, request_labels(record)
+        if record.tenant:  # metered whatever the outcome: what the engine reported is what it did
+            tenant = (record.tenant, record.model_name)
+            edge.tenant_requests.labels(*tenant, "success" if record.success else "failure").inc()
+            edge.tenant_prompt_tokens.labels(*tenant).inc(record.prompt_tokens)
+            edge.tenant_generation_tokens.labels(*tenant).inc(record.generation_tokens)
+            if record.queued_s is not None:
+                edge.tenant_queue.labels(record.tenant, record.model_name, record.service_class).observe(
+                    record.queued_s
+                )
         (edge.success if record.success else edge.failure).labels(*model).inc()
         if record.finish_reason:
             edge.finish.labels(*model, record.finish_reason).inc()

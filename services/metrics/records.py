@@ -48,6 +48,11 @@ class CompletionRecord:
     ingress_s: float | None = None
     edge_s: float | None = None
     relay_s: float | None = None
+    # Metering: who asked (an API key's tenant, or anonymous), under which service class, and how long
+    # the request waited for an in-flight slot (None: no bound applied).
+    tenant: str = ""
+    service_class: str = ""
+    queued_s: float | None = None
 
     def apply(self, outcome: Usage) -> None:
         """Take usage and finish reason from the engine's outcome of the request."""
@@ -61,6 +66,7 @@ class RejectionRecord:
     model_name: str
     reason: str
     base_model: str = ""
+    tenant: str = ""
 
 
 @dataclass(slots=True)

@@ -31,10 +31,10 @@ class _Method:
             await asyncio.sleep(self.delay_s)
             if self.fail:
                 raise ConnectionError("broker gone")
-            return self.function(*args)
+            return await self.function(*args)
 
         if self.function.__name__ != "admit":
-            return self.function(*args)
+            return asyncio.ensure_future(self.function(*args))  # runs on the broker's loop, not awaited
         granted = asyncio.ensure_future(answer())  # runs in the broker whether or not the caller waits
         return _Response(granted)
 
@@ -73,6 +73,7 @@ def test_two_edges_share_one_in_flight_bound():
                 await edge.admit("bounded", "anyone", 10)
             assert raised.value.reason == "queue_full"
         left.release(tickets[0])
+        await asyncio.sleep(0)  # the release reaches the broker
         assert await right.admit("bounded", "anyone", 10)
         assert broker.in_flight()["bounded"] == 4
 
@@ -116,16 +117,19 @@ def test_an_unreachable_broker_fails_closed_for_limited_requests_only():
 
 
 def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
-    broker = LimitBroker(CATALOG)
-    for _ in range(4):
-        broker.admit("bounded", "anyone", 1)
-    assert broker.admit("bounded", "anyone", 1).reason == "queue_full"
-    broker.ticket_ttl_s = 0  # as if the request deadline had long passed
-    broker.tickets = {ticket: (model, 0.0) for ticket, (model, _) in broker.tickets.items()}
-    assert broker.admit("bounded", "anyone", 1).ticket
-    assert broker.in_flight()["bounded"] == 1
-    broker.release("unknown-ticket")  # a release from before a broker restart: ignored
-    assert broker.in_flight()["bounded"] == 1
+    async def scenario() -> None:
+        broker = LimitBroker(CATALOG)
+        for _ in range(4):
+            await broker.admit("bounded", "anyone", 1)
+        assert (await broker.admit("bounded", "anyone", 1)).reason == "queue_full"
+        broker.ticket_ttl_s = 0  # as if the request deadline had long passed
+        broker.tickets = {ticket: (model, 0.0) for ticket, (model, _) in broker.tickets.items()}
+        assert (await broker.admit("bounded", "anyone", 1)).ticket
+        assert broker.in_flight()["bounded"] == 1
+        await broker.release("unknown-ticket")  # a release from before a broker restart: ignored
+        assert broker.in_flight()["bounded"] == 1
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("gives_up", ["cancelled", "timed_out"])
