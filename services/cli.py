@@ -1,4 +1,4 @@
-"""`slmserve serve | catalog validate | catalog show | profiles list | deploy status | node drain`."""
+"""`slmserve serve | catalog validate | catalog show | profiles list | deploy status | node drain | usage`."""
 
 from __future__ import annotations
 
@@ -179,6 +179,22 @@ def _report_status(args: argparse.Namespace) -> int:
     return 0 if report.ready else 1
 
 
+def _usage(args: argparse.Namespace) -> int:
+    """`slmserve usage`: tokens and requests per tenant and model (services/usage.py)."""
+    from services import usage
+
+    if args.prometheus:
+        found = usage.from_prometheus(args.prometheus, args.since)
+        print(f"usage over the last {args.since}, from Prometheus at {args.prometheus}")
+    else:
+        if args.since:
+            raise ValueError("--since needs --prometheus (the platform's own counters count since it started)")
+        found = usage.from_platform(args.url, args.api_key or os.environ.get("SLMSERVE_API_KEY", ""))
+        print(f"usage since the platform at {args.url} started (its own counters)")
+    print(usage.table(found))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slmserve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--timeout", type=float, default=1800)
     status.add_argument("--poll", type=float, default=10, help="seconds between polls with --wait")
     status.set_defaults(func=_deploy_status)
+    usage = commands.add_parser("usage", help="tokens and requests per tenant and model")
+    usage.add_argument("--url", default="http://127.0.0.1:8000", help="the platform's base URL (its /metrics)")
+    usage.add_argument("--api-key", help="a key for /metrics when keys are on [SLMSERVE_API_KEY]")
+    usage.add_argument("--prometheus", help="a Prometheus that scrapes the platform: usage over --since")
+    usage.add_argument("--since", help="the window, as Prometheus writes it: 15m, 1h, 7d")
+    usage.set_defaults(func=_usage)
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)

@@ -1,6 +1,6 @@
 """The package layers of services/ run one way (README's module map), read from the imports (ast):
 
-    models < core < metrics, haproxy < routing < engine < edge < ingress < app, runtime, cli, drain, deploy
+    models < core < metrics, haproxy < routing < engine < edge < ingress < app, runtime, cli, drain, deploy, usage
 
 A module imports its own package or a lower layer, never a higher one or a neighbour of its own layer.
 vLLM is imported only by services/engine/vllm_compat.py, and Ray's private API (modules or names
@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("services.engine",),
     ("services.edge",),
     ("services.ingress",),
-    ("services.app", "services.runtime", "services.cli", "services.drain", "services.deploy"),
+    ("services.app", "services.runtime", "services.cli", "services.drain", "services.deploy", "services.usage"),
 )
 TOP = len(LAYERS) - 1
 VLLM_COMPAT = "services.engine.vllm_compat"

@@ -57,6 +57,9 @@ PROMQL_WORDS = {
     "profile",
     "precision",
     "tensor_parallel_size",
+    "phase",
+    "tenant",
+    "outcome",
 }
 
 

@@ -177,3 +177,22 @@ def test_each_tenant_s_metered_tokens_are_its_answers_usage(monkeypatch):
     assert value("slmserve_tenant_generation_tokens_total", tenant="nightly", model_name="other") == 5
     assert value("slmserve_tenant_requests_total", tenant="nightly", model_name="other", outcome="success") == 1
     assert value("slmserve_tenant_requests_total", tenant="anonymous", model_name="text", outcome="success") == 0
+    from prometheus_client import generate_latest
+
+    from services import usage
+
+    found = usage.from_metrics_text(generate_latest(registry).decode())
+    assert (found[("app", "other")].prompt_tokens, found[("app", "other")].completion_tokens) == (7, 2)
+    assert found[("nightly", "other")].requests == {"success": 1, "failure": 0, "rejected": 0}
+    lines = usage.table(found).splitlines()
+    assert lines[-1].split() == ["total", "18", "7"]
+    assert len(lines) == 4  # header, app and nightly on `other`, total: series at 0 are left out
+
+
+def test_usage_over_a_window_needs_prometheus_and_a_prometheus_duration(capsys):
+    from services.cli import main
+
+    assert main(["usage", "--since", "1h"]) == 2
+    assert "--since needs --prometheus" in capsys.readouterr().err
+    assert main(["usage", "--prometheus", "http://127.0.0.1:1", "--since", "1 hour; drop"]) == 2
+    assert "Prometheus duration" in capsys.readouterr().err
