@@ -291,7 +291,8 @@ class Edge:
                 session_id=request.headers.get(self.catalog.edge.session_header) or None,
                 trace_headers=self.tracing.headers_for(span),
             )
-            edge_s = time.perf_counter() - arrived
+            queued_s = admitted.queued_s if admitted else None
+            edge_s = time.perf_counter() - arrived - (queued_s or 0.0)  # waiting for a slot is not overhead
             stream, head = await self._open(entry, model_name, call, span, deadline)
             record = CompletionRecord(
                 model_name,
@@ -302,7 +303,7 @@ class Edge:
                 edge_s=edge_s,
                 tenant=tenant,
                 service_class=service_class,
-                queued_s=admitted.queued_s if admitted else None,
+                queued_s=queued_s,
             )
             if head.body is not None:
                 if head.outcome is not None:
