@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from loadtests import overhead
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
@@ -134,6 +135,12 @@ Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slms
 {ratios_table(results, levels, args.systems)}
 Metrics scrape time while measured, p50 / p95 ms: {scrape_summary(args.scrapes)}
 
+slmserve's own time per request (`slmserve_platform_overhead_seconds`; p50 / p95 ms over each level's
+rounds: ingress from HAProxy's receipt to the edge's handler, edge from there to the engine call, relay
+handing the stream's chunks to the client):
+
+{overhead.table(args.platform_time)}
+
 ![throughput, TTFT and ITL p95]({image})
 """
     write_section(docs / "benchmarks.md", f"cpu-bench{'-' + name if name else ''}", section)
@@ -164,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.systems = tuple(args.systems.split(","))
     args.scrapes = {system: [] for system in args.systems}
+    args.platform_time = {}  # level -> per round, by phase (loadtests/overhead.py)
     # Ray Serve LLM reads this when ray.serve.llm is imported (in deploy_ray_serve_llm).
     os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     levels = [int(c) for c in args.levels.split(",")]
@@ -220,11 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             for c in levels:
                 requests = args.requests_per_level or max(6, 2 * c)
                 for system in order:
+                    own_before = overhead.read(metrics_urls[system], MODEL) if system == "slmserve" else None
                     with scraping(metrics_urls[system], args.scrape_hz) as scrapes, hungry(args.hungry):
                         result = asyncio.run(
                             run_level(system, urls[system], MODEL, c, requests, args.prompt_words, args.max_tokens)
                         )
                     args.scrapes[system] += scrapes
+                    if own_before is not None:  # the platform's own time per request at this level
+                        phases = overhead.summary(own_before, overhead.read(metrics_urls[system], MODEL))
+                        args.platform_time.setdefault(c, []).append(phases)
+                        print(f"[bench] round {round_index + 1} c={c:<3} platform time: {overhead.line(phases)}")
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
                     ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000

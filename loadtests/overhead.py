@@ -83,3 +83,17 @@ def line(phases: dict[str, dict[str, float]]) -> str:
     return "; ".join(
         f"{phase} mean {s['mean_ms']:.2f} p50 {s['p50_ms']:.2f} p95 {s['p95_ms']:.2f} ms" for phase, s in phases.items()
     )
+
+
+def table(by_level: dict[int, list[dict[str, dict[str, float]]]]) -> str:
+    """A markdown table: per level, each phase's p50 / p95 ms, the mean over the level's rounds."""
+    header = "| c | " + " | ".join(f"{phase} p50 / p95 (ms)" for phase in OVERHEAD_PHASES) + " |"
+    lines = [header, "|---|" + "---|" * len(OVERHEAD_PHASES)]
+    for level, rounds in sorted(by_level.items()):
+        cells = []
+        for phase in OVERHEAD_PHASES:
+            p50s = [r[phase]["p50_ms"] for r in rounds if r[phase]["requests"]]
+            p95s = [r[phase]["p95_ms"] for r in rounds if r[phase]["requests"]]
+            cells.append(f"{sum(p50s) / len(p50s):.2f} / {sum(p95s) / len(p95s):.2f}" if p50s else "-")
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
         results: dict[tuple[str, int], LevelResult] = {}
-        platform_time: dict[str, list[dict[str, dict[str, float]]]] = {}  # level -> per round, by phase
+        platform_time: dict[int, list[dict[str, dict[str, float]]]] = {}  # level -> per round, by phase
         for round_index in range(args.rounds):
             order = systems if round_index % 2 == 0 else tuple(reversed(systems))
             for c in levels:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[key] = results[key].merged(result) if key in results else result
                     if own_before is not None:  # the platform's own time per request at this level
                         phases = overhead.summary(own_before, overhead.read(metrics_urls[system], entry.name))
-                        platform_time.setdefault(str(c), []).append(phases)
+                        platform_time.setdefault(c, []).append(phases)
                         print(f"[gpu-bench] round {round_index + 1} c={c:<3} platform time: {overhead.line(phases)}")
                     print(
                         f"[gpu-bench] round {round_index + 1} c={c:<3} {system:10} {result.output_tok_per_s:8.1f} "
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             f"GPU: {gpu}; vllm {vllm.__version__}; ray {ray.__version__}; Python {sys.version.split()[0]}\n"
             f"model: {args.shape} shape, catalog {args.catalog.name}; slmserve ingress: {args.ingress}, "
             f"data plane: {catalog.data_plane}; metrics scraped {args.scrape_hz:g}/s while measuring\n"
-            f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}"
+            f"engine start: {starts} (cold, CUDA graphs + torch.compile)\n\n{table}\n{ratios}\n"
+            f"slmserve's own time per request (p50 / p95 ms, mean over rounds):\n\n{overhead.table(platform_time)}"
         )
         (out / "gpu_results.json").write_text(
             json.dumps(
