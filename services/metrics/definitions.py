@@ -116,8 +116,8 @@ class EdgeMetrics:
         self.overhead = Histogram(
             "slmserve_platform_overhead_seconds",
             "The platform's own time per request, by phase: ingress (HAProxy's receipt to the edge's "
-            "handler), edge (the handler to the engine call: parsing, checks, admission), relay (handing "
-            "a stream's chunks to the client, including any wait on a client that reads slowly)",
+            "handler), edge (the handler to the engine call: parsing, checks, admission, a wait for a slot "
+            "excluded), relay (handing a stream's chunks to the client, including any wait on a slow reader)",
             (*MODEL, "phase"),
             buckets=OVERHEAD_BUCKETS,
             registry=registry,

@@ -112,3 +112,19 @@ def test_the_alert_rules_load_and_stay_quiet_on_a_healthy_system(prometheus):
     # None fires. One may be pending: on 2 CPU cores a busy minute can take TTFT p95 past the 2 s SLO,
     # and the rule waits 10 minutes before it fires.
     assert [rule["name"] for rule in rules if rule["state"] == "firing"] == []
+
+
+def test_usage_over_a_window_comes_from_prometheus_per_tenant(prometheus, live_server, capsys):
+    """`slmserve usage --prometheus`: the session's tenant appears with the tokens its requests used
+    (Prometheus extrapolates a window's increase, so the figures are checked against its own sums)."""
+    from services.cli import main as slmserve
+
+    assert slmserve(["usage", "--prometheus", prometheus.url, "--since", "10m"]) == 0
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in capsys.readouterr().out.splitlines()[2:-1]}
+    model = live_server.catalog.models[0].name
+    prompt, completion = (float(value) for value in rows[("tests", model)][:2])
+    (generated,) = prometheus.query(
+        f'sum(increase(slmserve_tenant_generation_tokens_total{{tenant="tests",model_name="{model}"}}[10m]))'
+    )
+    assert completion > 0 and prompt > completion / 100
+    assert abs(completion - float(generated["value"][1])) <= max(2.0, 0.2 * completion)
