@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,7 @@ class Admission:
         self.default_limit = default_limit
         self.classes = classes or ServiceClasses()
         self.queues: dict[str, FairQueue] = {model: FairQueue() for model in max_in_flight}
+        self.class_in_flight: dict[tuple[str, str], int] = defaultdict(int)  # (model, class) ->
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
     def _bucket(self, tenant: str, kind: str, per_minute: float) -> TokenBucket:
@@ -95,8 +97,9 @@ class Admission:
                 )
         bound, queue = self.max_in_flight.get(model), self.queues[model]
         class_name, service_class = self.classes.class_of(tenant)
+        guaranteed = self.class_in_flight[(model, class_name)] < self.guaranteed(model, class_name)
         waiter = None
-        if bound is not None and (self.in_flight[model] >= bound or queue.waiting()):
+        if bound is not None and (self.in_flight[model] >= bound or queue.waiting()) and not guaranteed:
             if queue.waiting(class_name) >= service_class.max_queued:
                 raise Rejected(
                     f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", Code.QUEUE_FULL, 1
@@ -104,7 +107,7 @@ class Admission:
             waiter = Waiter(tenant, class_name, service_class.share)
             queue.push(waiter)
         else:
-            self.in_flight[model] += 1
+            self._count(model, class_name, +1)
             queue.charge(tenant, service_class.share)
         for bucket, amount, _ in checks:  # counted once admitted or queued: a queued request is one sent
             bucket.take(amount)
@@ -133,15 +136,36 @@ class Admission:
         may_wait = self.max_in_flight.get(model) is not None and service_class.max_queued > 0
         return service_class.queue_timeout_s if may_wait else 0.0
 
-    def release(self, model: str) -> None:
-        """A request's slot is free: it goes to the fairest waiter, if any."""
-        self.in_flight[model] -= 1
+    def guaranteed(self, model: str, class_name: str) -> int:
+        """Slots of `model` a class always gets, even while others' requests hold the bound: its share
+        of `max_in_flight` (so the model holds at most twice its bound). 0 without classes."""
+        bound, classes = self.max_in_flight.get(model), self.classes.classes
+        if bound is None or class_name not in classes:
+            return 0
+        return math.floor(bound * classes[class_name].share / sum(c.share for c in classes.values()))
+
+    def _count(self, model: str, class_name: str, change: int) -> None:
+        self.in_flight[model] += change
+        self.class_in_flight[(model, class_name)] += change
+
+    def release(self, model: str, tenant: str) -> None:
+        """A request's slot is free: it goes to the fairest waiter, and a class below its guarantee
+        takes its own waiters first."""
+        class_name = self.classes.class_of(tenant)[0]
+        self._count(model, class_name, -1)
         bound, queue = self.max_in_flight.get(model), self.queues[model]
-        while bound is not None and self.in_flight[model] < bound:
-            waiter = queue.pop()
+        if bound is None:
+            return
+        while True:
+            below = (
+                class_name if self.class_in_flight[(model, class_name)] < self.guaranteed(model, class_name) else None
+            )
+            waiter = queue.pop(below) if below is not None else None
+            if waiter is None and self.in_flight[model] < bound:
+                waiter = queue.pop()
             if waiter is None:
-                break
-            self.in_flight[model] += 1
+                return
+            self._count(model, waiter.service_class, +1)
             waiter.state = "granted"
             waiter.on_grant()
 

@@ -47,11 +47,16 @@ class FairQueue:
     def push(self, waiter: Waiter) -> None:
         self._waiting.setdefault(waiter.tenant, deque()).append(waiter)
 
-    def pop(self) -> Waiter | None:
-        """The next waiter to serve (charged), or None when none waits."""
-        if not self._waiting:
+    def pop(self, service_class: str | None = None) -> Waiter | None:
+        """The next waiter to serve (charged), of `service_class` if given, or None when none waits."""
+        tenants = [
+            tenant
+            for tenant, queue in self._waiting.items()
+            if service_class is None or queue[0].service_class == service_class
+        ]
+        if not tenants:
             return None
-        tenant = min(self._waiting, key=self._start)  # ties: the tenant that started waiting first
+        tenant = min(tenants, key=self._start)  # ties: the tenant that started waiting first
         queue = self._waiting[tenant]
         waiter = queue.popleft()
         if not queue:

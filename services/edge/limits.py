@@ -68,13 +68,13 @@ class LimitBroker:
         parsed = Catalog.model_validate(catalog)
         self.admission = admission_for(parsed)
         self.ticket_ttl_s = parsed.edge.request_timeout_s + TICKET_GRACE_S
-        self.tickets: dict[str, tuple[str, float]] = {}  # ticket -> (model, expires at)
+        self.tickets: dict[str, tuple[str, str, float]] = {}  # ticket -> (model, tenant, expires at)
 
     def _expire(self, now: float) -> None:
-        for ticket in [ticket for ticket, (_, expires) in self.tickets.items() if expires < now]:
-            model, _ = self.tickets.pop(ticket)
+        for ticket in [ticket for ticket, (_, _, expires) in self.tickets.items() if expires < now]:
+            model, tenant, _ = self.tickets.pop(ticket)
             logger.warning("admission ticket for %s expired unreleased (its edge left?)", model)
-            self.admission.release(model)
+            self.admission.release(model, tenant)
 
     async def admit(self, model: str, tenant: str, estimated_tokens: int) -> Admitted | Refused:
         """A ticket, at once or after a wait in the model's fair queue; or the reason for a 429."""
@@ -100,17 +100,17 @@ class LimitBroker:
             except asyncio.CancelledError:  # the caller is gone: its place, or its slot, goes to the next
                 self.admission.abandon(model, waiter)
                 if waiter.state == "granted":
-                    self.admission.release(model)
+                    self.admission.release(model, tenant)
                 raise
         now = time.monotonic()
         ticket = uuid.uuid4().hex
-        self.tickets[ticket] = (model, now + self.ticket_ttl_s)
+        self.tickets[ticket] = (model, tenant, now + self.ticket_ttl_s)
         return Admitted(ticket, now - arrived)
 
     async def release(self, ticket: str) -> None:  # async: a grant resolves a waiter on this loop
         entry = self.tickets.pop(ticket, None)
         if entry is not None:  # unknown: expired already, or issued before a broker restart
-            self.admission.release(entry[0])
+            self.admission.release(*entry[:2])
 
     def in_flight(self) -> dict[str, int]:
         return dict(self.admission.in_flight)

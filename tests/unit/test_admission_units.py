@@ -23,7 +23,7 @@ def test_in_flight_bound_and_release():
     with pytest.raises(Rejected) as raised:
         admission.admit("m", "t", 10)
     assert raised.value.reason == "queue_full" and raised.value.retry_after_s >= 1
-    admission.release("m")
+    admission.release("m", "t")
     admission.admit("m", "t", 10)
 
 

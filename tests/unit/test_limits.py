@@ -123,7 +123,7 @@ def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
             await broker.admit("bounded", "anyone", 1)
         assert (await broker.admit("bounded", "anyone", 1)).reason == "queue_full"
         broker.ticket_ttl_s = 0  # as if the request deadline had long passed
-        broker.tickets = {ticket: (model, 0.0) for ticket, (model, _) in broker.tickets.items()}
+        broker.tickets = {ticket: (model, tenant, 0.0) for ticket, (model, tenant, _) in broker.tickets.items()}
         assert (await broker.admit("bounded", "anyone", 1)).ticket
         assert broker.in_flight()["bounded"] == 1
         await broker.release("unknown-ticket")  # a release from before a broker restart: ignored

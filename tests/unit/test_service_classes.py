@@ -196,3 +196,29 @@ def test_usage_over_a_window_needs_prometheus_and_a_prometheus_duration(capsys):
     assert "--since needs --prometheus" in capsys.readouterr().err
     assert main(["usage", "--prometheus", "http://127.0.0.1:1", "--since", "1 hour; drop"]) == 2
     assert "Prometheus duration" in capsys.readouterr().err
+
+
+def test_a_class_always_gets_its_guaranteed_share_of_the_bound_even_while_another_holds_it():
+    """Bound 4, shares 3 : 1: interactive is guaranteed 3 slots and batch 1. A batch flood that took
+    every slot while interactive was idle does not keep interactive out; the flood's excess waits
+    (2 may) or is refused, and gets slots back only below the bound."""
+    from services.core.errors import Code
+    from services.edge.admission import Rejected
+
+    parsed = catalog(models=[{**MODELS[0], "max_in_flight": 4}, MODELS[1]])
+    admission = LimitBroker(parsed.model_dump(mode="json")).admission
+    assert (admission.guaranteed("text", "interactive"), admission.guaranteed("text", "batch")) == (3, 1)
+    assert [admission.admit("text", "nightly", 1) for _ in range(4)] == [None] * 4  # idle capacity is lent
+    queued = [admission.admit("text", "nightly", 1) for _ in range(2)]
+    with pytest.raises(Rejected) as refused:
+        admission.admit("text", "nightly", 1)
+    assert refused.value.reason == Code.QUEUE_FULL
+    assert [admission.admit("text", "app", 1) for _ in range(3)] == [None] * 3  # over the bound: guaranteed
+    assert admission.admit("text", "app", 1) is not None and admission.in_flight["text"] == 7
+    admission.release("text", "nightly")  # still over the bound: nobody's turn
+    assert all(waiter.state == "waiting" for waiter in queued)
+    admission.release("text", "app")  # interactive is below its guarantee again: its own waiter first
+    assert admission.class_in_flight[("text", "interactive")] == 3 and queued[0].state == "waiting"
+    for _ in range(3):
+        admission.release("text", "nightly")
+    assert [waiter.state for waiter in queued] == ["granted", "waiting"]  # below the bound: the fair turn
