@@ -41,6 +41,9 @@ CHOOSE_TIMEOUT_S = 4.0
 BROKER_TIMEOUT_S = 2.0
 # A ticket never released (its replica died) expires this long after the request's deadline.
 TICKET_GRACE_S = 60.0
+# A service class that sent a request this recently keeps the unused part of its guaranteed slots free
+# for its next one; idler classes lend theirs (services/edge/admission.py).
+CLASS_ACTIVE_S = 10.0
 
 # --- Readiness (read from Serve's controller) --------------------------------------------------------
 READINESS_POLL_S = 1.0  # while any model is loading or suspect

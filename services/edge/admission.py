@@ -13,6 +13,7 @@ from typing import Any
 
 from services.core.errors import Code
 from services.core.service_classes import ServiceClasses
+from services.core.timing import CLASS_ACTIVE_S
 from services.edge.fair_queue import FairQueue, Waiter
 
 
@@ -69,6 +70,7 @@ class Admission:
         self.classes = classes or ServiceClasses()
         self.queues: dict[str, FairQueue] = {model: FairQueue() for model in max_in_flight}
         self.class_in_flight: dict[tuple[str, str], int] = defaultdict(int)  # (model, class) ->
+        self.last_active: dict[tuple[str, str], float] = {}  # (model, class) -> its last request's arrival
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
 
     def _bucket(self, tenant: str, kind: str, per_minute: float) -> TokenBucket:
@@ -97,9 +99,15 @@ class Admission:
                 )
         bound, queue = self.max_in_flight.get(model), self.queues[model]
         class_name, service_class = self.classes.class_of(tenant)
-        guaranteed = self.class_in_flight[(model, class_name)] < self.guaranteed(model, class_name)
+        now = time.monotonic()
+        self.last_active[(model, class_name)] = now
+        at_once = (
+            bound is None
+            or self._below_guarantee(model, class_name)
+            or (not queue.waiting() and self._lendable(model, class_name, now) > 0)
+        )
         waiter = None
-        if bound is not None and (self.in_flight[model] >= bound or queue.waiting()) and not guaranteed:
+        if not at_once:
             if queue.waiting(class_name) >= service_class.max_queued:
                 raise Rejected(
                     f"model `{model}` is at capacity ({bound} requests in flight); retry shortly", Code.QUEUE_FULL, 1
@@ -144,25 +152,35 @@ class Admission:
             return 0
         return math.floor(bound * classes[class_name].share / sum(c.share for c in classes.values()))
 
+    def _below_guarantee(self, model: str, class_name: str) -> bool:
+        return self.class_in_flight[(model, class_name)] < self.guaranteed(model, class_name)
+
+    def _lendable(self, model: str, class_name: str, now: float) -> int:
+        """Free slots a request of `class_name` may take: the bound less what is in flight, less the
+        unused guarantees of the other classes that sent requests lately (kept for their next ones)."""
+        bound = self.max_in_flight[model] or 0
+        kept = sum(
+            max(0, self.guaranteed(model, other) - self.class_in_flight[(model, other)])
+            for other in self.classes.classes
+            if other != class_name and now - self.last_active.get((model, other), -math.inf) < CLASS_ACTIVE_S
+        )
+        return bound - self.in_flight[model] - kept
+
     def _count(self, model: str, class_name: str, change: int) -> None:
         self.in_flight[model] += change
         self.class_in_flight[(model, class_name)] += change
 
     def release(self, model: str, tenant: str) -> None:
-        """A request's slot is free: it goes to the fairest waiter, and a class below its guarantee
-        takes its own waiters first."""
-        class_name = self.classes.class_of(tenant)[0]
-        self._count(model, class_name, -1)
-        bound, queue = self.max_in_flight.get(model), self.queues[model]
-        if bound is None:
+        """A request's slot is free: waiters of a class below its guarantee go first, then the fairest
+        waiter that a lendable slot is free for."""
+        self._count(model, self.classes.class_of(tenant)[0], -1)
+        if self.max_in_flight.get(model) is None:
             return
+        queue, now = self.queues[model], time.monotonic()
         while True:
-            below = (
-                class_name if self.class_in_flight[(model, class_name)] < self.guaranteed(model, class_name) else None
+            waiter = queue.pop(lambda name: self._below_guarantee(model, name)) or queue.pop(
+                lambda name: self._lendable(model, name, now) > 0
             )
-            waiter = queue.pop(below) if below is not None else None
-            if waiter is None and self.in_flight[model] < bound:
-                waiter = queue.pop()
             if waiter is None:
                 return
             self._count(model, waiter.service_class, +1)

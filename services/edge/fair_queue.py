@@ -47,12 +47,10 @@ class FairQueue:
     def push(self, waiter: Waiter) -> None:
         self._waiting.setdefault(waiter.tenant, deque()).append(waiter)
 
-    def pop(self, service_class: str | None = None) -> Waiter | None:
-        """The next waiter to serve (charged), of `service_class` if given, or None when none waits."""
+    def pop(self, allowed: Callable[[str], bool] | None = None) -> Waiter | None:
+        """The next waiter to serve (charged) among those whose service class is `allowed`, or None."""
         tenants = [
-            tenant
-            for tenant, queue in self._waiting.items()
-            if service_class is None or queue[0].service_class == service_class
+            tenant for tenant, queue in self._waiting.items() if allowed is None or allowed(queue[0].service_class)
         ]
         if not tenants:
             return None

@@ -222,3 +222,19 @@ def test_a_class_always_gets_its_guaranteed_share_of_the_bound_even_while_anothe
     for _ in range(3):
         admission.release("text", "nightly")
     assert [waiter.state for waiter in queued] == ["granted", "waiting"]  # below the bound: the fair turn
+
+
+def test_a_class_active_lately_keeps_its_unused_guarantee_and_an_idle_one_lends_it():
+    import time
+
+    from services.core.timing import CLASS_ACTIVE_S
+
+    parsed = catalog(models=[{**MODELS[0], "max_in_flight": 4}, MODELS[1]])
+    admission = LimitBroker(parsed.model_dump(mode="json")).admission
+    assert admission.admit("text", "app", 1) is None  # interactive is active, then its request ends
+    admission.release("text", "app")
+    granted = [admission.admit("text", "nightly", 1) is None for _ in range(3)]
+    assert granted == [True, False, False]  # 3 of the 4 slots stay interactive's while it is active
+    admission.last_active[("text", "interactive")] = time.monotonic() - CLASS_ACTIVE_S - 1
+    admission.release("text", "nightly")  # interactive has gone idle: its slots are lent again
+    assert admission.in_flight["text"] == 2 and admission.queues["text"].waiting() == 0
