@@ -647,3 +647,24 @@ def test_a_catalog_with_the_edge_blocks_old_name_reaches_serve_as_edge(tmp_path:
     values.write_text(yaml.safe_dump({"catalog": {"inline": {**inline, "edge": {}}}}))
     result = run_helm("template", "rel", str(CHART), "-f", str(values))
     assert result.returncode != 0 and "router: is edge:'s old name" in result.stderr, result.stderr
+
+
+def test_service_classes_reach_every_application_and_schedule_its_engines_by_priority(tmp_path: Path):
+    """The chart carries the catalog's tenants and classes to Serve unchanged; each application's
+    catalog, as services/app.py validates it, runs its engines with priority scheduling."""
+    classes = {"classes": {"gold": {"priority": 0, "share": 2}, "bulk": {"priority": 5}}, "tenants": {"a": "gold"}}
+    inline = {
+        "catalog": {
+            "inline": {
+                "edge": {"service_classes": classes},
+                "cluster": ONE_GROUP,
+                "models": [{"name": "mine", "source": "org/model", "max_in_flight": 8}],
+            }
+        }
+    }
+    values = tmp_path / "classes.yaml"
+    values.write_text(yaml.safe_dump(inline))
+    for app in serve_config(render("-f", str(values)))["applications"]:
+        catalog = parse_catalog(app["args"]["catalog"])
+        assert catalog.edge.service_classes.class_of("a")[0] == "gold"
+        assert catalog.models[0].engine_args["scheduling_policy"] == "priority"
