@@ -22,10 +22,11 @@ class Histogram:
     count: float
 
 
-def read(metrics_url: str, model: str) -> dict[str, Histogram]:
+def read(metrics_url: str, model: str, api_key: str = "") -> dict[str, Histogram]:
     """Each phase's histogram for `model`, once the edge replicas have shipped their records."""
     time.sleep(3 * RECORDS_FLUSH_PERIOD_S)
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+    request = urllib.request.Request(metrics_url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     buckets: dict[str, dict[float, float]] = {phase: {} for phase in OVERHEAD_PHASES}
     totals: dict[str, float] = dict.fromkeys(OVERHEAD_PHASES, 0.0)
