@@ -234,6 +234,9 @@ def report(results: list[dict[str, Any]], args: Any, started: str) -> str:
             )
             + " |"
         )
+    own_time = "; ".join(
+        f"classes {'on' if r['classes'] else 'off'}: {overhead.line(r['platform_time'])}" for r in results
+    )
     return f"""## CPU: one tenant floods, another stays served (service classes, issue 30)
 
 Run {started} on this machine. The embedded model with `max_in_flight: {args.bound}`; tenant
@@ -248,7 +251,7 @@ against the sum of the clients' `usage.completion_tokens`. Reproduce: `.venv/bin
 {chr(10).join(rows)}
 
 The platform's own time per request under the flood (`slmserve_platform_overhead_seconds`, both
-tenants, 429s excluded): {"; ".join(f"classes {'on' if r['classes'] else 'off'}: {overhead.line(r['platform_time'])}" for r in results)}.
+tenants, 429s excluded): {own_time}.
 
 ![the interactive tenant's TTFT alone and under the flood](benchmark_tenants.png)
 """
