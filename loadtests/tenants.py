@@ -192,15 +192,17 @@ def plot(results: list[dict[str, Any]], path: Any) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 4))
-    labels, data = [], []
+    labels, data, refused = [], [], {}
     for result in results:
         mode = "classes on" if result["classes"] else "classes off"
         for phase in ("alone", "flood"):
-            values = [seconds * 1000 for seconds in result["ttft_s"][phase]]
-            if values:
-                labels.append(f"{mode}\n{'alone' if phase == 'alone' else 'under the batch flood'}")
-                data.append(values)
-    axis.boxplot(data, showfliers=True)
+            labels.append(f"{mode}\n{'alone' if phase == 'alone' else 'under the batch flood'}")
+            data.append([seconds * 1000 for seconds in result["ttft_s"][phase]])
+            if phase == "flood" and not data[-1]:
+                refused[len(labels)] = result["interactive_statuses"].get("429", 0)
+    axis.boxplot([values or [float("nan")] for values in data], showfliers=True)
+    for position, count in refused.items():  # no TTFT to draw: every request was refused
+        axis.text(position, min(min(v) for v in data if v), f"all {count}\nrefused (429)", ha="center", va="bottom")
     axis.set_xticks(range(1, len(labels) + 1), labels)
     axis.set(ylabel="interactive tenant's TTFT (ms)", yscale="log", title="One tenant's TTFT while another floods")
     axis.grid(alpha=0.3)
@@ -219,11 +221,11 @@ def report(results: list[dict[str, Any]], args: Any, started: str) -> str:
     rows = []
     for r in results:
         flood = r["interactive_statuses"]
-        ratio = r["flood_ttft_p95_ms"] / r["alone_ttft_p95_ms"] if r["flood_ttft_p95_ms"] else float("nan")
+        ratio = f"{r['flood_ttft_p95_ms'] / r['alone_ttft_p95_ms']:.2f}x" if r["flood_ttft_p95_ms"] else "-"
         rows.append(
             f"| {'on' if r['classes'] else 'off'} | {r['alone_ttft_p50_ms']:.0f} / {r['alone_ttft_p95_ms']:.0f} | "
             + (f"{r['flood_ttft_p50_ms']:.0f} / {r['flood_ttft_p95_ms']:.0f}" if r["flood_ttft_p95_ms"] else "-")
-            + f" | {ratio:.2f}x | {flood.get('200', 0)} / {flood.get('429', 0)} / {flood.get('error', 0)} | "
+            + f" | {ratio} | {flood.get('200', 0)} / {flood.get('429', 0)} / {flood.get('error', 0)} | "
             f"{r['batch_statuses'].get('200', 0)} / {r['batch_statuses'].get('429', 0)} / "
             f"{r['batch_statuses'].get('error', 0)} | "
             + ", ".join(
