@@ -203,3 +203,15 @@ def serving(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(30)
+
+
+def wait_until_haproxy_follows_the_router(base_url: str, model: str, timeout_s: float = 90) -> None:
+    """Until sessions stay on their replica and spread over both (`session_homes`): HAProxy lists a new
+    replica a moment before it follows the ReplicaPicker's choices of it, and until then a request can
+    land on the other replica (the routing and LoRA modules' intermittent failures)."""
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(1_000):
+        homes = session_homes(base_url, model, "X-Session-Id", [f"warm-{attempt}-{i}" for i in range(4)])
+        if all(len(replicas) == 1 for replicas in homes.values()) and len(set().union(*homes.values())) == 2:
+            return
+        assert time.monotonic() < deadline, f"HAProxy does not follow the router's choices: {homes}"

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.settings import Settings
 from testkit.lora_adapters import make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
-from testkit.serving import ServerProcess, catalog_variant, serving
+from testkit.serving import ServerProcess, catalog_variant, serving, wait_until_haproxy_follows_the_router
 
 pytestmark = pytest.mark.live
 MODEL = "smollm2-135m-instruct"
@@ -61,6 +61,7 @@ def server(adapters_dir: Path) -> Iterator[ServerProcess]:
 
     with serving(catalog_variant("cpu", with_adapters), replicas=2) as running:
         wait_until(lambda: all(served_by(running, name) == "engine" for name in ADAPTERS))
+        wait_until_haproxy_follows_the_router(running.base_url, MODEL)
         yield running
 
 

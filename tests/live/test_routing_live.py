@@ -16,7 +16,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
-from testkit.serving import ServerProcess, catalog_variant, serving, session_homes
+from testkit.serving import (
+    ServerProcess,
+    catalog_variant,
+    serving,
+    wait_until_haproxy_follows_the_router,
+)
 
 pytestmark = pytest.mark.live
 MODEL = "smollm2-135m-instruct"
@@ -35,19 +40,8 @@ def two_replicas(catalog: dict) -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerProcess]:
     with serving(catalog_variant("cpu", two_replicas), replicas=2) as running:
-        _wait_until_haproxy_follows_the_router(running.base_url)
+        wait_until_haproxy_follows_the_router(running.base_url, MODEL)
         yield running
-
-
-def _wait_until_haproxy_follows_the_router(base_url: str, timeout_s: float = 90) -> None:
-    """Until sessions stay on their replica and spread over both (testkit.serving.session_homes):
-    before that, a conversation can land on the other replica (this module's intermittent failure)."""
-    deadline = time.monotonic() + timeout_s
-    for attempt in range(1_000):
-        homes = session_homes(base_url, MODEL, "X-Session-Id", [f"warm-{attempt}-{i}" for i in range(4)])
-        if all(len(replicas) == 1 for replicas in homes.values()) and len(set().union(*homes.values())) == 2:
-            return
-        assert time.monotonic() < deadline, f"HAProxy does not follow the router's choices: {homes}"
 
 
 def _metrics(server: ServerProcess) -> str:
