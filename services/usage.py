@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.parse
 import urllib.request
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
+
+from services.metrics.definitions import TENANT_OUTCOMES
 
 COUNTERS = {
     "slmserve_tenant_prompt_tokens": "prompt_tokens",
@@ -42,9 +44,11 @@ def from_metrics_text(text: str) -> Usage:
     usage: Usage = {}
     for family in text_string_to_metric_families(text):
         counter = COUNTERS.get(family.name)
-        for sample in family.samples if counter else ():
+        if counter is None:
+            continue
+        for sample in family.samples:
             if sample.name.endswith("_total"):
-                _add(usage, counter, sample.labels, sample.value)  # type: ignore[arg-type]
+                _add(usage, counter, sample.labels, sample.value)
     return usage
 
 
@@ -57,8 +61,6 @@ def from_platform(base_url: str, api_key: str = "") -> Usage:
 
 
 def from_prometheus(prometheus_url: str, since: str) -> Usage:
-    import json
-
     if not WINDOW.match(since):
         raise ValueError(f"--since must be a Prometheus duration such as 15m, 1h or 7d, not {since!r}")
     usage: Usage = {}
@@ -73,15 +75,16 @@ def from_prometheus(prometheus_url: str, since: str) -> Usage:
 
 def table(usage: Usage) -> str:
     """One line per tenant and model that used anything; integers (Prometheus extrapolates windows)."""
-    outcomes = ("success", "failure", "rejected")
-    lines = [f"{'tenant':<20} {'model':<28} {'prompt':>10} {'completion':>10} " + " ".join(f"{o:>9}" for o in outcomes)]
-    totals: dict[str, float] = defaultdict(float)
-    for (tenant, model), row in sorted(usage.items()):
-        if not (row.prompt_tokens or row.completion_tokens or any(row.requests.values())):
-            continue
-        counts = " ".join(f"{row.requests.get(outcome, 0):>9.0f}" for outcome in outcomes)
+    header = " ".join(f"{outcome:>9}" for outcome in TENANT_OUTCOMES)
+    lines = [f"{'tenant':<20} {'model':<28} {'prompt':>10} {'completion':>10} {header}"]
+    used = [
+        (key, row)
+        for key, row in sorted(usage.items())
+        if row.prompt_tokens or row.completion_tokens or any(row.requests.values())
+    ]
+    for (tenant, model), row in used:
+        counts = " ".join(f"{row.requests.get(outcome, 0):>9.0f}" for outcome in TENANT_OUTCOMES)
         lines.append(f"{tenant:<20} {model:<28} {row.prompt_tokens:>10.0f} {row.completion_tokens:>10.0f} {counts}")
-        totals["prompt"] += row.prompt_tokens
-        totals["completion"] += row.completion_tokens
-    lines.append(f"{'total':<49} {totals['prompt']:>10.0f} {totals['completion']:>10.0f}")
+    prompt, completion = sum(row.prompt_tokens for _, row in used), sum(row.completion_tokens for _, row in used)
+    lines.append(f"{'total':<49} {prompt:>10.0f} {completion:>10.0f}")
     return "\n".join(lines)

@@ -240,9 +240,8 @@ class Edge:
         service_class, classed = options.service_classes.class_of(tenant)
         if options.service_classes.enabled and route in GENERATIVE:
             # vLLM's `priority` (lower runs first): a request may lower its own, never rise above its class's.
-            body["priority"] = max(
-                classed.priority, classed.priority if envelope.priority is None else envelope.priority
-            )
+            requested = classed.priority if envelope.priority is None else envelope.priority
+            body["priority"] = max(classed.priority, requested)
         media = None
         if "messages" in body:
             try:
