@@ -115,6 +115,11 @@ def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
     }
 
 
+def haproxy_state_dir(port: int) -> Path:
+    """Where a local instance's HAProxy keeps its config, maps and admin socket (under a node id)."""
+    return Path(tempfile.gettempdir()) / f"slmserve-{port}"
+
+
 def ingress_environment(settings: Settings) -> dict[str, str]:
     """Ray Serve's ingress mode for a local Ray. With HAProxy, HAProxy listens on host:port and
     forwards each request straight to a router replica's own HTTP server, so a streamed token
@@ -124,7 +129,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     health = {"RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(PROXY_HEALTH_CHECK_PERIOD_S)}
     if settings.ingress != "haproxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **health}
-    state = Path(tempfile.gettempdir()) / f"slmserve-{settings.port}"
+    state = haproxy_state_dir(settings.port)
     metrics_port, stats_port, fallback_http_port, fallback_grpc_port = free_ports(4)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",

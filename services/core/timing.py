@@ -32,6 +32,11 @@ ROUTING_STATS_PERIOD_S = 1.0
 # sends older than a few report periods are in one, or the replica is too busy to report and their
 # count would only grow. Wall-clock, as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
+# A request the router sent for a LoRA adapter reaches its engine and has it loaded within this: a listing
+# of the engine's LoRA cache made sooner after the send may predate the load, so only a later one without
+# the adapter says the engine does not hold it (CI: a listing in that gap sent the adapter's next request
+# to the other replica, and then both held it).
+ADAPTER_LOAD_S = 5.0
 # HAProxy waits RAY_SERVE_HAPROXY_INGRESS_REQUEST_ROUTER_TIMEOUT_S (5 s) for the ReplicaPicker's
 # choice; answer before it with a clear 503 instead of its timeout.
 CHOOSE_TIMEOUT_S = 4.0

@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from services.core.timing import SENT_WINDOW_S
+from services.core.timing import ADAPTER_LOAD_S, SENT_WINDOW_S
 from services.routing import decisions
 from services.routing.session import bounded
 
@@ -183,7 +183,10 @@ class ReplicaChooser:
             self.report_times[replica.replica_id] = reported_at
             adapters_at = float(stats.get("adapters_at", 0.0))  # when the engine's LoRA cache was listed
             adapters = self.adapters_sent[replica.replica_id]
-            for adapter in [name for name, at in adapters.items() if at <= adapters_at]:
+            listed = set(stats.get("adapters", ()))
+            for adapter in [
+                name for name, at in adapters.items() if name in listed or at <= adapters_at - ADAPTER_LOAD_S
+            ]:
                 del adapters[adapter]
         horizon = time.time() - SENT_WINDOW_S
         while sent and (sent[0] < horizon or sent[0] <= reported_at):
@@ -192,7 +195,8 @@ class ReplicaChooser:
 
     def holds(self, replica: Replica, adapter: str) -> bool:
         """Whether the replica has the adapter in its engine's LoRA cache (last report) or was sent
-        a request for it after that report (so it is loading it now)."""
+        a request for it that no report has yet shown it to have dropped: the report must list the
+        cache ADAPTER_LOAD_S after the send, since a request in flight has not loaded it yet."""
         self.load(replica)  # brings the book up to the latest report
         return (
             adapter in (replica.routing_stats or {}).get("adapters", ())

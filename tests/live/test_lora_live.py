@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -17,6 +18,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.settings import Settings
+from services.haproxy.maps import HAProxyMap
+from services.haproxy.wrapper import ADAPTERS_MAP
+from services.runtime import haproxy_state_dir
 from testkit.lora_adapters import make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
 from testkit.serving import ServerProcess, catalog_variant, serving, wait_until_haproxy_follows_the_router
 
@@ -60,9 +64,19 @@ def server(adapters_dir: Path) -> Iterator[ServerProcess]:
         }
 
     with serving(catalog_variant("cpu", with_adapters), replicas=2) as running:
-        wait_until(lambda: all(served_by(running, name) == "engine" for name in ADAPTERS))
+        wait_until(lambda: set(ADAPTERS) <= placed_by_haproxy(running))
         wait_until_haproxy_follows_the_router(running.base_url, MODEL)
         yield running
+
+
+def placed_by_haproxy(server: ServerProcess) -> set[str]:
+    """The adapters the running HAProxy's map sends straight to an engine replica, read on its admin
+    socket: a request to find out would load the adapter on a replica before the affinity test."""
+    state = haproxy_state_dir(urlsplit(server.base_url).port or 0)
+    placed: set[str] = set()
+    for socket_path in state.glob("*/admin.sock"):
+        placed |= HAProxyMap(socket_path.parent / ADAPTERS_MAP, socket_path).loaded().keys()
+    return placed
 
 
 def served_by(server: ServerProcess, model: str) -> str | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from services.core.timing import ADAPTER_LOAD_S
 from services.routing.policies import PrefixIndex, ReplicaChooser, RoutingKnobs, block_hashes, prompt_text
 
 SYSTEM = "You are a careful assistant. " * 40  # ~1,100 characters: four 256-character blocks
@@ -195,8 +196,13 @@ def test_an_adapter_s_requests_go_where_it_is_held_within_the_load_guard():
     report(a, 0)  # a report listed before those requests does not undo them ...
     a.routing_stats["adapters_at"] = time.time() - 60
     assert policy.choose([a, b], ask("poet", "again"), None) == (a, "adapter_hit")
+    # ... nor one listed while those requests may still be on their way to a's engine ...
     a.routing_stats = {**a.routing_stats, "adapters": [], "adapters_at": time.time(), "at": time.time() + 0.001}
-    assert policy.choose([a, b], ask("poet", "after"), None)[1] == "fallback"  # ... one listed after, does
+    assert policy.choose([a, b], ask("poet", "in flight"), None) == (a, "adapter_hit")
+    # ... one listed after the engine has had the time to load it, does
+    later = time.time() + ADAPTER_LOAD_S + 1
+    a.routing_stats = {**a.routing_stats, "adapters": [], "adapters_at": later, "at": later}
+    assert policy.choose([a, b], ask("poet", "after"), None)[1] == "fallback"
     report(b, 10)  # the holder is overloaded: the guard sends the adapter's work elsewhere
     b.routing_stats["adapters"] = ["sql"]
     assert policy.choose([a, b], ask("sql", "busy"), None) == (a, "load_guard")
