@@ -259,6 +259,12 @@ class ModelEntry(_Strict):
     max_in_flight: int | None = Field(
         None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429"
     )
+    stored_responses: int = Field(
+        1000,
+        ge=0,
+        description="Responses API answers each replica keeps for `previous_response_id` and lookups by id "
+        "(oldest dropped first); 0 keeps none and ignores `store`, as bare vLLM does by default",
+    )
     routing: RoutingOptions = Field(default_factory=RoutingOptions)
     lora: LoraOptions | None = Field(None, description="serve LoRA adapters of this model from a directory")
     profiles: list[EngineProfile] = Field(

@@ -197,7 +197,7 @@ class Admission:
 def estimate_tokens(body: dict[str, Any]) -> int:
     """Prompt (~4 characters a token) plus the requested output: what a request may cost. Never
     negative: a bogus max_tokens must not refill the caller's token bucket (vLLM rejects it later)."""
-    text = body.get("prompt") if "prompt" in body else body.get("messages")
-    requested = body.get("max_completion_tokens") or body.get("max_tokens")
+    text = next((body[key] for key in ("prompt", "messages", "input") if key in body), None)
+    requested = body.get("max_completion_tokens") or body.get("max_tokens") or body.get("max_output_tokens")
     output = requested if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0 else 256
     return len(str(text)) // 4 + output

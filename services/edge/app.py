@@ -90,6 +90,21 @@ async def chat_completions_batch(request: Request) -> Response:
     return await _edge(request).forward("chat_batch", request)
 
 
+@ROUTES.post("/v1/responses")
+async def create_response(request: Request) -> Response:
+    return await _edge(request).forward("responses", request)
+
+
+@ROUTES.get("/v1/responses/{response_id}")
+async def retrieve_response(response_id: str, request: Request) -> Response:
+    return await _edge(request).lookup("response", response_id, request)
+
+
+@ROUTES.post("/v1/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request) -> Response:
+    return await _edge(request).lookup("response_cancel", response_id, request)
+
+
 @ROUTES.post("/tokenize")
 async def tokenize(request: Request) -> Response:
     return await _edge(request).forward("tokenize", request)

@@ -79,6 +79,9 @@ def _ingress_seconds(request: Request) -> float | None:
     return max(0.0, seconds) if seconds < INGRESS_PLAUSIBLE_S else None
 
 
+BACKGROUND_REFUSED = "background responses are not served: stream the response instead (`stream: true`)"
+STREAMED_LOOKUP_REFUSED = "stream=true replays a background response's events; background responses are not served"
+
 WARM_POLL_S = 0.1  # how often a starting router looks whether its handles know their replicas
 
 # vLLM's OpenAI server takes JSON bodies only, by media type (validate_json_request): a form-encoded
@@ -236,6 +239,9 @@ class Edge:
         entry, model_name = target.entry, target.model_name
         span.set_attribute("gen_ai.request.model", model_name)
         route = route or ("chat" if "messages" in body else "completions")
+        if route == "responses" and envelope.background:
+            # A background response runs after its request has ended, outside admission and deadlines.
+            raise APIError(400, BACKGROUND_REFUSED, param="background", reason=Code.INVALID_REQUEST)
         tenant: str = request.state.tenant
         service_class, classed = options.service_classes.class_of(tenant)
         if options.service_classes.enabled and route in GENERATIVE:
@@ -332,6 +338,28 @@ class Edge:
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.limits.release(admitted)
+
+    async def lookup(self, route: RouteKind, response_id: str, request: Request) -> Response:
+        """GET or cancel a stored Responses API answer. Its id names the engine replica that holds
+        it (services/routing/response_ids.py), not its model: each model is asked in turn, and the
+        request router sends the call to the named replica where that model has it."""
+        if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+            raise APIError(400, STREAMED_LOOKUP_REFUSED, param="stream", reason=Code.INVALID_REQUEST)
+        span = self.tracing.start_request(request.headers, route)
+        deadline = asyncio.get_running_loop().time() + self.catalog.edge.request_timeout_s
+        call = EngineCall(route, {"response_id": response_id}, _request_id(request))
+        status = 200
+        try:
+            for entry in [entry for entry in self.models if self.is_ready(entry)]:
+                stream, head = await self._open(entry, entry.name, call, span, deadline)
+                stream.cancel()  # a lookup's answer is complete in its head
+                if head.status != 404:
+                    status = head.status
+                    return Response(head.body, status_code=head.status, media_type="application/json")
+            status = 404
+            raise APIError(404, f"Response with id '{response_id}' not found.", param="response_id")
+        finally:
+            self.tracing.end(span, status)
 
     async def _open(
         self, entry: ModelEntry, model_name: str, call: EngineCall, span: Span, deadline: float

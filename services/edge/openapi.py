@@ -22,6 +22,7 @@ BODY_ROUTES = {
     "/v1/chat/completions/batch": "chat_batch",
     "/tokenize": "tokenize",
     "/detokenize": "detokenize",
+    "/v1/responses": "responses",
 }
 KIND_TITLES = {"tokenize": "TokenizeRequest"}  # a union of two models has no title of its own
 _ERROR_MEANINGS = {
@@ -72,7 +73,7 @@ def _register(components: dict[str, Any], schema: dict[str, Any], title: str, mo
 
 
 def _answer_responses(kind: str) -> dict[str, Any]:
-    streams = kind in ("chat", "completions")
+    streams = kind in ("chat", "completions", "responses")
     content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
     if streams:
         content[sse.MEDIA_TYPE] = {"schema": {"type": "string"}}
@@ -100,6 +101,8 @@ def openapi_document(
     model_names = sorted({name for entry in models for name in entry.names})
     titles: dict[str, str] = {}
     for kind, request_schema in request_schemas.items():
+        if kind not in BODY_ROUTES.values():  # the lookups by response id take no body
+            continue
         schema = copy.deepcopy(request_schema)
         components.update(schema.pop("$defs", {}))
         titles[kind] = _register(components, schema, KIND_TITLES.get(kind, kind), model_names)

@@ -45,6 +45,10 @@ class RequestEnvelope(BaseModel):
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
     stream_options: dict[str, Any] | None = None
+    max_output_tokens: int | None = None  # the Responses API's
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: str | None = None
     priority: int | None = None  # vLLM's; with service classes the edge bounds it (services/edge/edge.py)
 
 

@@ -38,6 +38,7 @@ from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
 from services.metrics.recent import RecentQuantile, cumulative_buckets
 from services.models import resolve_source
 from services.routing.policies import routing_stats
+from services.routing.response_ids import new_response_id
 
 logger = logging.getLogger("slmserve.engine")
 
@@ -54,13 +55,39 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
     return (f"{param}: {message}" if param else message), param
 
 
+# A Responses API answer's status, as the finish reason the platform's metrics count.
+_RESPONSE_FINISH = {"completed": "stop", "incomplete": "length", "failed": "error", "cancelled": "abort"}
+
+
 def _outcome_of(result: Any) -> Outcome | None:
     """Usage and finish reason of a complete answer; None for answers without usage (tokenize)."""
     usage = getattr(result, "usage", None)
     if usage is None:
         return None
+    if hasattr(usage, "input_tokens"):  # a Responses API answer
+        return Outcome(usage.input_tokens, usage.output_tokens or 0, _RESPONSE_FINISH.get(result.status))
     choices = getattr(result, "choices", None)
     return Outcome(usage.prompt_tokens, usage.completion_tokens or 0, choices[-1].finish_reason if choices else None)
+
+
+async def _response_frames(events: AsyncIterator[Any]) -> AsyncGenerator[str | Outcome, None]:
+    """A streamed Responses API answer: vLLM's events as named SSE events, as `vllm serve` writes them,
+    with the Outcome just before the last one (clients hang up after it). Closing it aborts the request."""
+    try:
+        async for event in events:
+            if event.type in ("response.completed", "response.incomplete", "response.failed"):
+                outcome = _outcome_of(event.response)
+                if outcome is not None:
+                    yield outcome
+            yield sse.named_event(event.type, event.model_dump_json(indent=None, by_alias=True))
+    except Exception as error:  # the stream already started: report in-band, never hang
+        logger.exception("responses stream failed")
+        yield Outcome(finish_reason="error")
+        yield sse.error_event(500, f"generation failed: {type(error).__name__}")
+    finally:
+        aclose = getattr(events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def _vllm_families() -> list[Any]:
@@ -96,6 +123,7 @@ class EngineDeployment:
             self.adapters = AdapterSync(self.entry.lora, self.stack, self.entry.names)
             await self.adapters.refresh()  # the adapters present at start are served from the first request
             self._adapter_task = asyncio.get_running_loop().create_task(self.adapters.run_forever())
+        self.stack.keep_responses(self.entry.stored_responses)
         self.routes = engine_routes(self.stack)
         self.kv_usage = 0.0  # refreshed with every metrics snapshot, as are the next two
         self.waiting = 0.0
@@ -125,6 +153,9 @@ class EngineDeployment:
         if engine_route is None:
             yield Head(404, error_json(404, f"{route} is not supported by model {self.entry.name}"), None)
             return
+        if route == "responses":  # the id names this replica, where vLLM keeps the stored response
+            request_id = new_response_id(serve.get_replica_context().replica_id.unique_id)
+            logger.info("request %s is response %s", call.request_id, request_id)
         client_wants_usage = _wants_usage(body)
         streams = route in ("chat", "completions") and body.get("stream") is True
         if streams and isinstance(body.get("stream_options") or {}, dict):
@@ -145,10 +176,19 @@ class EngineDeployment:
         if isinstance(result, vllm_compat.ErrorResponse):
             yield Head(*from_vllm_error(result), None)
             return
+        responses_api = route in ("responses", "response", "response_cancel")
         if not hasattr(result, "__aiter__"):
-            yield Head(200, result.model_dump_json().encode(), _outcome_of(result))
+            yield Head(200, result.model_dump_json(by_alias=responses_api).encode(), _outcome_of(result))
             return
         yield Head(200, None, None)
+        if responses_api:
+            events = _response_frames(result)
+            try:
+                async for item in events:
+                    yield item
+            finally:
+                await events.aclose()
+            return
         # Without the usage it asked for itself, a client gets vLLM's fingerprint on the finishing chunks.
         fingerprint = None if client_wants_usage else getattr(engine_route.serving, "system_fingerprint", None)
         frames = self._frames(result, request_id, client_wants_usage, fingerprint)

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 # The OpenAI routes an engine answers (services/engine/routes.py); the edge maps HTTP paths to them.
-RouteKind = Literal["chat", "completions", "chat_batch", "tokenize", "detokenize"]
-GENERATIVE: frozenset[RouteKind] = frozenset({"chat", "completions", "chat_batch"})  # counted as requests
+# "response" and "response_cancel" act on a stored response by id (the Responses API's GET and cancel).
+RouteKind = Literal[
+    "chat", "completions", "chat_batch", "tokenize", "detokenize", "responses", "response", "response_cancel"
+]
+GENERATIVE: frozenset[RouteKind] = frozenset({"chat", "completions", "chat_batch", "responses"})  # counted as requests
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from services.engine import vllm_compat
 from services.engine.protocol import RouteKind
@@ -40,6 +40,34 @@ class EngineRoute:
         return schema
 
 
+class ResponseLookup(BaseModel):
+    """A request about one stored response (the Responses API's GET and cancel routes), as the edge
+    sends it from the path and query."""
+
+    model_config = ConfigDict(extra="forbid")
+    response_id: str
+    stream: bool = False
+    starting_after: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredResponses:
+    """vLLM's lookups by response id, with the (request, raw_request) call shape of its other routes."""
+
+    serving: Any
+
+    async def retrieve(self, lookup: ResponseLookup, raw_request: Any) -> Any:
+        return await self.serving.retrieve_responses(
+            lookup.response_id, starting_after=lookup.starting_after, stream=lookup.stream
+        )
+
+    async def cancel(self, lookup: ResponseLookup, raw_request: Any) -> Any:
+        return await self.serving.cancel_responses(lookup.response_id)
+
+    def create_error_response(self, *args: Any, **kwargs: Any) -> Any:
+        return self.serving.create_error_response(*args, **kwargs)
+
+
 def engine_routes(stack: vllm_compat.ServingStack) -> dict[RouteKind, EngineRoute]:
     candidates: dict[RouteKind, tuple[Any, str, Any, bool]] = {
         "chat": (stack.chat, "create_chat_completion", vllm_compat.ChatCompletionRequest, True),
@@ -52,7 +80,12 @@ def engine_routes(stack: vllm_compat.ServingStack) -> dict[RouteKind, EngineRout
         ),
         "tokenize": (stack.tokenization, "create_tokenize", vllm_compat.TokenizeRequest, False),
         "detokenize": (stack.tokenization, "create_detokenize", vllm_compat.DetokenizeRequest, False),
+        "responses": (stack.responses, "create_responses", vllm_compat.ResponsesRequest, True),
     }
+    if stack.responses is not None:
+        stored = StoredResponses(stack.responses)
+        candidates["response"] = (stored, "retrieve", ResponseLookup, False)
+        candidates["response_cancel"] = (stored, "cancel", ResponseLookup, False)
     return {
         kind: EngineRoute(serving, method, TypeAdapter(request), takes_id)
         for kind, (serving, method, request, takes_id) in candidates.items()

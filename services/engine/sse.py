@@ -25,6 +25,11 @@ def event(payload: dict[str, Any]) -> str:
     return f"{DATA}{json.dumps(payload)}\n\n"
 
 
+def named_event(name: str, data_json: str) -> str:
+    """An event with a type line, as the Responses API streams them (no [DONE] follows)."""
+    return f"event: {name}\n{DATA}{data_json}\n\n"
+
+
 def error_event(status: int, message: str, *, code: str | None = None) -> str:
     """An error delivered inside an already-started stream, as OpenAI's SSE streams carry it."""
     return event(error_body(status, message, code=code))

@@ -6,6 +6,7 @@ to older ones; nothing else in slmserve imports `vllm` directly.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import warnings
@@ -61,6 +62,10 @@ TokenizeRequest = _optional(
 DetokenizeRequest = _optional(
     ("vllm.entrypoints.serve.tokenize.protocol", "DetokenizeRequest"),
     ("vllm.entrypoints.openai.protocol", "DetokenizeRequest"),
+)
+ResponsesRequest = _optional(
+    ("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),  # 0.32
+    ("vllm.entrypoints.openai.protocol", "ResponsesRequest"),
 )
 ErrorResponse = _first(
     ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),  # 0.32
@@ -167,6 +172,19 @@ def engine_namespace(model: str, served_names: list[str], engine_args: dict[str,
     return parsed
 
 
+class BoundedStore(collections.OrderedDict[Any, Any]):
+    """A dict that forgets its oldest entries beyond `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.capacity:
+            self.popitem(last=False)
+
+
 class ServingStack:
     """A started AsyncLLM plus vLLM's OpenAI serving objects for it."""
 
@@ -178,6 +196,7 @@ class ServingStack:
         self.completion: Any = None
         self.chat_batch: Any = None  # /v1/chat/completions/batch, where this vLLM serves it
         self.tokenization: Any = None  # /tokenize and /detokenize
+        self.responses: Any = None  # /v1/responses
         self.models: Any = None  # vLLM's OpenAIServingModels: the served names and LoRA adapters
 
     async def start(self) -> None:
@@ -196,6 +215,18 @@ class ServingStack:
             state, "openai_serving_tokenization", None
         )
         self.models = state.openai_serving_models
+        self.responses = getattr(state, "openai_serving_responses", None)
+
+    def keep_responses(self, count: int) -> None:
+        """Let `store` keep up to `count` responses (and their conversations) in this engine for
+        `previous_response_id` and lookups, oldest dropped first. vLLM's own switch is an environment
+        variable read at start, and its stores never drop anything."""
+        if self.responses is None or count <= 0:
+            return
+        self.responses.enable_store = True
+        for name in ("response_store", "msg_store", "event_store"):
+            if isinstance(getattr(self.responses, name, None), dict):
+                setattr(self.responses, name, BoundedStore(count))
 
     def base_model_config(self) -> dict[str, Any]:
         """The base model's Hugging Face config as a dict (what LoRA tensors must fit)."""

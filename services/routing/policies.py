@@ -18,6 +18,9 @@ the direct-mode ReplicaPicker's pick and the routed-mode PlatformIngress's handl
   (in their last report's engine LoRA cache, or sent it since), least loaded first, within the
   load guard, before any session or least-loaded fallback; prefix blocks are hashed per adapter,
   as the engine's prefix cache keys them.
+- Responses API follow-ups (`previous_response_id`) and lookups by response id go to the replica
+  whose id the response id carries (services/routing/response_ids.py), unguarded: no other
+  replica holds that response. A replica that is gone leaves them to the rules below.
 - The load guard: the preferred replica is skipped when its KV cache is above `guard_kv_usage`
   (for the least loaded replica below it, if any), or when it holds `guard_imbalance` more
   requests than the least loaded other replica (for that one).
@@ -39,6 +42,7 @@ from ray.serve.request_router import PendingRequest, RequestRouter, RunningRepli
 
 from services.core.timing import ADAPTER_LOAD_S, SENT_WINDOW_S
 from services.routing import decisions
+from services.routing.response_ids import owner_of, referenced_response
 from services.routing.session import bounded
 
 # The engine deployment's methods the router calls for itself (adapter lists, schemas, info): they pick
@@ -57,23 +61,30 @@ class RoutingKnobs:
     # any other `model` is a LoRA adapter
 
 
+def _messages_text(messages: list[Any]) -> str:
+    parts = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "".join(
+                part.get("text", "") for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+        parts.append(f"<{message.get('role')}>{content if isinstance(content, str) else ''}")
+    return "".join(parts)
+
+
 def prompt_text(body: dict[str, Any]) -> str:
-    """What the engine will see first, as text: the chat messages (role and text parts) or the prompt."""
+    """What the engine will see first, as text: the chat messages (role and text parts), the prompt,
+    or a Responses API request's instructions and input."""
     messages = body.get("messages")
     if isinstance(messages, list):
-        parts = []
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, list):
-                content = "".join(
-                    part.get("text", "")
-                    for part in content
-                    if isinstance(part, dict) and isinstance(part.get("text"), str)
-                )
-            parts.append(f"<{message.get('role')}>{content if isinstance(content, str) else ''}")
-        return "".join(parts)
+        return _messages_text(messages)
+    if "input" in body:
+        instructions, given = body.get("instructions"), body.get("input")
+        text = given if isinstance(given, str) else _messages_text(given) if isinstance(given, list) else ""
+        return f"<system>{instructions}{text}" if isinstance(instructions, str) else text
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else ""
 
@@ -138,9 +149,13 @@ def _request_body(pending: PendingRequest | None) -> dict[str, Any] | None:
         return None
     for argument in pending.args:
         body = getattr(argument, "body", argument)
-        if isinstance(body, dict) and ("messages" in body or "prompt" in body):
+        if isinstance(body, dict):
             return body
     return None
+
+
+def _replica_named(replicas: Sequence[Replica], name: str) -> Replica | None:
+    return next((r for r in replicas if getattr(r.replica_id, "unique_id", r.replica_id) == name), None)
 
 
 class Replica(Protocol):
@@ -246,6 +261,9 @@ class ReplicaChooser:
     ) -> tuple[Replica, str]:
         if len(replicas) == 1:
             return replicas[0], "single_replica"
+        owner = owner_of(referenced_response(body))
+        if owner is not None and (holder := _replica_named(replicas, owner)) is not None:
+            return holder, "response_owner"  # unguarded: no other replica has the response
         policy = self.knobs.policy
         session_id = bounded(session_id)
         if policy == "session" and session_id:  # a pin, unguarded: every turn on one replica

@@ -279,6 +279,9 @@ PROTECTED = [
     ("POST", "/tokenize"),
     ("POST", "/detokenize"),
     ("POST", "/invocations"),
+    ("POST", "/v1/responses"),
+    ("GET", "/v1/responses/resp_x"),
+    ("POST", "/v1/responses/resp_x/cancel"),
 ]
 
 

@@ -12,7 +12,9 @@ from collections import Counter
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
+from openai.types.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
@@ -192,3 +194,67 @@ def test_odd_routing_input_gets_the_usual_answer(server, headers, route, body, s
     response = httpx.post(f"{server.base_url}/v1/{route}", json={"model": MODEL, **body}, headers=headers, timeout=60)
     assert response.status_code in statuses, response.text
     assert response.headers["x-slmserve-served-by"] == "engine"
+
+
+def _turn(client: openai.OpenAI, question: str, previous: str | None, stream: bool) -> tuple[Response, str]:
+    """One Responses API turn and the replica that answered it (X-Slmserve-Replica)."""
+    options = {"model": MODEL, "input": question, "max_output_tokens": 8, "temperature": 0}
+    if previous is not None:
+        options["previous_response_id"] = previous
+    if not stream:
+        raw = client.responses.with_raw_response.create(**options)
+        return raw.parse(), raw.headers["x-slmserve-replica"]
+    with client.responses.with_streaming_response.create(stream=True, **options) as raw:
+        replica = raw.headers["x-slmserve-replica"]
+        events = list(raw.parse())
+    assert events[0].type == "response.created" and events[-1].type in ("response.completed", "response.incomplete")
+    return events[-1].response, replica
+
+
+def test_responses_conversations_by_previous_response_id_follow_their_replica(server):
+    """Six three-turn conversations, streamed and not: each turn lands on the replica holding its parent,
+    carries the conversation so far (its prompt grows), and the conversations use both replicas."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=120)
+    decided, homes = _decisions(server), []
+    for n in range(6):
+        previous, replicas, prompts = None, [], []
+        for question in (f"My number is {n}. Say hi.", "What is my number?", "Say it again."):
+            response, replica = _turn(client, question, previous, stream=n % 2 == 1)
+            assert response.id.startswith(f"resp_{replica}-") and response.usage is not None
+            previous, prompts = response.id, [*prompts, response.usage.input_tokens]
+            replicas.append(replica)
+        assert len(set(replicas)) == 1, replicas
+        assert prompts == sorted(prompts) and prompts[0] < prompts[-1], prompts
+        assert client.responses.retrieve(previous).id == previous  # GET by id, placed by the platform
+        homes.append(replicas[0])
+    assert len(set(homes)) == 2, homes
+    time.sleep(1.5)  # the routing metric ships with the ReplicaPicker's next flush
+    assert _decisions(server)["response_owner"] - decided["response_owner"] >= 6 * 2 + 6
+
+
+@pytest.mark.parametrize(
+    ("request_", "status", "param"),
+    [
+        ({"previous_response_id": "resp_gone0000-" + "0" * 32}, 404, "response_id"),  # its replica is gone
+        ({"previous_response_id": "resp_../../etc"}, 404, "response_id"),
+        ({"previous_response_id": 7}, 400, "previous_response_id"),
+        ({"store": "yes"}, 400, "store"),
+        ({"background": True}, 400, "background"),
+        ({"max_output_tokens": -1}, 400, None),
+        ({"input": {"nested": ["x"] * 3}}, 400, None),
+    ],
+)
+def test_bad_responses_requests_get_a_clear_error(server, request_, status, param):
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 2, **request_}
+    response = httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and (param is None or error["param"] == param), error
+
+
+@pytest.mark.parametrize("response_id", ["resp_gone0000-" + "0" * 32, "x" * 5000, "..%2F..%2Fmetrics", "%00"])
+def test_looking_up_a_response_nobody_holds_is_a_404(server, response_id):
+    for method, path in (("GET", f"/v1/responses/{response_id}"), ("POST", f"/v1/responses/{response_id}/cancel")):
+        response = httpx.request(method, f"{server.base_url}{path}", timeout=60)
+        assert response.status_code == 404, (path, response.text)
+        assert response.json()["error"]["type"] == "not_found_error"

@@ -47,6 +47,9 @@ def test_missing_or_wrong_key_is_401_on_every_api_route(live_server, key):
         ("POST", "/tokenize"),
         ("POST", "/detokenize"),
         ("POST", "/invocations"),
+        ("POST", "/v1/responses"),
+        ("GET", "/v1/responses/resp_x"),
+        ("POST", "/v1/responses/resp_x/cancel"),
     ):
         response = call(live_server, key, path, body, method)
         error = assert_openai_error(response, 401, "invalid_api_key")

@@ -243,6 +243,7 @@ def test_the_openapi_document_s_errors_are_the_error_model():
         ),
         ("/invocations", CHAT, "chat"),
         ("/invocations", {"model": "text", "prompt": "once upon"}, "completions"),
+        ("/v1/responses", {"model": "text", "input": "hi"}, "responses"),
     ],
 )
 def test_vllm_s_other_routes_reach_the_engine_as_their_route_and_need_the_key(monkeypatch, path, body, route):
@@ -314,3 +315,60 @@ def test_the_platform_s_own_time_is_measured_per_phase():
     assert sample("ingress", "count") == 1 and 0.25 <= sample("ingress", "sum") < 5
     assert sample("edge", "count") == 3 and 0 < sample("edge", "sum") < 5
     assert sample("relay", "count") == 1 and 0 < sample("relay", "sum") < 5
+
+
+NOT_HERE = Answer(
+    404, b'{"error":{"message":"not found","type":"NotFoundError","param":"response_id","code":404}}', None
+)
+
+
+def test_a_stored_response_is_looked_up_by_id_in_each_model_until_one_holds_it(monkeypatch):
+    """The id names a replica, not a model: the text model's engine does not hold it, the vision one does."""
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "team:sk-unit")
+    engines = {
+        "text": ScriptedEngine(NOT_HERE),
+        "vision": ScriptedEngine(Answer(body=b'{"id":"resp_a-1","object":"response"}')),
+    }
+    with edge_with(engines=engines) as under_test:
+
+        async def calls():
+            async with under_test.client(Authorization="Bearer sk-unit") as client:
+                found = await client.get("/v1/responses/resp_a-1")
+                cancelled = await client.post("/v1/responses/resp_a-1/cancel")
+                streamed = await client.get("/v1/responses/resp_a-1?stream=true")
+            async with under_test.client() as client:
+                anonymous = await client.get("/v1/responses/resp_a-1")
+            return found, cancelled, streamed, anonymous
+
+        found, cancelled, streamed, anonymous = run(calls())
+    assert found.status_code == 200 and found.json()["id"] == "resp_a-1"
+    assert cancelled.status_code == 200
+    assert streamed.status_code == 400 and error_of(streamed)["param"] == "stream"
+    assert anonymous.status_code == 401
+    lookups = [("response", {"response_id": "resp_a-1"}), ("response_cancel", {"response_id": "resp_a-1"})]
+    assert [(call.route, call.body) for call in engines["text"].calls] == lookups
+    assert [(call.route, call.body) for call in engines["vision"].calls] == lookups
+
+
+def test_a_response_no_model_holds_is_a_404_naming_the_id():
+    with edge_with(engines={"text": ScriptedEngine(NOT_HERE), "vision": ScriptedEngine(NOT_HERE)}) as under_test:
+
+        async def call():
+            async with under_test.client() as client:
+                return await client.get("/v1/responses/resp_gone-1")
+
+        response = run(call())
+    assert response.status_code == 404
+    assert error_of(response) == {
+        "message": "Response with id 'resp_gone-1' not found.",
+        "type": "not_found_error",
+        "param": "response_id",
+        "code": None,
+    }
+
+
+def test_a_background_response_is_refused_before_any_engine_sees_it():
+    with edge_with() as under_test:
+        response = run(post(under_test, {"model": "text", "input": "hi", "background": True}, path="/v1/responses"))
+    assert response.status_code == 400 and error_of(response)["param"] == "background"
+    assert not under_test.engines["text"].calls

@@ -10,6 +10,7 @@ import pytest
 
 from services.core.timing import ADAPTER_LOAD_S
 from services.routing.policies import PrefixIndex, ReplicaChooser, RoutingKnobs, block_hashes, prompt_text
+from services.routing.response_ids import new_response_id, owner_of
 
 SYSTEM = "You are a careful assistant. " * 40  # ~1,100 characters: four 256-character blocks
 
@@ -242,3 +243,26 @@ def test_a_report_counts_the_sends_before_it_and_not_those_after(monkeypatch):
     policy.choose([a, b], None, None)  # to a, at t=1001
     a.routing_stats = {"ongoing": 1, "kv_usage": 0.0, "at": 1000.5}  # made between them, arriving now
     assert policy.load(a)[0] == 2  # the first send is in the report, the second is not yet
+
+
+def test_a_follow_up_goes_to_the_replica_its_response_id_names_whatever_the_load():
+    a, b = FakeReplica("abcd1234"), FakeReplica("wxyz9876")
+    report(a, 0)
+    report(b, 50, kv_usage=0.99)  # b is far busier, yet only b holds the response
+    parent = new_response_id("wxyz9876")
+    assert owner_of(parent) == "wxyz9876"
+    policy = chooser(guard_imbalance=4)
+    follow_up = {"model": "m", "input": "and then?", "previous_response_id": parent}
+    assert policy.choose([a, b], follow_up, "session-on-a") == (b, "response_owner")
+    assert policy.choose([a, b], {"response_id": parent}, None) == (b, "response_owner")  # a lookup by id
+    # A replica that is gone, or an id the platform did not make: the usual rules (its 404 is vLLM's).
+    for previous in (new_response_id("gone0000"), "resp_0123", "resp_wxyz9876-not-hex", 7):
+        assert policy.choose([a, b], {**follow_up, "previous_response_id": previous}, None)[1] != "response_owner"
+
+
+def test_a_responses_request_s_instructions_and_input_are_its_prompt_for_prefix_affinity():
+    long = "You answer in French. " * 20
+    as_text = prompt_text({"model": "m", "instructions": long, "input": "hello"})
+    as_items = prompt_text({"model": "m", "instructions": long, "input": [{"role": "user", "content": "hello"}]})
+    assert as_text.startswith(f"<system>{long}") and as_items.startswith(f"<system>{long}")
+    assert block_hashes(as_text, 256)[:2] == block_hashes(as_items, 256)[:2]  # one cached system prompt
