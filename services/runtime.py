@@ -100,14 +100,10 @@ def control_environment() -> dict[str, str]:
 def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
     """What Ray Serve's HAProxy needs to know of the catalog's routing (read by Ray at start): each
     served name's application (for the wrapper's model rule, services/haproxy), the session header's
-    name, and whether to send request bodies to the ReplicaPickers (prefix affinity needs them, and
-    so does adapter affinity, for `model`; other policies route without). The switch is Ray-wide:
-    on when any model's router reads bodies."""
+    name, and whether to send request bodies to the ReplicaPickers (`ModelEntry.router_reads_body`).
+    The switch is Ray-wide: on when any model's router reads bodies."""
     direct = catalog.data_plane == "direct"
-    reads_body = any(
-        entry.has_replica_choice and (entry.routing.policy == "prefix-affinity" or entry.adapter_affinity)
-        for entry in catalog.models
-    )
+    reads_body = any(entry.router_reads_body for entry in catalog.models)
     return {
         "RAY_SERVE_SESSION_ID_HEADER_KEY": catalog.edge.session_header.lower(),
         "RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY": "1" if direct and reads_body else "0",

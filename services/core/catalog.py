@@ -345,6 +345,13 @@ class ModelEntry(_Strict):
         return self.deployment.autoscaling_config is not None or (self.deployment.num_replicas or 1) > 1
 
     @property
+    def router_reads_body(self) -> bool:
+        """Whether this model's replica choice reads request bodies: slmserve's policies do, for a
+        Responses API follow-up's `previous_response_id` (only its replica holds the parent), a LoRA
+        adapter's `model` and prefix affinity's prompt; Ray's power-of-two reads nothing."""
+        return self.has_replica_choice and self.routing.policy != "power-of-two"
+
+    @property
     def adapter_affinity(self) -> bool:
         """Whether routing prefers the replicas holding a request's LoRA adapter: the policies that
         choose by load or prefix do; a session pin and Ray's power-of-two do not."""

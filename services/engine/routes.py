@@ -26,9 +26,9 @@ class EngineRoute:
         vLLM 0.32's completion validator raise AttributeError, a 500 in bare vLLM), as a ValueError."""
         try:
             return self.request.validate_python({**body, "request_id": request_id} if self.takes_request_id else body)
-        except ValidationError:
-            raise
         except Exception as error:
+            if isinstance(error, (ValidationError, *vllm_compat.CLIENT_ERRORS)):  # vLLM's mapping names `param`
+                raise
             raise ValueError(f"invalid request: {type(error).__name__}: {error}") from error
 
     async def create(self, body: dict[str, Any], request_id: str, raw_request: Any) -> Any:

@@ -109,7 +109,7 @@ class EdgeMetrics:
         self.routing = Counter(
             "slmserve_routing_decisions",
             "Engine replica choices by policy and reason "
-            "(prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
+            "(response_owner, prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
             (*MODEL, "policy", "reason"),
             registry=registry,
         )

@@ -462,7 +462,14 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
         ([{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}}], "", "1"),
         ([{"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 4}}}], "", "1"),
         (
-            [{"name": "m", "source": "org/m", "deployment": {"num_replicas": 2}, "routing": {"policy": "session"}}],
+            [
+                {
+                    "name": "m",
+                    "source": "org/m",
+                    "deployment": {"num_replicas": 2},
+                    "routing": {"policy": "power-of-two"},
+                }
+            ],
             "",
             "0",
         ),
@@ -472,12 +479,12 @@ def test_ingress_mode_reaches_every_ray_container(args: list[str], flag: str):
                     "name": "m",
                     "source": "org/m",
                     "deployment": {"num_replicas": 2},
-                    "routing": {"policy": "least-loaded"},
+                    "routing": {"policy": "session"},
                 }
             ],
             "",
-            "0",
-        ),
+            "1",
+        ),  # a Responses API follow-up's previous_response_id
         (
             [
                 {

@@ -49,9 +49,9 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
         "SLMSERVE_MODEL_ROUTES": '{"m": "/_slmserve/m"}',  # HAProxy's model map
     }
     assert env([two])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
-    assert env([{**two, "routing": {"policy": "least-loaded"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
-    with_adapters = {**two, "routing": {"policy": "least-loaded"}, "lora": {"adapters_dir": "/adapters"}}
-    assert env([with_adapters])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # adapter affinity
+    for policy in ("least-loaded", "session"):  # a Responses API follow-up's previous_response_id
+        assert env([{**two, "routing": {"policy": policy}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"
+    assert env([{**two, "routing": {"policy": "power-of-two"}}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
     assert (
         env([two], "routed")["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "0"
     )  # the PlatformIngress reads bodies

@@ -116,14 +116,15 @@ services/runtime.py routing_environment sets them for local runs. */}}
 {{- $edge := get $catalog "edge" | default dict -}}
 {{- $models := get $catalog "models" | default list -}}
 {{- $direct := eq (include "slmserve.dataPlane" .) "direct" -}}
-{{- /* bodies go to the ReplicaPickers when any model's router reads them (one Ray-wide switch) */ -}}
+{{- /* bodies go to the ReplicaPickers when any model's router reads them (one Ray-wide switch):
+ModelEntry.router_reads_body, every policy but Ray's power-of-two where there is a replica choice */ -}}
 {{- $readsBody := false -}}
 {{- range $model := $models -}}
 {{- $lora := hasKey $model "lora" -}}
 {{- $policy := get (get $model "routing" | default dict) "policy" | default "prefix-affinity" -}}
 {{- $deployment := get $model "deployment" | default dict -}}
 {{- $choice := or (hasKey $deployment "autoscaling_config") (gt (int (get $deployment "num_replicas" | default 1)) 1) -}}
-{{- if and $choice (or (eq $policy "prefix-affinity") (and $lora (eq $policy "least-loaded"))) -}}
+{{- if and $choice (ne $policy "power-of-two") -}}
 {{- $readsBody = true -}}
 {{- end -}}
 {{- end -}}
