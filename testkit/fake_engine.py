@@ -39,6 +39,7 @@ class Answer:
     status: int = 200
     body: bytes = b'{"object":"chat.completion","choices":[{"index":0,"finish_reason":"stop"}]}'
     outcome: Outcome | None = field(default_factory=lambda: Outcome(3, 2, "stop"))
+    delay_s: float = 0.0  # before the head (a replica that is still starting)
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ScriptedStream:
         if isinstance(step, Hang):
             await asyncio.Event().wait()
         if isinstance(step, Answer):
+            await asyncio.sleep(step.delay_s)
             return Head(step.status, step.body, step.outcome)
         return Head(200, None, None)
 

@@ -55,15 +55,18 @@ class AutoscalingConfig(_Strict):
 
     min_replicas: int = Field(
         1,
-        ge=1,
-        description="at least 1: a cold engine start takes minutes, which "
-        "no client request should wait for (scale to zero is refused)",
+        ge=0,
+        description="0 lets the model scale to zero when idle; its requests are then held while a replica "
+        "starts (the model's `idle.hold_timeout_s`)",
     )
     max_replicas: int = Field(1, ge=1)
     initial_replicas: int | None = Field(None, ge=1)
     target_ongoing_requests: float = Field(8, gt=0)
     upscale_delay_s: float = Field(30, ge=0)
     downscale_delay_s: float = Field(600, ge=0)
+    downscale_to_zero_delay_s: float | None = Field(
+        None, ge=0, description="idle time before the last replica goes (min_replicas 0); downscale_delay_s if unset"
+    )
     look_back_period_s: float | None = Field(None, gt=0, description="window Ray averages replica metrics over")
     slo: SloOptions | None = None
 
@@ -82,6 +85,20 @@ class AutoscalingConfig(_Strict):
                 "policy_kwargs": self.slo.model_dump(),
             }
         return config
+
+
+class IdleOptions(_Strict):
+    """What a model does when idle, and with the requests that find it so."""
+
+    hold_timeout_s: float = Field(
+        60, gt=0, description="a request waits this long for a replica to start, then gets 503 model_not_ready"
+    )
+    sleep_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="a GPU engine idle this long falls asleep (vLLM's sleep mode: weights to host memory, GPU "
+        "memory freed) and wakes for the next request; CPU engines stay awake",
+    )
 
 
 class ActorOptions(_Strict):
@@ -259,6 +276,9 @@ class ModelEntry(_Strict):
     max_in_flight: int | None = Field(
         None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429"
     )
+    idle: IdleOptions | None = Field(
+        None, description="scale to zero (autoscaling_config.min_replicas: 0) and hold requests while a replica starts"
+    )
     stored_responses: int = Field(
         1000,
         ge=0,
@@ -317,6 +337,32 @@ class ModelEntry(_Strict):
                     f"the deployment gives a replica {gpus:g}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _zero_replicas_hold_requests(self) -> ModelEntry:
+        if self.scales_to_zero and self.idle is None:
+            raise ValueError(
+                "autoscaling_config.min_replicas: 0 needs `idle: {hold_timeout_s: ...}`: how long a request "
+                "waits while a replica starts"
+            )
+        if self.idle is not None and not self.scales_to_zero and self.idle.sleep_after_s is None:
+            raise ValueError(
+                "`idle` applies to a model that scales to zero (autoscaling_config.min_replicas: 0) or sleeps "
+                "(idle.sleep_after_s)"
+            )
+        return self
+
+    @property
+    def scales_to_zero(self) -> bool:
+        """Whether the model may have no replica: its requests are then held while one starts, and placed
+        by the platform application (which can hold them) rather than straight onto an engine replica."""
+        config = self.deployment.autoscaling_config
+        return config is not None and config.min_replicas == 0
+
+    @property
+    def hold_timeout_s(self) -> float | None:
+        """How long a request may wait for a replica to start: set where the model scales to zero."""
+        return self.idle.hold_timeout_s if self.scales_to_zero and self.idle is not None else None
 
     @property
     def deployment_name(self) -> str:

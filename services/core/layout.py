@@ -57,10 +57,14 @@ class Layout:
 
 def model_routes(catalog: Catalog, app_name: str) -> dict[str, str]:
     """Every name and alias clients may put in `model` -> its application's route prefix (HAProxy's
-    map). Empty when routed: the platform router reads `model` itself."""
+    map). Empty when routed: the platform router reads `model` itself. A model that scales to zero is
+    left to the platform application too, which holds its requests while a replica starts."""
     apps = layout(catalog, app_name).model_apps
     return {
-        name: apps[entry.name].route_prefix for entry in catalog.models if entry.name in apps for name in entry.names
+        name: apps[entry.name].route_prefix
+        for entry in catalog.models
+        if entry.name in apps and not entry.scales_to_zero
+        for name in entry.names
     }
 
 

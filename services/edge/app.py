@@ -167,7 +167,8 @@ async def live(request: Request) -> dict[str, str]:
 @ROUTES.get("/v1/health/ready")
 async def ready(request: Request) -> JSONResponse:
     edge = _edge(request)
-    models = {entry.name: edge.is_ready(entry) for entry in edge.models}
+    # A model that scales to zero serves with no replica running: its requests are held while one starts.
+    models = {entry.name: edge.is_ready(entry) or entry.scales_to_zero for entry in edge.models}
     is_ready = all(models.values())
     return JSONResponse(
         {"status": "ready" if is_ready else "not_ready", "models": models},

@@ -201,7 +201,7 @@ class Edge:
                 code=Code.MODEL_NOT_FOUND,
                 reason=Code.MODEL_NOT_FOUND,
             )
-        if not self.is_ready(target.entry):
+        if not self.is_ready(target.entry) and not target.entry.scales_to_zero:  # that one is held (_head)
             raise _retry_later(
                 f"model `{target.entry.name}` is still loading; retry shortly", Code.MODEL_NOT_READY, target.entry.name
             )
@@ -237,6 +237,9 @@ class Edge:
             if self.served_by == "platform":  # HAProxy could not place it (services/haproxy/rules.py)
                 self.records.add(PlacedRecord(placed))
         entry, model_name = target.entry, target.model_name
+        held = entry.hold_timeout_s is not None and not self.is_ready(entry)  # while a replica starts (_head)
+        if held and entry.hold_timeout_s is not None:
+            deadline += entry.hold_timeout_s
         span.set_attribute("gen_ai.request.model", model_name)
         route = route or ("chat" if "messages" in body else "completions")
         if route == "responses" and envelope.background:
@@ -298,6 +301,7 @@ class Edge:
             )
             queued_s = admitted.queued_s if admitted else None
             edge_s = time.perf_counter() - arrived - (queued_s or 0.0)  # waiting for a slot is not overhead
+            opened = time.perf_counter()
             stream, head = await self._open(entry, model_name, call, span, deadline)
             record = CompletionRecord(
                 model_name,
@@ -309,6 +313,7 @@ class Edge:
                 tenant=tenant,
                 service_class=service_class,
                 queued_s=queued_s,
+                held_s=time.perf_counter() - opened if held else None,
             )
             if head.body is not None:
                 if head.outcome is not None:
@@ -338,6 +343,34 @@ class Edge:
         finally:
             if not streaming:  # a stream releases its slot when it ends
                 self.limits.release(admitted)
+
+    async def _head(self, entry: ModelEntry, model_name: str, stream: EngineStream, deadline: float) -> Head:
+        """The stream's head by the request's deadline. A model with no running replica (scaled to zero,
+        or its replica still starting) is held: Serve starts one for the request waiting in the handle,
+        and the request waits up to the model's hold timeout for it to run, then gets a 503."""
+        loop = asyncio.get_running_loop()
+        hold_s = entry.hold_timeout_s if not self.is_ready(entry) else None
+        held_until = None if hold_s is None else loop.time() + hold_s
+        head = asyncio.ensure_future(stream.head())
+        try:
+            while True:
+                limit = deadline if held_until is None else min(deadline, held_until)
+                done, _ = await asyncio.wait({head}, timeout=max(0.0, limit - loop.time()))
+                if done:
+                    return head.result()
+                if held_until is None or loop.time() >= deadline:
+                    raise TimeoutError
+                if not self.is_ready(entry):
+                    stream.cancel()
+                    raise _retry_later(
+                        f"model `{entry.name}` did not start within {hold_s:g}s; retry shortly",
+                        Code.MODEL_NOT_READY,
+                        model_name,
+                        entry.name,
+                    )
+                held_until = None  # a replica runs: the request's own deadline from here
+        finally:
+            head.cancel()
 
     async def lookup(self, route: RouteKind, response_id: str, request: Request) -> Response:
         """GET or cancel a stored Responses API answer. Its id names the engine replica that holds
@@ -371,8 +404,7 @@ class Edge:
             stream = self.engines[entry.name].open(call)
             try:
                 with self.tracing.phase(span, "engine.head"):
-                    async with asyncio.timeout_at(deadline):
-                        return stream, await stream.head()
+                    return stream, await self._head(entry, model_name, stream, deadline)
             except TimeoutError:
                 stream.cancel()
                 raise APIError(

@@ -47,9 +47,12 @@ class SloPolicy:
             and ttft <= self.ttft_p90_s / 2
             and ctx.total_num_requests <= DOWNSCALE_FILL * target_ongoing * (current - 1)
         )
+        # The last replica goes too once it reports having nothing to do: Ray bounds the target by
+        # min_replicas, so only a model that may scale to zero (0) gets there, after its delay to zero.
+        lowest = 0 if metrics.get("waiting") else 1
         if over and _cooled(ctx.last_scale_up_time, now, self.cooldown_s):
             desired = current + 1
-        elif idle and current > 1 and _cooled(ctx.last_scale_down_time, now, self.cooldown_s):
+        elif idle and current > lowest and _cooled(ctx.last_scale_down_time, now, self.cooldown_s):
             desired = current - 1
         state["slmserve"] = {"waiting": waiting, "ttft_p90_s": ttft, "over": over, "idle": idle}
         return desired, state

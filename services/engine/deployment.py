@@ -29,6 +29,7 @@ from services.core.settings import Settings
 from services.core.timing import ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
 from services.engine import sse, vllm_compat
 from services.engine.adapters import AdapterSync
+from services.engine.idle_sleep import IdleSleep
 from services.engine.profiles import Hardware
 from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
@@ -113,9 +114,20 @@ class EngineDeployment:
                 self.hardware.describe(),
                 self.profile.name if self.profile else "none fits, the entry's own engine_args",
             )
-        namespace = vllm_compat.engine_namespace(model, self.entry.names, self.entry.vllm_engine_args(self.profile))
+        engine_args = self.entry.vllm_engine_args(self.profile)
+        sleep_after_s = self.entry.idle.sleep_after_s if self.entry.idle is not None else None
+        if sleep_after_s is not None and not self.hardware.gpu_count:
+            logger.info("%s: no GPU, so no sleep mode (vLLM's needs CUDA); this replica stays awake", self.entry.name)
+            sleep_after_s = None
+        if sleep_after_s is not None:
+            engine_args["enable_sleep_mode"] = True
+        namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
+        self.idle: IdleSleep | None = None
+        if sleep_after_s is not None:
+            self.idle = IdleSleep(self.stack.sleep, self.stack.wake_up, sleep_after_s)
+            self._idle_task = asyncio.get_running_loop().create_task(self.idle.run_forever())
         self.adapters: AdapterSync | None = None
         self.held_adapters: list[str] = []  # in the engine's LoRA cache; refreshed with every metrics snapshot
         self.held_adapters_at = 0.0
@@ -145,9 +157,22 @@ class EngineDeployment:
         else:
             await frames.aclose()
 
-    async def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
+    def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         """Yields the head, then (for streams) SSE-framed chunks exactly as vLLM writes them, with
-        the stream's Outcome just before the final [DONE]. Closing it aborts the request."""
+        the stream's Outcome just before the final [DONE]. Closing it aborts the request. An engine
+        that sleeps when idle is woken first, and kept awake until the stream ends."""
+        return self._stream(call) if self.idle is None else self._awake_stream(call, self.idle)
+
+    async def _awake_stream(self, call: EngineCall, idle: IdleSleep) -> AsyncGenerator[StreamItem, None]:
+        async with idle.serving():
+            frames = self._stream(call)
+            try:
+                async for item in frames:
+                    yield item
+            finally:
+                await frames.aclose()
+
+    async def _stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         route, body, request_id = call.route, call.body, call.request_id
         engine_route = self.routes.get(route)
         if engine_route is None:
@@ -241,7 +266,15 @@ class EngineDeployment:
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
             families = await asyncio.to_thread(_vllm_families)
-            snapshot = EngineSnapshot(replica_id, self.entry.name, max_num_seqs, families, self.profile_info())
+            snapshot = EngineSnapshot(
+                replica_id,
+                self.entry.name,
+                max_num_seqs,
+                families,
+                self.profile_info(),
+                asleep=self.idle.asleep if self.idle is not None else None,
+                wake_seconds=self.idle.drain_wakes() if self.idle is not None else [],
+            )
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
             self.waiting = snapshot.gauge("vllm:num_requests_waiting")
             self.recent_ttft.add(cumulative_buckets(families, "vllm:time_to_first_token_seconds"))

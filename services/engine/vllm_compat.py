@@ -248,6 +248,14 @@ class ServingStack:
         ids = await self.engine.list_loras()
         return sorted(request.lora_name for request in self.models.lora_requests.values() if request.lora_int_id in ids)
 
+    async def sleep(self) -> None:
+        """vLLM's sleep level 1: weights to host memory, KV cache (and its prefix cache) dropped."""
+        await self.engine.reset_prefix_cache()
+        await self.engine.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        await self.engine.wake_up()
+
     async def shutdown(self) -> None:
         await self._exit_stack.aclose()
 

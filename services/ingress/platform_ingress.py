@@ -88,7 +88,11 @@ class PlatformIngress:
         while True:
             try:
                 adapters = await self.edge.adapters()
-                wanted = {name: self.plan.model_apps[base.name].route_prefix for name, base in adapters.items()}
+                wanted = {
+                    name: self.plan.model_apps[base.name].route_prefix
+                    for name, base in adapters.items()
+                    if not base.scales_to_zero  # held by the platform, as the model's own name
+                }
                 await asyncio.to_thread(routes.apply, wanted)
             except Exception:  # HAProxy restarting, an engine busy: the next period tries again
                 logger.warning("could not update HAProxy's adapters map", exc_info=True)

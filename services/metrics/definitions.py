@@ -19,6 +19,7 @@ E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OVERHEAD_PHASES = ("ingress", "edge", "relay")
+HOLD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TENANT_OUTCOMES = ("success", "failure", "rejected")
 VISION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -146,6 +147,21 @@ class EdgeMetrics:
             "Time a request waited for an in-flight slot of its model (models with max_in_flight)",
             (*TENANT, "service_class"),
             buckets=QUEUE_BUCKETS,
+            registry=registry,
+        )
+        self.held = Histogram(
+            "slmserve_request_hold_seconds",
+            "Time a request to a model with no running replica (scaled to zero, or starting) was held until "
+            "its engine answered: the replica's start plus its first token",
+            REQUEST,
+            buckets=HOLD_BUCKETS,
+            registry=registry,
+        )
+        self.wake = Histogram(
+            "slmserve_engine_wake_seconds",
+            "Time a sleeping engine took to wake for a request (vLLM's sleep mode, idle.sleep_after_s)",
+            MODEL,
+            buckets=HOLD_BUCKETS,
             registry=registry,
         )
         self.placed = Counter(

@@ -39,6 +39,8 @@ class EngineSnapshot:
     max_num_seqs: int
     families: list[Metric]
     profile: dict[str, Any] = field(default_factory=dict)  # EngineDeployment.profile_info()
+    asleep: bool | None = None  # None: the engine does not sleep when idle (services/engine/idle_sleep.py)
+    wake_seconds: list[float] = field(default_factory=list)  # its wakes since the last snapshot
     received_at: float = field(default_factory=time.monotonic)
 
     def gauge(self, *names: str) -> float:
@@ -92,6 +94,14 @@ class _EngineCollector:
         for labels, replicas_running in sorted(counted.items()):
             profiles.add_metric(list(labels), replicas_running)
         yield profiles
+        asleep = GaugeMetricFamily(
+            "slmserve_engine_replicas_asleep",
+            "Engine replicas asleep (vLLM's sleep mode, the catalog's idle.sleep_after_s): GPU memory freed",
+            labels=["model_name"],
+        )
+        for model in self.hub.model_names:
+            asleep.add_metric([model], sum(1 for s in by_model.get(model, []) if s.asleep))
+        yield asleep
         merged: dict[str, Metric] = {}
         for snapshot in snapshots:
             for family in snapshot.families:
@@ -169,6 +179,8 @@ class MetricsHub:
                     record.queued_s
                 )
         (edge.success if record.success else edge.failure).labels(*model).inc()
+        if record.held_s is not None:
+            edge.held.labels(*model).observe(record.held_s)
         if record.finish_reason:
             edge.finish.labels(*model, record.finish_reason).inc()
         if not record.success:
@@ -191,6 +203,8 @@ class MetricsHub:
 
     def update_engine(self, snapshot: EngineSnapshot) -> None:
         self.snapshots[snapshot.replica_id] = snapshot
+        for seconds in snapshot.wake_seconds:
+            self.edge.wake.labels(snapshot.model_name).observe(seconds)
 
     def live_snapshots(self) -> list[EngineSnapshot]:
         now = time.monotonic()

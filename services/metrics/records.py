@@ -53,6 +53,8 @@ class CompletionRecord:
     tenant: str = ""
     service_class: str = ""
     queued_s: float | None = None
+    # How long the request was held for its model's replica to start and answer (None: one was running).
+    held_s: float | None = None
 
     def apply(self, outcome: Usage) -> None:
         """Take usage and finish reason from the engine's outcome of the request."""

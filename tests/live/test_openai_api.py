@@ -167,12 +167,11 @@ def test_health_and_info_routes(live_server):
         "tensor_parallel_size": 1,
         "hardware": "no GPU (CPU engine)",
     }
-    profiles = [
-        line
-        for line in live_server.http.get("/metrics").text.splitlines()
-        if line.startswith("slmserve_engine_profile{")
-    ]
+    metrics = live_server.http.get("/metrics").text.splitlines()
+    profiles = [line for line in metrics if line.startswith("slmserve_engine_profile{")]
     assert len(profiles) == len(names) and all(line.endswith(" 1.0") for line in profiles), profiles
+    asleep = [line for line in metrics if line.startswith("slmserve_engine_replicas_asleep{")]
+    assert len(asleep) == len(names) and all(line.endswith(" 0.0") for line in asleep), asleep  # CPU: never
 
 
 def test_readiness_was_503_while_loading(live_server):

@@ -51,6 +51,8 @@ POLICY = SloPolicy(ttft_p90_s=2.0, queue_per_replica=2, cooldown_s=60)
         (Context(1, 2, total_num_requests=10, aggregated_metrics=signals([6], [3.0])), 2),  # the second is starting
         (Context(0, 1, total_num_requests=5), 1),  # Ray's cold start owns 0 replicas
         (Context(total_num_requests=0), 1),  # no metrics yet: hold
+        (Context(total_num_requests=0, aggregated_metrics=signals([0], [0.1])), 0),  # idle: Ray bounds by min_replicas
+        (Context(total_num_requests=1, aggregated_metrics=signals([0], [0.1])), 1),  # one request: the last stays
     ],
 )
 def test_one_step_per_tick_towards_the_slo(context, expected):
@@ -69,7 +71,7 @@ def test_a_cooldown_keeps_one_load_step_to_one_scale_up_and_one_scale_down():
     assert POLICY(Context(3, 3, 0, idle, last_scale_down_time=900.0))[0] == 2
 
 
-def test_the_catalog_turns_slo_into_ray_s_custom_policy_and_refuses_scale_to_zero():
+def test_the_catalog_turns_slo_into_ray_s_custom_policy_and_scale_to_zero_needs_a_hold_policy():
     from ray.serve.config import AutoscalingConfig
 
     entry = {
@@ -91,10 +93,15 @@ def test_the_catalog_turns_slo_into_ray_s_custom_policy_and_refuses_scale_to_zer
     assert callable(ray_config.policy.get_policy())
     plain = parse_catalog({"models": [{**entry, "deployment": {"autoscaling_config": {"max_replicas": 2}}}]})
     assert "policy" not in plain.models[0].deployment.to_serve_options()["autoscaling_config"]
-    with pytest.raises(CatalogError, match="min_replicas"):
-        parse_catalog(
-            {"models": [{**entry, "deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}}]}
-        )
+    to_zero = {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2, "downscale_to_zero_delay_s": 30}}
+    with pytest.raises(CatalogError, match="idle"):
+        parse_catalog({"models": [{**entry, "deployment": to_zero}]})
+    with pytest.raises(CatalogError, match="scales to zero"):
+        parse_catalog({"models": [{**entry, "idle": {"hold_timeout_s": 30}}]})
+    held = parse_catalog({"models": [{**entry, "deployment": to_zero, "idle": {"hold_timeout_s": 30}}]}).models[0]
+    assert held.scales_to_zero and held.idle is not None and held.idle.hold_timeout_s == 30
+    zero = AutoscalingConfig(**held.deployment.to_serve_options()["autoscaling_config"])
+    assert zero.min_replicas == 0 and zero.downscale_to_zero_delay_s == 30
 
 
 def test_recent_ttft_quantiles_come_from_the_window_s_observations_only():

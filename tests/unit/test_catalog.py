@@ -253,3 +253,12 @@ def test_the_edge_blocks_old_name_router_still_loads_with_a_warning():
     assert catalog.edge.session_header == "X-Conv" and catalog.data_plane == "routed"
     assert catalog.edge.deployment.num_replicas == 2  # the routed default applies under the old name too
     assert "`edge:` only" in _error({**MINIMAL, "router": {}, "edge": {}})
+
+
+def test_an_idle_policy_is_for_a_model_that_sleeps_or_scales_to_zero():
+    entry = MINIMAL["models"][0]
+    sleeps = parse_catalog({"models": [{**entry, "idle": {"sleep_after_s": 300}}]}).models[0]
+    assert sleeps.idle is not None and sleeps.idle.sleep_after_s == 300
+    assert sleeps.hold_timeout_s is None  # it always has a replica: nothing to hold its requests for
+    assert "sleeps" in _error({"models": [{**entry, "idle": {"hold_timeout_s": 30}}]})
+    assert "sleep_after_s" in _error({"models": [{**entry, "idle": {"sleep_after_s": 0}}]})

@@ -13,7 +13,17 @@ from services.core.catalog import parse_catalog
 from services.core.errors import ErrorBody
 from services.edge.request import RequestEnvelope
 from services.engine.protocol import Outcome
-from testkit.fake_engine import Answer, Hang, Lost, ScriptedEngine, ScriptedReadiness, Stream, catalog_of, edge_with
+from testkit.fake_engine import (
+    MODELS,
+    Answer,
+    Hang,
+    Lost,
+    ScriptedEngine,
+    ScriptedReadiness,
+    Stream,
+    catalog_of,
+    edge_with,
+)
 
 CHAT = {"model": "text", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -372,3 +382,51 @@ def test_a_background_response_is_refused_before_any_engine_sees_it():
         response = run(post(under_test, {"model": "text", "input": "hi", "background": True}, path="/v1/responses"))
     assert response.status_code == 400 and error_of(response)["param"] == "background"
     assert not under_test.engines["text"].calls
+
+
+def held_catalog(hold_timeout_s: float):
+    """`text` scales to zero and holds its requests; `vision` always runs."""
+    to_zero = {"autoscaling_config": {"min_replicas": 0, "max_replicas": 1}}
+    text = {**MODELS[0], "deployment": to_zero, "idle": {"hold_timeout_s": hold_timeout_s}}
+    return parse_catalog({"models": [text, MODELS[1]]})
+
+
+@pytest.mark.parametrize(
+    ("hold_timeout_s", "step", "starts_after_s", "status"),
+    [
+        (5.0, Answer(delay_s=0.3), None, 200),  # a replica starts and answers within the hold
+        (0.3, Answer(delay_s=0.8), 0.2, 200),  # it runs by the hold's end: the request's deadline applies
+        (0.3, Hang(), None, 503),  # none runs by the hold's end
+    ],
+)
+def test_a_model_at_zero_replicas_holds_its_requests_while_one_starts(hold_timeout_s, step, starts_after_s, status):
+    readiness = ScriptedReadiness(loading={"engine-text"})
+    engines = {"text": ScriptedEngine(step), "vision": ScriptedEngine()}
+    with edge_with(held_catalog(hold_timeout_s), engines, readiness=readiness) as under_test:
+
+        async def calls():
+            async with under_test.client() as client:
+                health = await client.get("/v1/health/ready")
+                if starts_after_s is not None:
+                    asyncio.get_running_loop().call_later(starts_after_s, readiness.loading.clear)
+                return health, await client.post("/v1/chat/completions", json=CHAT)
+
+        health, response = run(calls())
+        run(under_test.edge.records.flush())
+    assert health.status_code == 200  # a model at zero serves: its requests are held
+    assert response.status_code == status, response.text
+    held = under_test.hub.registry.get_sample_value(
+        "slmserve_request_hold_seconds_count", {"model_name": "text", "base_model": "text"}
+    )
+    assert held == (1 if status == 200 else None)
+    if status == 503:
+        assert error_of(response)["code"] == "model_not_ready" and response.headers["retry-after"]
+        assert engines["text"].streams[0].cancelled  # the held request leaves the handle's queue
+
+
+def test_a_model_that_does_not_scale_to_zero_is_still_refused_while_it_loads():
+    readiness = ScriptedReadiness(loading={"engine-vision"})
+    with edge_with(held_catalog(5.0), readiness=readiness) as under_test:
+        response = run(post(under_test, {**CHAT, "model": "vision"}))
+    assert response.status_code == 503 and error_of(response)["code"] == "model_not_ready"
+    assert not under_test.engines["vision"].calls

@@ -675,3 +675,25 @@ def test_service_classes_reach_every_application_and_schedule_its_engines_by_pri
         catalog = parse_catalog(app["args"]["catalog"])
         assert catalog.edge.service_classes.class_of("a")[0] == "gold"
         assert catalog.models[0].engine_args["scheduling_policy"] == "priority"
+
+
+def test_a_model_that_scales_to_zero_renders_its_hold_policy_and_is_left_to_the_platform(tmp_path: Path):
+    held = {
+        "name": "idle-model",
+        "source": "org/idle",
+        "deployment": {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2, "downscale_to_zero_delay_s": 60}},
+        "idle": {"hold_timeout_s": 90},
+    }
+    models = [{"name": "busy", "source": "org/busy"}, held]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"catalog": {"inline": {"cluster": ONE_GROUP, "models": models}}}))
+    documents = render("-f", str(values))
+    apps = serve_config(documents)["applications"]
+    catalog = parse_catalog(apps[0]["args"]["catalog"])
+    assert catalog.resolve("idle-model").scales_to_zero and catalog.resolve("idle-model").idle.hold_timeout_s == 90
+    # each application builds its deployments from this catalog (services.app): the engine may go to zero
+    assert catalog.resolve("idle-model").deployment.to_serve_options()["autoscaling_config"]["min_replicas"] == 0
+    assert all(parse_catalog(app["args"]["catalog"]) == catalog for app in apps)
+    head = by_kind(documents, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
+    env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
+    assert json.loads(env["SLMSERVE_MODEL_ROUTES"]) == model_routes(catalog, "slmserve") == {"busy": "/_slmserve/busy"}

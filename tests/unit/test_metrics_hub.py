@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -25,3 +26,24 @@ def test_a_healthy_hub_shows_zero_failures_and_rejections():
         assert samples[("request_success_total", labels)] == 0
         for reason in EXPECTED_REJECTIONS:
             assert samples[("slmserve_rejected_requests_total", (*labels, ("reason", reason)))] == 0
+
+
+def test_sleeping_replicas_and_their_wakes_reach_the_hub_s_registry():
+    from prometheus_client import generate_latest
+
+    from services.metrics.hub import EngineSnapshot, MetricsHub
+
+    hub = MetricsHub({"m1": ("app", "engine-m1"), "m2": ("app", "engine-m2")})
+    hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True, wake_seconds=[0.21, 0.25]))
+    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False))
+    hub.update_engine(EngineSnapshot("r3", "m2", 8, []))  # no sleep mode
+    text = generate_latest(hub.registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("slmserve_engine_replicas_asleep", (("model_name", "m1"),))] == 1
+    assert samples[("slmserve_engine_replicas_asleep", (("model_name", "m2"),))] == 0
+    assert samples[("slmserve_engine_wake_seconds_count", (("model_name", "m1"),))] == 2
+    assert samples[("slmserve_engine_wake_seconds_sum", (("model_name", "m1"),))] == pytest.approx(0.46)

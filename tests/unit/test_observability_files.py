@@ -22,6 +22,7 @@ HUB_GAUGES = {
     "slmserve_model_ready",
     "slmserve_engine_profile",
     "slmserve_model_target_replicas",
+    "slmserve_engine_replicas_asleep",
 }
 PROMQL_WORDS = {
     "sum",

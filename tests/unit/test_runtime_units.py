@@ -63,6 +63,10 @@ def test_haproxy_is_told_what_the_catalog_s_routing_needs():
         "other": "/_slmserve/o",
     }
     assert env([one, two | {"name": "n"}])["RAY_SERVE_INGRESS_REQUEST_ROUTER_FORWARD_BODY"] == "1"  # any model
+    to_zero = {"autoscaling_config": {"min_replicas": 0, "max_replicas": 2}}
+    held = {**other, "deployment": to_zero, "idle": {"hold_timeout_s": 60}}
+    # a model that may have no replica is left to the platform application, which holds its requests
+    assert json.loads(env([one, held])["SLMSERVE_MODEL_ROUTES"]) == {"m": "/_slmserve/m"}
 
 
 def test_instance_ports_skip_listened_ports_and_stay_out_of_ray_s_and_the_kernel_s_ranges():

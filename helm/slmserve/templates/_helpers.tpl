@@ -92,15 +92,20 @@ one per model under its internal prefix, named by the model's name with what Ser
 {{- end -}}
 
 {{/* Every name and alias clients may put in `model` -> its application's route prefix, as JSON
-(HAProxy's map, written by the wrapper: services/haproxy/wrapper.py). Empty when routed. */}}
+(HAProxy's map, written by the wrapper: services/haproxy/wrapper.py). Empty when routed. A model that
+scales to zero (min_replicas 0) is left to the platform application, which holds its requests while a
+replica starts (services/core/layout.py model_routes). */}}
 {{- define "slmserve.modelRoutes" -}}
 {{- $catalog := include "slmserve.catalog" . | fromYaml -}}
 {{- $routes := dict -}}
 {{- if eq (include "slmserve.dataPlane" .) "direct" -}}
 {{- range $model := (get $catalog "models" | default list) -}}
+{{- $autoscaling := get (get $model "deployment" | default dict) "autoscaling_config" | default dict -}}
+{{- if not (and (hasKey $autoscaling "min_replicas") (eq (int (get $autoscaling "min_replicas")) 0)) -}}
 {{- $prefix := printf "/_slmserve/%s" (regexReplaceAll "[^A-Za-z0-9._-]+" $model.name "-") -}}
 {{- range $name := prepend ($model.aliases | default list) $model.name -}}
 {{- $_ := set $routes $name $prefix -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

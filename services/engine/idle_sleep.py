@@ -1,0 +1,80 @@
+"""An engine that falls asleep when idle and wakes for the next request (the catalog's
+`idle.sleep_after_s`; GPU engines only: vLLM's sleep mode needs CUDA).
+
+Asleep (vLLM's sleep level 1), the engine's weights wait in host memory and its KV cache is freed,
+so the GPU's memory is free for others; waking takes a fraction of a second where a replica's start
+takes a minute or more. Every request enters through `serving()`: under one lock it wakes the engine
+if needed (concurrent requests share one wake) and counts itself in, so the idle loop, which sleeps
+the engine under the same lock, never does so with a request inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+logger = logging.getLogger("slmserve.engine")
+
+
+class IdleSleep:
+    def __init__(
+        self,
+        sleep: Callable[[], Awaitable[None]],
+        wake: Callable[[], Awaitable[None]],
+        after_s: float,
+        check_period_s: float = 1.0,
+    ) -> None:
+        self._sleep, self._wake = sleep, wake
+        self.after_s = after_s
+        self.check_period_s = min(check_period_s, after_s / 2)
+        self.asleep = False
+        self.active = 0  # requests inside `serving()`
+        self.last_used = time.monotonic()
+        self.wake_seconds: list[float] = []  # since the last `drain_wakes()`
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        async with self._lock:
+            if self.asleep:
+                started = time.perf_counter()
+                await self._wake()
+                self.asleep = False
+                self.wake_seconds.append(time.perf_counter() - started)
+                logger.info("engine woke in %.3fs", self.wake_seconds[-1])
+            self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self.last_used = time.monotonic()
+
+    def drain_wakes(self) -> list[float]:
+        wakes, self.wake_seconds = self.wake_seconds, []
+        return wakes
+
+    def _idle(self) -> bool:
+        return not self.asleep and not self.active and time.monotonic() - self.last_used >= self.after_s
+
+    async def run_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_period_s)
+            if not self._idle():
+                continue
+            async with self._lock:
+                if not self._idle():  # a request came in while the lock was taken
+                    continue
+                started = time.perf_counter()
+                try:
+                    await self._sleep()
+                except Exception:  # the engine stays awake and serves; try again after the next idle spell
+                    logger.warning("the engine could not fall asleep", exc_info=True)
+                    self.last_used = time.monotonic()
+                    continue
+                self.asleep = True
+                logger.info(
+                    "engine asleep after %.0fs idle (%.3fs to fall asleep)", self.after_s, time.perf_counter() - started
+                )

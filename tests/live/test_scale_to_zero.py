@@ -1,0 +1,110 @@
+"""Scale to zero on CPU (issue 29): a model whose `autoscaling_config.min_replicas` is 0 starts with no
+engine replica, holds a burst of requests while Serve starts one, answers them all, and goes back to
+zero once idle, while a neighbour model keeps answering. A second model whose hold is shorter than a
+replica's start answers 503 `model_not_ready` with Retry-After. Called with the `openai` client."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from testkit.serving import ServerProcess, catalog_variant, running_replicas, serving, until
+
+pytestmark = pytest.mark.live
+HELD, IMPATIENT, NEIGHBOUR = "held-smollm2", "impatient-smollm2", "smollm2-135m-instruct"
+BURST = 8
+HOLD_S = 240  # far above a replica's start on a busy 2-core machine
+TO_ZERO_S = 10  # idle time before the last replica goes
+QUESTION = [{"role": "user", "content": "The capital of France is"}]
+
+
+def at_zero(entry: dict, name: str, hold_timeout_s: float) -> dict:
+    return {
+        **entry,
+        "name": name,
+        "aliases": [],
+        "deployment": {
+            **entry["deployment"],
+            "num_replicas": None,
+            "autoscaling_config": {
+                "min_replicas": 0,
+                "max_replicas": 1,
+                "upscale_delay_s": 0,
+                "downscale_delay_s": TO_ZERO_S,
+                "downscale_to_zero_delay_s": TO_ZERO_S,
+            },
+        },
+        "idle": {"hold_timeout_s": hold_timeout_s},
+    }
+
+
+def three_models(catalog: dict) -> None:
+    neighbour = catalog["models"][0]
+    neighbour["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    neighbour["engine_args"]["kv_cache_memory_bytes"] = 134217728
+    neighbour["deployment"]["ray_actor_options"] = {"num_cpus": 0.5}
+    catalog["models"] += [at_zero(neighbour, HELD, HOLD_S), at_zero(neighbour, IMPATIENT, 2)]
+    for entry in catalog["models"]:
+        entry["deployment"] = {key: value for key, value in entry["deployment"].items() if value is not None}
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with serving(catalog_variant("cpu", three_models)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=HOLD_S + 60)
+
+
+def ask(client: openai.OpenAI, model: str) -> tuple[float, str]:
+    """Seconds to the first streamed token, and the answer."""
+    started = time.monotonic()
+    first, text = None, ""
+    for chunk in client.chat.completions.create(model=model, messages=QUESTION, max_tokens=8, stream=True):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.monotonic() - started
+            text += chunk.choices[0].delta.content
+    assert first is not None
+    return first, text
+
+
+def test_a_burst_to_a_model_at_zero_is_held_and_answered_while_its_neighbour_serves(server, client):
+    assert running_replicas(server.base_url).get(HELD, 0) == 0
+    assert httpx.get(f"{server.base_url}/v1/health/ready", timeout=10).status_code == 200  # held, not down
+    with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
+        burst = [pool.submit(ask, client, HELD) for _ in range(BURST)]
+        neighbour = []
+        while not all(future.done() for future in burst):  # the neighbour, meanwhile
+            neighbour.append(ask(client, NEIGHBOUR)[0])
+            time.sleep(1)
+        answers = [future.result() for future in burst]
+    print(f"held burst: first token after {sorted(s for s, _ in answers)} s; neighbour TTFT {neighbour} s")
+    assert len(answers) == BURST and all(text for _, text in answers)
+    assert len({text for _, text in answers}) == 1  # one engine, greedy enough for 8 tokens of one question
+    assert neighbour and max(neighbour) < 10, neighbour
+    assert running_replicas(server.base_url)[HELD] == 1  # one start for the whole burst
+
+
+def test_the_model_goes_back_to_zero_when_idle_and_is_held_again(server, client):
+    gone = until(lambda: running_replicas(server.base_url).get(HELD, 0) == 0, timeout_s=TO_ZERO_S + 90)
+    assert gone is not None, "still running long after its delay to zero"
+    print(f"back to zero {gone:.1f} s after the burst's test")
+    assert ask(client, HELD)[1]  # held again, and answered
+
+
+def test_a_request_held_past_the_hold_timeout_gets_503_with_retry_after(server, client):
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model=IMPATIENT, messages=QUESTION, max_tokens=2)
+    assert raised.value.status_code == 503 and raised.value.body["code"] == "model_not_ready"
+    assert int(raised.value.response.headers["retry-after"]) > 0
+    assert 2 <= time.monotonic() - started < 30
+    assert ask(client, NEIGHBOUR)[1]  # and nothing else was harmed
