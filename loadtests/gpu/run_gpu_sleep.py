@@ -63,7 +63,7 @@ def ttft(http: httpx.Client, model: str, question: str) -> tuple[float, float, b
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,8 +102,11 @@ def main(argv: list[str] | None = None) -> int:
                 wakes.append((seconds, ok))
                 warm.append(ttft(http, "a", f"warm {n}")[1:])
                 memory.append((asleep_mib, gpu_used_mib()))
-                print(f"[gpu-sleep] wake {n}: first token {seconds * 1000:.0f} ms, warm {warm[-1][0] * 1000:.0f} ms, "
-                      f"card {asleep_mib} -> {memory[-1][1]} MiB", flush=True)
+                print(
+                    f"[gpu-sleep] wake {n}: first token {seconds * 1000:.0f} ms, warm {warm[-1][0] * 1000:.0f} ms, "
+                    f"card {asleep_mib} -> {memory[-1][1]} MiB",
+                    flush=True,
+                )
         finally:
             stop.set()
             steady.join()
@@ -113,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     wake_s = [s for s, ok in wakes if ok]
     results = {
         "started": started_at,
-        "gpu": subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True).stdout.strip(),
+        "gpu": subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip(),
         "wakes": len(wakes),
         "errors": sum(not ok for _, ok in wakes) + sum(not ok for _, ok in warm) + sum(not ok for *_, ok in neighbour),
         "wake_ttft_s": {"p50": statistics.median(wake_s), "p95": percentile(wake_s, 0.95), "max": max(wake_s)},

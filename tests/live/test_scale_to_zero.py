@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from testkit.idle_models import at_zero
 from testkit.serving import ServerProcess, catalog_variant, running_replicas, serving, until
 
 pytestmark = pytest.mark.live
@@ -23,34 +24,12 @@ TO_ZERO_S = 10  # idle time before the last replica goes
 QUESTION = [{"role": "user", "content": "The capital of France is"}]
 
 
-def at_zero(entry: dict, name: str, hold_timeout_s: float) -> dict:
-    return {
-        **entry,
-        "name": name,
-        "aliases": [],
-        "deployment": {
-            **entry["deployment"],
-            "num_replicas": None,
-            "autoscaling_config": {
-                "min_replicas": 0,
-                "max_replicas": 1,
-                "upscale_delay_s": 0,
-                "downscale_delay_s": TO_ZERO_S,
-                "downscale_to_zero_delay_s": TO_ZERO_S,
-            },
-        },
-        "idle": {"hold_timeout_s": hold_timeout_s},
-    }
-
-
 def three_models(catalog: dict) -> None:
     neighbour = catalog["models"][0]
     neighbour["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     neighbour["engine_args"]["kv_cache_memory_bytes"] = 134217728
     neighbour["deployment"]["ray_actor_options"] = {"num_cpus": 0.5}
-    catalog["models"] += [at_zero(neighbour, HELD, HOLD_S), at_zero(neighbour, IMPATIENT, 2)]
-    for entry in catalog["models"]:
-        entry["deployment"] = {key: value for key, value in entry["deployment"].items() if value is not None}
+    catalog["models"] += [at_zero(neighbour, HELD, HOLD_S, TO_ZERO_S), at_zero(neighbour, IMPATIENT, 2, TO_ZERO_S)]
 
 
 @pytest.fixture(scope="module")
