@@ -94,10 +94,9 @@ def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, c
     engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
         entry.model_dump(mode="json"), cache_dir, platform_app, catalog.model_dump(mode="json")
     )
-    # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. Without
-    # HAProxy, Serve's proxy actor routes to the engine replicas itself; and HAProxy never places a model
-    # that scales to zero (the platform holds its requests, through a handle that picks the replica).
-    if not entry.has_replica_choice or not ray_compat.haproxy_enabled() or entry.scales_to_zero:
+    # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
+    # without HAProxy, Serve's proxy actor routes to the engine replicas itself.
+    if not entry.has_replica_choice or not ray_compat.haproxy_enabled():
         return engine
     router = (
         serve.deployment(serve.ingress()(ReplicaPicker))

@@ -22,6 +22,7 @@ def at_zero(entry: dict[str, Any], name: str, hold_timeout_s: float, to_zero_s: 
                 "upscale_delay_s": 0,
                 "downscale_delay_s": to_zero_s,
                 "downscale_to_zero_delay_s": to_zero_s,
+                "look_back_period_s": 2,  # Ray averages 30 s of load by default: the decision lags as long
             },
         },
         "idle": {"hold_timeout_s": hold_timeout_s},
