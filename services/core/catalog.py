@@ -47,6 +47,14 @@ class SloOptions(_Strict):
     ttft_p90_s: float = Field(gt=0, description="scale up while the engines' TTFT p90 is above this")
     queue_per_replica: float = Field(4, gt=0, description="or while more requests than this wait per replica")
     cooldown_s: float = Field(60, ge=0, description="no second change in one direction within this")
+    service_class: str | None = Field(
+        None,
+        description="follow the TTFT of this class's requests only (and more urgent ones): a class of "
+        "edge.service_classes, whose batch traffic then adds no replica",
+    )
+    class_priority: int | None = Field(
+        None, description="the service class's vLLM priority; the catalog sets it from service_class"
+    )
 
 
 class AutoscalingConfig(_Strict):
@@ -82,7 +90,7 @@ class AutoscalingConfig(_Strict):
         if self.slo is not None:
             config["policy"] = {
                 "policy_function": "services.engine.autoscaling:SloPolicy",
-                "policy_kwargs": self.slo.model_dump(),
+                "policy_kwargs": self.slo.model_dump(exclude={"service_class", "class_priority"}),
             }
         return config
 
@@ -602,6 +610,24 @@ class Catalog(_Strict):
             for entry in self.models:
                 if entry.engine_args.setdefault(key, value) != value:
                     raise ValueError(f"{entry.name}: engine_args.{key} must be {value!r} with edge.service_classes")
+        return self
+
+    @model_validator(mode="after")
+    def _slo_classes_are_known(self) -> Catalog:
+        """An SLO that follows one service class carries that class's priority to the engine replicas,
+        which see each request's priority but not the catalog's classes."""
+        classes = self.edge.service_classes.classes
+        for entry in self.models:
+            config = entry.deployment.autoscaling_config
+            slo = config.slo if config is not None else None
+            if slo is None or slo.service_class is None:
+                continue
+            if slo.service_class not in classes:
+                raise ValueError(
+                    f"{entry.name}: autoscaling_config.slo.service_class {slo.service_class!r} is not a class of "
+                    f"edge.service_classes ({', '.join(classes) or 'none defined'})"
+                )
+            slo.class_priority = classes[slo.service_class].priority
         return self
 
     @model_validator(mode="after")

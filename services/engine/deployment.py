@@ -36,7 +36,7 @@ from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
 from services.engine.routes import engine_routes
 from services.engine.streaming import coalesce
 from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
-from services.metrics.recent import RecentQuantile, cumulative_buckets
+from services.metrics.recent import CumulativeHistogram, RecentQuantile, cumulative_buckets
 from services.models import resolve_source
 from services.routing.policies import routing_stats
 from services.routing.response_ids import new_response_id
@@ -47,6 +47,12 @@ logger = logging.getLogger("slmserve.engine")
 def _wants_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _priority(body: dict[str, Any]) -> int:
+    """vLLM's priority of a request (0 unless set; the edge checked its type)."""
+    priority = body.get("priority")
+    return priority if isinstance(priority, int) else 0
 
 
 def _validation_message(error: ValidationError) -> tuple[str, str | None]:
@@ -140,6 +146,12 @@ class EngineDeployment:
         self.kv_usage = 0.0  # refreshed with every metrics snapshot, as are the next two
         self.waiting = 0.0
         self.recent_ttft = RecentQuantile(TTFT_WINDOW_S)
+        # An SLO that follows one service class times this replica's streams of that class (and more
+        # urgent ones) itself: vLLM's TTFT histogram holds every class.
+        autoscaling = self.entry.deployment.autoscaling_config
+        slo = autoscaling.slo if autoscaling is not None else None
+        self.slo_class_priority = slo.class_priority if slo is not None else None
+        self.class_ttft = CumulativeHistogram() if self.slo_class_priority is not None else None
         self.load_seconds = time.monotonic() - started
         logger.info("engine for %s ready in %.1fs", self.entry.name, self.load_seconds)
         if metrics_hub is not None:
@@ -173,6 +185,7 @@ class EngineDeployment:
                 await frames.aclose()
 
     async def _stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
+        started = time.perf_counter()
         route, body, request_id = call.route, call.body, call.request_id
         engine_route = self.routes.get(route)
         if engine_route is None:
@@ -217,8 +230,13 @@ class EngineDeployment:
         # Without the usage it asked for itself, a client gets vLLM's fingerprint on the finishing chunks.
         fingerprint = None if client_wants_usage else getattr(engine_route.serving, "system_fingerprint", None)
         frames = self._frames(result, request_id, client_wants_usage, fingerprint)
+        slo_class = self.slo_class_priority
+        timing = self.class_ttft if slo_class is not None and _priority(body) <= slo_class else None
         try:
             async for item in frames:
+                if timing is not None and isinstance(item, str):  # the first token's frame
+                    timing.observe(time.perf_counter() - started)
+                    timing = None
                 yield item
         finally:
             await frames.aclose()
@@ -277,7 +295,11 @@ class EngineDeployment:
             )
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
             self.waiting = snapshot.gauge("vllm:num_requests_waiting")
-            self.recent_ttft.add(cumulative_buckets(families, "vllm:time_to_first_token_seconds"))
+            self.recent_ttft.add(
+                self.class_ttft.snapshot()
+                if self.class_ttft is not None
+                else cumulative_buckets(families, "vllm:time_to_first_token_seconds")
+            )
             if self.adapters is not None:
                 try:
                     listed_at = time.time()

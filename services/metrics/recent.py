@@ -1,5 +1,7 @@
 """Quantiles of a Prometheus histogram over the last seconds, from cumulative snapshots: what an
-engine replica tells the autoscaler about the TTFT its users see now (services/engine/autoscaling.py)."""
+engine replica tells the autoscaler about the TTFT its users see now (services/engine/autoscaling.py),
+from vLLM's own histogram, or from one of the replica's own (`CumulativeHistogram`) when the SLO
+follows one service class."""
 
 from __future__ import annotations
 
@@ -20,6 +22,49 @@ def cumulative_buckets(families: list[Any], name: str) -> dict[float, float]:
                 upper = float(sample.labels["le"])
                 buckets[upper] = buckets.get(upper, 0.0) + sample.value
     return buckets
+
+
+# vLLM's buckets for time to first token (seconds), so both sources read alike.
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+    math.inf,
+)
+
+
+class CumulativeHistogram:
+    """`le` -> cumulative count, as `cumulative_buckets` reads a Prometheus histogram."""
+
+    def __init__(self, bounds: tuple[float, ...] = TTFT_BUCKETS) -> None:
+        self.buckets = dict.fromkeys(bounds, 0.0)
+
+    def observe(self, value: float) -> None:
+        for bound in self.buckets:
+            if value <= bound:
+                self.buckets[bound] += 1
+
+    def snapshot(self) -> dict[float, float]:
+        return dict(self.buckets)
 
 
 class RecentQuantile:

@@ -116,3 +116,51 @@ def test_recent_ttft_quantiles_come_from_the_window_s_observations_only():
     assert recent.quantile(0.95) == 2.5  # +Inf: the highest finite bound
     recent.add({0.5: 5, 1.0: 8, 2.5: 10, float("inf"): 12}, now=30)
     assert recent.quantile(0.9) == 0.0  # nothing observed in the last 10 s
+
+
+def test_an_slo_may_follow_one_service_class_whose_priority_reaches_the_engine_replicas():
+    from ray.serve.config import AutoscalingConfig
+
+    classes = {
+        "classes": {"interactive": {"priority": 0, "share": 3}, "batch": {"priority": 10, "share": 1}},
+        "tenants": {"app": "interactive", "nightly": "batch"},
+    }
+    slo = {"ttft_p90_s": 1.0, "service_class": "interactive"}
+    entry = {"name": "m", "source": "org/m", "deployment": {"autoscaling_config": {"max_replicas": 3, "slo": slo}}}
+    catalog = parse_catalog({"edge": {"service_classes": classes}, "models": [entry]})
+    config = catalog.models[0].deployment.autoscaling_config
+    assert config is not None and config.slo is not None and config.slo.class_priority == 0
+    ray_config = AutoscalingConfig(**catalog.models[0].deployment.to_serve_options()["autoscaling_config"])
+    assert ray_config.policy.policy_kwargs == {"ttft_p90_s": 1.0, "queue_per_replica": 4, "cooldown_s": 60}
+    # the replicas get the entry alone, and keep the class's priority
+    from services.core.catalog import ModelEntry
+
+    again = ModelEntry.model_validate(catalog.models[0].model_dump(mode="json")).deployment.autoscaling_config
+    assert again is not None and again.slo is not None and again.slo.class_priority == 0
+    with pytest.raises(CatalogError, match="not a class"):
+        parse_catalog(
+            {
+                "edge": {"service_classes": classes},
+                "models": [
+                    {
+                        **entry,
+                        "deployment": {
+                            "autoscaling_config": {"max_replicas": 3, "slo": {**slo, "service_class": "gold"}}
+                        },
+                    }
+                ],
+            }
+        )
+
+
+def test_a_replica_s_own_ttft_histogram_reads_as_vllm_s_does():
+    from services.metrics.recent import CumulativeHistogram, RecentQuantile
+
+    histogram, recent = CumulativeHistogram(), RecentQuantile(window_s=10)
+    recent.add(histogram.snapshot(), now=0)
+    for seconds in [0.05] * 9 + [3.0]:
+        histogram.observe(seconds)
+    recent.add(histogram.snapshot(), now=5)
+    assert 0.04 < recent.quantile(0.5) <= 0.06  # within the bucket that holds it
+    assert 2.5 < recent.quantile(0.95) <= 5.0
+    assert histogram.snapshot()[float("inf")] == 10
