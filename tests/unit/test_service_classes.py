@@ -135,6 +135,24 @@ def test_a_request_gets_its_class_s_priority_and_may_lower_but_never_raise_it(mo
     assert [call.body["priority"] for call in engines["other"].calls] == [0, 5, 10, 10, 20]
 
 
+def test_a_responses_api_request_gets_its_class_s_priority_too(monkeypatch):
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "app:sk-app,nightly:sk-night")
+    engines = {"text": ScriptedEngine(), "other": ScriptedEngine(*[Answer()] * 2)}
+    with edge_with(catalog(), engines) as under_test:
+
+        async def send(key: str, body: dict):
+            async with under_test.client(authorization=f"Bearer {key}") as client:
+                return await client.post("/v1/responses", json=body)
+
+        asked = {"model": "other", "input": "hi", "max_output_tokens": 4}
+        answers = [asyncio.run(send("sk-night", {**asked, "priority": 0})), asyncio.run(send("sk-app", asked))]
+    assert [answer.status_code for answer in answers] == [200, 200]
+    assert [(call.route, call.body["priority"]) for call in engines["other"].calls] == [
+        ("responses", 10),
+        ("responses", 0),
+    ]
+
+
 def test_without_classes_a_body_s_priority_reaches_the_engine_as_sent():
     with edge_with() as under_test:
         asyncio.run(_post(under_test, {**CHAT, "model": "text"}))
