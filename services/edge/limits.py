@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,11 +69,17 @@ class LimitBroker:
         parsed = Catalog.model_validate(catalog)
         self.admission = admission_for(parsed)
         self.ticket_ttl_s = parsed.edge.request_timeout_s + TICKET_GRACE_S
-        self.tickets: dict[str, tuple[str, str, float]] = {}  # ticket -> (model, tenant, expires at)
+        # ticket -> (model, tenant, expires at), in the order issued: every ticket lives as long, so that is
+        # also the order they expire in, and expiring looks only at the oldest (a scan of every ticket
+        # per admission held the broker to 886 admissions/s with 50,000 requests in flight).
+        self.tickets: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
 
     def _expire(self, now: float) -> None:
-        for ticket in [ticket for ticket, (_, _, expires) in self.tickets.items() if expires < now]:
-            model, tenant, _ = self.tickets.pop(ticket)
+        while self.tickets:
+            ticket, (model, tenant, expires) = next(iter(self.tickets.items()))
+            if expires >= now:
+                return
+            del self.tickets[ticket]
             logger.warning("admission ticket for %s expired unreleased (its edge left?)", model)
             self.admission.release(model, tenant)
 

@@ -132,6 +132,26 @@ def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
     asyncio.run(scenario())
 
 
+def test_tickets_expire_oldest_first_and_only_once_past_their_time():
+    """Tickets live equally long, so the oldest expire first: an admission looks at those only
+    (loadtests/scale_costs.py measures why: a scan of every ticket per admission was the broker's limit)."""
+
+    async def scenario() -> None:
+        broker = LimitBroker(CATALOG)
+        broker.ticket_ttl_s = 0.05
+        old = [await broker.admit("bounded", "anyone", 1) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        broker.ticket_ttl_s = 60
+        new = await broker.admit("bounded", "anyone", 1)  # expires the two old ones first
+        assert broker.in_flight()["bounded"] == 1 and list(broker.tickets) == [new.ticket]
+        await broker.release(old[0].ticket)  # its edge comes back late: already expired, nothing to free
+        assert broker.in_flight()["bounded"] == 1
+        await broker.release(new.ticket)
+        assert broker.in_flight()["bounded"] == 0
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize("gives_up", ["cancelled", "timed_out"])
 def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives_up, monkeypatch):
     """The client left (Serve cancels the request) or the broker was slow: the broker may still grant
