@@ -479,6 +479,11 @@ class EdgeOptions(_Strict):
         default_factory=ServiceClasses,
         description="tenants' engine priority and fair share (services/core/service_classes.py)",
     )
+    metrics_tenants: list[str] = Field(
+        default_factory=list,
+        description="with API keys on, the tenants whose keys may read /metrics (which shows every tenant's "
+        "usage); others get 403. Empty: every valid key",
+    )
     deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions.model_validate(EDGE_DEPLOYMENT))
 
 
@@ -657,7 +662,12 @@ class Catalog(_Strict):
     @property
     def tenants(self) -> list[str]:
         """Every tenant the catalog names (rate limits, service classes), and anonymous."""
-        named = {*self.edge.rate_limits.tenants, *self.edge.service_classes.tenants, ANONYMOUS}
+        named = {
+            *self.edge.rate_limits.tenants,
+            *self.edge.service_classes.tenants,
+            *self.edge.metrics_tenants,
+            ANONYMOUS,
+        }
         return sorted(named)
 
     def resolve(self, name: str) -> ModelEntry | None:

@@ -34,6 +34,7 @@ class Code(StrEnum):
     INVALID_REQUEST = "invalid_request"
     REQUEST_TOO_LARGE = "request_too_large"
     INVALID_API_KEY = "invalid_api_key"
+    PERMISSION_DENIED = "permission_denied"
     MODEL_NOT_FOUND = "model_not_found"
     # images (services/edge/media.py)
     INVALID_IMAGE = "invalid_image"

@@ -60,6 +60,10 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
 
 
 async def _metrics(request: Request) -> Response:
+    allowed = _edge(request).catalog.edge.metrics_tenants
+    if allowed and _edge(request).keys.enabled and request.state.tenant not in allowed:
+        # /metrics shows every tenant's usage: with keys on, the catalog may keep it to the operators'.
+        raise APIError(403, "this API key may not read the platform's metrics", code=Code.PERMISSION_DENIED)
     records = _edge(request).records
     await records.flush()  # this replica's latest records first; others flush every 0.5 s
     return Response(await records.hub.render.remote(), media_type=CONTENT_TYPE_LATEST)

@@ -430,3 +430,30 @@ def test_a_model_that_does_not_scale_to_zero_is_still_refused_while_it_loads():
         response = run(post(under_test, {**CHAT, "model": "vision"}))
     assert response.status_code == 503 and error_of(response)["code"] == "model_not_ready"
     assert not under_test.engines["vision"].calls
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/v1/metrics"])
+def test_metrics_may_be_kept_to_the_operators_keys(monkeypatch, path):
+    """/metrics shows every tenant's usage; `edge.metrics_tenants` keeps it to the keys named there."""
+    monkeypatch.setenv("SLMSERVE_API_KEYS", "ops:sk-ops,app:sk-app")
+
+    async def read(under_test, key: str):
+        async with under_test.client(authorization=f"Bearer {key}") as client:
+            return await client.get(path)
+
+    import time
+
+    with edge_with(catalog_of(metrics_tenants=["ops"])) as under_test, edge_with() as open_to_every_key:
+        for hub in (under_test.hub, open_to_every_key.hub):
+            hub._states_read_at = time.monotonic()  # replica states were just read: no Serve controller here
+        app, ops = run(read(under_test, "sk-app")), run(read(under_test, "sk-ops"))
+        anyone = run(read(open_to_every_key, "sk-app"))
+    assert app.status_code == 403
+    assert error_of(app) == {
+        "message": "this API key may not read the platform's metrics",
+        "type": "permission_error",
+        "param": None,
+        "code": "permission_denied",
+    }
+    assert ops.status_code == 200 and "request_success_total" in ops.text
+    assert anyone.status_code == 200
