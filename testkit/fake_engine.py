@@ -167,6 +167,9 @@ class ScriptedReadiness:
     def is_ready(self, deployment_name: str) -> bool:
         return deployment_name not in self.loading
 
+    def state(self, deployment_name: str) -> str:
+        return "starting" if deployment_name in self.loading else "running"
+
     def mark_failed(self, deployment_name: str) -> None:
         self.failed.append(deployment_name)
 

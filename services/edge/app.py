@@ -46,7 +46,7 @@ def _error_response(
     return JSONResponse(error_body(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
-def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
+def _model_card(entry: ModelEntry, created: int, state: str) -> dict[str, Any]:
     return {
         "id": entry.name,
         "object": "model",
@@ -56,6 +56,7 @@ def _model_card(entry: ModelEntry, created: int) -> dict[str, Any]:
         "aliases": entry.aliases,
         "max_model_len": entry.max_model_len,
         "modalities": entry.modalities,
+        "state": state,  # running, starting, zero (scaled to zero: requests are held) or unavailable
     }
 
 
@@ -141,7 +142,7 @@ def _adapter_card(name: str, base: ModelEntry, created: int) -> dict[str, Any]:
 
 async def _model_cards(edge: Edge) -> list[dict[str, Any]]:
     """The catalog's models, then each model's LoRA adapters (`parent` names the base, as in vLLM and NIM)."""
-    cards = [_model_card(entry, edge.created) for entry in edge.models]
+    cards = [_model_card(entry, edge.created, edge.state(entry)) for entry in edge.models]
     return cards + [_adapter_card(name, base, edge.created) for name, base in sorted((await edge.adapters()).items())]
 
 
@@ -155,7 +156,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     edge = _edge(request)
     entry = edge.catalog.resolve(model)
     if entry is not None and entry in edge.models:
-        return _model_card(entry, edge.created)
+        return _model_card(entry, edge.created, edge.state(entry))
     base = (await edge.adapters()).get(model)
     if base is None:
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code=Code.MODEL_NOT_FOUND)

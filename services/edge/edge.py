@@ -35,7 +35,7 @@ from services.edge.admission import Rejected, estimate_tokens
 from services.edge.auth import KeyRing
 from services.edge.limits import LimiterUnavailable, SharedLimits
 from services.edge.media import MediaError, MediaFetcher, prepare_images
-from services.edge.readiness import ControllerReadiness, SelfReadiness
+from services.edge.readiness import ControllerReadiness, ModelState, SelfReadiness
 from services.edge.relay import RelayResponse, StreamRelay
 from services.edge.request import envelope_of
 from services.edge.tracing import Span, Tracing
@@ -164,6 +164,10 @@ class Edge:
     def is_ready(self, entry: ModelEntry) -> bool:
         self.readiness.start()  # lazily: the replica's event loop only exists once requests arrive
         return self.readiness.is_ready(entry.deployment_name) and self.engines[entry.name].ready()
+
+    def state(self, entry: ModelEntry) -> ModelState:
+        """What `/v1/models` says of the model: running, starting, zero or unavailable."""
+        return "running" if self.is_ready(entry) else self.readiness.state(entry.deployment_name)
 
     async def warm(self, timeout_s: float) -> None:
         """Before this edge takes traffic (a router replica just started, rolled or replaced): Serve's

@@ -18,12 +18,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 from services.core.serve_context import background_task
 from services.core.serve_status import DeploymentState, read_deployment_states
 from services.core.timing import READINESS_POLL_READY_S, READINESS_POLL_S, SUSPECT_MAX_S
 
 logger = logging.getLogger("slmserve.edge")
+ModelState = Literal["running", "starting", "zero", "unavailable"]
 
 
 @dataclass
@@ -45,6 +47,9 @@ class SelfReadiness:
 
     def is_ready(self, deployment_name: str) -> bool:
         return True
+
+    def state(self, deployment_name: str) -> ModelState:
+        return "running"
 
     def mark_failed(self, deployment_name: str) -> None:
         pass
@@ -70,6 +75,16 @@ class ControllerReadiness:
         if suspect is not None and not suspect.counted:
             running -= 1
         return running > 0
+
+    def state(self, deployment_name: str) -> ModelState:
+        """running (a replica serves), starting (one is on its way), zero (none, and none asked for: a
+        model scaled to zero), or unavailable (none, and the deployment is not healthy)."""
+        if self.is_ready(deployment_name):
+            return "running"
+        state = self.states.get(deployment_name, DeploymentState())
+        if any(state.replicas.get(name, 0) for name in ("STARTING", "UPDATING", "RECOVERING")):
+            return "starting"
+        return "zero" if not any(state.replicas.values()) and state.status == "HEALTHY" else "unavailable"
 
     def all_ready(self) -> bool:
         return all(self.is_ready(name) for name in self.deployments)

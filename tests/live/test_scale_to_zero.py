@@ -59,6 +59,7 @@ def ask(client: openai.OpenAI, model: str) -> tuple[float, str]:
 def test_a_burst_to_a_model_at_zero_is_held_and_answered_while_its_neighbour_serves(server, client):
     assert running_replicas(server.base_url).get(HELD, 0) == 0
     assert httpx.get(f"{server.base_url}/v1/health/ready", timeout=10).status_code == 200  # held, not down
+    assert client.models.retrieve(HELD).model_extra["state"] == "zero"
     with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
         burst = [pool.submit(ask, client, HELD) for _ in range(BURST)]
         neighbour = []
@@ -71,6 +72,7 @@ def test_a_burst_to_a_model_at_zero_is_held_and_answered_while_its_neighbour_ser
     assert len({text for _, text in answers}) == 1  # one engine, greedy enough for 8 tokens of one question
     assert neighbour and max(neighbour) < 10, neighbour
     assert running_replicas(server.base_url)[HELD] == 1  # one start for the whole burst
+    assert client.models.retrieve(HELD).model_extra["state"] == "running"
 
 
 def test_the_model_goes_back_to_zero_when_idle(server):
@@ -78,6 +80,10 @@ def test_the_model_goes_back_to_zero_when_idle(server):
     gone = until(lambda: running_replicas(server.base_url).get(HELD, 0) == 0, timeout_s=TO_ZERO_S + 90)
     assert gone is not None, "still running long after its delay to zero"
     print(f"back to zero {gone:.1f} s after the burst's test")
+    states = {
+        card["id"]: card["state"] for card in httpx.get(f"{server.base_url}/v1/models", timeout=10).json()["data"]
+    }
+    assert states[NEIGHBOUR] == "running" and states[HELD] in ("zero", "running")  # the router reads every 2 s
     assert httpx.get(f"{server.base_url}/v1/health/ready", timeout=10).status_code == 200
 
 

@@ -384,6 +384,11 @@ def test_a_background_response_is_refused_before_any_engine_sees_it():
     assert not under_test.engines["text"].calls
 
 
+async def _model_states(under_test) -> dict[str, str]:
+    async with under_test.client() as client:
+        return {card["id"]: card["state"] for card in (await client.get("/v1/models")).json()["data"]}
+
+
 def held_catalog(hold_timeout_s: float):
     """`text` scales to zero and holds its requests; `vision` always runs."""
     to_zero = {"autoscaling_config": {"min_replicas": 0, "max_replicas": 1}}
@@ -413,6 +418,8 @@ def test_a_model_at_zero_replicas_holds_its_requests_while_one_starts(hold_timeo
 
         health, response = run(calls())
         run(under_test.edge.records.flush())
+        states = run(_model_states(under_test))
+    assert states == {"text": "running" if starts_after_s else "starting", "vision": "running"}
     assert health.status_code == 200  # a model at zero serves: its requests are held
     assert response.status_code == status, response.text
     held = under_test.hub.registry.get_sample_value(

@@ -60,3 +60,17 @@ def test_a_model_the_controller_does_not_know_is_not_ready():
     assert not readiness.is_ready(ENGINE)
     readiness.mark_failed(ENGINE)
     assert not readiness.is_ready(ENGINE)
+
+
+def test_a_model_s_state_says_running_starting_zero_or_unavailable():
+    readiness = ControllerReadiness({ENGINE: "app"})
+    seen = []
+    for status, replicas in (
+        ("HEALTHY", {}),  # scaled to zero: none asked for
+        ("UPSCALING", {"STARTING": 1}),  # a held request started one
+        ("HEALTHY", {"RUNNING": 1}),
+        ("UNHEALTHY", {}),  # its only replica died
+    ):
+        readiness.states = {ENGINE: DeploymentState(status=status, replicas=replicas)}
+        seen.append(readiness.state(ENGINE))
+    assert seen == ["zero", "starting", "running", "unavailable"]
