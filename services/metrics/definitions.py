@@ -186,3 +186,5 @@ class EdgeMetrics:
                 counter.labels(model, model)
             for reason in EXPECTED_REJECTIONS:
                 self.rejected.labels(model, model, reason)
+            self.held.labels(model, model)  # the dashboard's idle-model panel shows 0, not "No data"
+            self.wake.labels(model)

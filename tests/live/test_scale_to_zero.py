@@ -20,7 +20,7 @@ pytestmark = pytest.mark.live
 HELD, IMPATIENT, NEIGHBOUR = "held-smollm2", "impatient-smollm2", "smollm2-135m-instruct"
 BURST = 8
 HOLD_S = 240  # far above a replica's start on a busy 2-core machine
-TO_ZERO_S = 10  # idle time before the last replica goes
+TO_ZERO_S = 5  # idle time before the last replica goes
 QUESTION = [{"role": "user", "content": "The capital of France is"}]
 
 

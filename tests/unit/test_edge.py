@@ -425,7 +425,7 @@ def test_a_model_at_zero_replicas_holds_its_requests_while_one_starts(hold_timeo
     held = under_test.hub.registry.get_sample_value(
         "slmserve_request_hold_seconds_count", {"model_name": "text", "base_model": "text"}
     )
-    assert held == (1 if status == 200 else None)
+    assert held == (1 if status == 200 else 0)
     if status == 503:
         assert error_of(response)["code"] == "model_not_ready" and response.headers["retry-after"]
         assert engines["text"].streams[0].cancelled  # the held request leaves the handle's queue

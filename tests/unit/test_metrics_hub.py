@@ -26,6 +26,8 @@ def test_a_healthy_hub_shows_zero_failures_and_rejections():
         assert samples[("request_success_total", labels)] == 0
         for reason in EXPECTED_REJECTIONS:
             assert samples[("slmserve_rejected_requests_total", (*labels, ("reason", reason)))] == 0
+        assert samples[("slmserve_request_hold_seconds_count", labels)] == 0  # the idle-model panel: 0
+        assert samples[("slmserve_engine_wake_seconds_count", (("model_name", model),))] == 0
 
 
 def test_sleeping_replicas_and_their_wakes_reach_the_hub_s_registry():
