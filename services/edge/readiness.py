@@ -77,14 +77,14 @@ class ControllerReadiness:
         return running > 0
 
     def state(self, deployment_name: str) -> ModelState:
-        """running (a replica serves), starting (one is on its way), zero (none, and none asked for: a
-        model scaled to zero), or unavailable (none, and the deployment is not healthy)."""
+        """running (a replica serves), starting (one is on its way), unavailable (none, and Serve says the
+        deployment failed), or zero (none: a model scaled to zero, its last replica perhaps still stopping)."""
         if self.is_ready(deployment_name):
             return "running"
         state = self.states.get(deployment_name, DeploymentState())
         if any(state.replicas.get(name, 0) for name in ("STARTING", "UPDATING", "RECOVERING")):
             return "starting"
-        return "zero" if not any(state.replicas.values()) and state.status == "HEALTHY" else "unavailable"
+        return "unavailable" if state.status in ("UNHEALTHY", "DEPLOY_FAILED", "UNKNOWN") else "zero"
 
     def all_ready(self) -> bool:
         return all(self.is_ready(name) for name in self.deployments)

@@ -67,10 +67,11 @@ def test_a_model_s_state_says_running_starting_zero_or_unavailable():
     seen = []
     for status, replicas in (
         ("HEALTHY", {}),  # scaled to zero: none asked for
+        ("DOWNSCALING", {"STOPPING": 1}),  # going to zero (a fresh-clone run saw this as unavailable)
         ("UPSCALING", {"STARTING": 1}),  # a held request started one
         ("HEALTHY", {"RUNNING": 1}),
         ("UNHEALTHY", {}),  # its only replica died
     ):
         readiness.states = {ENGINE: DeploymentState(status=status, replicas=replicas)}
         seen.append(readiness.state(ENGINE))
-    assert seen == ["zero", "starting", "running", "unavailable"]
+    assert seen == ["zero", "zero", "starting", "running", "unavailable"]
