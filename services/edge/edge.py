@@ -241,9 +241,9 @@ class Edge:
             if self.served_by == "platform":  # HAProxy could not place it (services/haproxy/rules.py)
                 self.records.add(PlacedRecord(placed))
         entry, model_name = target.entry, target.model_name
-        held = entry.hold_timeout_s is not None and not self.is_ready(entry)  # while a replica starts (_head)
-        if held and entry.hold_timeout_s is not None:
-            deadline += entry.hold_timeout_s
+        hold_s = None if self.is_ready(entry) else entry.hold_timeout_s  # held while a replica starts (_head)
+        if hold_s is not None:
+            deadline += hold_s
         span.set_attribute("gen_ai.request.model", model_name)
         route = route or ("chat" if "messages" in body else "completions")
         if route == "responses" and envelope.background:
@@ -317,7 +317,7 @@ class Edge:
                 tenant=tenant,
                 service_class=service_class,
                 queued_s=queued_s,
-                held_s=time.perf_counter() - opened if held else None,
+                held_s=time.perf_counter() - opened if hold_s is not None else None,
             )
             if head.body is not None:
                 if head.outcome is not None:
