@@ -352,9 +352,12 @@ class Edge:
         """The stream's head by the request's deadline. A model with no running replica (scaled to zero,
         or its replica still starting) is held: Serve starts one for the request waiting in the handle,
         and the request waits up to the model's hold timeout for it to run, then gets a 503."""
-        loop = asyncio.get_running_loop()
         hold_s = entry.hold_timeout_s if not self.is_ready(entry) else None
-        held_until = None if hold_s is None else loop.time() + hold_s
+        if hold_s is None:  # the common case: no task or wait added to the request path
+            async with asyncio.timeout_at(deadline):
+                return await stream.head()
+        loop = asyncio.get_running_loop()
+        held_until: float | None = loop.time() + hold_s
         head = asyncio.ensure_future(stream.head())
         try:
             while True:
