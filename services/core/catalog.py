@@ -131,6 +131,12 @@ class DeploymentOptions(_Strict):
     health_check_period_s: float = Field(10, gt=0)
     health_check_timeout_s: float = Field(30, gt=0)
     graceful_shutdown_timeout_s: float = Field(20, ge=0)
+    max_constructor_retry_count: int | None = Field(
+        None,
+        ge=1,
+        description="replica starts Serve tries before it reports the deployment failed (Serve: 3 per "
+        "replica); 1 fails fast where an engine's start takes minutes",
+    )
 
     @model_validator(mode="after")
     def _one_scaling_mode(self) -> DeploymentOptions:

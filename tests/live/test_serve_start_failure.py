@@ -18,6 +18,7 @@ def impossible_context(catalog: dict) -> None:
     """A context window 500x what SmolLM2 was trained for: vLLM refuses it when the engine starts
     (the catalog itself is valid), so every replica's constructor fails."""
     catalog["models"][0]["engine_args"]["max_model_len"] = 1_000_000
+    catalog["models"][0]["deployment"]["max_constructor_retry_count"] = 1  # one start to fail, not three
 
 
 def test_an_engine_that_cannot_start_ends_the_server_with_serves_reason():
