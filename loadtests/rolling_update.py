@@ -6,7 +6,9 @@ The cpu catalog, its model on two engine replicas, 8 streams kept running agains
 catalog file and applied with SIGHUP:
 1. an engine argument changed: Serve replaces both replicas, one at a time;
 2. a second model added (the same weights under another name): served once ready, direct;
-3. that model removed while streams to it run: they finish, then it answers 404.
+3. that model removed while streams to it run: they finish, then it answers 404;
+4. the instance told to stop (SIGTERM, as Kubernetes or a supervisor does) with its streams in
+   flight: they finish, then it exits 0.
 Verdict: no failed request and no cut stream on the model that stays, none cut on the one removed.
 
     .venv/bin/python -m loadtests.rolling_update   # about 6 minutes on 2 cores
@@ -186,10 +188,21 @@ def main(argv: list[str] | None = None) -> int:
             removed = Counter(future.result() for future in leaving)
             rows.append(("model removed (2 streams to it in flight)", took, load.outcomes - before, removed))
             print(f"[rolling] 3: 404 after {took:.0f}s; its streams {dict(removed)}", flush=True)
-            load.stop()
+
+            print("[rolling] 4: the instance told to stop (SIGTERM) with its streams in flight", flush=True)
+            before = Counter(load.outcomes)
+            load.stop()  # no stream is re-opened: those in flight must finish
+            server.process.send_signal(signal.SIGTERM)
             for worker in workers:
                 worker.result()
-    ok = all(
+            took = step_seconds(lambda: server.process.poll() is not None)
+            finished = load.outcomes - before
+            rows.append(
+                (f"instance stopped (SIGTERM, exit status {server.process.returncode})", took, finished, Counter())
+            )
+            print(f"[rolling] 4: exited after {took:.0f}s; its streams {dict(finished)}", flush=True)
+            stopped_cleanly = server.process.returncode == 0
+    ok = stopped_cleanly and all(
         set(kept) <= {"done"} and set(leaving_outcomes) <= {"done"} and sum(kept.values()) > 0
         for _, _, kept, leaving_outcomes in rows
     )
@@ -210,8 +223,9 @@ def write_report(rows: list, ok: bool) -> None:
 Run {started}: `.venv/bin/python -m loadtests.rolling_update`. `slmserve serve` on the cpu catalog,
 its model on two engine replicas (direct data plane), {STREAMS} streams of 48 tokens re-opened as
 they end for the whole run; each change written to the catalog file and applied with SIGHUP
-(`services/runtime.py` apply_catalog, what a serveConfigV2 change does on a cluster). "Streams" are
-those of the load that ended during the step, by how they ended; a verdict needs every one "done".
+(`services/runtime.py` apply_catalog, what a serveConfigV2 change does on a cluster), then the
+instance sent SIGTERM (`runtime.stop_gracefully`). "Streams" are those of the load that ended during
+the step, by how they ended; a verdict needs every one "done".
 
 | change | until it took effect | streams of the model that stays | streams of the model removed |
 |---|---|---|---|

@@ -31,6 +31,8 @@ def _serve(args: argparse.Namespace) -> int:
     reload = {"asked": False}
 
     def _interrupt(*_: object) -> None:
+        if stop["now"]:  # a second Ctrl-C: stop at once
+            raise KeyboardInterrupt
         stop["now"] = True
 
     def _reload(*_: object) -> None:
@@ -57,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
             if reload["asked"]:
                 reload["asked"] = False
                 catalog = _apply_changed_catalog(settings, catalog)
+        print("[slmserve] stopping: streams in flight finish first (Ctrl-C again to stop at once)", flush=True)
+        runtime.stop_gracefully(settings, catalog)
     except (TimeoutError, runtime.DeployFailed, runtime.LocalStartFailed, KeyboardInterrupt) as error:
         if not isinstance(error, KeyboardInterrupt):
             print(f"[slmserve] {error}", file=sys.stderr, flush=True)

@@ -26,6 +26,7 @@ from services.core.timing import (
     RAY_START_ATTEMPTS,
     RAY_START_BACKOFF_S,
     ROUTER_START_TIMEOUT_S,
+    STOP_MARGIN_S,
 )
 from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
 from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
@@ -334,6 +335,21 @@ def wait_until_ready(
     )
     answer: dict[str, Any] = json.loads(body)
     return answer
+
+
+def stop_gracefully(settings: Settings, catalog: Catalog) -> None:
+    """Every application deleted, then waited for, as a stopping pod's drain does: HAProxy takes no
+    new request for them, and each replica lets its streams finish within its
+    graceful_shutdown_timeout_s. Killing Serve's proxy first, as `serve.shutdown` does, would cut them."""
+    from ray import serve
+
+    apps = set(layout(catalog, settings.app_name).app_names())
+    for app in apps:
+        ray_compat.delete_application(app)
+    grace_s = max(options.graceful_shutdown_timeout_s for options in catalog.deployments()) + STOP_MARGIN_S
+    deadline = time.monotonic() + grace_s
+    while apps & set(serve.status().applications) and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def shutdown() -> None:

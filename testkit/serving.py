@@ -170,8 +170,8 @@ def serving(
     on_start: Callable[[str], None] | None = None,
 ) -> Iterator[ServerProcess]:
     """`slmserve serve --catalog CATALOG` on a free port; yields once it is ready with `replicas`
-    engine replicas per model, stops it (Ctrl-C, then a kill) afterwards. `on_start(base_url)` runs
-    right after the start, before the wait."""
+    engine replicas per model, stops it at once (Ctrl-C twice, then a kill) afterwards.
+    `on_start(base_url)` runs right after the start, before the wait."""
     port = runtime.free_ports(1)[0]
     base_url = f"http://127.0.0.1:{port}"
     log = Path(tempfile.mkdtemp(prefix="slmserve-serve-")) / "serve.log"
@@ -197,7 +197,9 @@ def serving(
         print(log.read_text()[-5000:])
         raise
     finally:
-        process.send_signal(signal.SIGINT)  # `slmserve serve` stops Serve and Ray on Ctrl-C
+        process.send_signal(signal.SIGINT)  # a stop that lets streams finish (none are left here)...
+        time.sleep(1)
+        process.send_signal(signal.SIGINT)  # ...and at once: Serve and Ray stopped
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:

@@ -658,12 +658,15 @@ class Catalog(_Strict):
     def data_plane(self) -> DataPlane:
         return "routed" if self.edge.data_plane == "routed" else "direct"
 
+    def deployments(self) -> list[DeploymentOptions]:
+        """The router's deployment options and each engine's."""
+        return [self.edge.deployment, *(entry.deployment for entry in self.models)]
+
     @property
     def cpus_needed(self) -> float:
         """Logical CPUs that every deployment at its largest replica count asks Ray for (the router's
         and the engines'; the hub and the limit broker ask for none)."""
-        deployments = [self.edge.deployment, *(entry.deployment for entry in self.models)]
-        return sum(options.max_replicas * options.cpus_per_replica for options in deployments)
+        return sum(options.max_replicas * options.cpus_per_replica for options in self.deployments())
 
     @property
     def tenants(self) -> list[str]:

@@ -78,6 +78,10 @@ ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 # (docs/reliability.md). A check is one admin-socket command, so a second costs nothing measurable.
 PROXY_HEALTH_CHECK_PERIOD_S = 1.0
 
+# `slmserve serve` told to stop waits for its replicas' graceful shutdown (the longest of the
+# catalog's graceful_shutdown_timeout_s) and this much more for Serve to report them gone.
+STOP_MARGIN_S = 10.0
+
 # A router replica that starts while the engines run (a rolled catalog, a replacement) waits at most
 # this long for its first view of them before it takes traffic.
 INGRESS_WARM_TIMEOUT_S = 10.0
