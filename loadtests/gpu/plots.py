@@ -3,6 +3,7 @@
 .venv/bin/python -m loadtests.gpu.plots bench docs/gpu/gpu_results_run8_direct_h200.json docs/benchmark_gpu.png
 .venv/bin/python -m loadtests.gpu.plots routing docs/routing_gpu.png docs/gpu/gpu_routing_run1_16gib.json
 .venv/bin/python -m loadtests.gpu.plots lora docs/gpu/gpu_lora_run1_h200.json docs/lora_gpu.png
+.venv/bin/python -m loadtests.gpu.plots sleep docs/gpu/gpu_sleep_run1_h100.json docs/scale_to_zero_gpu.png
 """
 
 from __future__ import annotations
@@ -47,6 +48,32 @@ def plot_lora(run: dict, png: Path) -> None:
     figure.savefig(png, dpi=110)
 
 
+def plot_sleep(run: dict, png: Path) -> None:
+    """Each wake's first token beside a warm request's and the neighbour model's, and the card's memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    wakes = [s * 1000 for s in run["wake_ttft_s_each"]]
+    warm = [s * 1000 for s in run["warm_ttft_s_each"]]
+    figure, (ttft, memory) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    numbers = range(1, len(wakes) + 1)
+    ttft.bar(numbers, wakes, color="tab:orange", label="first request after a sleep (wake + first token)")
+    ttft.plot(numbers, warm, "o-", color="tab:blue", label="the next request (awake)")
+    neighbour = run["neighbour_ttft_s"]
+    ttft.axhline(neighbour["during_wakes_p50"] * 1000, color="tab:green", ls="--", label="other model during wakes, p50")
+    ttft.axhline(500, color="tab:red", ls=":", label="target: 500 ms at p95")
+    ttft.set(xlabel="wake", ylabel="time to first token (ms)", ylim=(0, 640), xticks=list(numbers))
+    ttft.legend(loc="upper left", ncol=2, fontsize=8)
+    asleep, awake = run["card_mib_asleep_then_awake"][0]
+    memory.bar(["a asleep", "a awake"], [asleep / 1024, awake / 1024], color=["tab:gray", "tab:orange"])
+    memory.set(ylabel="card memory used (GiB, both models)")
+    figure.suptitle(f"{run['gpu']}: two Phi-3.5-mini-shaped models on one card, model a sleeps when idle (slmserve)")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,8 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     lora = commands.add_parser("lora", help="tok/s, TTFT p50 and ITL p95 of base and adapter traffic")
     lora.add_argument("results", type=Path)
     lora.add_argument("png", type=Path)
+    sleep = commands.add_parser("sleep", help="each wake's TTFT, the neighbour's, the card's memory")
+    sleep.add_argument("results", type=Path)
+    sleep.add_argument("png", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "lora":
+    if args.command == "sleep":
+        plot_sleep(json.loads(args.results.read_text()), args.png)
+    elif args.command == "lora":
         plot_lora(json.loads(args.results.read_text()), args.png)
     elif args.command == "bench":
         run = json.loads(args.results.read_text())

@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
             "outside_p50": statistics.median(outside) if outside else None,
             "samples": [len(during), len(outside)],
         },
+        "wake_ttft_s_each": [s for s, _ in wakes],
+        "warm_ttft_s_each": [s for s, _ in warm],
+        "neighbour_ttft_s_during_wakes": during,
         "card_mib_asleep_then_awake": memory,
         "engine_wake_log_lines": [line for line in log.splitlines() if "engine woke in" in line][-3:],
     }
