@@ -62,7 +62,8 @@ def plot_sleep(run: dict, png: Path) -> None:
     ttft.bar(numbers, wakes, color="tab:orange", label="first request after a sleep (wake + first token)")
     ttft.plot(numbers, warm, "o-", color="tab:blue", label="the next request (awake)")
     neighbour = run["neighbour_ttft_s"]
-    ttft.axhline(neighbour["during_wakes_p50"] * 1000, color="tab:green", ls="--", label="other model during wakes, p50")
+    during = neighbour["during_wakes_p50"] * 1000
+    ttft.axhline(during, color="tab:green", ls="--", label="other model during wakes, p50")
     ttft.axhline(500, color="tab:red", ls=":", label="target: 500 ms at p95")
     ttft.set(xlabel="wake", ylabel="time to first token (ms)", ylim=(0, 640), xticks=list(numbers))
     ttft.legend(loc="upper left", ncol=2, fontsize=8)

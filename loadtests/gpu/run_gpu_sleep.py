@@ -5,6 +5,10 @@ twice a second throughout, so it never sleeps, and its TTFT during `a`'s wakes i
 TTFT outside them. The card's memory is read while `a` sleeps and while it is awake.
 
     PYTHONPATH=/tmp/site:$PWD python3 -m loadtests.gpu.run_gpu_sleep --out $OUT
+
+With --share N, three such models share the card instead, each asking for 0.45 of it awake, so two
+fit and the third must wait for one to sleep (services/engine/card_memory.py); traffic moves from
+model to model in N bursts, and each burst's first request pays the other's sleep and its own wake.
 """
 
 from __future__ import annotations
@@ -39,6 +43,73 @@ def two_sleepers(sleep_after_s: float):
     return change
 
 
+def three_sharers(kv_bytes: int):
+    """Three models on one card, each asking for 0.45 of it awake (weights plus `kv_bytes` of KV
+    cache): two fit awake, three do not, so the card's least recently used one sleeps for a wake."""
+
+    def change(catalog: dict) -> None:
+        entry = catalog["models"][0]
+        entry["engine_args"] |= {"gpu_memory_utilization": 0.45, "kv_cache_memory_bytes": kv_bytes}
+        entry["deployment"]["ray_actor_options"]["num_gpus"] = 0.33
+        entry["idle"] = {"sleep_after_s": 3600}  # never idle long enough: only the card puts one to sleep
+        catalog["models"] = [{**entry, "name": name} for name in "abc"]
+
+    return change
+
+
+def gpu_total_mib() -> int:
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"], capture_output=True, text=True
+    ).stdout.split()
+    return int(out[0])
+
+
+def share_run(out: Path, turns: int) -> dict:
+    """Traffic moves a, b, c, a, ... one burst at a time: each burst's model was the one asleep, so
+    its first request waits for the least recently used awake model to sleep and for its own wake."""
+    kv_bytes = int(gpu_total_mib() * 2**20 * 0.42) - 9 * 2**30  # an engine ~0.42 of the card with weights
+    catalog = catalog_variant(str(CATALOG), three_sharers(kv_bytes))
+    bursts = []
+    with serving(catalog, ready_timeout_s=1200) as server, httpx.Client(base_url=server.base_url, timeout=120) as http:
+        started = time.monotonic()
+        for model in "abc":  # each answers once (the one asleep after the starts is woken here)
+            ttft(http, model, "warm up")
+        print(f"[gpu-share] all three answered after {time.monotonic() - started:.0f}s", flush=True)
+        for n in range(turns):
+            model = "abc"[n % 3]
+            _, first, ok = ttft(http, model, f"burst {n}")
+            rest = [ttft(http, model, f"burst {n} request {i}") for i in range(3)]
+            bursts.append(
+                {
+                    "model": model,
+                    "first_ttft_s": first,
+                    "ok": ok and all(r[2] for r in rest),
+                    "rest_ttft_s": [r[1] for r in rest],
+                    "card_mib": gpu_used_mib(),
+                }
+            )
+            print(
+                f"[gpu-share] burst {n} to {model}: first token {first * 1000:.0f} ms, then "
+                f"{', '.join(f'{r[1] * 1000:.0f}' for r in rest)} ms; card {bursts[-1]['card_mib']} MiB",
+                flush=True,
+            )
+        states = httpx.get(f"{server.base_url}/v1/models", timeout=30).json()
+    firsts = [b["first_ttft_s"] for b in bursts if b["ok"]]
+    return {
+        "gpu": subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        ).stdout.strip(),
+        "card_mib": gpu_total_mib(),
+        "kv_cache_bytes_each": kv_bytes,
+        "bursts": bursts,
+        "errors": sum(not b["ok"] for b in bursts),
+        "first_ttft_s": {"p50": statistics.median(firsts), "p95": percentile(firsts, 0.95), "max": max(firsts)},
+        "rest_ttft_s_p50": statistics.median([s for b in bursts for s in b["rest_ttft_s"]]),
+        "card_mib_max": max(b["card_mib"] for b in bursts),
+        "models": states,
+    }
+
+
 def gpu_used_mib() -> int:
     out = subprocess.run(
         ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"], capture_output=True, text=True
@@ -71,11 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out")
     parser.add_argument("--wakes", type=int, default=20)
     parser.add_argument("--sleep-after-s", type=float, default=2.0)
+    parser.add_argument("--share", type=int, default=0, help="instead: three models, two fit awake; N bursts")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     build(Path("/tmp/phi35-mini"), "mini")
+    if args.share:
+        results = {"started": started_at, **share_run(out, args.share)}
+        (out / "gpu_share.json").write_text(json.dumps(results, indent=2))
+        print(json.dumps({k: v for k, v in results.items() if k != "bursts"}, indent=2), flush=True)
+        return 0
     catalog = catalog_variant(str(CATALOG), two_sleepers(args.sleep_after_s))
     wakes, warm, memory = [], [], []
     neighbour: list[tuple[float, float, bool]] = []

@@ -196,6 +196,7 @@ class RoutingOptions(_Strict):
         return self.model_dump()
 
 
+VLLM_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's engine can be sized for
 LORA_ENGINE_ARGS = ("enable_lora", "max_loras", "max_lora_rank", "max_cpu_loras", "lora_modules")
 
@@ -351,6 +352,28 @@ class ModelEntry(_Strict):
                     f"the deployment gives a replica {gpus:g}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _a_card_share_fits_awake(self) -> ModelEntry:
+        """A replica given part of a GPU shares the card with others that Ray packs beside it. One that
+        never sleeps must fit in its part; one that sleeps may ask for more, since the card's sleepers
+        take turns (services/engine/card_memory.py), but never for more than the card."""
+        part = self.deployment.gpus_per_replica
+        share = self.gpu_share
+        if not 0 < part < 1 or share <= part + 1e-9:
+            return self
+        if self.idle is None or self.idle.sleep_after_s is None:
+            raise ValueError(
+                f"gpu_memory_utilization {share:g} is more than the replica's {part:g} of a GPU: Ray may pack "
+                "replicas beside it that cannot start. Lower it, or let the model sleep when idle "
+                "(idle.sleep_after_s) so that the card's sleepers take turns"
+            )
+        return self
+
+    @property
+    def gpu_share(self) -> float:
+        """The part of its card's memory an awake engine holds (vLLM's gpu_memory_utilization)."""
+        return float(self.engine_args.get("gpu_memory_utilization", VLLM_GPU_MEMORY_UTILIZATION))
 
     @model_validator(mode="after")
     def _zero_replicas_hold_requests(self) -> ModelEntry:

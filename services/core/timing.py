@@ -72,11 +72,20 @@ MAX_REQUEST_TIMEOUT_S = 3000.0
 # no running request loses its weights.
 ADAPTER_SNAPSHOT_GRACE_S = 3600.0
 
+# Engines sharing a GPU take turns on its memory (services/engine/card_memory.py): a wake waits at most
+# this long for the least recently used engines to finish their requests and fall asleep (then 503).
+CARD_CLAIM_TIMEOUT_S = 30.0
+# An engine's start waits longer: the engine that must sleep for it may itself still be starting.
+CARD_START_CLAIM_TIMEOUT_S = 900.0
+# An engine tells its card it was used at most this often: the card's LRU order is this coarse.
+CARD_TOUCH_PERIOD_S = 1.0
+
 # --- Ingress -------------------------------------------------------------------------------------------
 # Serve's controller checks each node's proxy (HAProxy's manager, or the proxy actor) this often and
-# restarts it after 3 failures in a row; Ray's 10 s left a killed HAProxy down for 33 s
-# (docs/reliability.md). A check is one admin-socket command, so a second costs nothing measurable.
-PROXY_HEALTH_CHECK_PERIOD_S = 1.0
+# restarts it after 3 failures in a row (Ray's fixed threshold); Ray's 10 s left a killed HAProxy down
+# for 33 s, 1 s for 4.9-6.5 s (docs/reliability.md). A check is one admin-socket command: twice a
+# second costs nothing measurable.
+PROXY_HEALTH_CHECK_PERIOD_S = 0.5
 
 # `slmserve serve` told to stop waits for its replicas' graceful shutdown (the longest of the
 # catalog's graceful_shutdown_timeout_s) and this much more for Serve to report them gone.

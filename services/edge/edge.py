@@ -325,7 +325,8 @@ class Edge:
                     record.apply(head.outcome)
                 if route in GENERATIVE:  # NIM's request metrics count completions, not tokenize calls
                     self.records.add(record)
-                return Response(head.body, status_code=head.status, media_type="application/json")
+                retry = {"Retry-After": str(RETRY_AFTER_S)} if head.status == 503 else None  # a wake without room
+                return Response(head.body, status_code=head.status, media_type="application/json", headers=retry)
             streaming = True
 
             def stream_ended() -> None:

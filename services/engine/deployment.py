@@ -26,9 +26,10 @@ from ray import serve
 from services.core.catalog import ModelEntry
 from services.core.errors import error_json, from_vllm_error
 from services.core.settings import Settings
-from services.core.timing import ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
+from services.core.timing import CARD_START_CLAIM_TIMEOUT_S, ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
 from services.engine import sse, vllm_compat
 from services.engine.adapters import AdapterSync
+from services.engine.card_memory import CardFull, CardSeat, card_seat
 from services.engine.idle_sleep import IdleSleep
 from services.engine.profiles import Hardware
 from services.engine.profiles import choose as choose_profile
@@ -125,15 +126,24 @@ class EngineDeployment:
         if sleep_after_s is not None and not self.hardware.gpu_count:
             logger.info("%s: no GPU, so no sleep mode (vLLM's needs CUDA); this replica stays awake", self.entry.name)
             sleep_after_s = None
+        self.card: CardSeat | None = None
+        card = None
         if sleep_after_s is not None:
             engine_args["enable_sleep_mode"] = True
+            if self.entry.deployment.gpus_per_replica < 1:  # a share of a card: take turns with its other sleepers
+                # the chosen profile's share, else the entry's
+                share = float(engine_args.get("gpu_memory_utilization", self.entry.gpu_share))
+                card = self.card = card_seat(serve.get_replica_context().replica_id.unique_id, share)
+                await card.claim(CARD_START_CLAIM_TIMEOUT_S)  # vLLM asks for its share free; others may be starting
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
         self.idle: IdleSleep | None = None
         if sleep_after_s is not None:
-            self.idle = IdleSleep(self.stack.sleep, self.stack.wake_up, sleep_after_s)
+            self.idle = IdleSleep(self.stack.sleep, self.stack.wake_up, sleep_after_s, card=card)
             self._idle_task = asyncio.get_running_loop().create_task(self.idle.run_forever())
+            if card is not None:
+                self._card_task = asyncio.get_running_loop().create_task(self.idle.obey_card_forever(card))
         self.adapters: AdapterSync | None = None
         self.held_adapters: list[str] = []  # in the engine's LoRA cache; refreshed with every metrics snapshot
         self.held_adapters_at = 0.0
@@ -176,13 +186,17 @@ class EngineDeployment:
         return self._stream(call) if self.idle is None else self._awake_stream(call, self.idle)
 
     async def _awake_stream(self, call: EngineCall, idle: IdleSleep) -> AsyncGenerator[StreamItem, None]:
-        async with idle.serving():
-            frames = self._stream(call)
-            try:
-                async for item in frames:
-                    yield item
-            finally:
-                await frames.aclose()
+        try:
+            async with idle.serving():
+                frames = self._stream(call)
+                try:
+                    async for item in frames:
+                        yield item
+                finally:
+                    await frames.aclose()
+        except CardFull as full:  # only the wake raises it, before anything was yielded
+            message = f"model {self.entry.name} is waking, but its GPU has no room yet ({full})"
+            yield Head(503, error_json(503, message, code="model_not_ready"), None)
 
     async def _stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         started = time.perf_counter()
@@ -364,5 +378,8 @@ class EngineDeployment:
         stack, adapters = getattr(self, "stack", None), getattr(self, "adapters", None)
         if stack is not None:
             await stack.shutdown()
+        card = getattr(self, "card", None)
+        if card is not None:  # its share of the card is free for the others
+            card.leave()
         if adapters is not None:
             adapters.close()

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+from services.engine.card_memory import CardSeat
+
 logger = logging.getLogger("slmserve.engine")
 
 
@@ -26,12 +28,16 @@ class IdleSleep:
         wake: Callable[[], Awaitable[None]],
         after_s: float,
         check_period_s: float = 1.0,
+        card: CardSeat | None = None,
     ) -> None:
         self._sleep, self._wake = sleep, wake
+        self.card = card  # a GPU shared with other sleepers: room is claimed before a wake
         self.after_s = after_s
         self.check_period_s = min(check_period_s, after_s / 2)
         self.asleep = False
         self.active = 0  # requests inside `serving()`
+        self._quiet = asyncio.Event()  # set while no request is inside
+        self._quiet.set()
         self.last_used = time.monotonic()
         self.wake_seconds: list[float] = []  # since the last `drain_wakes()`
         self._lock = asyncio.Lock()
@@ -41,16 +47,23 @@ class IdleSleep:
         async with self._lock:
             if self.asleep:
                 started = time.perf_counter()
+                if self.card is not None:
+                    await self.card.claim()
                 await self._wake()
                 self.asleep = False
                 self.wake_seconds.append(time.perf_counter() - started)
                 logger.info("engine woke in %.3fs", self.wake_seconds[-1])
             self.active += 1
+            self._quiet.clear()
+        if self.card is not None:
+            self.card.touch()
         try:
             yield
         finally:
             self.active -= 1
             self.last_used = time.monotonic()
+            if not self.active:
+                self._quiet.set()
 
     def drain_wakes(self) -> list[float]:
         wakes, self.wake_seconds = self.wake_seconds, []
@@ -62,19 +75,29 @@ class IdleSleep:
     async def run_forever(self) -> None:
         while True:
             await asyncio.sleep(self.check_period_s)
-            if not self._idle():
-                continue
-            async with self._lock:
-                if not self._idle():  # a request came in while the lock was taken
-                    continue
-                started = time.perf_counter()
-                try:
-                    await self._sleep()
-                except Exception:  # the engine stays awake and serves; try again after the next idle spell
-                    logger.warning("the engine could not fall asleep", exc_info=True)
-                    self.last_used = time.monotonic()
-                    continue
-                self.asleep = True
-                logger.info(
-                    "engine asleep after %.0fs idle (%.3fs to fall asleep)", self.after_s, time.perf_counter() - started
-                )
+            if self._idle():
+                await self._fall_asleep(lambda: self._idle(), "idle")
+
+    async def obey_card_forever(self, card: CardSeat) -> None:
+        """Falls asleep whenever the card needs room for another engine, once this one's requests
+        have finished (it never cuts one)."""
+        while True:
+            await card.sleep_asked()
+            await self._quiet.wait()
+            await self._fall_asleep(lambda: not self.asleep and not self.active, "asked by the card")
+
+    async def _fall_asleep(self, still_wanted: Callable[[], bool], why: str) -> None:
+        async with self._lock:
+            if not still_wanted():  # a request came in while the lock was taken
+                return
+            started = time.perf_counter()
+            try:
+                await self._sleep()
+            except Exception:  # the engine stays awake and serves; try again after the next idle spell
+                logger.warning("the engine could not fall asleep", exc_info=True)
+                self.last_used = time.monotonic()
+                return
+            self.asleep = True
+            if self.card is not None:
+                await self.card.slept()
+            logger.info("engine asleep (%s; %.3fs to fall asleep)", why, time.perf_counter() - started)

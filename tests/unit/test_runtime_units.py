@@ -30,9 +30,9 @@ def test_haproxy_files_are_per_instance_and_fit_haproxys_socket_path_limit():
 def test_proxy_ingress_turns_haproxy_off_and_wildcard_hosts_are_polled_on_loopback():
     assert ingress_environment(Settings(ingress="proxy")) == {
         "RAY_SERVE_ENABLE_HA_PROXY": "0",
-        "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "1.0",  # a dead proxy is restarted after 3 s either way
+        "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "0.5",  # a dead proxy is restarted after 1.5 s either way
     }
-    assert ingress_environment(Settings())["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"] == "1.0"
+    assert ingress_environment(Settings())["RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S"] == "0.5"
     assert local_base_url(Settings(host="0.0.0.0", port=9000)) == "http://127.0.0.1:9000"
     assert local_base_url(Settings(host="127.0.0.1", port=9000)) == "http://127.0.0.1:9000"
 
