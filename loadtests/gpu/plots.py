@@ -4,12 +4,14 @@
 .venv/bin/python -m loadtests.gpu.plots routing docs/routing_gpu.png docs/gpu/gpu_routing_run1_16gib.json
 .venv/bin/python -m loadtests.gpu.plots lora docs/gpu/gpu_lora_run1_h200.json docs/lora_gpu.png
 .venv/bin/python -m loadtests.gpu.plots sleep docs/gpu/gpu_sleep_run1_h100.json docs/scale_to_zero_gpu.png
+.venv/bin/python -m loadtests.gpu.plots share docs/gpu/gpu_share_run2_h100.json docs/gpu_share.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -75,6 +77,38 @@ def plot_sleep(run: dict, png: Path) -> None:
     figure.savefig(png, dpi=110)
 
 
+def plot_share(run: dict, png: Path) -> None:
+    """Each burst's first token (another model put to sleep, then this one's wake) and the card's memory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursts = run["bursts"]
+    colours = {"a": "tab:orange", "b": "tab:purple", "c": "tab:cyan"}
+    figure, (ttft, memory) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [3, 1]})
+    numbers = range(1, len(bursts) + 1)
+    ttft.bar(numbers, [b["first_ttft_s"] * 1000 for b in bursts], color=[colours[b["model"]] for b in bursts])
+    ttft.plot(numbers, [statistics.median(b["rest_ttft_s"]) * 1000 for b in bursts], "o-", color="tab:blue")
+    ttft.axhline(500, color="tab:red", ls=":")
+    ttft.set(xlabel="burst (model a, b, c in turn)", ylabel="time to first token (ms)", ylim=(0, 800))
+    ttft.legend(
+        handles=[plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+        + [plt.Line2D([], [], color="tab:blue", marker="o"), plt.Line2D([], [], color="tab:red", ls=":")],
+        labels=[f"first request to {m} (another sleeps, {m} wakes)" for m in colours]
+        + ["the burst's next requests (awake), p50", "500 ms"],
+        loc="upper left",
+        ncol=2,
+        fontsize=8,
+    )
+    card = run["card_mib"] / 1024
+    memory.bar(["card", "used, max"], [card, run["card_mib_max"] / 1024], color=["tab:gray", "tab:orange"])
+    memory.set(ylabel="GiB", title="3 models x 0.42 of the card", ylim=(0, card * 1.3))
+    figure.suptitle(f"{run['gpu']}: three Phi-3.5-mini-shaped models on one card, two fit awake (slmserve)")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -90,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     sleep = commands.add_parser("sleep", help="each wake's TTFT, the neighbour's, the card's memory")
     sleep.add_argument("results", type=Path)
     sleep.add_argument("png", type=Path)
+    share = commands.add_parser("share", help="three models on one card: each burst's first token, the card")
+    share.add_argument("results", type=Path)
+    share.add_argument("png", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "sleep":
+    if args.command == "share":
+        plot_share(json.loads(args.results.read_text()), args.png)
+    elif args.command == "sleep":
         plot_sleep(json.loads(args.results.read_text()), args.png)
     elif args.command == "lora":
         plot_lora(json.loads(args.results.read_text()), args.png)
