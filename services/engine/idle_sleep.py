@@ -83,21 +83,27 @@ class IdleSleep:
         have finished (it never cuts one)."""
         while True:
             await card.sleep_asked()
-            await self._quiet.wait()
-            await self._fall_asleep(lambda: not self.asleep and not self.active, "asked by the card")
+            settled = False
+            while not settled:  # a request that slips in before the lock is served first, then we sleep
+                await self._quiet.wait()
+                settled = await self._fall_asleep(lambda: not self.active, "asked by the card")
 
-    async def _fall_asleep(self, still_wanted: Callable[[], bool], why: str) -> None:
+    async def _fall_asleep(self, still_wanted: Callable[[], bool], why: str) -> bool:
+        """Sleeps if `still_wanted()` holds under the lock; False if a request came in first."""
         async with self._lock:
+            if self.asleep:
+                return True
             if not still_wanted():  # a request came in while the lock was taken
-                return
+                return False
             started = time.perf_counter()
             try:
                 await self._sleep()
             except Exception:  # the engine stays awake and serves; try again after the next idle spell
                 logger.warning("the engine could not fall asleep", exc_info=True)
                 self.last_used = time.monotonic()
-                return
+                return True
             self.asleep = True
             if self.card is not None:
                 await self.card.slept()
             logger.info("engine asleep (%s; %.3fs to fall asleep)", why, time.perf_counter() - started)
+            return True
