@@ -21,6 +21,7 @@ Each step's figures (requests sent and failed while it recovered, seconds to rec
 docs/reliability.md, a section per data plane.
 
     .venv/bin/python -m loadtests.chaos [--data-plane direct|routed]   # about 8 minutes on 2 cores
+    .venv/bin/python -m loadtests.chaos --haproxy-only 3                 # step 3 alone, 3 times
 """
 
 from __future__ import annotations
@@ -133,7 +134,11 @@ def kill_processes(match) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = command_line(__doc__)
     parser.add_argument("--data-plane", choices=("direct", "routed"), default="direct")
-    plane = parser.parse_args(argv).data_plane
+    parser.add_argument(
+        "--haproxy-only", type=int, default=0, metavar="N", help="only kill HAProxy, N times; print, write no docs"
+    )
+    args = parser.parse_args(argv)
+    plane = args.data_plane
     # Ray resolves 127.0.0.1 in a cluster address to the host's own address unless clusters are
     # "not supported" (its switch for macOS and Windows); traffic here stays on loopback.
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
@@ -189,14 +194,23 @@ def main(argv: list[str] | None = None) -> int:
         runtime.wait_until_ready(base_url, 900)
         wait_for_replicas(base_url, 2, 600)
         print(f"[chaos] two engine replicas on two worker nodes, {plane} data plane; load starts", flush=True)
-        figures.append(kill_worker_node(cluster, gcs, workers[0], base_url, plane))
-        figures.append(kill_routing_replicas(base_url, ROUTING_DEPLOYMENT[plane]))
-        figures.append(kill_haproxy(base_url))
-        figures.append(drain_worker_node(cluster, gcs, workers[1], base_url))
+        if args.haproxy_only:
+            for _ in range(args.haproxy_only):
+                figures.append(kill_haproxy(base_url))
+                time.sleep(5)
+        else:
+            figures.append(kill_worker_node(cluster, gcs, workers[0], base_url, plane))
+            figures.append(kill_routing_replicas(base_url, ROUTING_DEPLOYMENT[plane]))
+            figures.append(kill_haproxy(base_url))
+            figures.append(drain_worker_node(cluster, gcs, workers[1], base_url))
     finally:
         runtime.shutdown()
         cluster.shutdown()
-    write_report(figures, plane)
+    if args.haproxy_only:
+        recovered = [figure["recovered_s"] for figure in figures]
+        print(f"[chaos] HAProxy killed {len(figures)} times, {plane}: serving again after {recovered} s", flush=True)
+    else:
+        write_report(figures, plane)
     ok = all(figure["ok"] for figure in figures)
     print("[chaos] PASS" if ok else "[chaos] FAIL", flush=True)
     return 0 if ok else 1

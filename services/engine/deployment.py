@@ -25,6 +25,7 @@ from ray import serve
 
 from services.core.catalog import ModelEntry
 from services.core.errors import error_json, from_vllm_error
+from services.core.logs import show_platform_logs
 from services.core.settings import Settings
 from services.core.timing import CARD_START_CLAIM_TIMEOUT_S, ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
 from services.engine import sse, vllm_compat
@@ -108,6 +109,7 @@ class EngineDeployment:
     """Wrapped by `serve.deployment` in services.app with the catalog entry's options."""
 
     async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:  # type: ignore[misc]  # Serve awaits async constructors
+        show_platform_logs()
         self.entry = ModelEntry.model_validate(entry)
         self.metrics_hub = metrics_hub
         started = time.monotonic()

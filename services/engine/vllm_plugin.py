@@ -6,7 +6,7 @@ release that fixed the bug is left alone.
 - CPU LoRA: vLLM's pure-PyTorch LoRA ops (the CPU backend's) index the stacked adapters with each
   token's adapter slot, and a base-model token's slot is -1, which PyTorch reads as "the last
   adapter". In a batch mixing base-model and adapter requests the base-model requests then get an
-  adapter's output (found by tests/live/test_lora_live.py; vLLM pull request 48421 fixes it upstream).
+  adapter's output (found by tests/live/two_replicas/test_lora.py; vLLM pull request 48421 fixes it upstream).
   The GPU kernels skip slot -1 themselves.
 """
 

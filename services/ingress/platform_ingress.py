@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from services.core import platform
 from services.core.catalog import Catalog
 from services.core.layout import layout, model_routes
+from services.core.logs import show_platform_logs
 from services.core.serve_context import background_task
 from services.core.timing import INGRESS_WARM_TIMEOUT_S, MODEL_MAP_ATTEMPTS, MODEL_MAP_RETRY_S
 from services.edge.app import build_app
@@ -47,6 +48,7 @@ class PlatformIngress:
         limit_broker: DeploymentHandle | None,
         *engines: DeploymentHandle,
     ) -> None:
+        show_platform_logs()
         parsed = Catalog.model_validate(catalog)
         self.catalog = parsed
         self.plan = layout(parsed, platform_app)

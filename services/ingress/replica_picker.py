@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
 
 from services.core import platform, ray_compat
+from services.core.logs import show_platform_logs
 from services.core.timing import CHOOSE_TIMEOUT_S
 from services.metrics.records import RecordBuffer
 from services.routing import decisions
@@ -48,6 +49,7 @@ class ReplicaPicker:
     """Wrapped by `serve.ingress()` and `serve.deployment` in services.app."""
 
     def __init__(self, engine: DeploymentHandle, platform_app: str, session_header: str) -> None:
+        show_platform_logs()
         self.engine = engine
         ray_compat.start_request_router(self.engine)
         self.session_header = session_header.lower()

@@ -34,7 +34,7 @@ NIM_SERIES = (
     "request_finish_total",
 )
 # Series that exist only where the catalog gives a model a choice of replicas (a request router
-# decides): the test catalog has one replica per model. tests/live/test_routing_live.py reads them on two.
+# decides): the test catalog has one replica per model. tests/live/two_replicas/test_routing.py reads them on two.
 NEEDS_REPLICA_CHOICE = {"slmserve_routing_decisions_total"}
 
 

@@ -1,5 +1,5 @@
 """The adapter checks on their own (services/engine/adapter_files.py), on PEFT adapters made for the embedded
-model and on broken ones; the live behaviour is in test_lora_live.py."""
+model and on broken ones; the live behaviour is in tests/live/two_replicas/test_lora.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Cluster-wide limits (services/edge/limits.py) on their own: several edges share one broker, tickets
-expire, an unreachable broker fails closed. The live two-replica case is in test_routing_live.py.
+expire, an unreachable broker fails closed. The live two-replica case is in tests/live/two_replicas/test_routing.py.
 The handle here is a stand-in that calls the real broker in this process (Ray is not needed to
 show the arithmetic)."""
 

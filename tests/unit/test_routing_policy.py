@@ -1,5 +1,5 @@
 """The replica-choice policy on its own (services/routing/policies.py); the live behaviour across real
-engine replicas is in test_routing_live.py."""
+engine replicas is in tests/live/two_replicas/test_routing.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """LoRA adapters end to end (issue 14): PEFT adapters the tests make for the embedded model, served
-from a catalog's `lora.adapters_dir` by two real engine replicas (direct mode), called with the
-`openai` client by adapter name. Broken adapters sit in the same directory the whole time."""
+from a catalog's `lora.adapters_dir` by two real engine replicas (direct mode, the package's
+instance), called with the `openai` client by adapter name. Broken adapters sit in the same
+directory the whole time. These run before the routing tests (file order): the affinity test needs
+the adapters where the engines registered them at start."""
 
 from __future__ import annotations
 
@@ -8,75 +10,18 @@ import asyncio
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.settings import Settings
-from services.haproxy.maps import HAProxyMap
-from services.haproxy.wrapper import ADAPTERS_MAP
-from services.runtime import haproxy_state_dir
-from testkit.lora_adapters import make_adapters, make_missing_weights_adapter, make_wrong_base_adapter
-from testkit.serving import ServerProcess, catalog_variant, serving, wait_until_haproxy_follows_the_router
+from testkit.serving import ServerProcess
+
+from .instance import ADAPTERS, BROKEN, MODEL, REFRESH_S, wait_until
 
 pytestmark = pytest.mark.live
-MODEL = "smollm2-135m-instruct"
-ADAPTERS = {"alpha-r8": 8, "beta-r16": 16, "gamma-r8": 8}  # three, and room for two per engine
-BROKEN = {"wrong-base", "no-weights", "rank-64", "garbage"}
-REFRESH_S = 2
 QUESTION = [{"role": "user", "content": "The capital of France is"}]
-
-
-@pytest.fixture(scope="module")
-def adapters_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("adapters")
-    spare = tmp_path_factory.mktemp("spare")
-    cache = Settings().cache_dir
-    make_adapters(root, cache, ADAPTERS)
-    make_adapters(spare, cache, {"rank-64": 64, "delta-r8": 8}, seed=77)
-    shutil.move(spare / "rank-64", root / "rank-64")
-    shutil.move(spare / "delta-r8", root.parent / "delta-r8")  # added and removed by a test
-    make_wrong_base_adapter(root / "wrong-base")
-    make_missing_weights_adapter(root / "no-weights")
-    shutil.copytree(root / "alpha-r8", root / "garbage")
-    (root / "garbage" / "adapter_model.safetensors").write_bytes(b"\x00" * 40 + b"not a tensor file")
-    return root
-
-
-@pytest.fixture(scope="module")
-def server(adapters_dir: Path) -> Iterator[ServerProcess]:
-    def with_adapters(catalog: dict) -> None:
-        entry = catalog["models"][0]
-        entry["deployment"]["num_replicas"] = 2
-        entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-        entry["engine_args"]["kv_cache_memory_bytes"] = 268435456
-        entry["lora"] = {
-            "adapters_dir": str(adapters_dir),
-            "max_loras": 2,
-            "max_lora_rank": 16,
-            "max_cpu_loras": 2,
-            "refresh_s": REFRESH_S,
-        }
-
-    with serving(catalog_variant("cpu", with_adapters), replicas=2) as running:
-        wait_until(lambda: set(ADAPTERS) <= placed_by_haproxy(running))
-        wait_until_haproxy_follows_the_router(running.base_url, MODEL)
-        yield running
-
-
-def placed_by_haproxy(server: ServerProcess) -> set[str]:
-    """The adapters the running HAProxy's map sends straight to an engine replica, read on its admin
-    socket: a request to find out would load the adapter on a replica before the affinity test."""
-    state = haproxy_state_dir(urlsplit(server.base_url).port or 0)
-    placed: set[str] = set()
-    for socket_path in state.glob("*/admin.sock"):
-        placed |= HAProxyMap(socket_path.parent / ADAPTERS_MAP, socket_path).loaded().keys()
-    return placed
 
 
 def served_by(server: ServerProcess, model: str) -> str | None:
@@ -100,13 +45,6 @@ def answer(client: openai.OpenAI, model: str) -> str:
 
 def listed(client: openai.OpenAI) -> dict[str, str | None]:
     return {card.id: getattr(card, "parent", None) for card in client.models.list().data}
-
-
-def wait_until(condition, timeout_s: float = 6 * REFRESH_S + 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "not within the refresh period"
-        time.sleep(0.5)
 
 
 def metric_samples(server: ServerProcess, name: str) -> list:

@@ -1,6 +1,7 @@
 """Replica routing across two real engine replicas of the embedded model (direct mode, prefix
-affinity, the catalog's defaults), driven over HTTP as a chat client would (issue 17). The replica
-that answered is read from `X-Slmserve-Replica`; cache hits from the engines' own vLLM counters."""
+affinity, the catalog's defaults; the package's instance), driven over HTTP as a chat client would
+(issue 17). The replica that answered is read from `X-Slmserve-Replica`; cache hits from the
+engines' own vLLM counters."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import concurrent.futures
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -18,32 +18,11 @@ from openai.types.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
-from testkit.serving import (
-    ServerProcess,
-    catalog_variant,
-    serving,
-    wait_until_haproxy_follows_the_router,
-)
+from testkit.serving import ServerProcess
+
+from .instance import BOUND, MODEL
 
 pytestmark = pytest.mark.live
-MODEL = "smollm2-135m-instruct"
-
-
-BOUND = 12  # requests in flight for the model, across both replicas (issue 16 item 6)
-
-
-def two_replicas(catalog: dict) -> None:
-    entry = catalog["models"][0]
-    entry["deployment"]["num_replicas"] = 2
-    entry["max_in_flight"] = BOUND
-    entry["env"] = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}  # one core each
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with serving(catalog_variant("cpu", two_replicas), replicas=2) as running:
-        wait_until_haproxy_follows_the_router(running.base_url, MODEL)
-        yield running
 
 
 def _metrics(server: ServerProcess) -> str:
