@@ -7,6 +7,7 @@ import math
 import os
 import random
 import re
+import signal
 import socket
 import tempfile
 import time
@@ -21,6 +22,7 @@ from services.core.catalog import Catalog
 from services.core.layout import layout, model_routes
 from services.core.settings import Settings
 from services.core.timing import (
+    HAPROXY_STOP_WAIT_S,
     LOCAL_CONTROL_LOOP_INTERVAL_S,
     PROXY_HEALTH_CHECK_PERIOD_S,
     RAY_START_ATTEMPTS,
@@ -82,6 +84,9 @@ def free_ports(count: int, *, candidates: range = INSTANCE_PORTS) -> list[int]:
 def _bindable(port: int, addresses: tuple[str, ...] = ("127.0.0.1", "0.0.0.0")) -> bool:
     for address in addresses:  # HAProxy binds the wildcard, uvicorn loopback
         with socket.socket() as sock:
+            # As HAProxy binds: a listener refuses it, the closed connections of an instance that just
+            # ended (TIME_WAIT, a minute) do not.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((address, port))
             except OSError:
@@ -115,6 +120,30 @@ def routing_environment(catalog: Catalog, app_name: str) -> dict[str, str]:
 def haproxy_state_dir(port: int) -> Path:
     """Where a local instance's HAProxy keeps its config, maps and admin socket (under a node id)."""
     return Path(tempfile.gettempdir()) / f"slmserve-{port}"
+
+
+def stop_left_over_haproxy(port: int) -> list[int]:
+    """HAProxy processes left by a dead local instance on `port` (their config in its state directory,
+    their HAProxy manager gone): stopped, with one line each. An instance's HAProxy now ends with its
+    manager (services/haproxy/wrapper.py); this clears one left by a start before that, or by a
+    platform without Linux's parent-death signal. A live instance's HAProxy is never touched."""
+    state = f"{haproxy_state_dir(port)}/".encode()
+    stopped = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parent_command = Path(f"/proc/{parent}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        ours = Path(command[0].decode(errors="replace")).name == "haproxy" and any(
+            part.startswith(state) for part in command
+        )
+        if ours and not parent_command.startswith(b"ray::"):  # its manager is gone: nobody serves through it
+            print(f"[slmserve] stopping HAProxy {entry.name}, left on port {port} by an instance that died", flush=True)
+            os.kill(int(entry.name), signal.SIGTERM)
+            stopped.append(int(entry.name))
+    return stopped
 
 
 def ingress_environment(settings: Settings) -> dict[str, str]:
@@ -165,6 +194,8 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         os.environ.setdefault(key, value)
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
+    if local_ray and not _bindable(settings.port, (settings.host,)) and stop_left_over_haproxy(settings.port):
+        time.sleep(HAPROXY_STOP_WAIT_S)
     if local_ray and not _bindable(settings.port, (settings.host,)):
         raise LocalStartFailed(
             f"port {settings.port} on {settings.host} is in use by another process: "

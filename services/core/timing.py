@@ -91,6 +91,9 @@ PROXY_HEALTH_CHECK_PERIOD_S = 0.5
 # catalog's graceful_shutdown_timeout_s) and this much more for Serve to report them gone.
 STOP_MARGIN_S = 10.0
 
+# A local start that found a dead instance's HAProxy on its port waits this long after stopping it.
+HAPROXY_STOP_WAIT_S = 1.0
+
 # A router replica that starts while the engines run (a rolled catalog, a replacement) waits at most
 # this long for its first view of them before it takes traffic.
 INGRESS_WARM_TIMEOUT_S = 10.0

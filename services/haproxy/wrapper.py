@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -71,11 +72,27 @@ def prepare(config_path: Path, routes: dict[str, str], model_header: str = "") -
     write_atomically(config_path, add_rules(config_path.read_text(), models_map, adapters_map, model_header))
 
 
+def end_with_parent() -> None:
+    """HAProxy ends when the HAProxy manager that started it does (Linux's parent-death signal, kept
+    across exec): an instance killed outright leaves no HAProxy holding its port (one did, and the
+    next start on that port could only say the port was taken)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != parent:  # the manager died before the signal was armed
+        sys.exit(1)
+
+
 def main() -> None:
     arguments = sys.argv[1:]
     if "-f" in arguments:
         routes = json.loads(os.environ.get(ROUTES_ENV) or "{}")
         prepare(Path(arguments[arguments.index("-f") + 1]), routes, os.environ.get(MODEL_HEADER_ENV, ""))
+    end_with_parent()
     binary = real_binary()
     os.execv(binary, [binary, *arguments])
 
