@@ -49,7 +49,12 @@ class IdleSleep:
                 started = time.perf_counter()
                 if self.card is not None:
                     await self.card.claim()
-                await self._wake()
+                try:
+                    await self._wake()
+                except BaseException:
+                    if self.card is not None:  # still asleep: the room claimed goes back to the card
+                        await self.card.slept()
+                    raise
                 self.asleep = False
                 self.wake_seconds.append(time.perf_counter() - started)
                 logger.info("engine woke in %.3fs", self.wake_seconds[-1])

@@ -139,3 +139,25 @@ def test_the_catalog_refuses_a_card_share_larger_than_the_replicas_part_unless_i
     assert load_catalog_text(CATALOG.format(share=0.45, idle="")).models[0].gpu_share == 0.45
     sleeper = load_catalog_text(CATALOG.format(share=0.6, idle="idle: {sleep_after_s: 60}"))
     assert sleeper.models[0].gpu_share == 0.6
+
+
+def test_a_wake_that_fails_gives_its_room_back():
+    async def scenario() -> None:
+        memory = CardMemory()
+        card = InProcess(memory)
+
+        async def cannot_wake() -> None:
+            raise RuntimeError("CUDA out of memory")
+
+        async def nothing() -> None:
+            pass
+
+        idle = IdleSleep(nothing, cannot_wake, after_s=60, card=CardSeat(card, "a", 0.6))
+        idle.asleep = True
+        with pytest.raises(RuntimeError):
+            async with idle.serving():
+                pass
+        assert idle.asleep and not memory.ledger.tenants["a"].awake
+        await memory.claim("b", 0.6, 0.05)  # a's claim did not keep the room
+
+    asyncio.run(scenario())
