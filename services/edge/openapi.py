@@ -72,11 +72,25 @@ def _register(components: dict[str, Any], schema: dict[str, Any], title: str, mo
     return str(title)
 
 
+# One server-sent event, as a reader of the stream sees it (its fields, not the raw text): the
+# schema of the event-stream media type, event by event.
+SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string", "description": "a JSON chunk, or [DONE]"},
+        "event": {"type": "string", "description": "the Responses API's event type"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
+
 def _answer_responses(kind: str) -> dict[str, Any]:
     streams = kind in ("chat", "completions", "responses")
     content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
     if streams:
-        content[sse.MEDIA_TYPE] = {"schema": {"type": "string"}}
+        content[sse.MEDIA_TYPE] = {"schema": SSE_EVENT}
     return {
         "200": {
             "description": "the answer" + ("; with `stream: true`, server-sent events of chunks" if streams else ""),
