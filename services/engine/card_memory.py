@@ -101,15 +101,16 @@ class CardMemory:
                 self._asked[victim].set()
             try:
                 async with self._changed:
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: not any(self.ledger.tenants[v].awake for v in victims)),
-                        timeout_s,
-                    )
+                    await asyncio.wait_for(self._changed.wait_for(lambda: not self._awake(victims)), timeout_s)
             except TimeoutError:
-                stuck = [v for v in victims if self.ledger.tenants[v].awake]
+                stuck = self._awake(victims)
                 raise CardFull(f"{', '.join(stuck)} did not fall asleep within {timeout_s:g}s") from None
             self.ledger.mark(engine, True, time.monotonic())
             return victims
+
+    def _awake(self, engines: list[str]) -> list[str]:
+        """Those of `engines` still awake (one that left the card, its replica stopped, is not)."""
+        return [name for name in engines if name in self.ledger.tenants and self.ledger.tenants[name].awake]
 
     async def slept(self, engine: str) -> None:
         if engine in self.ledger.tenants:
@@ -126,15 +127,11 @@ class CardMemory:
     def touch(self, engine: str) -> None:
         self.ledger.touch(engine, time.monotonic())
 
-    def leave(self, engine: str) -> None:
+    async def leave(self, engine: str) -> None:
         self.ledger.leave(engine)
         self._asked.pop(engine, None)
-
-    def state(self) -> dict[str, dict[str, Any]]:
-        return {
-            name: {"share": t.share, "awake": t.awake, "last_used": t.last_used}
-            for name, t in self.ledger.tenants.items()
-        }
+        async with self._changed:  # a claim waiting for it to sleep has its room now
+            self._changed.notify_all()
 
 
 class CardSeat:

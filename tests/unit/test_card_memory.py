@@ -161,3 +161,15 @@ def test_a_wake_that_fails_gives_its_room_back():
         await memory.claim("b", 0.6, 0.05)  # a's claim did not keep the room
 
     asyncio.run(scenario())
+
+
+def test_a_claim_waiting_for_an_engine_that_leaves_the_card_gets_its_room():
+    async def scenario() -> None:
+        memory = CardMemory()
+        await memory.claim("a", 0.6, 1)
+        waiting = asyncio.create_task(memory.claim("b", 0.6, 5))
+        await asyncio.sleep(0.05)
+        await memory.leave("a")  # its replica stopped: its share of the card is free
+        assert await waiting == ["a"]
+
+    asyncio.run(scenario())
