@@ -64,7 +64,7 @@ def gpu_total_mib() -> int:
     return int(out[0])
 
 
-def share_run(out: Path, turns: int) -> dict:
+def share_run(turns: int) -> dict:
     """Traffic moves a, b, c, a, ... one burst at a time: each burst's model was the one asleep, so
     its first request waits for the least recently used awake model to sleep and for its own wake."""
     kv_bytes = int(gpu_total_mib() * 2**20 * 0.42) - 9 * 2**30  # an engine ~0.42 of the card with weights
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     build(Path("/tmp/phi35-mini"), "mini")
     if args.share:
-        results = {"started": started_at, **share_run(out, args.share)}
+        results = {"started": started_at, **share_run(args.share)}
         (out / "gpu_share.json").write_text(json.dumps(results, indent=2))
         print(json.dumps({k: v for k, v in results.items() if k != "bursts"}, indent=2), flush=True)
         return 0

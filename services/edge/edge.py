@@ -118,10 +118,12 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     return body
 
 
+RETRY_LATER = {"Retry-After": str(RETRY_AFTER_S)}  # on every 503 of a model not ready yet
+
+
 def _retry_later(message: str, code: Code, model: str, base_model: str = "") -> APIError:
     """A 503 the client should retry after RETRY_AFTER_S, counted as a rejection for `code`."""
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
-    return APIError(503, message, code=code, headers=headers, model=model, base_model=base_model, reason=code)
+    return APIError(503, message, code=code, headers=RETRY_LATER, model=model, base_model=base_model, reason=code)
 
 
 class Edge:
@@ -325,7 +327,7 @@ class Edge:
                     record.apply(head.outcome)
                 if route in GENERATIVE:  # NIM's request metrics count completions, not tokenize calls
                     self.records.add(record)
-                retry = {"Retry-After": str(RETRY_AFTER_S)} if head.status == 503 else None  # a wake without room
+                retry = RETRY_LATER if head.status == 503 else None  # an engine waking without room on its GPU
                 return Response(head.body, status_code=head.status, media_type="application/json", headers=retry)
             streaming = True
 

@@ -58,9 +58,6 @@ class CardLedger:
         if awake:
             tenant.last_used = at
 
-    def awake_share(self) -> float:
-        return sum(tenant.share for tenant in self.tenants.values() if tenant.awake)
-
     def to_sleep_for(self, engine: str) -> list[str]:
         """The awake engines, least recently used first, that must sleep for `engine` to be awake."""
         wanted = self.tenants[engine]

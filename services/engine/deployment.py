@@ -129,14 +129,13 @@ class EngineDeployment:
             logger.info("%s: no GPU, so no sleep mode (vLLM's needs CUDA); this replica stays awake", self.entry.name)
             sleep_after_s = None
         self.card: CardSeat | None = None
-        card = None
         if sleep_after_s is not None:
             engine_args["enable_sleep_mode"] = True
             if self.entry.deployment.gpus_per_replica < 1:  # a share of a card: take turns with its other sleepers
                 # the chosen profile's share, else the entry's
                 share = float(engine_args.get("gpu_memory_utilization", self.entry.gpu_share))
-                card = self.card = card_seat(serve.get_replica_context().replica_id.unique_id, share)
-                await card.claim(CARD_START_CLAIM_TIMEOUT_S)  # vLLM asks for its share free; others may be starting
+                self.card = card_seat(serve.get_replica_context().replica_id.unique_id, share)
+                await self.card.claim(CARD_START_CLAIM_TIMEOUT_S)  # vLLM asks for its share free; others may start
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
@@ -146,10 +145,10 @@ class EngineDeployment:
             # never-slept neighbour to sleep took 5.9 s, the next twenty 0.45-0.49 s): pay it at start.
             await self.stack.sleep()
             await self.stack.wake_up()
-            self.idle = IdleSleep(self.stack.sleep, self.stack.wake_up, sleep_after_s, card=card)
+            self.idle = IdleSleep(self.stack.sleep, self.stack.wake_up, sleep_after_s, card=self.card)
             self._idle_task = asyncio.get_running_loop().create_task(self.idle.run_forever())
-            if card is not None:
-                self._card_task = asyncio.get_running_loop().create_task(self.idle.obey_card_forever(card))
+            if self.card is not None:
+                self._card_task = asyncio.get_running_loop().create_task(self.idle.obey_card_forever(self.card))
         self.adapters: AdapterSync | None = None
         self.held_adapters: list[str] = []  # in the engine's LoRA cache; refreshed with every metrics snapshot
         self.held_adapters_at = 0.0

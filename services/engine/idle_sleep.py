@@ -81,7 +81,7 @@ class IdleSleep:
         while True:
             await asyncio.sleep(self.check_period_s)
             if self._idle():
-                await self._fall_asleep(lambda: self._idle(), "idle")
+                await self._fall_asleep(self._idle, "idle")
 
     async def obey_card_forever(self, card: CardSeat) -> None:
         """Falls asleep whenever the card needs room for another engine, once this one's requests
