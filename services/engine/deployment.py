@@ -99,6 +99,16 @@ async def _response_frames(events: AsyncIterator[Any]) -> AsyncGenerator[str | O
             await aclose()
 
 
+def _process_age_s() -> float:
+    """Seconds since this process started (Linux's /proc; 0 where there is none)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def _vllm_families() -> list[Any]:
     from prometheus_client import REGISTRY
 
@@ -113,7 +123,9 @@ class EngineDeployment:
         self.entry = ModelEntry.model_validate(entry)
         self.metrics_hub = metrics_hub
         started = time.monotonic()
+        process_age_s = _process_age_s()  # the worker's start and the replica's imports, before this
         model = resolve_source(self.entry.source, Path(cache_dir))
+        files_s = time.monotonic() - started
         self.hardware = Hardware.detect()
         self.profile = choose_profile(self.entry.profiles, self.hardware, Settings().profile)
         if self.entry.profiles:
@@ -138,7 +150,9 @@ class EngineDeployment:
                 await self.card.claim(CARD_START_CLAIM_TIMEOUT_S)  # vLLM asks for its share free; others may start
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
+        engine_started = time.monotonic()
         await self.stack.start()
+        engine_s = time.monotonic() - engine_started
         self.idle: IdleSleep | None = None
         if sleep_after_s is not None:
             # vLLM's first sleep takes seconds, later ones a fifth of one (a wake that had to put a
@@ -168,7 +182,15 @@ class EngineDeployment:
         self.slo_class_priority = slo.class_priority if slo is not None else None
         self.class_ttft = CumulativeHistogram() if self.slo_class_priority is not None else None
         self.load_seconds = time.monotonic() - started
-        logger.info("engine for %s ready in %.1fs", self.entry.name, self.load_seconds)
+        # The phases of a replica's start (issue 29, loadtests/gpu/run_gpu_coldstart.py reads this line).
+        logger.info(
+            "engine for %s ready in %.1fs (process up %.1fs before; model files %.1fs, vLLM engine %.1fs)",
+            self.entry.name,
+            self.load_seconds,
+            process_age_s,
+            files_s,
+            engine_s,
+        )
         if metrics_hub is not None:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._report_metrics_forever())
 
