@@ -5,6 +5,8 @@
 .venv/bin/python -m loadtests.gpu.plots lora docs/gpu/gpu_lora_run1_h200.json docs/lora_gpu.png
 .venv/bin/python -m loadtests.gpu.plots sleep docs/gpu/gpu_sleep_run1_h100.json docs/scale_to_zero_gpu.png
 .venv/bin/python -m loadtests.gpu.plots share docs/gpu/gpu_share_run2_h100.json docs/gpu_share.png
+.venv/bin/python -m loadtests.gpu.plots coldstart docs/gpu/gpu_coldstart_bare_run1_h100.json \
+    docs/gpu/gpu_coldstart_slmserve_run1_h100.json docs/coldstart_gpu.png
 """
 
 from __future__ import annotations
@@ -109,6 +111,47 @@ def plot_share(run: dict, png: Path) -> None:
     figure.savefig(png, dpi=110)
 
 
+def plot_coldstart(bare: dict, slmserve: dict, png: Path) -> None:
+    """Each start's seconds to its first token, split into the phases both systems report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(f"bare vLLM\n{s['caches']}", s, None) for s in bare["bare_vllm"]]
+    bars += [(f"slmserve from zero\n{s['caches']}", s, s) for s in slmserve["slmserve_from_zero"]]
+    bars.sort(key=lambda bar: (bar[1]["caches"], bar[2] is not None))
+    phases = {  # name, colour, seconds of a start
+        "replica process (Ray worker, imports)": ("tab:purple", lambda s, own: own["replica_process_s"] if own else 0),
+        "vLLM before its engine init (API server or engine client, engine process, weights)": (
+            "tab:gray",
+            lambda s, own: (own["vllm_engine_s"] if own else s["ready_s"]) - s["engine_init_s"],
+        ),
+        "vLLM's engine init (torch.compile, profiling, KV cache, CUDA graphs)": (
+            "tab:blue",
+            lambda s, own: s["engine_init_s"],
+        ),
+        "Serve's decision and placement, the first token": (
+            "tab:green",
+            lambda s, own: own["serve_decision_and_placement_s"] if own else s["first_token_s"] - s["ready_s"],
+        ),
+    }
+    figure, axes = plt.subplots(figsize=(11, 4.8))
+    bottoms = [0.0] * len(bars)
+    for name, (colour, seconds) in phases.items():
+        heights = [seconds(start, own) for _, start, own in bars]
+        axes.bar(range(len(bars)), heights, bottom=bottoms, color=colour, label=name)
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, (_, start, _) in enumerate(bars):
+        axes.text(x, start["first_token_s"] + 1, f"{start['first_token_s']:.0f} s", ha="center", fontsize=8)
+    axes.set_xticks(range(len(bars)), [label for label, _, _ in bars], fontsize=8)
+    axes.set(ylabel="seconds to the first token", ylim=(0, max(bottoms) * 1.45))
+    axes.legend(loc="upper left", fontsize=8)
+    figure.suptitle(f"{bare['gpu']}: a Phi-3.5-mini-shaped replica's start, compile caches empty (cold) or kept (warm)")
+    figure.tight_layout()
+    figure.savefig(png, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,8 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     share = commands.add_parser("share", help="three models on one card: each burst's first token, the card")
     share.add_argument("results", type=Path)
     share.add_argument("png", type=Path)
+    coldstart = commands.add_parser("coldstart", help="bare vLLM's starts and slmserve's from zero, by phase")
+    coldstart.add_argument("bare", type=Path)
+    coldstart.add_argument("slmserve", type=Path)
+    coldstart.add_argument("png", type=Path)
     args = parser.parse_args(argv)
-    if args.command == "share":
+    if args.command == "coldstart":
+        plot_coldstart(json.loads(args.bare.read_text()), json.loads(args.slmserve.read_text()), args.png)
+    elif args.command == "share":
         plot_share(json.loads(args.results.read_text()), args.png)
     elif args.command == "sleep":
         plot_sleep(json.loads(args.results.read_text()), args.png)

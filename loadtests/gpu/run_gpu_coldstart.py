@@ -48,7 +48,7 @@ VLLM_PHASES = {
     "weights_s": r"Loading weights took ([\d.]+) s",
     "model_load_s": r"Model loading took [\d.]+ ?GiB(?: memory)? and ([\d.]+) s",
     "dynamo_s": r"Dynamo bytecode transform time: ([\d.]+) s",
-    "compile_s": r"torch\.compile takes ([\d.]+) s in total",
+    "compile_s": r"torch\.compile (?:takes|took) ([\d.]+) s in total",
     "compile_cached_load_s": r"from the cache, took ([\d.]+) s",
     "cuda_graphs_s": r"Graph capturing finished in ([\d.]+) sec",
     "engine_init_s": r"init engine \(profile, create kv cache, warmup model\) took ([\d.]+) s",
@@ -144,6 +144,7 @@ def slmserve_part(out: Path, rounds: int) -> dict:
                     }
                 starts.append({"caches": caches, "first_token_s": first, "ok": ok, **phases})
                 print(f"[coldstart] slmserve from zero, {caches}: {json.dumps(starts[-1])}", flush=True)
+        shutil.copy(server.log, out / "slmserve.log")
     return {"slmserve_platform_ready_s": platform_ready_s, "slmserve_from_zero": starts}
 
 
