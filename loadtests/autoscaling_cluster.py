@@ -298,6 +298,7 @@ class ClusterTimeline:
         in_flight_at_removal = [s for s in on_removed if scaled_down is not None and s.started < scaled_down <= s.ended]
         started_after = [s for s in on_removed if scaled_down is not None and s.started > scaled_down]
         changes = [(a, b) for (_, a), (_, b) in itertools.pairwise(self.targets) if a != b]
+        measured = [s for s in self.streams if s.phase != "cut"]  # not the ones the harness ended at the end
         return {
             "first_node_s": self.marks.get("first_node"),
             "ready_s": self.marks.get("ready"),
@@ -313,8 +314,8 @@ class ClusterTimeline:
             ),
             "scale_ups": sum(1 for a, b in changes if b > a),
             "scale_downs": sum(1 for a, b in changes if b < a),
-            "requests": len(self.streams),
-            "failed": sum(1 for s in self.streams if not s.ok),
+            "requests": len(measured),
+            "failed": sum(1 for s in measured if not s.ok),
             "replicas_that_served": len({s.replica for s in self.streams if s.replica}),
             "removed_replicas": removed,
             "streams_in_flight_on_removed_replica": len(in_flight_at_removal),
@@ -331,7 +332,9 @@ def stream(
     clock: float,
     phase: str,
     headers: dict[str, str] | None = None,
+    cut: threading.Event | None = None,
 ) -> Stream:
+    """One stream to its end, or until `cut` is set (the harness is done measuring: phase "cut")."""
     body = {
         "model": model,
         "max_tokens": max_tokens,
@@ -346,6 +349,10 @@ def stream(
             replica = response.headers.get("x-slmserve-replica")
             for line in response.iter_lines():
                 meter.feed(line, time.monotonic())
+                if cut is not None and cut.is_set():
+                    return Stream(
+                        round(started - clock, 1), round(time.monotonic() - clock, 1), replica, False, None, "cut"
+                    )
             ok = response.status_code == 200 and meter.done and meter.stats.error is None
     except httpx.HTTPError:
         ok = False
@@ -414,7 +421,7 @@ def run_scenario(
                     stop.wait(quiet_stagger_s * (index // max(1, len(sessions))))
                 headers = {session_header: sessions[index % len(sessions)]} if sessions else None
                 phase, tokens = str(load["phase"]), int(load["tokens"])
-                timeline.streams.append(stream(client, url, model, tokens, clock, phase, headers))
+                timeline.streams.append(stream(client, url, model, tokens, clock, phase, headers, stop))
 
     def sample() -> Tick:
         metrics = read_sample(base_url, clock, model)
@@ -474,7 +481,7 @@ def run_scenario(
         if until(lambda tick: tick.target == 1 and tick.running == 1, 180, "after the step"):
             until(lambda tick: sum(tick.nodes.values()) == 1, 120, "idle node")
         load["users"] = 0
-        stop.set()
+        stop.set()  # the quiet streams still running (up to 1,800 tokens each) are cut: the timeline is complete
         for thread in threads:
             thread.join(timeout=300)
         sample()

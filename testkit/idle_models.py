@@ -1,5 +1,5 @@
 """Catalog entries for models that scale to zero (issue 29), shared by the live test
-(tests/live/test_scale_to_zero.py) and the benchmark (loadtests/scale_to_zero.py)."""
+(tests/live/one_engine/test_scale_to_zero.py) and the benchmark (loadtests/scale_to_zero.py)."""
 
 from __future__ import annotations
 

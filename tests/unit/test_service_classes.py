@@ -1,6 +1,6 @@
 """Service classes (issue 30) without Ray or vLLM: the catalog block, the fair queue's order, the
 broker's waiting, and what the edge does with a request's priority and its tenant's usage. The live
-engine's priority scheduling is tests/live/test_one_model_live.py."""
+engine's priority scheduling is tests/live/one_engine/test_classes_and_traces.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """services/edge/tracing.py on its own: off unless configured; on, it continues the client's W3C trace
 and hands the engine a traceparent under the request's span. (The exported spans, from the edge
-and from vLLM, are checked end to end in tests/live/test_one_model_live.py.)"""
+and from vLLM, are checked end to end in tests/live/one_engine/test_classes_and_traces.py.)"""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
-"""One instance of the embedded model, shared by two features that each need catalog settings of
-their own (the suite's time budget has room for one such server, not two), called with the `openai`
-client as each tenant would.
+"""The service-class and tracing tests of the one-engine instance (instance.py), called with the
+`openai` client as each tenant would.
 
 Request traces (issue 19): the catalog's `tracing.otlp_traces_endpoint` points at an OTLP/HTTP
-receiver in this test (OpenTelemetry's own protobuf messages, decoded as a collector would: no
-collector package runs here). One request gives one trace that holds the edge's spans and vLLM's
+receiver in this package (otlp.py). One request gives one trace that holds the edge's spans and vLLM's
 engine span, under the client's own `traceparent` when it sends one.
 
 Service classes (issue 30): the engine runs one sequence at a time, with two tenants, `app`
@@ -15,118 +13,24 @@ tenant's metered tokens are exactly the `usage` its answers carried, as `slmserv
 
 from __future__ import annotations
 
-import http.server
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from services import runtime
 from services.cli import main as slmserve
-from testkit.serving import ServerProcess, catalog_variant, serving
+from testkit.serving import ServerProcess
+
+from .instance import KEYS, MODEL
+from .otlp import spans_of
 
 pytestmark = pytest.mark.live
-MODEL = "smollm2-135m-instruct"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_PARENT = "00f067aa0ba902b7"
-
-
-KEYS = {"app": "sk-app-interactive", "nightly": "sk-nightly-batch"}
-IN_FLIGHT = 6  # interactive is guaranteed 4, batch 1; while interactive is active batch may use 2
-
-
-def with_classes(catalog: dict) -> None:
-    catalog["edge"]["service_classes"] = {
-        "classes": {
-            "interactive": {"priority": 0, "share": 3, "max_queued": 4, "queue_timeout_s": 120},
-            "batch": {"priority": 10, "share": 1, "max_queued": 4, "queue_timeout_s": 120},
-        },
-        "tenants": {"app": "interactive", "nightly": "batch"},
-    }
-    (model,) = catalog["models"]
-    model["max_in_flight"] = IN_FLIGHT
-    model["engine_args"]["max_num_seqs"] = 1  # one sequence at a time: the rest wait in vLLM's queue
-
-
-@dataclass(frozen=True)
-class ExportedSpan:
-    service: str
-    name: str
-    trace_id: str
-    span_id: str
-    parent_id: str
-
-
-class Receiver(http.server.ThreadingHTTPServer):
-    spans: list[ExportedSpan]
-
-
-class OTLPHandler(http.server.BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # http.server's name for the handler
-        exported = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
-        for resource_spans in exported.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    self.server.spans.append(
-                        ExportedSpan(  # type: ignore[attr-defined]
-                            attributes.get("service.name", ""),
-                            span.name,
-                            span.trace_id.hex(),
-                            span.span_id.hex(),
-                            span.parent_span_id.hex(),
-                        )
-                    )
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[Receiver]:
-    server = Receiver(("127.0.0.1", runtime.free_ports(1)[0]), OTLPHandler)
-    server.spans = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def server(receiver: Receiver) -> Iterator[ServerProcess]:
-    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}/v1/traces"
-
-    def traced_with_classes(catalog: dict) -> None:
-        catalog["tracing"] = {"otlp_traces_endpoint": endpoint}
-        with_classes(catalog)
-
-    keys = ",".join(f"{tenant}:{key}" for tenant, key in KEYS.items())
-    with serving(catalog_variant("cpu", traced_with_classes), api_keys=keys) as running:
-        yield running
-
-
-def spans_of(receiver: Receiver, trace_id: str, names: set[str], timeout_s: float = 30) -> list[ExportedSpan]:
-    """The trace's spans once every name in `names` has arrived (exporters send in batches)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        spans = [span for span in receiver.spans if span.trace_id == trace_id]
-        if names <= {span.name for span in spans}:
-            return spans
-        time.sleep(0.5)
-    raise AssertionError(
-        f"trace {trace_id}: {sorted({s.name for s in receiver.spans if s.trace_id == trace_id})}"
-        f" arrived, wanted {sorted(names)}"
-    )
 
 
 def test_one_trace_holds_the_edges_and_the_engines_spans_under_the_clients_parent(server, receiver):
