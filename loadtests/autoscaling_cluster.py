@@ -587,7 +587,7 @@ def plot(timeline: ClusterTimeline, path: Path) -> None:
     replicas.legend(loc="upper right")
     load.plot(times, [tick.waiting for tick in timeline.ticks], label="requests waiting in the engines")
     ok = [(s.started, s.ended) for s in timeline.streams if s.ok]
-    failed = [(s.started, s.ended) for s in timeline.streams if not s.ok]
+    failed = [(s.started, s.ended) for s in timeline.streams if not s.ok and s.phase != "cut"]
     load.scatter([e for _, e in ok], [0.2] * len(ok), s=8, color="tab:green", label="stream finished")
     load.scatter([e for _, e in failed], [0.2] * len(failed), s=20, color="tab:red", marker="x", label="stream failed")
     load.set_xlabel("seconds since the deploy")
