@@ -56,7 +56,7 @@ def _model_card(entry: ModelEntry, created: int, state: str) -> dict[str, Any]:
         "aliases": entry.aliases,
         "max_model_len": entry.max_model_len,
         "modalities": entry.modalities,
-        "state": state,  # running, starting, zero (scaled to zero: requests are held) or unavailable
+        "state": state,  # running, asleep (woken by the next request), starting, zero (requests held), unavailable
     }
 
 
@@ -142,7 +142,8 @@ def _adapter_card(name: str, base: ModelEntry, created: int) -> dict[str, Any]:
 
 async def _model_cards(edge: Edge) -> list[dict[str, Any]]:
     """The catalog's models, then each model's LoRA adapters (`parent` names the base, as in vLLM and NIM)."""
-    cards = [_model_card(entry, edge.created, edge.state(entry)) for entry in edge.models]
+    states = await edge.states()
+    cards = [_model_card(entry, edge.created, states[entry.name]) for entry in edge.models]
     return cards + [_adapter_card(name, base, edge.created) for name, base in sorted((await edge.adapters()).items())]
 
 
@@ -156,7 +157,7 @@ async def get_model(model: str, request: Request) -> dict[str, Any]:
     edge = _edge(request)
     entry = edge.catalog.resolve(model)
     if entry is not None and entry in edge.models:
-        return _model_card(entry, edge.created, edge.state(entry))
+        return _model_card(entry, edge.created, (await edge.states())[entry.name])
     base = (await edge.adapters()).get(model)
     if base is None:
         raise APIError(404, f"The model `{model}` does not exist.", param="model", code=Code.MODEL_NOT_FOUND)

@@ -168,8 +168,21 @@ class Edge:
         return self.readiness.is_ready(entry.deployment_name) and self.engines[entry.name].ready()
 
     def state(self, entry: ModelEntry) -> ModelState:
-        """What `/v1/models` says of the model: running, starting, zero or unavailable."""
+        """Serve's view of the model: running, starting, zero or unavailable."""
         return "running" if self.is_ready(entry) else self.readiness.state(entry.deployment_name)
+
+    async def states(self) -> dict[str, ModelState]:
+        """What `/v1/models` says of each model: Serve's view, and `asleep` for a running model whose
+        every replica sleeps (the hub hears it from the engines; asked only where a model sleeps)."""
+        states = {entry.name: self.state(entry) for entry in self.models}
+        if any(entry.idle is not None and entry.idle.sleep_after_s is not None for entry in self.models):
+            try:
+                sleeping = await self.records.hub.sleeping_models.remote()
+            except Exception:  # the hub restarting: Serve's view alone
+                logger.warning("could not ask the metrics hub which models sleep", exc_info=True)
+                sleeping = []
+            states |= {model: "asleep" for model in sleeping if states.get(model) == "running"}
+        return states
 
     async def warm(self, timeout_s: float) -> None:
         """Before this edge takes traffic (a router replica just started, rolled or replaced): Serve's

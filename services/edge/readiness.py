@@ -25,7 +25,7 @@ from services.core.serve_status import DeploymentState, read_deployment_states
 from services.core.timing import READINESS_POLL_READY_S, READINESS_POLL_S, SUSPECT_MAX_S
 
 logger = logging.getLogger("slmserve.edge")
-ModelState = Literal["running", "starting", "zero", "unavailable"]
+ModelState = Literal["running", "asleep", "starting", "zero", "unavailable"]
 
 
 @dataclass

@@ -212,6 +212,13 @@ class MetricsHub:
             del self.snapshots[replica_id]
         return list(self.snapshots.values())
 
+    def sleeping_models(self) -> list[str]:
+        """Models whose every live engine replica is asleep: their next request pays a wake."""
+        asleep: dict[str, list[bool | None]] = {}
+        for snapshot in self.live_snapshots():
+            asleep.setdefault(snapshot.model_name, []).append(snapshot.asleep)
+        return sorted(model for model, replicas in asleep.items() if all(replicas))
+
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
             try:

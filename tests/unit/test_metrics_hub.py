@@ -49,3 +49,16 @@ def test_sleeping_replicas_and_their_wakes_reach_the_hub_s_registry():
     assert samples[("slmserve_engine_replicas_asleep", (("model_name", "m2"),))] == 0
     assert samples[("slmserve_engine_wake_seconds_count", (("model_name", "m1"),))] == 2
     assert samples[("slmserve_engine_wake_seconds_sum", (("model_name", "m1"),))] == pytest.approx(0.46)
+
+
+def test_a_model_is_asleep_only_when_every_live_replica_sleeps():
+    from services.metrics.hub import EngineSnapshot, MetricsHub
+
+    hub = MetricsHub({"m1": ("app", "engine-m1"), "m2": ("app", "engine-m2"), "m3": ("app", "engine-m3")})
+    hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True))
+    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False))  # one awake: m1 answers at once
+    hub.update_engine(EngineSnapshot("r3", "m2", 8, [], asleep=True))
+    hub.update_engine(EngineSnapshot("r4", "m3", 8, []))  # no sleep mode
+    assert hub.sleeping_models() == ["m2"]
+    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=True))
+    assert hub.sleeping_models() == ["m1", "m2"]
