@@ -6,6 +6,9 @@ STAMP  := $(VENV)/.slmserve-installed
 PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt
 CHECKOV := .venv-checkov/bin/checkov
 PYTEST_ARGS ?=
+# Independent prerequisites side by side: slmserve's environment and checkov's install at once (two
+# single-threaded pips on two cores); every recipe's own lines still run in order.
+MAKEFLAGS += --jobs=2
 
 .PHONY: install run test lint unit loadtest bench soak fuzz manifests clean autoscaling
 
