@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import socket
 import sys
 from pathlib import Path
 
@@ -58,3 +59,42 @@ def locust_command(host: str, users: int, spawn_rate: float, run_time: str, csv_
         str(csv_prefix),
         "--only-summary",
     ]
+
+
+def locust_master_flags(workers: int, port: int) -> list[str]:
+    """What turns `locust_command` into the master of `workers` locust workers (locust's own
+    distributed mode): it waits for them, hands out the users, and writes the one CSV report."""
+    return [
+        "--master",
+        "--master-bind-host",
+        "127.0.0.1",
+        "--master-bind-port",
+        str(port),
+        "--expect-workers",
+        str(workers),
+        "--expect-workers-max-wait",
+        "120",
+    ]
+
+
+def locust_worker_command(master_port: int) -> list[str]:
+    """One locust worker of the master on this machine; append the locustfile's flags and user classes."""
+    return [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--worker",
+        "--master-host",
+        "127.0.0.1",
+        "--master-port",
+        str(master_port),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

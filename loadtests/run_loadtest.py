@@ -2,6 +2,11 @@
 
 Uses the server at --host if one answers; otherwise starts `slmserve serve` (the embedded default)
 for the run and stops it afterwards. Traffic goes to 127.0.0.1 only, bounded in users and time.
+
+With --workers N, locust runs in its own distributed mode: a master that hands the users to N worker
+processes (each its own Python, so the load is not one core's) and writes the one report.
+
+    make loadtest LOADTEST_ARGS="--workers 4 --users 32 --time 120s"
 """
 
 from __future__ import annotations
@@ -14,7 +19,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from loadtests.harness import ROOT, command_line, locust_command, require_local
+from loadtests.harness import (
+    ROOT,
+    command_line,
+    free_port,
+    locust_command,
+    locust_master_flags,
+    locust_worker_command,
+    require_local,
+)
 
 
 def _ready(host: str) -> bool:
@@ -55,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spawn-rate", type=float, default=4)
     parser.add_argument("--time", default="60s")
     parser.add_argument("--catalog", default="cpu", help="catalog to start when no server answers")
+    parser.add_argument("--workers", type=int, default=0, help="locust worker processes under a master; 0: one process")
     parser.add_argument("--out", default=str(ROOT / "out" / "loadtest"))
     parser.add_argument("user_classes", nargs="*", default=["StreamingChatUser", "ChatUser", "CompletionUser"])
     args, locust_extra = parser.parse_known_args(argv)
@@ -69,18 +83,30 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        *locust_command(args.host, args.users, args.spawn_rate, args.time, args.out),
-        *locust_extra,
-        *args.user_classes,
-    ]
-    print(f"[loadtest] {args.users} users for {args.time} against {args.host}", flush=True)
+    command = locust_command(args.host, args.users, args.spawn_rate, args.time, args.out)
+    port = free_port() if args.workers else 0
+    if args.workers:
+        command += locust_master_flags(args.workers, port)
+    command += [*locust_extra, *args.user_classes]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    spread = f" over {args.workers} locust workers" if args.workers else ""
+    print(f"[loadtest] {args.users} users{spread} for {args.time} against {args.host}", flush=True)
+    workers: list[subprocess.Popen] = []
     try:
-        code = subprocess.call(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        master = subprocess.Popen(command, cwd=ROOT, env=env)
+        worker = [*locust_worker_command(port), *locust_extra, *args.user_classes]
+        workers = [subprocess.Popen(worker, cwd=ROOT, env=env) for _ in range(args.workers)]
+        code = master.wait()
         print(summarize(Path(args.out)))
         print(f"[loadtest] CSV files: {args.out}_*.csv")
         return code
     finally:
+        for process in workers:  # a worker ends with its master's quit message; one that did not is stopped
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.wait(timeout=30)
         if server is not None:
             server.terminate()
             server.wait(timeout=60)

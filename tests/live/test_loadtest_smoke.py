@@ -1,6 +1,7 @@
-"""A short headless load test (about 20 s, 9 users, every user class) against the live test app:
-zero failures, the TTFT / ITL / token entries are reported, and the streams locust cut off when it
-stopped leave no work behind in any engine."""
+"""A short headless load test (about 20 s, 9 users, every user class, over two locust workers under a
+master: locust's distributed mode, as `make loadtest --workers N` runs it) against the live test app:
+zero failures, one report with the TTFT / ITL / token entries of both workers, and the streams locust
+cut off when it stopped leave no work behind in any engine."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
         "9",
         "--time",
         "20s",
+        "--workers",
+        "2",
         "--out",
         str(prefix),
         "--max-tokens=16",
@@ -47,6 +50,9 @@ def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "output_tokens" in result.stdout and "CSV files:" in result.stdout  # the printed summary
+    # The master runs no users and exits non-zero unless both workers connected (--expect-workers):
+    # every request below came through them.
+    assert "over 2 locust workers" in result.stdout
     with open(f"{prefix}_stats.csv") as handle:
         rows = {row["Name"]: row for row in csv.DictReader(handle)}
     total = rows["Aggregated"]
