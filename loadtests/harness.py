@@ -37,15 +37,15 @@ def require_local(parser: argparse.ArgumentParser, host: str) -> None:
         parser.error("load tests only target this machine (127.0.0.1 / localhost)")
 
 
+def _locust() -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
+
+
 def locust_command(host: str, users: int, spawn_rate: float, run_time: str, csv_prefix: Path | str) -> list[str]:
     """Headless locust on loadtests/locustfile.py, summary only; append the locustfile's own flags
     and the user classes."""
     return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
+        *_locust(),
         "--headless",
         "--host",
         host,
@@ -80,11 +80,7 @@ def locust_master_flags(workers: int, port: int) -> list[str]:
 def locust_worker_command(master_port: int) -> list[str]:
     """One locust worker of the master on this machine; append the locustfile's flags and user classes."""
     return [
-        sys.executable,
-        "-m",
-        "locust",
-        "-f",
-        str(LOCUSTFILE),
+        *_locust(),
         "--worker",
         "--master-host",
         "127.0.0.1",
