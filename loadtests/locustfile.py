@@ -18,6 +18,7 @@ import base64
 import io
 import random
 import time
+from pathlib import Path
 
 from locust import HttpUser, events, task
 from locust.exception import StopUser
@@ -43,6 +44,12 @@ def _options(parser) -> None:
         "--ignore-eos", env_var="SLMSERVE_LT_IGNORE_EOS", default="true", help="fixed-length outputs (true/false)"
     )
     parser.add_argument("--api-key", env_var="SLMSERVE_LT_API_KEY", default="", help="sent as a Bearer token")
+    parser.add_argument(
+        "--api-key-file",
+        env_var="SLMSERVE_LT_API_KEY_FILE",
+        default="",
+        help="a file holding the key (the chart mounts its Secret: never a variable or an argument)",
+    )
     parser.add_argument(
         "--accept-429",
         env_var="SLMSERVE_LT_ACCEPT_429",
@@ -76,7 +83,8 @@ class OpenAIUser(HttpUser):
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.options = options
-        self.headers = {"Authorization": f"Bearer {options.api_key}"} if options.api_key else {}
+        key = Path(options.api_key_file).read_text().strip() if options.api_key_file else options.api_key
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.prompt = prompt_of(options.prompt_words)
 
     def _sampling(self) -> dict:

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from loadtests.harness import (
@@ -28,14 +27,7 @@ from loadtests.harness import (
     locust_worker_command,
     require_local,
 )
-
-
-def _ready(host: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{host}/v1/health/ready", timeout=3) as response:
-            return response.status == 200
-    except OSError:
-        return False
+from loadtests.wait_ready import ready
 
 
 def _start_server(port: int, catalog: str) -> subprocess.Popen:
@@ -74,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args, locust_extra = parser.parse_known_args(argv)
     require_local(parser, args.host)
     server = None
-    if not _ready(args.host):
+    if not ready(args.host):
         server = _start_server(int(args.host.rsplit(":", 1)[1].split("/")[0]), args.catalog)
         deadline = time.monotonic() + 900
-        while not _ready(args.host):
+        while not ready(args.host):
             if server.poll() is not None or time.monotonic() > deadline:
                 print("[loadtest] the server did not become ready", file=sys.stderr)
                 return 1

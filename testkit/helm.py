@@ -40,6 +40,10 @@ ALL_FEATURES = [
     "gateway.httpRoute.parentRefs[0].name=inference-gateway",
     "--set",
     "gateway.httpRoute.hostnames[0]=llm.example.com",
+    "--set",
+    "loadtest.enabled=true",
+    "--set",
+    "loadtest.apiKey.name=loadtest-key",
 ]
 
 

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
     # Through `make loadtest`'s own script: it finds the server up, runs locust, prints a summary.
     prefix = tmp_path / "smoke"
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY + "\n")
     # One user per unit of the classes' weights (4+2+1+1+1), so that locust gives every class a user.
     command = [
         sys.executable,
@@ -38,8 +40,8 @@ def test_headless_locust_smoke_has_no_failures(live_server, tmp_path: Path):
         str(prefix),
         "--max-tokens=16",
         "--prompt-words=32",
-        "--models=moe:1",
-        f"--api-key={API_KEY}",  # the other classes send default and vision; random mixes flake
+        "--models=moe:1",  # the other classes send default and vision; random mixes flake
+        f"--api-key-file={key_file}",  # as the chart mounts its Secret
         "StreamingChatUser",
         "ChatUser",
         "CompletionUser",

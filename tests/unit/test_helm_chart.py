@@ -98,6 +98,7 @@ def test_every_optional_object_renders_and_validates():
         "ConfigMap",
         "NodePool",
         "HTTPRoute",
+        "Job",
     }
     validate_all(docs)
     rule = by_kind(docs, "PrometheusRule")[0]
@@ -548,7 +549,7 @@ def test_the_gateway_s_routes_send_every_catalog_name_to_the_service_and_tell_ha
         assert {m["headers"][0]["name"] for m in rule["matches"]} == {"X-Model"}
         assert all(m["path"] == {"type": "PathPrefix", "value": "/v1/"} for m in rule["matches"])
     assert last["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
-    service = by_kind(docs, "Service")[0]
+    service = next(s for s in by_kind(docs, "Service") if s["spec"]["ports"][0]["name"] == "http")  # the API's
     for rule in route["spec"]["rules"]:
         assert rule["backendRefs"] == [
             {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
@@ -697,3 +698,50 @@ def test_a_model_that_scales_to_zero_renders_its_hold_policy_and_is_left_to_the_
     head = by_kind(documents, "RayService")[0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     env = {e["name"]: e.get("value") for e in head["spec"]["containers"][0]["env"]}
     assert json.loads(env["SLMSERVE_MODEL_ROUTES"]) == model_routes(catalog, "slmserve") == {"busy": "/_slmserve/busy"}
+
+
+def test_the_load_test_runs_the_projects_locustfile_distributed_against_the_release():
+    """Off by default; on, a master Job (after the release's readiness) and a Job of workers that find
+    it through its Service, over the locustfile and the modules deploy/Dockerfile.loadtest copies."""
+    import ast
+
+    assert not by_kind(render(), "Job")
+    docs = render("--set", "loadtest.enabled=true", "--set", "loadtest.workers=3")
+    jobs = {job["metadata"]["labels"]["app.kubernetes.io/component"]: job for job in by_kind(docs, "Job")}
+    master, workers = jobs["locust-master"]["spec"], jobs["locust-worker"]["spec"]
+    (service,) = [s for s in by_kind(docs, "Service") if s["spec"]["ports"][0]["name"] == "locust"]
+    api = next(s for s in by_kind(docs, "Service") if s["spec"]["ports"][0]["name"] == "http")
+    host = f"http://{api['metadata']['name']}:{api['spec']['ports'][0]['port']}"
+    (container,) = master["template"]["spec"]["containers"]
+    args = container["args"]
+    assert {"--master", "--headless", "--expect-workers=3", f"--host={host}"} <= set(args)
+    assert args[args.index("-f") + 1] == "/opt/slmserve/loadtests/locustfile.py"
+    (csv,) = [a for a in args if a.startswith("--csv=")]
+    (results,) = [m for m in container["volumeMounts"] if m["name"] == "results"]
+    assert csv.removeprefix("--csv=").startswith(results["mountPath"] + "/")
+    assert master["template"]["spec"]["initContainers"][0]["command"][-2] == host  # waits for readiness first
+    assert workers["parallelism"] == workers["completions"] == 3
+    worker_args = workers["template"]["spec"]["containers"][0]["args"]
+    assert "--worker" in worker_args and f"--master-host={service['metadata']['name']}" in worker_args
+    pod_labels = master["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # The release's NetworkPolicy selects the serving pods, not the load test's.
+    policies = {p["metadata"]["name"]: p for p in by_kind(docs, "NetworkPolicy")}
+    serving = policies[api["metadata"]["name"]]["spec"]["podSelector"]["matchLabels"]
+    assert not serving.items() <= pod_labels.items()
+    own = policies[f"{api['metadata']['name']}-loadtest"]["spec"]  # and its own lets the workers reach the master
+    assert own["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    worker_labels = workers["template"]["metadata"]["labels"]
+    assert own["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items() <= worker_labels.items()
+    # The image holds every project module the locustfile and the readiness wait import.
+    copied = {
+        Path(name).stem
+        for line in (ROOT / "deploy" / "Dockerfile.loadtest").read_text().splitlines()
+        if line.startswith("COPY loadtests/")
+        for name in line.split()[1:-1]
+    }
+    for module in ("locustfile", "wait_ready"):
+        assert module in copied
+        tree = ast.parse((ROOT / "loadtests" / f"{module}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert {m.split(".")[1] for m in imported if m.startswith("loadtests.")} <= copied, module

@@ -32,13 +32,18 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
-{{/* The slmserve image: by digest when image.digest is set, else by tag. */}}
-{{- define "slmserve.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{/* An image of values (repository, tag, digest): by digest when one is set, else by tag. */}}
+{{- define "slmserve.imageRef" -}}
+{{- if .digest -}}
+{{ .repository }}@{{ .digest }}
 {{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{ .repository }}:{{ .tag }}
 {{- end -}}
+{{- end -}}
+
+{{/* The slmserve image. */}}
+{{- define "slmserve.image" -}}
+{{ include "slmserve.imageRef" .Values.image }}
 {{- end -}}
 
 {{/* The catalog: inline wins; otherwise a shipped catalog file, parsed (never copied into values). */}}
@@ -391,4 +396,19 @@ idleTimeoutSeconds: {{ hasKey $values "idleTimeoutSeconds" | ternary $values.idl
 container port the PodMonitor scrapes and the NetworkPolicy opens, named in this one place. */}}
 {{- define "slmserve.rayMetricsPort" -}}
 8080
+{{- end -}}
+
+{{/* The load test's pods and objects (templates/loadtest.yaml): labels of their own, never the
+serving pods' selector labels. */}}
+{{- define "slmserve.loadtestSelector" -}}
+app.kubernetes.io/name: {{ include "slmserve.name" .root }}-loadtest
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: locust-{{ .component }}
+{{- end -}}
+
+{{- define "slmserve.loadtestLabels" -}}
+{{ include "slmserve.loadtestSelector" . }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end -}}
