@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     catalog = catalog_variant(str(CATALOG), two_sleepers(args.sleep_after_s))
     wakes, warm, memory = [], [], []
+    said: list[dict[str, str]] = []  # /v1/models' states just before each wake
     neighbour: list[tuple[float, float, bool]] = []
     windows: list[tuple[float, float]] = []
     with serving(catalog, ready_timeout_s=900) as server, httpx.Client(base_url=server.base_url, timeout=120) as http:
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 # measured for issue 29), later ones a fifth of a second: the first wake waits it out.
                 time.sleep(args.sleep_after_s + 2.0 + (8.0 if n == 0 else 0.0))
                 asleep_mib = gpu_used_mib()
+                said.append({card["id"]: card["state"] for card in http.get("/v1/models").json()["data"]})
                 begun, seconds, ok = ttft(http, "a", f"wake {n}")
                 windows.append((begun, begun + (seconds if ok else 0.0)))
                 wakes.append((seconds, ok))
@@ -212,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "warm_ttft_s_each": [s for s, _ in warm],
         "neighbour_ttft_s_during_wakes": during,
         "card_mib_asleep_then_awake": memory,
+        "v1_models_states_before_each_wake": said,
         "engine_wake_log_lines": [line for line in log.splitlines() if "engine woke in" in line][-3:],
     }
     (out / "gpu_sleep.json").write_text(json.dumps(results, indent=2))
