@@ -719,7 +719,8 @@ def test_the_load_test_runs_the_projects_locustfile_distributed_against_the_rele
     (csv,) = [a for a in args if a.startswith("--csv=")]
     (results,) = [m for m in container["volumeMounts"] if m["name"] == "results"]
     assert csv.removeprefix("--csv=").startswith(results["mountPath"] + "/")
-    assert master["template"]["spec"]["initContainers"][0]["command"][-2] == host  # waits for readiness first
+    for job in (master, workers):  # each waits for the release's readiness first
+        assert job["template"]["spec"]["initContainers"][0]["command"][-2] == host
     assert workers["parallelism"] == workers["completions"] == 3
     worker_args = workers["template"]["spec"]["containers"][0]["args"]
     assert "--worker" in worker_args and f"--master-host={service['metadata']['name']}" in worker_args
