@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import socket
 import sys
 from pathlib import Path
 
@@ -87,10 +86,3 @@ def locust_worker_command(master_port: int) -> list[str]:
         "--master-port",
         str(master_port),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port

@@ -21,13 +21,13 @@ from pathlib import Path
 from loadtests.harness import (
     ROOT,
     command_line,
-    free_port,
     locust_command,
     locust_master_flags,
     locust_worker_command,
     require_local,
 )
 from loadtests.wait_ready import ready
+from services import runtime
 
 
 def _start_server(port: int, catalog: str) -> subprocess.Popen:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(2)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     command = locust_command(args.host, args.users, args.spawn_rate, args.time, args.out)
-    port = free_port() if args.workers else 0
+    port = runtime.free_ports(1)[0] if args.workers else 0
     if args.workers:
         command += locust_master_flags(args.workers, port)
     command += [*locust_extra, *args.user_classes]

@@ -402,6 +402,11 @@ class ModelEntry(_Strict):
         return self.idle.hold_timeout_s if self.scales_to_zero and self.idle is not None else None
 
     @property
+    def sleep_after_s(self) -> float | None:
+        """How long an idle engine stays awake before vLLM's sleep mode: set where the model sleeps."""
+        return self.idle.sleep_after_s if self.idle is not None else None
+
+    @property
     def deployment_name(self) -> str:
         """Ray Serve deployment names allow neither '/' nor '#'."""
         return "engine-" + re.sub(r"[^A-Za-z0-9._-]+", "-", self.name)

@@ -175,7 +175,7 @@ class Edge:
         """What `/v1/models` says of each model: Serve's view, and `asleep` for a running model whose
         every replica sleeps (the hub hears it from the engines; asked only where a model sleeps)."""
         states = {entry.name: self.state(entry) for entry in self.models}
-        if any(entry.idle is not None and entry.idle.sleep_after_s is not None for entry in self.models):
+        if any(entry.sleep_after_s is not None for entry in self.models):
             try:
                 sleeping = await self.records.hub.sleeping_models.remote()
             except Exception:  # the hub restarting: Serve's view alone

@@ -136,7 +136,7 @@ class EngineDeployment:
                 self.profile.name if self.profile else "none fits, the entry's own engine_args",
             )
         engine_args = self.entry.vllm_engine_args(self.profile)
-        sleep_after_s = self.entry.idle.sleep_after_s if self.entry.idle is not None else None
+        sleep_after_s = self.entry.sleep_after_s
         if sleep_after_s is not None and not self.hardware.gpu_count:
             logger.info("%s: no GPU, so no sleep mode (vLLM's needs CUDA); this replica stays awake", self.entry.name)
             sleep_after_s = None

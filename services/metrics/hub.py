@@ -47,6 +47,13 @@ class EngineSnapshot:
         return sum(sample.value for family in self.families if family.name in names for sample in family.samples)
 
 
+def by_model_name(snapshots: list[EngineSnapshot]) -> dict[str, list[EngineSnapshot]]:
+    by_model: dict[str, list[EngineSnapshot]] = defaultdict(list)
+    for snapshot in snapshots:
+        by_model[snapshot.model_name].append(snapshot)
+    return by_model
+
+
 class _EngineCollector:
     """Renders engine snapshots: NIM's gauges summed per model, and vLLM's own series unchanged
     except for a `replica` label that keeps the replicas' series apart."""
@@ -56,9 +63,7 @@ class _EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         snapshots = self.hub.live_snapshots()
-        by_model: dict[str, list[EngineSnapshot]] = defaultdict(list)
-        for snapshot in snapshots:
-            by_model[snapshot.model_name].append(snapshot)
+        by_model = by_model_name(snapshots)
         gauges: dict[str, tuple[str, Callable[[EngineSnapshot], float]]] = {
             "num_requests_running": ("Requests running in the engines", lambda s: s.gauge("vllm:num_requests_running")),
             "num_requests_waiting": ("Requests waiting in the engines", lambda s: s.gauge("vllm:num_requests_waiting")),
@@ -214,10 +219,8 @@ class MetricsHub:
 
     def sleeping_models(self) -> list[str]:
         """Models whose every live engine replica is asleep: their next request pays a wake."""
-        asleep: dict[str, list[bool | None]] = {}
-        for snapshot in self.live_snapshots():
-            asleep.setdefault(snapshot.model_name, []).append(snapshot.asleep)
-        return sorted(model for model, replicas in asleep.items() if all(replicas))
+        by_model = by_model_name(self.live_snapshots())
+        return sorted(model for model, replicas in by_model.items() if all(s.asleep for s in replicas))
 
     async def render(self) -> bytes:
         if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
