@@ -26,8 +26,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The labels every object carries: the selector labels plus chart, version and manager. */}}
 {{- define "slmserve.labels" -}}
-helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "slmserve.selectorLabels" . }}
+{{ include "slmserve.chartLabels" . }}
+{{- end -}}
+
+{{/* Chart, version and manager: beside the selector labels of the serving pods or the load test's. */}}
+{{- define "slmserve.chartLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
@@ -399,16 +404,16 @@ container port the PodMonitor scrapes and the NetworkPolicy opens, named in this
 {{- end -}}
 
 {{/* The load test's pods and objects (templates/loadtest.yaml): labels of their own, never the
-serving pods' selector labels. */}}
+serving pods' selector labels; without a component, every pod of the load test. */}}
 {{- define "slmserve.loadtestSelector" -}}
 app.kubernetes.io/name: {{ include "slmserve.name" .root }}-loadtest
 app.kubernetes.io/instance: {{ .root.Release.Name }}
-app.kubernetes.io/component: locust-{{ .component }}
+{{- with .component }}
+app.kubernetes.io/component: locust-{{ . }}
+{{- end }}
 {{- end -}}
 
 {{- define "slmserve.loadtestLabels" -}}
 {{ include "slmserve.loadtestSelector" . }}
-helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
-app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{ include "slmserve.chartLabels" .root }}
 {{- end -}}
