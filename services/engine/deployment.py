@@ -37,7 +37,7 @@ from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
 from services.engine.routes import engine_routes
 from services.engine.streaming import coalesce
-from services.metrics.hub import KV_USAGE_NAMES, EngineSnapshot
+from services.metrics.engine_series import KV_USAGE_NAMES, WAITING, EngineSnapshot, gauges_of, render_series
 from services.metrics.recent import CumulativeHistogram, RecentQuantile, cumulative_buckets
 from services.models import resolve_source
 from services.routing.policies import routing_stats
@@ -319,23 +319,26 @@ class EngineDeployment:
                 await aclose()
 
     async def _report_metrics_forever(self) -> None:
-        """Ship this replica's vLLM metrics to the hub; the hub drops replicas that go quiet. Walking
-        vLLM's registry takes milliseconds, so it runs on a thread, never on the loop that streams."""
+        """Ship this replica's vLLM metrics to the hub, rendered here (services/metrics/engine_series.py);
+        the hub drops replicas that go quiet. Walking and rendering vLLM's registry takes milliseconds,
+        so it runs on a thread, never on the loop that streams."""
         replica_id = serve.get_replica_context().replica_id.unique_id
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
             families = await asyncio.to_thread(_vllm_families)
+            series = await asyncio.to_thread(render_series, families, replica_id)
             snapshot = EngineSnapshot(
                 replica_id,
                 self.entry.name,
                 max_num_seqs,
-                families,
+                series,
+                gauges_of(families),
                 self.profile_info(),
                 asleep=self.idle.asleep if self.idle is not None else None,
                 wake_seconds=self.idle.drain_wakes() if self.idle is not None else [],
             )
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
-            self.waiting = snapshot.gauge("vllm:num_requests_waiting")
+            self.waiting = snapshot.gauge(WAITING)
             self.recent_ttft.add(
                 self.class_ttft.snapshot()
                 if self.class_ttft is not None

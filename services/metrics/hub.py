@@ -10,8 +10,6 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -19,6 +17,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from services.core.serve_status import DeploymentState, read_deployment_states
 from services.core.timing import REPLICA_STATES_MAX_AGE_S, SNAPSHOT_STALE_S
 from services.metrics.definitions import EdgeMetrics
+from services.metrics.engine_series import KV_USAGE_NAMES, RUNNING, WAITING, EngineSnapshot, join_series
 from services.metrics.records import (
     CompletionRecord,
     HTTPRecord,
@@ -29,23 +28,6 @@ from services.metrics.records import (
     request_labels,
 )
 
-KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
-
-
-@dataclass
-class EngineSnapshot:
-    replica_id: str
-    model_name: str
-    max_num_seqs: int
-    families: list[Metric]
-    profile: dict[str, Any] = field(default_factory=dict)  # EngineDeployment.profile_info()
-    asleep: bool | None = None  # None: the engine does not sleep when idle (services/engine/idle_sleep.py)
-    wake_seconds: list[float] = field(default_factory=list)  # its wakes since the last snapshot
-    received_at: float = field(default_factory=time.monotonic)
-
-    def gauge(self, *names: str) -> float:
-        return sum(sample.value for family in self.families if family.name in names for sample in family.samples)
-
 
 def by_model_name(snapshots: list[EngineSnapshot]) -> dict[str, list[EngineSnapshot]]:
     by_model: dict[str, list[EngineSnapshot]] = defaultdict(list)
@@ -55,8 +37,8 @@ def by_model_name(snapshots: list[EngineSnapshot]) -> dict[str, list[EngineSnaps
 
 
 class _EngineCollector:
-    """Renders engine snapshots: NIM's gauges summed per model, and vLLM's own series unchanged
-    except for a `replica` label that keeps the replicas' series apart."""
+    """NIM's gauges summed per model over the engine snapshots, and the replicas' states. (vLLM's own
+    series come rendered by each replica: `MetricsHub.exposition` appends them.)"""
 
     def __init__(self, hub: MetricsHub) -> None:
         self.hub = hub
@@ -65,8 +47,8 @@ class _EngineCollector:
         snapshots = self.hub.live_snapshots()
         by_model = by_model_name(snapshots)
         gauges: dict[str, tuple[str, Callable[[EngineSnapshot], float]]] = {
-            "num_requests_running": ("Requests running in the engines", lambda s: s.gauge("vllm:num_requests_running")),
-            "num_requests_waiting": ("Requests waiting in the engines", lambda s: s.gauge("vllm:num_requests_waiting")),
+            "num_requests_running": ("Requests running in the engines", lambda s: s.gauge(RUNNING)),
+            "num_requests_waiting": ("Requests waiting in the engines", lambda s: s.gauge(WAITING)),
             "num_request_max": ("Most requests the engines run at once", lambda s: float(s.max_num_seqs)),
         }
         for name, (help_text, read) in gauges.items():
@@ -107,15 +89,6 @@ class _EngineCollector:
         for model in self.hub.model_names:
             asleep.add_metric([model], sum(1 for s in by_model.get(model, []) if s.asleep))
         yield asleep
-        merged: dict[str, Metric] = {}
-        for snapshot in snapshots:
-            for family in snapshot.families:
-                out = merged.setdefault(
-                    family.name, Metric(family.name, family.documentation, family.type, family.unit)
-                )
-                for sample in family.samples:
-                    out.add_sample(sample.name, {**sample.labels, "replica": snapshot.replica_id}, sample.value)
-        yield from merged.values()
         replicas = GaugeMetricFamily(
             "slmserve_model_replicas", "Engine replicas by state", labels=["model_name", "state"]
         )
@@ -229,4 +202,8 @@ class MetricsHub:
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass
-        return generate_latest(self.registry)
+        return self.exposition()
+
+    def exposition(self) -> bytes:
+        """The hub's own registry, then every live replica's vLLM series."""
+        return generate_latest(self.registry) + join_series(self.live_snapshots())

@@ -467,7 +467,7 @@ def test_metrics_may_be_kept_to_the_operators_keys(monkeypatch, path):
 
 
 def test_v1_models_says_asleep_for_a_running_model_whose_every_replica_sleeps():
-    from services.metrics.hub import EngineSnapshot
+    from services.metrics.engine_series import EngineSnapshot
 
     sleeper = {**MODELS[0], "idle": {"sleep_after_s": 60}}
     with edge_with(parse_catalog({"models": [sleeper, MODELS[1]]})) as under_test:
