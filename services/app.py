@@ -72,6 +72,9 @@ def _engine_deployment(entry: ModelEntry, cls: type) -> Any:
 # would take them along (seen in loadtests/chaos.py: every limited request then failed closed until
 # Serve replaced the broker). Ray's own state actors pin themselves the same way.
 ON_THE_HEAD_NODE = {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+# Their callers are the platform's own replicas, on every request (the broker) or every second per
+# engine replica (the hub): Serve's access-log line per call would drown the replica logs at scale.
+QUIET = {"enable_access_log": False}
 
 
 def _limit_broker(catalog: Catalog) -> Application | None:
@@ -82,16 +85,25 @@ def _limit_broker(catalog: Catalog) -> Application | None:
         return None
     return (
         serve.deployment(LimitBroker)
-        .options(name=LIMIT_BROKER, num_replicas=1, max_ongoing_requests=4096, ray_actor_options=ON_THE_HEAD_NODE)
+        .options(
+            name=LIMIT_BROKER,
+            num_replicas=1,
+            max_ongoing_requests=4096,
+            ray_actor_options=ON_THE_HEAD_NODE,
+            logging_config=QUIET,
+        )
         .bind(catalog.model_dump(mode="json"))
     )
 
 
-def _model_application(catalog: Catalog, entry: ModelEntry, platform_app: str, cache_dir: str) -> Application:
-    from services.ingress.direct import DirectEngine
+def _model_application(
+    catalog: Catalog, entry: ModelEntry, platform_app: str, cache_dir: str, direct_engine: type | None
+) -> Application:
     from services.ingress.replica_picker import ReplicaPicker
 
-    engine = _engine_deployment(entry, serve.ingress()(DirectEngine)).bind(
+    if direct_engine is None:
+        from services.ingress.direct_engine import DirectEngine as direct_engine
+    engine = _engine_deployment(entry, serve.ingress()(direct_engine)).bind(
         entry.model_dump(mode="json"), cache_dir, platform_app, catalog.model_dump(mode="json")
     )
     # One fixed replica leaves nothing to choose: HAProxy forwards to it without asking anyone. And
@@ -111,7 +123,13 @@ def _metrics_hub(catalog: Catalog, plan: Layout) -> Application:
 
     return (
         serve.deployment(MetricsHub)
-        .options(name=METRICS_HUB, num_replicas=1, max_ongoing_requests=256, ray_actor_options=ON_THE_HEAD_NODE)
+        .options(
+            name=METRICS_HUB,
+            num_replicas=1,
+            max_ongoing_requests=256,
+            ray_actor_options=ON_THE_HEAD_NODE,
+            logging_config=QUIET,
+        )
         .bind(plan.engine_deployments(catalog), catalog.tenants)
     )
 
@@ -166,14 +184,18 @@ class ServeApp:
     application: Application
 
 
-def build_applications(catalog: Catalog, *, app_name: str, cache_dir: Path) -> list[ServeApp]:
-    """The platform application first, then one per model (direct mode)."""
+def build_applications(
+    catalog: Catalog, *, app_name: str, cache_dir: Path, direct_engine: type | None = None
+) -> list[ServeApp]:
+    """The platform application first, then one per model (direct mode). `direct_engine` is the class
+    that hosts each model in direct mode: vLLM's DirectEngine unless a scale run passes its stand-in
+    (loadtests/standin), which no catalog can name."""
     catalog = _with_tracing(catalog)
     plan = layout(catalog, app_name)
     apps = [ServeApp(plan.platform_app, "/", _platform_application(catalog, plan, str(cache_dir)))]
     for entry in catalog.models:
         if (model_app := plan.model_apps.get(entry.name)) is not None:
-            application = _model_application(catalog, entry, plan.platform_app, str(cache_dir))
+            application = _model_application(catalog, entry, plan.platform_app, str(cache_dir), direct_engine)
             apps.append(ServeApp(model_app.app_name, model_app.route_prefix, application))
     return apps
 

@@ -181,7 +181,7 @@ def ingress_environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> None:
+def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False, direct_engine: type | None = None) -> None:
     """Start Ray on this machine, Serve's HTTP ingress on host:port, and deploy the catalog.
 
     With wait=False the call returns once the application answers HTTP. In routed mode that is
@@ -190,8 +190,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     that is once the engine has loaded; until then Serve holds requests (as a `vllm serve` that
     is still loading accepts none).
     """
-    for key, value in local_environment(settings, catalog).items():
-        os.environ.setdefault(key, value)
+    prepare_environment(settings, catalog)
     Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
     local_ray = settings.ray_address == "local"
     if local_ray and not _bindable(settings.port, (settings.host,)) and stop_left_over_haproxy(settings.port):
@@ -201,10 +200,6 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
             f"port {settings.port} on {settings.host} is in use by another process: "
             "choose another with --port (or SLMSERVE_PORT)"
         )
-    if local_ray:  # before Ray is imported: Ray reads its switches at import, here and in its processes
-        os.environ.update(ingress_environment(settings) | routing_environment(catalog, settings.app_name))
-        for key, value in control_environment().items():
-            os.environ.setdefault(key, value)  # a value set by hand wins
 
     import ray
     from ray import serve
@@ -217,7 +212,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
         else:
             ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    _deploy(settings, catalog, wait=wait)
+    _deploy(settings, catalog, wait=wait, direct_engine=direct_engine)
     wait_for_ok(
         f"{local_base_url(settings)}/v1/health/live",
         ROUTER_START_TIMEOUT_S,
@@ -225,10 +220,29 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False) -> 
     )
 
 
-def _deploy(settings: Settings, catalog: Catalog, *, wait: bool) -> None:
+_prepared_port: int | None = None
+
+
+def prepare_environment(settings: Settings, catalog: Catalog) -> None:
+    """The switches Ray and Serve read at import, in this process and its children: to be set
+    before anything imports Ray (start_local does it first; a caller that must import Ray-using code
+    before start_local calls it earlier)."""
+    global _prepared_port
+    for key, value in local_environment(settings, catalog).items():
+        os.environ.setdefault(key, value)
+    if settings.ray_address == "local" and _prepared_port != settings.port:  # its free ports are chosen once
+        _prepared_port = settings.port
+        os.environ.update(ingress_environment(settings) | routing_environment(catalog, settings.app_name))
+        for key, value in control_environment().items():
+            os.environ.setdefault(key, value)  # a value set by hand wins
+
+
+def _deploy(settings: Settings, catalog: Catalog, *, wait: bool, direct_engine: type | None = None) -> None:
     from services.app import build_applications
 
-    apps = build_applications(catalog, app_name=settings.app_name, cache_dir=settings.cache_dir)
+    apps = build_applications(
+        catalog, app_name=settings.app_name, cache_dir=settings.cache_dir, direct_engine=direct_engine
+    )
     # The model applications first, the platform last: HAProxy places a model's requests as soon as
     # its application exists, and the platform answers everything else from the moment it is up.
     for app in [*apps[1:], apps[0]]:

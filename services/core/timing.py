@@ -46,6 +46,10 @@ CHOOSE_TIMEOUT_S = 4.0
 BROKER_TIMEOUT_S = 2.0
 # A ticket never released (its replica died) expires this long after the request's deadline.
 TICKET_GRACE_S = 60.0
+# After sending the broker a released ticket, an edge holds the next ones this long and sends them
+# together: under load one call for many instead of one per request (each is a Serve call, the
+# broker's largest cost per request in loadtests/scale.py); an edge that is not busy releases at once.
+RELEASE_BATCH_S = 0.02
 # A service class that sent a request this recently keeps the unused part of its guaranteed slots free
 # for its next one; idler classes lend theirs (services/edge/admission.py).
 CLASS_ACTIVE_S = 10.0

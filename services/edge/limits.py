@@ -25,7 +25,7 @@ from typing import Any
 from services.core.catalog import Catalog
 from services.core.errors import Code
 from services.core.serve_context import outside_request
-from services.core.timing import BROKER_TIMEOUT_S, TICKET_GRACE_S
+from services.core.timing import BROKER_TIMEOUT_S, RELEASE_BATCH_S, TICKET_GRACE_S
 from services.edge.admission import Admission, RateLimit, Rejected
 
 logger = logging.getLogger("slmserve.limits")
@@ -119,6 +119,11 @@ class LimitBroker:
         if entry is not None:  # unknown: expired already, or issued before a broker restart
             self.admission.release(*entry[:2])
 
+    async def release_many(self, tickets: list[str]) -> None:
+        """The tickets an edge's requests ended with over the last RELEASE_BATCH_S."""
+        for ticket in tickets:
+            await self.release(ticket)
+
     def in_flight(self) -> dict[str, int]:
         return dict(self.admission.in_flight)
 
@@ -133,6 +138,8 @@ class SharedLimits:
     def __init__(self, catalog: Catalog, broker: Any | None) -> None:
         self.broker = broker
         self.rules = admission_for(catalog)  # consulted only for which limits apply; the counts are the broker's
+        self._ended: list[str] = []  # tickets of ended requests, sent together (`release`)
+        self._batching = False  # a release went out less than RELEASE_BATCH_S ago
 
     def applies(self, model: str, tenant: str) -> bool:
         return self.broker is not None and self.rules.applies(model, tenant)
@@ -163,10 +170,24 @@ class SharedLimits:
         return admitted
 
     def release(self, admitted: Admitted | None) -> None:
-        if admitted is not None and self.broker is not None:
-            # Not awaited (an end of request never waits on it), and outside the request: the release of
-            # a cancelled request's ticket must not be cancelled with it.
-            outside_request(self.broker.release.remote, admitted.ticket)
+        """Frees the request's slot at the broker: at once when no release went out in the last
+        RELEASE_BATCH_S, else with the others ended by the end of it (one call for them all)."""
+        if admitted is None or self.broker is None:
+            return
+        self._ended.append(admitted.ticket)
+        if not self._batching:
+            self._send_releases()
+
+    def _send_releases(self) -> None:
+        if not self._ended or self.broker is None:
+            self._batching = False
+            return
+        tickets, self._ended = self._ended, []
+        # Not awaited (an end of request never waits on it), and outside any request: the release of a
+        # cancelled request's ticket must not be cancelled with it.
+        outside_request(self.broker.release_many.remote, tickets)
+        self._batching = True
+        asyncio.get_running_loop().call_later(RELEASE_BATCH_S, self._send_releases)
 
     def _release_late_ticket(self, call: asyncio.Future[Admitted | Refused]) -> None:
         if not call.cancelled() and call.exception() is None:

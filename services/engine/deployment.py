@@ -37,7 +37,7 @@ from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
 from services.engine.routes import engine_routes
 from services.engine.streaming import coalesce
-from services.metrics.engine_series import KV_USAGE_NAMES, WAITING, EngineSnapshot, gauges_of, render_series
+from services.metrics.engine_series import KV_USAGE_NAMES, WAITING, EngineSnapshot, SeriesShipper, gauges_of
 from services.metrics.recent import CumulativeHistogram, RecentQuantile, cumulative_buckets
 from services.models import resolve_source
 from services.routing.policies import routing_stats
@@ -322,13 +322,13 @@ class EngineDeployment:
         """Ship this replica's vLLM metrics to the hub, rendered here (services/metrics/engine_series.py);
         the hub drops replicas that go quiet. Walking and rendering vLLM's registry takes milliseconds,
         so it runs on a thread, never on the loop that streams."""
-        replica_id = serve.get_replica_context().replica_id.unique_id
+        shipper = SeriesShipper(serve.get_replica_context().replica_id.unique_id)
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
         while True:
             families = await asyncio.to_thread(_vllm_families)
-            series = await asyncio.to_thread(render_series, families, replica_id)
+            series = await asyncio.to_thread(shipper.series, families)
             snapshot = EngineSnapshot(
-                replica_id,
+                shipper.replica_id,
                 self.entry.name,
                 max_num_seqs,
                 series,
@@ -352,8 +352,10 @@ class EngineDeployment:
                 except Exception:  # routing works without it (it then follows its own sends)
                     logger.warning("could not list the engine's loaded adapters", exc_info=True)
             try:
-                await self.metrics_hub.update_engine.remote(snapshot)
+                if not await self.metrics_hub.update_engine.remote(snapshot):
+                    shipper.lost()
             except Exception:
+                shipper.lost()
                 logger.warning("metrics hub unreachable", exc_info=True)
             await asyncio.sleep(ENGINE_SNAPSHOT_PERIOD_S)
 
@@ -365,13 +367,13 @@ class EngineDeployment:
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()
 
-    def record_routing_stats(self) -> dict[str, Any]:
+    async def record_routing_stats(self) -> dict[str, Any]:  # async: Serve runs a plain one on a thread
         """Serve asks about once a second (services/app.py); the routing policy reads it."""
         return routing_stats(
             self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters, self.held_adapters_at
         )
 
-    def record_autoscaling_stats(self) -> dict[str, float]:
+    async def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve ships these to the autoscaler (services/engine/autoscaling.py, when the catalog sets `slo`)."""
         return {"waiting": self.waiting, "ttft_p90_s": self.recent_ttft.quantile(0.9)}
 

@@ -1,6 +1,10 @@
 """The direct ingress: an engine replica that is also the HTTP server. HAProxy forwards each request
 straight to it; the edge (services/edge) runs in this process and iterates the engine's stream
-in-process, so tokens cross one Python process, as with bare `vllm serve`."""
+in-process, so tokens cross one Python process, as with bare `vllm serve`.
+
+`DirectIngress` is the edge's half, vLLM-free, mixed into the engine class that hosts the model:
+`DirectEngine` (vLLM's, services/ingress/direct_engine.py) or the scale runs' stand-in
+(loadtests/standin), which must start without loading vLLM."""
 
 from __future__ import annotations
 
@@ -10,27 +14,26 @@ from typing import Any
 from ray import serve
 
 from services.core import platform
-from services.core.catalog import Catalog
+from services.core.catalog import Catalog, ModelEntry
 from services.edge.app import build_app
 from services.edge.edge import Edge
 from services.edge.limits import has_limits
 from services.edge.readiness import SelfReadiness
-from services.engine.deployment import EngineDeployment
 from services.engine.interface import LocalEngine
 from services.engine.protocol import EngineCall, StreamItem
 from services.metrics.records import RecordBuffer
 from services.routing import decisions
 
 
-class DirectEngine(EngineDeployment):
-    """An engine replica that is also the HTTP ingress (direct mode): the edge runs in this process
-    and calls the engine in-process. Wrapped by `serve.ingress()` in services.app, which serves the
-    app `__serve_build_asgi_app__` returns once the engine has loaded."""
+class DirectIngress:
+    """Mixed in before an engine class (one with `entry`, `metrics_hub` and `stream`). Wrapped by
+    `serve.ingress()` in services.app, which serves the app `__serve_build_asgi_app__` returns once
+    the engine has loaded."""
 
-    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
-    ) -> None:
-        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))
+    entry: ModelEntry
+    metrics_hub: Any
+
+    def _join_platform(self, platform_app: str, catalog: dict[str, Any]) -> None:
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
 
@@ -39,7 +42,8 @@ class DirectEngine(EngineDeployment):
         # routing metric (and its dashboard panel) covers every model.
         if not self.entry.has_replica_choice:
             decisions.count(self.entry.deployment_name, self.entry.routing.policy, "single_replica")
-        return super().stream(call)
+        stream: AsyncGenerator[StreamItem, None] = super().stream(call)  # type: ignore[misc]  # the engine's
+        return stream
 
     async def __serve_build_asgi_app__(self) -> Any:
         edge = Edge(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -70,8 +71,11 @@ class ReplicaPicker:
         async def route(request: Request) -> JSONResponse:
             self.records.start()
             body = routing_body(await request.body())
+            started = time.perf_counter()
             try:
-                return JSONResponse(await self.choose(body, request.headers.get(self.session_header)))
+                chosen = await self.choose(body, request.headers.get(self.session_header))
+                decisions.timed(self.engine.deployment_name, time.perf_counter() - started)
+                return JSONResponse(chosen)
             except (TimeoutError, RuntimeError) as error:  # HAProxy answers any non-200 with a 503
                 logger.warning("no engine replica to route to: %s", error)
                 return JSONResponse({"detail": str(error) or "no engine replica available"}, status_code=503)

@@ -19,6 +19,7 @@ E2E_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 60)
 TOKEN_BUCKETS = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100000.0)  # 1, 2, 5 ... 50000, 100000
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 OVERHEAD_PHASES = ("ingress", "edge", "relay")
+DECISION_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
 HOLD_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 QUEUE_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 TENANT_OUTCOMES = ("success", "failure", "rejected")
@@ -112,6 +113,14 @@ class EdgeMetrics:
             "Engine replica choices by policy and reason "
             "(response_owner, prefix_hit, adapter_hit, session, load_guard, fallback, least_loaded, single_replica)",
             (*MODEL, "policy", "reason"),
+            registry=registry,
+        )
+        self.decision_time = Histogram(
+            "slmserve_routing_decision_seconds",
+            "Time the ReplicaPicker takes to choose an engine replica for HAProxy, per request (direct "
+            "mode, models with a replica choice): the policy and Ray's pick, not HAProxy's call to it",
+            MODEL,
+            buckets=DECISION_BUCKETS,
             registry=registry,
         )
         self.overhead = Histogram(

@@ -34,7 +34,7 @@ class EngineSnapshot:
     replica_id: str
     model_name: str
     max_num_seqs: int
-    series: list[SeriesText] = field(default_factory=list)
+    series: list[SeriesText] | None = None  # None: the same as in this replica's last snapshot
     gauges: dict[str, float] = field(default_factory=dict)  # the vLLM gauges the hub sums (see gauges_of)
     profile: dict[str, Any] = field(default_factory=dict)  # EngineDeployment.profile_info()
     asleep: bool | None = None  # None: the engine does not sleep when idle (services/engine/idle_sleep.py)
@@ -81,13 +81,34 @@ def render_series(families: Iterable[Metric], replica_id: str) -> list[SeriesTex
     return rendered
 
 
+class SeriesShipper:
+    """One replica's series as it ships them: rendered only when a sample changed since the last
+    shipment (an idle engine's never do, so an idle replica renders and sends nothing but gauges)."""
+
+    def __init__(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+        self._shipped: tuple[Any, ...] | None = None
+
+    def series(self, families: list[Metric]) -> list[SeriesText] | None:
+        """The series to send, or None when the hub has them already."""
+        now = tuple((sample.name, tuple(sample.labels.items()), sample.value) for f in families for sample in f.samples)
+        if now == self._shipped:
+            return None
+        self._shipped = now
+        return render_series(families, self.replica_id)
+
+    def lost(self) -> None:
+        """The hub does not hold them (it restarted): send them whole next time."""
+        self._shipped = None
+
+
 def join_series(snapshots: Iterable[EngineSnapshot]) -> bytes:
     """Every replica's series, one header per family and its replicas' samples beneath it (the text
     format wants a family's lines together)."""
     headers: dict[str, str] = {}
     samples: dict[str, list[str]] = {}
     for snapshot in snapshots:
-        for series in snapshot.series:
+        for series in snapshot.series or ():
             headers.setdefault(series.name, series.header)
             samples.setdefault(series.name, []).append(series.samples)
     return "".join(headers[name] + "".join(samples[name]) for name in headers).encode()

@@ -7,6 +7,7 @@ one replica's partial view.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from services.metrics.definitions import EdgeMetrics
 from services.metrics.engine_series import KV_USAGE_NAMES, RUNNING, WAITING, EngineSnapshot, join_series
 from services.metrics.records import (
     CompletionRecord,
+    DecisionTimeRecord,
     HTTPRecord,
     PlacedRecord,
     Record,
@@ -27,6 +29,8 @@ from services.metrics.records import (
     RoutingRecord,
     request_labels,
 )
+
+logger = logging.getLogger("slmserve.metrics")
 
 
 def by_model_name(snapshots: list[EngineSnapshot]) -> dict[str, list[EngineSnapshot]]:
@@ -123,12 +127,15 @@ class MetricsHub:
         self.snapshots: dict[str, EngineSnapshot] = {}
         self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
+        self._states_refresh: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.edge = EdgeMetrics(self.registry)
         self.edge.initialize(self.model_names, tenants or [])
         self.registry.register(_EngineCollector(self))
 
-    def record(self, batch: list[Record]) -> None:
+    # The methods Serve calls are async: Serve runs a plain method on a worker thread, a hop that cost
+    # more than the method's work, once a second per engine replica (loadtests/scale.py).
+    async def record(self, batch: list[Record]) -> None:
         edge = self.edge
         for record in batch:
             if isinstance(record, HTTPRecord):
@@ -144,6 +151,10 @@ class MetricsHub:
             elif isinstance(record, RoutingRecord):
                 model = self.model_of.get(record.deployment, record.deployment)
                 edge.routing.labels(model, record.policy, record.reason).inc(record.count)
+            elif isinstance(record, DecisionTimeRecord):
+                timed = edge.decision_time.labels(self.model_of.get(record.deployment, record.deployment))
+                for seconds in record.seconds:
+                    timed.observe(seconds)
 
     def _record_completion(self, record: CompletionRecord) -> None:
         edge, model = self.edge, request_labels(record)
@@ -179,10 +190,16 @@ class MetricsHub:
             if seconds is not None:
                 edge.overhead.labels(record.model_name, phase).observe(seconds)
 
-    def update_engine(self, snapshot: EngineSnapshot) -> None:
+    async def update_engine(self, snapshot: EngineSnapshot) -> bool:
+        """Takes a replica's snapshot; False when it came without series (unchanged) and the hub has
+        none of that replica's (it restarted since): the replica then sends them whole."""
+        previous = self.snapshots.get(snapshot.replica_id)
+        if snapshot.series is None:
+            snapshot.series = previous.series if previous is not None else None
         self.snapshots[snapshot.replica_id] = snapshot
         for seconds in snapshot.wake_seconds:
             self.edge.wake.labels(snapshot.model_name).observe(seconds)
+        return snapshot.series is not None
 
     def live_snapshots(self) -> list[EngineSnapshot]:
         now = time.monotonic()
@@ -196,13 +213,23 @@ class MetricsHub:
         return sorted(model for model, replicas in by_model.items() if all(s.asleep for s in replicas))
 
     async def render(self) -> bytes:
-        if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
-            try:
-                self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
-                self._states_read_at = time.monotonic()
-            except Exception:  # keep the last known states if the controller is busy
-                pass
+        """The scrape. Only the first waits for the replicas' states from Serve's controller (two
+        calls, the second heavier with every replica): later ones answer with the last states and
+        start their refresh when those are older than REPLICA_STATES_MAX_AGE_S."""
+        if not self._states_read_at:
+            await self._read_states()
+        elif time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S and (
+            self._states_refresh is None or self._states_refresh.done()
+        ):
+            self._states_refresh = asyncio.get_running_loop().create_task(self._read_states())
         return self.exposition()
+
+    async def _read_states(self) -> None:
+        try:
+            self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
+            self._states_read_at = time.monotonic()
+        except Exception:  # keep the last known states if the controller is busy
+            logger.warning("could not read the replicas' states from Serve's controller", exc_info=True)
 
     def exposition(self) -> bytes:
         """The hub's own registry, then every live replica's vLLM series."""

@@ -82,6 +82,14 @@ class RoutingRecord:
 
 
 @dataclass(slots=True)
+class DecisionTimeRecord:
+    """How long each replica choice since the last flush took (the ReplicaPicker's), in seconds."""
+
+    deployment: str
+    seconds: list[float]
+
+
+@dataclass(slots=True)
 class PlacedRecord:
     """A model request the platform application placed because HAProxy could not (direct mode):
     `model_name` as resolved, or "none" when the body named no served model."""
@@ -89,7 +97,7 @@ class PlacedRecord:
     model_name: str
 
 
-Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord | PlacedRecord
+Record = HTTPRecord | CompletionRecord | RejectionRecord | RoutingRecord | DecisionTimeRecord | PlacedRecord
 
 
 def request_labels(record: CompletionRecord | RejectionRecord) -> tuple[str, str]:

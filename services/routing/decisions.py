@@ -6,18 +6,25 @@ methods see a copy of their own module's globals, but a module they reference is
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 
-from services.metrics.records import RoutingRecord
+from services.metrics.records import DecisionTimeRecord, Record, RoutingRecord
 
 _counts: Counter[tuple[str, str, str]] = Counter()
+_seconds: defaultdict[str, list[float]] = defaultdict(list)  # deployment -> each choice's time
 
 
 def count(deployment: str, policy: str, reason: str) -> None:
     _counts[(deployment, policy, reason)] += 1
 
 
-def drain() -> list[RoutingRecord]:
-    records = [RoutingRecord(*key, value) for key, value in _counts.items()]
+def timed(deployment: str, seconds: float) -> None:
+    _seconds[deployment].append(seconds)
+
+
+def drain() -> list[Record]:
+    records: list[Record] = [RoutingRecord(*key, value) for key, value in _counts.items()]
+    records += [DecisionTimeRecord(deployment, seconds) for deployment, seconds in _seconds.items()]
     _counts.clear()
-    return list(records)
+    _seconds.clear()
+    return records

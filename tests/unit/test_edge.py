@@ -471,11 +471,11 @@ def test_v1_models_says_asleep_for_a_running_model_whose_every_replica_sleeps():
 
     sleeper = {**MODELS[0], "idle": {"sleep_after_s": 60}}
     with edge_with(parse_catalog({"models": [sleeper, MODELS[1]]})) as under_test:
-        under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=True))
-        under_test.hub.update_engine(EngineSnapshot("r2", "vision", 8, []))
+        run(under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=True)))
+        run(under_test.hub.update_engine(EngineSnapshot("r2", "vision", 8, [])))
         assert run(_model_states(under_test)) == {"text": "asleep", "vision": "running"}
-        under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=False))  # woken
+        run(under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=False)))  # woken
         assert run(_model_states(under_test)) == {"text": "running", "vision": "running"}
-        under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=True))
+        run(under_test.hub.update_engine(EngineSnapshot("r1", "text", 8, [], asleep=True)))
         under_test.readiness.loading.add(under_test.edge.catalog.models[0].deployment_name)
         assert run(_model_states(under_test))["text"] == "starting"  # Serve's view first: not running

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from services.core.catalog import parse_catalog
+from services.core.timing import RELEASE_BATCH_S
 from services.edge.admission import Rejected
 from services.edge.limits import LimitBroker, LimiterUnavailable, SharedLimits, has_limits
 
@@ -50,12 +51,12 @@ class _Response:
 
 
 class Handle:
-    """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release.remote(...)` is not."""
+    """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release_many.remote(...)` is not."""
 
     def __init__(self, broker: LimitBroker, fail: bool = False, admit_delay_s: float = 0.0) -> None:
         self.calls: list[str] = []
         self.admit = _Method(broker.admit, self.calls, fail, admit_delay_s)
-        self.release = _Method(broker.release, self.calls, fail)
+        self.release_many = _Method(broker.release_many, self.calls, fail)
 
 
 def edges(count: int) -> tuple[LimitBroker, list[SharedLimits], Handle]:
@@ -76,6 +77,23 @@ def test_two_edges_share_one_in_flight_bound():
         await asyncio.sleep(0)  # the release reaches the broker
         assert await right.admit("bounded", "anyone", 10)
         assert broker.in_flight()["bounded"] == 4
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_edge_releases_the_tickets_its_requests_end_with_in_one_call_per_batch():
+    async def scenario() -> None:
+        broker, (edge,), handle = edges(1)
+        tickets = [await edge.admit("bounded", "anyone", 10) for _ in range(4)]
+        edge.release(tickets[0])  # the first goes out at once
+        await asyncio.sleep(0)
+        assert handle.calls.count("release_many") == 1 and broker.in_flight()["bounded"] == 3
+        for ticket in tickets[1:]:  # the next ones within RELEASE_BATCH_S wait for the batch
+            edge.release(ticket)
+        await asyncio.sleep(0)
+        assert broker.in_flight()["bounded"] == 3
+        await asyncio.sleep(RELEASE_BATCH_S * 2)
+        assert handle.calls.count("release_many") == 2 and broker.in_flight()["bounded"] == 0
 
     asyncio.run(scenario())
 

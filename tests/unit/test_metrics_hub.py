@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,9 +39,9 @@ def test_sleeping_replicas_and_their_wakes_reach_the_hub_s_registry():
     from services.metrics.hub import MetricsHub
 
     hub = MetricsHub({"m1": ("app", "engine-m1"), "m2": ("app", "engine-m2")})
-    hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True, wake_seconds=[0.21, 0.25]))
-    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False))
-    hub.update_engine(EngineSnapshot("r3", "m2", 8, []))  # no sleep mode
+    asyncio.run(hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True, wake_seconds=[0.21, 0.25])))
+    asyncio.run(hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False)))
+    asyncio.run(hub.update_engine(EngineSnapshot("r3", "m2", 8, [])))  # no sleep mode
     text = generate_latest(hub.registry).decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -57,12 +59,12 @@ def test_a_model_is_asleep_only_when_every_live_replica_sleeps():
     from services.metrics.hub import MetricsHub
 
     hub = MetricsHub({"m1": ("app", "engine-m1"), "m2": ("app", "engine-m2"), "m3": ("app", "engine-m3")})
-    hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True))
-    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False))  # one awake: m1 answers at once
-    hub.update_engine(EngineSnapshot("r3", "m2", 8, [], asleep=True))
-    hub.update_engine(EngineSnapshot("r4", "m3", 8, []))  # no sleep mode
+    asyncio.run(hub.update_engine(EngineSnapshot("r1", "m1", 8, [], asleep=True)))
+    asyncio.run(hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=False)))  # one awake: m1 answers at once
+    asyncio.run(hub.update_engine(EngineSnapshot("r3", "m2", 8, [], asleep=True)))
+    asyncio.run(hub.update_engine(EngineSnapshot("r4", "m3", 8, [])))  # no sleep mode
     assert hub.sleeping_models() == ["m2"]
-    hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=True))
+    asyncio.run(hub.update_engine(EngineSnapshot("r2", "m1", 8, [], asleep=True)))
     assert hub.sleeping_models() == ["m1", "m2"]
 
 
@@ -95,7 +97,8 @@ def test_replicas_render_their_own_series_and_the_hub_joins_them_into_one_valid_
     hub = MetricsHub({"m1": ("app", "engine-m1")})
     for replica, running, ttft in (("r1", 2, [0.05, 0.2]), ("r2", 3, [0.07])):
         families = _vllm_like_families(running, ttft)
-        hub.update_engine(EngineSnapshot(replica, "m1", 8, render_series(families, replica), gauges_of(families)))
+        snapshot = EngineSnapshot(replica, "m1", 8, render_series(families, replica), gauges_of(families))
+        asyncio.run(hub.update_engine(snapshot))
     text = hub.exposition().decode()
 
     families = {family.name: family for family in text_string_to_metric_families(text)}
@@ -118,3 +121,41 @@ def test_replicas_render_their_own_series_and_the_hub_joins_them_into_one_valid_
         checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
         # 1: the text does not parse (a family twice, say); 3: lint findings only (vLLM's names hold ':')
         assert checked.returncode in (0, 3), checked.stdout + checked.stderr
+
+
+def test_the_replica_picker_s_choice_times_reach_the_hub_as_a_histogram_per_model():
+    from services.metrics.hub import MetricsHub
+    from services.routing import decisions
+
+    hub = MetricsHub({"m1": ("app", "engine-m1")})
+    for seconds in (0.0004, 0.0008, 0.003):
+        decisions.timed("engine-m1", seconds)
+    asyncio.run(hub.record(decisions.drain()))
+    assert decisions.drain() == []  # drained once
+    value = hub.registry.get_sample_value
+    assert value("slmserve_routing_decision_seconds_count", {"model_name": "m1"}) == 3
+    assert value("slmserve_routing_decision_seconds_bucket", {"model_name": "m1", "le": "0.001"}) == 2
+    assert value("slmserve_routing_decision_seconds_sum", {"model_name": "m1"}) == pytest.approx(0.0042)
+
+
+def test_an_unchanged_replica_ships_no_series_and_the_hub_keeps_its_last_ones():
+    """An idle engine's series do not change: its replica renders and sends them once, then only its
+    gauges; a hub that restarted asks for them whole again."""
+    from services.metrics.engine_series import EngineSnapshot, SeriesShipper, gauges_of
+    from services.metrics.hub import MetricsHub
+
+    families = _vllm_like_families(1, [0.05])
+    shipper = SeriesShipper("r1")
+    first = shipper.series(families)
+    assert first and shipper.series(families) is None  # unchanged
+    hub = MetricsHub({"m1": ("app", "engine-m1")})
+    assert asyncio.run(hub.update_engine(EngineSnapshot("r1", "m1", 8, first, gauges_of(families))))
+    assert asyncio.run(hub.update_engine(EngineSnapshot("r1", "m1", 8, None, gauges_of(families))))
+    assert 'replica="r1"' in hub.exposition().decode()  # the series of the first snapshot
+
+    restarted = MetricsHub({"m1": ("app", "engine-m1")})
+    assert not asyncio.run(restarted.update_engine(EngineSnapshot("r1", "m1", 8, None, gauges_of(families))))
+    shipper.lost()
+    assert shipper.series(families) == first  # sent whole again
+    changed = _vllm_like_families(2, [0.05])
+    assert shipper.series(changed) is not None  # the running gauge moved

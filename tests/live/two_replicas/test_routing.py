@@ -56,8 +56,21 @@ def _decisions(server: ServerProcess) -> Counter[str]:
     return counts
 
 
+def _decision_times(server: ServerProcess) -> tuple[float, float]:
+    """(count, sum in seconds) of the ReplicaPicker's timed choices for MODEL."""
+    found = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(_metrics(server))
+        for sample in family.samples
+        if sample.name.startswith("slmserve_routing_decision_seconds_") and sample.labels.get("model_name") == MODEL
+    }
+    return found.get("slmserve_routing_decision_seconds_count", 0.0), found.get(
+        "slmserve_routing_decision_seconds_sum", 0.0
+    )
+
+
 def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
-    before, decided = prefix_cache_counts(_metrics(server)), _decisions(server)
+    before, decided, timed = prefix_cache_counts(_metrics(server)), _decisions(server), _decision_times(server)
     turns, _ = asyncio.run(
         run_conversations(
             server.base_url, MODEL, conversations=6, turns=3, system_words=600, max_tokens=8, concurrency=2
@@ -70,6 +83,8 @@ def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
     rate = hit_rate(before, prefix_cache_counts(_metrics(server)))
     assert rate >= 0.5, rate  # the first turn of each conversation cannot hit: about 0.63 at most here
     assert _decisions(server)["prefix_hit"] - decided["prefix_hit"] >= 12  # turns 2 and 3
+    count, seconds = (now - then for now, then in zip(_decision_times(server), timed, strict=True))
+    assert count >= 18 and 0 < seconds / count < 1.0, (count, seconds)  # each choice timed, none near a second
 
 
 def test_a_session_header_picks_the_replica_a_new_conversation_starts_on(server):
