@@ -172,10 +172,10 @@ class StandInEngine:
     async def num_unfinished_requests(self) -> int:
         return self.streams
 
-    async def record_routing_stats(self) -> dict[str, Any]:  # async: Serve runs a plain one on a thread
+    def record_routing_stats(self) -> dict[str, Any]:
         return routing_stats(self.streams, self.streams / MAX_NUM_SEQS)
 
-    async def record_autoscaling_stats(self) -> dict[str, float]:
+    def record_autoscaling_stats(self) -> dict[str, float]:
         return {"waiting": 0.0, "ttft_p90_s": self.pace.first_token(self.streams)}
 
     async def check_health(self) -> None:

@@ -32,6 +32,11 @@ ROUTING_STATS_PERIOD_S = 1.0
 # sends older than a few report periods are in one, or the replica is too busy to report and their
 # count would only grow. Wall-clock, as the replicas stamp their reports.
 SENT_WINDOW_S = 5.0
+# A replica's report counts only the requests that had reached its engine: a send made less than this
+# before the report may still be on its way (HAProxy, the edge's checks, admission at the broker) and
+# keeps counting until a later report. A burst of sends is then never wiped by a report made during it
+# (tests/live/two_replicas saw all of ten streams go to one replica that way on a busy 2-core machine).
+IN_TRANSIT_S = 1.0
 # A request the router sent for a LoRA adapter reaches its engine and has it loaded within this: a listing
 # of the engine's LoRA cache made sooner after the send may predate the load, so only a later one without
 # the adapter says the engine does not hold it (CI: a listing in that gap sent the adapter's next request

@@ -367,13 +367,15 @@ class EngineDeployment:
     async def num_unfinished_requests(self) -> int:
         return self.stack.num_unfinished_requests()
 
-    async def record_routing_stats(self) -> dict[str, Any]:  # async: Serve runs a plain one on a thread
-        """Serve asks about once a second (services/app.py); the routing policy reads it."""
+    def record_routing_stats(self) -> dict[str, Any]:
+        """Serve asks about once a second (services/app.py); the routing policy reads it. A plain
+        method on purpose: Serve answers it from a thread, while a coroutine would queue behind the
+        streams on the replica's loop (as one, the load guard of tests/live/two_replicas saw no load)."""
         return routing_stats(
             self.stack.num_unfinished_requests(), self.kv_usage, self.held_adapters, self.held_adapters_at
         )
 
-    async def record_autoscaling_stats(self) -> dict[str, float]:
+    def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve ships these to the autoscaler (services/engine/autoscaling.py, when the catalog sets `slo`)."""
         return {"waiting": self.waiting, "ttft_p90_s": self.recent_ttft.quantile(0.9)}
 

@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
-from services.core.timing import ADAPTER_LOAD_S, SENT_WINDOW_S
+from services.core.timing import ADAPTER_LOAD_S, IN_TRANSIT_S, SENT_WINDOW_S
 from services.routing import decisions
 from services.routing.response_ids import owner_of, referenced_response
 from services.routing.session import bounded
@@ -188,9 +188,10 @@ class ReplicaChooser:
             del self.report_times[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
-        """(requests held, KV-cache usage) as last reported plus what was sent after that report, in
-        the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the stats call's
-        timeout), old sends must not pile up into an imbalance that pushes conversations away."""
+        """(requests held, KV-cache usage) as last reported plus what was sent after that report (or
+        within IN_TRANSIT_S before it), in the last SENT_WINDOW_S: when reports stop arriving (a busy
+        replica misses the stats call's timeout), old sends must not pile up into an imbalance that
+        pushes conversations away."""
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
         sent = self.sent_since_report[replica.replica_id]
@@ -204,7 +205,7 @@ class ReplicaChooser:
             ]:
                 del adapters[adapter]
         horizon = time.time() - SENT_WINDOW_S
-        while sent and (sent[0] < horizon or sent[0] <= reported_at):
+        while sent and (sent[0] < horizon or sent[0] <= reported_at - IN_TRANSIT_S):
             sent.popleft()
         return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
 

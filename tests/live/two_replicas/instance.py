@@ -51,5 +51,8 @@ def placed_by_haproxy(server: ServerProcess) -> set[str]:
     state = haproxy_state_dir(urlsplit(server.base_url).port or 0)
     placed: set[str] = set()
     for socket_path in state.glob("*/admin.sock"):
-        placed |= HAProxyMap(socket_path.parent / ADAPTERS_MAP, socket_path).loaded().keys()
+        try:
+            placed |= HAProxyMap(socket_path.parent / ADAPTERS_MAP, socket_path).loaded().keys()
+        except ConnectionRefusedError:  # left by an earlier instance on this port (another Ray node id)
+            continue
     return placed
