@@ -28,7 +28,6 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
-from services.core import platform
 from services.core.catalog import ModelEntry
 from services.core.errors import error_json
 from services.core.timing import ENGINE_SNAPSHOT_PERIOD_S
@@ -140,12 +139,7 @@ class StandInEngine:
                 shipper.replica_id, self.entry.name, MAX_NUM_SEQS, series, {RUNNING: self.streams}
             )
             snapshot.profile = self.profile_info()
-            try:
-                if not await self.metrics_hub.update_engine.remote(snapshot):
-                    shipper.lost()
-            except Exception:
-                shipper.lost()
-                logger.warning("metrics hub unreachable", exc_info=True)
+            await shipper.ship(self.metrics_hub, snapshot)
             await asyncio.sleep(ENGINE_SNAPSHOT_PERIOD_S)
 
     def _families_now(self) -> list[Metric]:
@@ -216,9 +210,3 @@ def _usage(outcome: Outcome) -> dict[str, int]:
 
 class StandInDirectEngine(DirectIngress, StandInEngine):
     """The stand-in as the direct ingress of its model's application (what DirectEngine is for vLLM)."""
-
-    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
-        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
-    ) -> None:
-        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))
-        self._join_platform(platform_app, catalog)

@@ -351,12 +351,7 @@ class EngineDeployment:
                     self.held_adapters_at = listed_at
                 except Exception:  # routing works without it (it then follows its own sends)
                     logger.warning("could not list the engine's loaded adapters", exc_info=True)
-            try:
-                if not await self.metrics_hub.update_engine.remote(snapshot):
-                    shipper.lost()
-            except Exception:
-                shipper.lost()
-                logger.warning("metrics hub unreachable", exc_info=True)
+            await shipper.ship(self.metrics_hub, snapshot)
             await asyncio.sleep(ENGINE_SNAPSHOT_PERIOD_S)
 
     async def request_schemas(self) -> dict[str, dict[str, Any]]:

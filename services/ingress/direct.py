@@ -33,7 +33,11 @@ class DirectIngress:
     entry: ModelEntry
     metrics_hub: Any
 
-    def _join_platform(self, platform_app: str, catalog: dict[str, Any]) -> None:
+    async def __init__(  # type: ignore[misc]  # Serve awaits async constructors
+        self, entry: dict[str, Any], cache_dir: str, platform_app: str, catalog: dict[str, Any]
+    ) -> None:
+        # the engine class's constructor: (entry, cache_dir, metrics_hub)
+        await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))  # type: ignore[call-arg,misc]
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
 

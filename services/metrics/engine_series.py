@@ -6,6 +6,7 @@ samples again: the hub's scrape then costs about the same at 64 replicas as at o
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Iterable
@@ -14,6 +15,8 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import Metric
+
+logger = logging.getLogger("slmserve.metrics")
 
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
 RUNNING = "vllm:num_requests_running"
@@ -100,6 +103,15 @@ class SeriesShipper:
     def lost(self) -> None:
         """The hub does not hold them (it restarted): send them whole next time."""
         self._shipped = None
+
+    async def ship(self, hub: Any, snapshot: EngineSnapshot) -> None:
+        """The snapshot to the hub (a handle to services/metrics/hub.py's MetricsHub)."""
+        try:
+            if not await hub.update_engine.remote(snapshot):
+                self.lost()
+        except Exception:
+            self.lost()
+            logger.warning("metrics hub unreachable", exc_info=True)
 
 
 def join_series(snapshots: Iterable[EngineSnapshot]) -> bytes:

@@ -7,7 +7,6 @@ one replica's partial view.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -29,8 +28,6 @@ from services.metrics.records import (
     RoutingRecord,
     request_labels,
 )
-
-logger = logging.getLogger("slmserve.metrics")
 
 
 def by_model_name(snapshots: list[EngineSnapshot]) -> dict[str, list[EngineSnapshot]]:
@@ -127,7 +124,6 @@ class MetricsHub:
         self.snapshots: dict[str, EngineSnapshot] = {}
         self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
-        self._states_refresh: asyncio.Task[None] | None = None
         self.registry = CollectorRegistry(auto_describe=True)
         self.edge = EdgeMetrics(self.registry)
         self.edge.initialize(self.model_names, tenants or [])
@@ -213,23 +209,13 @@ class MetricsHub:
         return sorted(model for model, replicas in by_model.items() if all(s.asleep for s in replicas))
 
     async def render(self) -> bytes:
-        """The scrape. Only the first waits for the replicas' states from Serve's controller (two
-        calls, the second heavier with every replica): later ones answer with the last states and
-        start their refresh when those are older than REPLICA_STATES_MAX_AGE_S."""
-        if not self._states_read_at:
-            await self._read_states()
-        elif time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S and (
-            self._states_refresh is None or self._states_refresh.done()
-        ):
-            self._states_refresh = asyncio.get_running_loop().create_task(self._read_states())
+        if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
+            try:
+                self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
+                self._states_read_at = time.monotonic()
+            except Exception:  # keep the last known states if the controller is busy
+                pass
         return self.exposition()
-
-    async def _read_states(self) -> None:
-        try:
-            self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
-            self._states_read_at = time.monotonic()
-        except Exception:  # keep the last known states if the controller is busy
-            logger.warning("could not read the replicas' states from Serve's controller", exc_info=True)
 
     def exposition(self) -> bytes:
         """The hub's own registry, then every live replica's vLLM series."""
