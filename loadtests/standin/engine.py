@@ -6,7 +6,7 @@ edge in the replica's process, the metrics hub (to which it ships a real engine'
 second), the limit broker.
 
 No catalog can name it: loadtests/scale.py passes it to services.runtime.start_local as the class
-that hosts each model in direct mode. It imports no vLLM (a replica starts in about 2 s and 130 MB).
+that hosts each model in direct mode. It imports no vLLM (a replica starts in about 2 s and takes about 150 MB).
 
 The pace is a straight-line fit to docs/benchmarks.md run 8 (bare vLLM 0.24, Phi-3.5-mini, H200): TTFT
 p50 18.0 / 38.9 / 99.6 / 171.3 ms and ITL p50 3.18 / 3.58 / 5.20 / 7.59 ms at 1 / 8 / 32 / 64 streams.
