@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.timing import RECORDS_FLUSH_PERIOD_S
 from services.metrics.definitions import OVERHEAD_PHASES
+from services.metrics.recent import histogram_quantile
 
 FAMILY = "slmserve_platform_overhead_seconds"
 
@@ -48,19 +49,8 @@ def read(metrics_url: str, model: str, api_key: str = "") -> dict[str, Histogram
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float:
-    """Prometheus's histogram_quantile: linear within the bucket that holds the rank."""
-    total = buckets[-1][1] if buckets else 0.0
-    if total <= 0:
-        return float("nan")
-    rank, lower, below = q * total, 0.0, 0.0
-    for bound, cumulative in buckets:
-        if cumulative >= rank:
-            if bound == float("inf"):
-                return lower
-            inside = cumulative - below
-            return lower + (bound - lower) * ((rank - below) / inside if inside else 0.0)
-        lower, below = bound, cumulative
-    return lower
+    value = histogram_quantile(dict(buckets), q)
+    return float("nan") if value is None else value
 
 
 def summary(before: dict[str, Histogram], after: dict[str, Histogram]) -> dict[str, dict[str, float]]:

@@ -75,9 +75,7 @@ def _component(pid: int, engine_deployment: str) -> str | None:
         return "Ray (raylet, GCS)"
     if command.startswith("ray::") or "/ray/" in command:
         return "Ray (other)"
-    if "loadtests.scale --drive" in command:
-        return "load generator"
-    return None
+    return None  # the load generator's CPU is read from its exit (run_one)
 
 
 def usage(engine_deployment: str) -> dict[str, dict[str, float]]:
@@ -160,7 +158,7 @@ async def drive(base_url: str, rate: float, seconds: float, tokens: int) -> dict
             next_at += rng.expovariate(rate)
         sending_s = time.perf_counter() - started
         await asyncio.wait(tasks, timeout=30)
-    done = [value for value in out["e2e_s"]]
+    done = out["e2e_s"]
     return {
         "sent": sent,
         "ok": len(done),
@@ -182,31 +180,20 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _histogram(text: str, name: str) -> dict[float, float]:
+def _decision_buckets(text: str) -> dict[float, float]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    buckets: dict[float, float] = defaultdict(float)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == f"{name}_bucket":
-                buckets[float(sample.labels["le"])] += sample.value
-    return dict(buckets)
+    from services.metrics.recent import cumulative_buckets
+
+    return cumulative_buckets(list(text_string_to_metric_families(text)), "slmserve_routing_decision_seconds")
 
 
-def _histogram_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
-    """Prometheus's histogram_quantile over the increase between two scrapes."""
-    bounds = sorted(after)
-    counts = [after[b] - before.get(b, 0.0) for b in bounds]
-    if not counts or counts[-1] <= 0:
-        return math.nan
-    rank, lower, below = q * counts[-1], 0.0, 0.0
-    for bound, count in zip(bounds, counts, strict=True):
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
-        lower, below = bound, count
-    return lower
+def _decision_ms(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The q-quantile of the decisions taken between two scrapes, in ms (nan: none)."""
+    from services.metrics.recent import histogram_quantile, increase
+
+    value = histogram_quantile(increase(before, after), q)
+    return math.nan if value is None else value * 1000
 
 
 def run_one(replicas: int, rates: list[float], step_s: float, tokens: int) -> dict[str, Any]:
@@ -292,8 +279,7 @@ def run_one(replicas: int, rates: list[float], step_s: float, tokens: int) -> di
             client_before.ru_utime + client_before.ru_stime
         )
         ok = max(result["ok"], 1)
-        decided = _histogram(text_after, "slmserve_routing_decision_seconds")
-        decided_before = _histogram(text_before, "slmserve_routing_decision_seconds")
+        decided, decided_before = _decision_buckets(text_after), _decision_buckets(text_before)
         decisions = decided.get(math.inf, 0.0) - decided_before.get(math.inf, 0.0)
         step = {
             "rate": rate,
@@ -309,8 +295,8 @@ def run_one(replicas: int, rates: list[float], step_s: float, tokens: int) -> di
             "rss_mb": {name: after[name]["rss_mb"] for name in after},
             "processes": {name: after[name]["processes"] for name in after},
             "decisions": decisions,
-            "decision_p50_ms": _histogram_quantile(decided_before, decided, 0.5) * 1000,
-            "decision_p99_ms": _histogram_quantile(decided_before, decided, 0.99) * 1000,
+            "decision_p50_ms": _decision_ms(decided_before, decided, 0.5),
+            "decision_p99_ms": _decision_ms(decided_before, decided, 0.99),
         }
         steps.append(step)
         busiest = max(step["cores"].items(), key=lambda item: item[1])

@@ -32,7 +32,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.edge.limits import Admitted, LimitBroker
-from services.metrics.engine_series import EngineSnapshot, gauges_of, render_series
+from services.metrics.engine_series import EngineSnapshot, Families, gauges_of, render_series
 from services.metrics.hub import MetricsHub
 from services.routing.policies import ReplicaChooser, RoutingKnobs, routing_stats
 from testkit.serving import serving
@@ -103,19 +103,13 @@ def _render_in_the_hub(families: list[Metric], replicas: int) -> bytes:
     """The baseline: the hub formats every replica's samples itself on each scrape (slmserve before
     the replicas rendered their own series)."""
 
-    class Merged:
-        def collect(self) -> list[Metric]:
-            merged: dict[str, Metric] = {}
-            for i in range(replicas):
-                for family in families:
-                    out = merged.setdefault(
-                        family.name, Metric(family.name, family.documentation, family.type, family.unit)
-                    )
-                    for sample in family.samples:
-                        out.add_sample(sample.name, {**sample.labels, "replica": f"replica{i:04d}"}, sample.value)
-            return list(merged.values())
-
-    return generate_latest(Merged())
+    merged: dict[str, Metric] = {}
+    for i in range(replicas):
+        for family in families:
+            out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+            for sample in family.samples:
+                out.add_sample(sample.name, {**sample.labels, "replica": f"replica{i:04d}"}, sample.value)
+    return generate_latest(Families(list(merged.values())))  # type: ignore[arg-type]
 
 
 @dataclass

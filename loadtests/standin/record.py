@@ -11,18 +11,11 @@ from prometheus_client import generate_latest
 
 from loadtests.scale_costs import one_engine_families
 from loadtests.standin.engine import SERIES_FILE
-
-
-class _Families:
-    def __init__(self) -> None:
-        self.families = one_engine_families()
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        return self.families
+from services.metrics.engine_series import Families
 
 
 def main() -> int:
-    SERIES_FILE.write_bytes(generate_latest(_Families()))  # type: ignore[arg-type]
+    SERIES_FILE.write_bytes(generate_latest(Families(one_engine_families())))  # type: ignore[arg-type]
     print(f"[standin] wrote {SERIES_FILE}", flush=True)
     return 0
 

@@ -57,7 +57,7 @@ def gauges_of(families: Iterable[Metric]) -> dict[str, float]:
 _FAMILY_START = re.compile(r"^(?=# HELP )", re.MULTILINE)
 
 
-class _Families:
+class Families:
     """A collector over given families (what `generate_latest` walks)."""
 
     def __init__(self, families: list[Metric]) -> None:
@@ -76,7 +76,7 @@ def render_series(families: Iterable[Metric], replica_id: str) -> list[SeriesTex
         for sample in family.samples:
             copy.add_sample(sample.name, {**sample.labels, "replica": replica_id}, sample.value)
         labelled.append(copy)
-    text = generate_latest(_Families(labelled)).decode()
+    text = generate_latest(Families(labelled)).decode()
     rendered = []
     for block in _FAMILY_START.split(text)[1:]:
         help_line, type_line, samples = block.split("\n", 2)

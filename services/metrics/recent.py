@@ -81,22 +81,33 @@ class RecentQuantile:
             self.snapshots.popleft()
 
     def quantile(self, q: float) -> float:
-        """The q-quantile of what was observed in the window, interpolated within its bucket as
-        Prometheus's histogram_quantile does (the highest finite bound when it falls in +Inf);
-        0 when nothing was observed."""
+        """The q-quantile of what was observed in the window (see `histogram_quantile`); 0 when
+        nothing was observed."""
         if len(self.snapshots) < 2:
             return 0.0
         (_, first), (_, last) = self.snapshots[0], self.snapshots[-1]
-        bounds = sorted(last)
-        counts = [last[bound] - first.get(bound, 0.0) for bound in bounds]
-        if not counts or counts[-1] <= 0:
-            return 0.0
-        rank = q * counts[-1]
-        lower, below = 0.0, 0.0
-        for bound, count in zip(bounds, counts, strict=True):
-            if count >= rank:
-                if not math.isfinite(bound):
-                    return lower
-                return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
-            lower, below = bound, count
-        return lower
+        value = histogram_quantile(increase(first, last), q)
+        return 0.0 if value is None else value
+
+
+def increase(earlier: dict[float, float], later: dict[float, float]) -> dict[float, float]:
+    """`le` -> cumulative count observed between two snapshots of one histogram."""
+    return {bound: count - earlier.get(bound, 0.0) for bound, count in later.items()}
+
+
+def histogram_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """Prometheus's histogram_quantile over `le` -> cumulative counts: interpolated within the bucket
+    that holds the rank (the highest finite bound when it falls in +Inf); None when nothing was observed."""
+    bounds = sorted(buckets)
+    counts = [buckets[bound] for bound in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if not math.isfinite(bound):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
