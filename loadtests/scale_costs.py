@@ -147,7 +147,7 @@ def routing_cost(replicas: int, decisions: int = 2000) -> dict[str, Any]:
 def broker_cost(in_flight: int, pairs: int = 5000) -> dict[str, Any]:
     """Admissions per second (an admit and its release) with `in_flight` other requests holding tickets."""
     catalog = {"models": [{"name": "m", "source": "org/m", "max_in_flight": 10_000_000}]}
-    broker = LimitBroker(catalog)
+    broker = LimitBroker(catalog, recovery_s=0)
 
     async def run() -> float:
         held = [await broker.admit("m", "anonymous", 100) for _ in range(in_flight)]

@@ -47,8 +47,16 @@ ADAPTER_LOAD_S = 5.0
 CHOOSE_TIMEOUT_S = 4.0
 
 # --- Admission (the LimitBroker actor) ---------------------------------------------------------------
-# A replica waits this long for the broker; past it, limited requests fail closed with 503.
-BROKER_TIMEOUT_S = 2.0
+# A replica waits this long for the broker; past it, limited requests fail closed with 503. Longer
+# than a broker restart (Serve notices the death within BROKER_HEALTH_CHECK_S, then starts a new one).
+BROKER_TIMEOUT_S = 15.0
+BROKER_HEALTH_CHECK_S = 1.0
+# A call the broker dropped as it died is made again after this.
+BROKER_RETRY_S = 0.25
+# An edge that holds tickets and heard nothing from the broker for this long asks who it is, so that
+# a new broker learns of the tickets within RECOVERY_S, during which it admits nothing.
+SYNC_S = 1.0
+RECOVERY_S = 2.5
 # A ticket never released (its replica died) expires this long after the request's deadline.
 TICKET_GRACE_S = 60.0
 # After sending the broker a released ticket, an edge holds the next ones this long and sends them

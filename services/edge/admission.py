@@ -170,6 +170,10 @@ class Admission:
         self.in_flight[model] += change
         self.class_in_flight[(model, class_name)] += change
 
+    def hold(self, model: str, tenant: str) -> None:
+        """Count a slot an earlier broker granted (re-declared by its edge after a restart)."""
+        self._count(model, self.classes.class_of(tenant)[0], +1)
+
     def release(self, model: str, tenant: str) -> None:
         """A request's slot is free: waiters of a class below its guarantee go first, then the fairest
         waiter that a lendable slot is free for."""

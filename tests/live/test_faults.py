@@ -5,6 +5,7 @@ out/reliability.json (docs/reliability.md quotes them)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -84,6 +85,55 @@ def test_killed_engine_replica_ends_streams_cleanly_and_recovers(live_server):
     (out / "reliability.json").write_text(
         json.dumps({"stream_error_after_kill_s": round(stream_ended_s, 2), "recovery_s": round(recovery_s, 1)})
     )
+
+
+def _broker_pid(live_server) -> int:
+    from services.core import ray_compat
+
+    name = f"ServeReplica:{live_server.settings.app_name}:LimitBroker"
+    pids = [info["Pid"] for info in ray_compat.alive_actors().values() if info["ActorClassName"] == name]
+    assert len(pids) == 1, pids
+    return int(pids[0])
+
+
+def test_a_broker_restart_mid_run_loses_no_request_and_counts_each_slot_once(live_server):
+    """The limit broker's process dies while two streams hold two of tiny-phimoe's four slots and two
+    more requests arrive: Serve starts a new broker, the edge re-declares the two streams' tickets to
+    it, the two requests wait for it instead of failing, and the bound still holds afterwards."""
+    from ray import serve
+
+    broker = serve.get_deployment_handle("LimitBroker", app_name=live_server.settings.app_name)
+    streams = [stream_in_background(live_server, 1500) for _ in range(2)]
+    assert broker.in_flight.remote().result()[MOE] == 2
+    pid = _broker_pid(live_server)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def short(_: int) -> tuple[int, float]:
+        response = live_server.http.post("/v1/chat/completions", json=BODY, timeout=60)
+        return response.status_code, time.monotonic() - killed_at
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        during = list(pool.map(short, range(2)))
+    assert [status for status, _ in during] == [200, 200], during  # waited for the new broker: none lost
+    assert _broker_pid(live_server) != pid
+    assert not any(ended.is_set() for _, ended in streams), "the streams ended before the check"
+    deadline = time.monotonic() + 5  # the two short requests' releases are on their way
+    while (counted := broker.in_flight.remote().result()[MOE]) != 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert counted == 2  # the streams' slots, re-declared once each; not forgotten, not counted twice
+    for lines, ended in streams:
+        assert ended.wait(120), "a stream hung across the broker's restart"
+        assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines), lines[-3:]
+        assert any('"finish_reason":"length"' in line for line in lines)
+    live_server.wait_until_idle(MOE)  # released to the new broker: back to 0, not below
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # all four slots free again, none stuck
+        assert [status for status, _ in pool.map(short, range(4))] == [200] * 4
+    reliability = ROOT / "out" / "reliability.json"
+    figures = json.loads(reliability.read_text()) if reliability.exists() else {}
+    figures["requests_during_broker_restart_answered_s"] = [round(seconds, 2) for _, seconds in during]
+    reliability.parent.mkdir(exist_ok=True)
+    reliability.write_text(json.dumps(figures))
 
 
 def test_stopping_lets_the_streams_in_flight_finish(live_server):

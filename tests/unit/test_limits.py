@@ -51,16 +51,25 @@ class _Response:
 
 
 class Handle:
-    """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release_many.remote(...)` is not."""
+    """Like a Serve handle to the broker: `.admit.remote(...)` is awaited, `.release_many.remote(...)` is not.
+    `broker` may be replaced, as Serve replaces a broker that died."""
 
     def __init__(self, broker: LimitBroker, fail: bool = False, admit_delay_s: float = 0.0) -> None:
         self.calls: list[str] = []
-        self.admit = _Method(broker.admit, self.calls, fail, admit_delay_s)
-        self.release_many = _Method(broker.release_many, self.calls, fail)
+        self.broker, self.fail, self.admit_delay_s = broker, fail, admit_delay_s
+
+    def __getattr__(self, name: str) -> _Method:
+        delay_s = self.admit_delay_s if name == "admit" else 0.0
+        return _Method(getattr(self.broker, name), self.calls, self.fail, delay_s)
+
+
+def broker_now() -> LimitBroker:
+    """A broker that admits at once (the first one: no earlier broker's tickets to wait for)."""
+    return LimitBroker(CATALOG, recovery_s=0)
 
 
 def edges(count: int) -> tuple[LimitBroker, list[SharedLimits], Handle]:
-    broker = LimitBroker(CATALOG)
+    broker = broker_now()
     handle = Handle(broker)
     return broker, [SharedLimits(parse_catalog(CATALOG), handle) for _ in range(count)], handle
 
@@ -124,9 +133,11 @@ def test_requests_no_limit_applies_to_never_ask_the_broker():
     asyncio.run(scenario())
 
 
-def test_an_unreachable_broker_fails_closed_for_limited_requests_only():
+def test_an_unreachable_broker_fails_closed_for_limited_requests_only(monkeypatch):
+    monkeypatch.setattr("services.edge.limits.BROKER_TIMEOUT_S", 0.3)
+
     async def scenario() -> None:
-        edge = SharedLimits(parse_catalog(CATALOG), Handle(LimitBroker(CATALOG), fail=True))
+        edge = SharedLimits(parse_catalog(CATALOG), Handle(broker_now(), fail=True))
         with pytest.raises(LimiterUnavailable):
             await edge.admit("bounded", "anyone", 10)
         assert await edge.admit("free", "anyone", 10) is None  # no limit applies: served as usual
@@ -136,7 +147,7 @@ def test_an_unreachable_broker_fails_closed_for_limited_requests_only():
 
 def test_a_ticket_whose_edge_died_expires_and_frees_its_slot():
     async def scenario() -> None:
-        broker = LimitBroker(CATALOG)
+        broker = broker_now()
         for _ in range(4):
             await broker.admit("bounded", "anyone", 1)
         assert (await broker.admit("bounded", "anyone", 1)).reason == "queue_full"
@@ -155,7 +166,7 @@ def test_tickets_expire_oldest_first_and_only_once_past_their_time():
     (loadtests/scale_costs.py measures why: a scan of every ticket per admission was the broker's limit)."""
 
     async def scenario() -> None:
-        broker = LimitBroker(CATALOG)
+        broker = broker_now()
         broker.ticket_ttl_s = 0.05
         old = [await broker.admit("bounded", "anyone", 1) for _ in range(2)]
         await asyncio.sleep(0.1)
@@ -176,7 +187,7 @@ def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives
     the ticket after the edge stopped waiting, and that slot must come back, not wait for expiry."""
 
     async def scenario() -> None:
-        broker = LimitBroker(CATALOG)
+        broker = broker_now()
         edge = SharedLimits(parse_catalog(CATALOG), Handle(broker, admit_delay_s=0.2))
         if gives_up == "timed_out":
             monkeypatch.setattr("services.edge.limits.BROKER_TIMEOUT_S", 0.05)
@@ -191,5 +202,54 @@ def test_a_ticket_granted_after_its_edge_gave_up_is_released_when_it_lands(gives
         assert broker.in_flight().get("bounded", 0) == 0  # not granted yet
         await asyncio.sleep(0.3)
         assert broker.tickets == {} and broker.in_flight().get("bounded", 0) == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_broker_restart_counts_every_held_slot_once_and_loses_no_request(monkeypatch):
+    """Serve replaces a broker that died: the new one starts empty, so the edges re-declare the tickets
+    they hold before it admits anything, and a request whose call died with the old one asks again."""
+    monkeypatch.setattr("services.edge.limits.SYNC_S", 0.05)
+
+    async def scenario() -> None:
+        old, (busy, quiet), handle = edges(2)
+        held = [await busy.admit("bounded", "anyone", 1), await busy.admit("bounded", "anyone", 1)]
+        held.append(await quiet.admit("bounded", "anyone", 1))  # quiet admits nothing more: it must sync
+        assert old.in_flight()["bounded"] == 3
+        handle.fail = True  # the broker dies with this call in it
+        asking = asyncio.ensure_future(busy.admit("bounded", "anyone", 1))
+        await asyncio.sleep(0.1)
+        new = LimitBroker(CATALOG, recovery_s=0.4)
+        handle.broker, handle.fail = new, False  # Serve's replacement comes up
+        fourth = await asking
+        assert fourth.broker == new.incarnation and fourth.queued_s >= 0.2  # admitted once recovered
+        assert new.in_flight()["bounded"] == 4  # three re-declared, each once, and the new one
+        with pytest.raises(Rejected):  # the bound holds across the restart
+            await quiet.admit("bounded", "anyone", 1)
+        assert await new.adopt([busy.held[held[0].ticket]]) == new.incarnation  # declared again: no change
+        assert new.in_flight()["bounded"] == 4
+        busy.release(held[0])  # issued by the old broker, released to the new one: counted out once
+        quiet.release(held[2])
+        await asyncio.sleep(RELEASE_BATCH_S * 3)
+        assert new.in_flight()["bounded"] == 2
+        busy.release(held[1])
+        busy.release(fourth)
+        await asyncio.sleep(RELEASE_BATCH_S * 3)
+        assert new.in_flight()["bounded"] == 0 and new.tickets == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_release_sent_to_the_broker_that_died_is_not_declared_again(monkeypatch):
+    monkeypatch.setattr("services.edge.limits.SYNC_S", 0.05)
+
+    async def scenario() -> None:
+        _, (edge,), handle = edges(1)
+        ended, going = await edge.admit("bounded", "anyone", 1), await edge.admit("bounded", "anyone", 1)
+        edge.release(ended)  # reached the old broker, whose count dies with it
+        new = LimitBroker(CATALOG, recovery_s=0.3)
+        handle.broker = new
+        await asyncio.sleep(0.3)  # the edge's check finds the new broker and re-declares
+        assert new.in_flight()["bounded"] == 1 and list(new.tickets) == [going.ticket]
 
     asyncio.run(scenario())

@@ -74,7 +74,7 @@ def test_a_tenant_back_from_idle_starts_level_instead_of_cashing_in_credit():
 
 def test_the_broker_queues_at_the_bound_grants_by_share_and_refuses_what_cannot_wait():
     async def scenario() -> None:
-        broker = LimitBroker(catalog().model_dump(mode="json"))
+        broker = LimitBroker(catalog().model_dump(mode="json"), recovery_s=0)
         holder = await broker.admit("text", "nightly", 1)
         assert isinstance(holder, Admitted) and holder.queued_s < 0.1
         waiting = [asyncio.ensure_future(broker.admit("text", tenant, 1)) for tenant in ("nightly", "nightly", "app")]
@@ -94,7 +94,7 @@ def test_the_broker_queues_at_the_bound_grants_by_share_and_refuses_what_cannot_
 
 def test_a_waiter_whose_caller_left_gives_its_place_and_its_slot_to_the_next():
     async def scenario() -> None:
-        broker = LimitBroker(catalog().model_dump(mode="json"))
+        broker = LimitBroker(catalog().model_dump(mode="json"), recovery_s=0)
         holder = await broker.admit("text", "app", 1)
         leaving = asyncio.ensure_future(broker.admit("text", "app", 1))
         staying = asyncio.ensure_future(broker.admit("text", "app", 1))
