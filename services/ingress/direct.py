@@ -23,6 +23,7 @@ from services.engine.interface import LocalEngine
 from services.engine.protocol import EngineCall, StreamItem
 from services.metrics.records import RecordBuffer
 from services.routing import decisions
+from services.routing.arrivals import ArrivalCounter
 
 
 class DirectIngress:
@@ -40,6 +41,11 @@ class DirectIngress:
         await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))  # type: ignore[call-arg,misc]
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
+        self.arrivals: dict[str, int] = {}  # requests received, by the ReplicaPicker that placed them
+
+    def record_routing_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = super().record_routing_stats()  # type: ignore[misc]  # the engine's
+        return {**stats, "arrived": dict(self.arrivals)}
 
     def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         # With one fixed replica HAProxy asks no ReplicaPicker: the choice is counted here, so the
@@ -59,4 +65,6 @@ class DirectIngress:
             replica=serve.get_replica_context().replica_id.unique_id,
             limit_broker=self.limit_broker,
         )
-        return build_app(edge)
+        app = build_app(edge)
+        app.add_middleware(ArrivalCounter, counts=self.arrivals)
+        return app

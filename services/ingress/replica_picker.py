@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from typing import Any
 
 from ray.serve.handle import DeploymentHandle
@@ -27,7 +28,7 @@ from services.core import platform, ray_compat
 from services.core.logs import show_platform_logs
 from services.core.timing import CHOOSE_TIMEOUT_S
 from services.metrics.records import RecordBuffer
-from services.routing import decisions
+from services.routing import arrivals, decisions
 from services.routing.session import with_session
 
 logger = logging.getLogger("slmserve.router")
@@ -52,15 +53,22 @@ class ReplicaPicker:
         self.engine = engine
         ray_compat.start_request_router(self.engine)
         self.session_header = session_header.lower()
+        arrivals.picker = uuid.uuid4().hex[:12]  # named in each request it places (services/routing/arrivals.py)
         hub = platform.handle(platform.METRICS_HUB, platform_app)
         self.records = RecordBuffer(hub, collectors=(decisions.drain,))
 
     async def choose(self, body: dict[str, Any] | None, session_id: str | None) -> dict[str, object]:
-        """`{"host", "port", "replica_id"}` of the replica that should take this request."""
+        """`{"host", "port", "replica_id"}` of the replica that should take this request, and the header
+        HAProxy adds to it that names this picker (`request_headers`)."""
         handle = with_session(self.engine, session_id)
         arguments = (body,) if body is not None else ()
         async with asyncio.timeout(CHOOSE_TIMEOUT_S), ray_compat.chosen_replica(handle, *arguments) as replica:
-            return {"host": replica.host, "port": replica.port, "replica_id": replica.replica_id}
+            return {
+                "host": replica.host,
+                "port": replica.port,
+                "replica_id": replica.replica_id,
+                "request_headers": {arrivals.HEADER: arrivals.picker},
+            }
 
     async def route(self, raw_body: bytes, session_id: str | None) -> tuple[int, bytes]:
         """`/internal/route`: status and JSON body. HAProxy answers any non-200 with a 503."""

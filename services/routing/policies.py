@@ -31,6 +31,7 @@ No call leaves this process on the routing path: the index and the loads are loc
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import time
 from collections import OrderedDict, defaultdict, deque
@@ -41,7 +42,7 @@ from typing import Any, Protocol
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from services.core.timing import ADAPTER_LOAD_S, IN_TRANSIT_S, SENT_WINDOW_S
-from services.routing import decisions
+from services.routing import arrivals, decisions
 from services.routing.response_ids import owner_of, referenced_response
 from services.routing.session import bounded
 
@@ -176,6 +177,7 @@ class ReplicaChooser:
         self.sent_since_report: dict[Any, deque[float]] = defaultdict(deque)  # replica -> send times
         self.adapters_sent: dict[Any, dict[str, float]] = defaultdict(dict)  # replica -> adapter -> last send
         self.report_times: dict[Any, float] = {}
+        self.arrivals_seen: dict[Any, int] = {}  # replica -> its count of this picker's requests, last report
 
     def forget_all_but(self, alive: set[Any]) -> None:
         """Replicas that went away leave the index and the load book."""
@@ -186,12 +188,14 @@ class ReplicaChooser:
             del self.adapters_sent[gone]
         for gone in set(self.report_times) - alive:
             del self.report_times[gone]
+        for gone in set(self.arrivals_seen) - alive:
+            del self.arrivals_seen[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
-        """(requests held, KV-cache usage) as last reported plus what was sent after that report (or
-        within IN_TRANSIT_S before it), in the last SENT_WINDOW_S: when reports stop arriving (a busy
-        replica misses the stats call's timeout), old sends must not pile up into an imbalance that
-        pushes conversations away."""
+        """(requests held, KV-cache usage) as last reported plus what was sent that the report does not
+        show arrived, in the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the
+        stats call's timeout), old sends must not pile up into an imbalance that pushes conversations
+        away."""
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
         sent = self.sent_since_report[replica.replica_id]
@@ -204,10 +208,29 @@ class ReplicaChooser:
                 name for name, at in adapters.items() if name in listed or at <= adapters_at - ADAPTER_LOAD_S
             ]:
                 del adapters[adapter]
+            self._drop_arrived(replica.replica_id, stats, sent, reported_at)
         horizon = time.time() - SENT_WINDOW_S
-        while sent and (sent[0] < horizon or sent[0] <= reported_at - IN_TRANSIT_S):
+        # Without the replica's count of arrivals (a policy outside a ReplicaPicker, an older replica),
+        # sends made more than IN_TRANSIT_S before the report are taken to be in it.
+        counted_before = -math.inf if replica.replica_id in self.arrivals_seen else reported_at - IN_TRANSIT_S
+        while sent and (sent[0] < horizon or sent[0] <= counted_before):
             sent.popleft()
         return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
+
+    def _drop_arrived(self, replica_id: Any, stats: dict[str, Any], sent: deque[float], reported_at: float) -> None:
+        """The sends the replica's report says reached it since its last report are in its load now
+        (services/routing/arrivals.py). Its first such report only sets where its count starts."""
+        arrived = stats.get("arrived", {}).get(arrivals.picker) if arrivals.picker else None
+        if not isinstance(arrived, int):
+            return
+        earlier = self.arrivals_seen.get(replica_id)
+        self.arrivals_seen[replica_id] = arrived
+        if earlier is None:
+            while sent and sent[0] <= reported_at - IN_TRANSIT_S:
+                sent.popleft()
+            return
+        for _ in range(min(arrived - earlier, len(sent))):
+            sent.popleft()
 
     def holds(self, replica: Replica, adapter: str) -> bool:
         """Whether the replica has the adapter in its engine's LoRA cache (last report) or was sent

@@ -343,3 +343,19 @@ def test_a_newer_catalog_s_models_replace_the_running_map_and_survive_a_reload(h
     finally:
         haproxy.models.apply(ROUTES)
     assert haproxy.post({"model": "beta"}).json()["app"] == "beta"
+
+
+def test_a_client_cannot_send_the_header_that_names_the_picker(tmp_path: Path):
+    """The engine replicas count requests by the picker named in this header (services/routing/arrivals.py):
+    Ray's config removes every client-sent header of its prefix before the picker's own are set."""
+    from services.core import ray_compat
+    from services.routing.arrivals import HEADER
+
+    prefix = ray_compat.serve_constants().SERVE_INGRESS_ROUTER_HEADER_PREFIX
+    assert HEADER.startswith(prefix)
+    config = ray_config(tmp_path)
+    prepare(config, ROUTES)
+    lines = [line.strip() for line in config.read_text().splitlines()]
+    removal = next(n for n, line in enumerate(lines) if line.startswith(f"http-request del-header {prefix} -m beg"))
+    asks_the_picker = next(n for n, line in enumerate(lines) if "lua.route_via_ingress_request_router" in line)
+    assert removal < asks_the_picker

@@ -275,3 +275,48 @@ def test_a_responses_request_s_instructions_and_input_are_its_prompt_for_prefix_
     as_items = prompt_text({"model": "m", "instructions": long, "input": [{"role": "user", "content": "hello"}]})
     assert as_text.startswith(f"<system>{long}") and as_items.startswith(f"<system>{long}")
     assert block_hashes(as_text, 256)[:2] == block_hashes(as_items, 256)[:2]  # one cached system prompt
+
+
+def test_a_report_drops_the_sends_it_counts_arrived_and_keeps_those_on_their_way(monkeypatch):
+    """A ReplicaPicker names itself on each request; the replica counts what reached it per picker
+    (services/routing/arrivals.py), so a report counts each send once whatever the timing."""
+    monkeypatch.setattr("services.routing.arrivals.picker", "p1")
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = chooser(policy="least-loaded")
+    report(b, 50)
+    a.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "at": time.time(), "arrived": {"p1": 7}}
+    assert policy.load(a) == (0, 0.0)  # the first count only says where this replica's starts
+    for _ in range(5):
+        assert policy.choose([a, b], None, None)[0] is a
+    # three reached the engine (and are in `ongoing`), two are on their way; another picker's don't count
+    a.routing_stats = {"ongoing": 3, "kv_usage": 0.0, "at": time.time(), "arrived": {"p1": 10, "p2": 40}}
+    assert policy.load(a)[0] == 5
+    a.routing_stats = {"ongoing": 1, "kv_usage": 0.0, "at": time.time(), "arrived": {"p1": 12, "p2": 41}}
+    assert policy.load(a)[0] == 1  # all arrived; four have ended
+
+
+def test_the_engine_replica_counts_requests_by_the_picker_named_in_them():
+    import asyncio
+
+    from services.routing.arrivals import HEADER, MAX_PICKERS, ArrivalCounter
+
+    seen: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append(scope["type"])
+
+    counts: dict[str, int] = {}
+    counter = ArrivalCounter(app, counts)
+
+    async def requests() -> None:
+        for name in ["p1", "p1", "p2"]:
+            await counter({"type": "http", "headers": [(HEADER.encode(), name.encode())]}, None, None)
+        await counter({"type": "http", "headers": [(b"x-other", b"p1")]}, None, None)  # placed by no picker
+        await counter({"type": "lifespan"}, None, None)
+        for index in range(MAX_PICKERS):
+            await counter({"type": "http", "headers": [(HEADER.encode(), f"n{index}".encode())]}, None, None)
+
+    asyncio.run(requests())
+    assert seen.count("http") == 3 + 1 + MAX_PICKERS and "lifespan" in seen  # every request passes on
+    assert len(counts) == MAX_PICKERS and "p1" not in counts and "p2" not in counts  # the oldest went first
+    assert counts[f"n{MAX_PICKERS - 1}"] == 1 and counts["n0"] == 1
