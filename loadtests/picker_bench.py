@@ -3,7 +3,7 @@ platform under Ray with stand-in engine replicas (loadtests/standin), and a load
 process that calls the picker's `/internal/route` exactly as HAProxy's Lua does (a new connection,
 HTTP/1.0, the chat body), open-loop at each rate. Per rate: decisions per core-second of the picker
 processes, the call's latency as HAProxy would see it, and the picker's own decision time
-(slmserve_routing_decision_seconds). Appends its table to docs/scale.md's picker section.
+(slmserve_routing_decision_seconds), printed, and with --out written as JSON (docs/scale.md quotes them).
 
     .venv/bin/python -m loadtests.picker_bench [--replicas 16] [--pickers 1] [--rates 250,500,1000] [--step-s 8]
 
