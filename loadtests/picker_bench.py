@@ -18,13 +18,12 @@ import json
 import math
 import random
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from loadtests.scale import MODEL, ROOT, _decision_buckets, _decision_ms, catalog, usage
+from loadtests.scale import MODEL, _decision_buckets, _decision_ms, catalog, run_driver, usage
 from loadtests.workload import percentile
 
 PICKER = "ReplicaPicker"
@@ -128,16 +127,7 @@ def run(replicas: int, pickers: int, rates: list[float], step_s: float) -> list[
     rows = []
     for rate in rates:
         text_before, before = scraper.get(f"{base}/metrics").text, usage(engine_deployment)
-        driven = subprocess.run(
-            [*DRIVER, json.dumps(endpoints), "--rate", str(rate), "--step-s", str(step_s)],
-            capture_output=True,
-            text=True,
-            timeout=step_s + 60,
-            cwd=ROOT,
-        )
-        if driven.returncode != 0:
-            raise RuntimeError(driven.stderr[-2000:])
-        result = json.loads(driven.stdout.strip().splitlines()[-1])
+        result = run_driver([*DRIVER, json.dumps(endpoints), "--rate", str(rate), "--step-s", str(step_s)], step_s + 60)
         time.sleep(1.5)  # the last decision records reach the hub
         after, text_after = usage(engine_deployment), scraper.get(f"{base}/metrics").text
         cpu_s = after[PICKER]["cpu_s"] - before[PICKER]["cpu_s"]

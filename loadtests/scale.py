@@ -170,6 +170,15 @@ async def drive(base_url: str, rate: float, seconds: float, tokens: int) -> dict
     }
 
 
+def run_driver(command: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run a load generator in a process of its own; its result is the JSON of its last line."""
+    driven = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+    if driven.returncode != 0:
+        raise RuntimeError(driven.stderr[-2000:])
+    result: dict[str, Any] = json.loads(driven.stdout.strip().splitlines()[-1])
+    return result
+
+
 # ---- one replica count -------------------------------------------------------------------------
 
 
@@ -248,28 +257,8 @@ def run_one(replicas: int, rates: list[float], step_s: float, tokens: int) -> di
     for rate in rates:
         text_before, before = metrics(), usage(engine_deployment)
         client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        driven = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "loadtests.scale",
-                "--drive",
-                base,
-                "--rate",
-                str(rate),
-                "--step-s",
-                str(step_s),
-                "--tokens",
-                str(tokens),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=step_s + 120,
-            cwd=ROOT,
-        )
-        if driven.returncode != 0:
-            raise RuntimeError(driven.stderr[-2000:])
-        result = json.loads(driven.stdout.strip().splitlines()[-1])
+        load = ["--drive", base, "--rate", str(rate), "--step-s", str(step_s), "--tokens", str(tokens)]
+        result = run_driver([sys.executable, "-m", "loadtests.scale", *load], step_s + 120)
         time.sleep(1.5)  # the last records reach the hub
         after, text_after = usage(engine_deployment), metrics()
         wall = result["wall_s"]
