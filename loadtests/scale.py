@@ -7,6 +7,8 @@ per replica; admissions per second through the broker. Writes docs/scale_live.md
 docs/scale_live.png.
 
     .venv/bin/python -m loadtests.scale [--replicas 1,4,16,64] [--rates 10,25,50,100] [--step-s 10]
+    .venv/bin/python -m loadtests.scale --one 64 --result r64.json ...   # one count, saved (elsewhere)
+    .venv/bin/python -m loadtests.scale --results r16.json,r64.json --machine "..." --stem scale_big
 
 Each replica count runs in its own process with its own local Ray (one instance at a time on
 127.0.0.1). Every process on this machine belongs to the run while it lasts: run nothing else.
@@ -324,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(DOCS))
+    parser.add_argument("--results", help="write the report from these saved runs (comma-separated --result files)")
+    parser.add_argument("--machine", help="where the saved runs ran, for the report")
+    parser.add_argument("--stem", default="scale_live", help="the report's file names under --out")
     args = parser.parse_args(argv)
     if args.drive:
         if not args.drive.startswith("http://127.0.0.1:"):
@@ -334,8 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.one is not None:
         Path(args.result).write_text(json.dumps(run_one(args.one, rates, args.step_s, args.tokens)))
         return 0
-    from loadtests.scale_report import write_report
+    from loadtests.scale_report import THIS_MACHINE, write_report
 
+    if args.results:
+        saved = [json.loads(Path(path).read_text()) for path in args.results.split(",")]
+        command = " ".join(["python -m loadtests.scale", "--replicas", ",".join(str(run["replicas"]) for run in saved)])
+        write_report(saved, Path(args.out), command, args.machine or THIS_MACHINE, args.stem)
+        return 0
     runs = []
     for replicas in (int(value) for value in args.replicas.split(",")):
         result = Path(f"/tmp/slmserve-scale-{replicas}.json")

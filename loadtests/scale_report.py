@@ -1,4 +1,4 @@
-"""docs/scale_live.md and docs/scale_live.png from loadtests/scale.py's runs."""
+"""docs/scale_live.md and docs/scale_live.png (or another stem) from loadtests/scale.py's runs."""
 
 from __future__ import annotations
 
@@ -38,16 +38,21 @@ def _fmt(value: float, digits: int = 1) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def write_report(runs: list[dict[str, Any]], out: Path, command: str) -> None:
+THIS_MACHINE = "this machine (2 cores, 24 GiB)"
+
+
+def write_report(
+    runs: list[dict[str, Any]], out: Path, command: str, machine: str = THIS_MACHINE, stem: str = "scale_live"
+) -> None:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# The platform under Ray with stand-in engines (generated)",
         "",
-        f"Run {when} on this machine (2 cores, 24 GiB): `.venv/bin/{command}`. Stand-in engines "
+        f"Run {when} on {machine}: `.venv/bin/{command}`. Stand-in engines "
         "(loadtests/standin: vLLM's pace for Phi-3.5-mini on an H200, no compute) behind the real HAProxy, "
         "ReplicaPicker, edge, metrics hub and limit broker; streamed chats of 16 tokens with 600-character "
         "system prompts in 64 conversations, open-loop Poisson arrivals from a separate process. Every "
-        "figure is one step of one run; the machine's two cores are shared by every process below and the "
+        "figure is one step of one run; the machine's cores are shared by every process below and the "
         "load generator.",
         "",
         "## Each replica count",
@@ -111,10 +116,10 @@ def write_report(runs: list[dict[str, Any]], out: Path, command: str) -> None:
                 + f"| {busiest[0]} ({busiest[1]:.2f}) |"
             )
     lines.append("")
-    lines.append("![CPU per request by component, and the hub per replica](scale_live.png)")
+    lines.append(f"![CPU per request by component, and the hub per replica]({stem}.png)")
     lines.append("")
-    (out / "scale_live.md").write_text("\n".join(lines))
-    _plot(runs, out / "scale_live.png")
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    _plot(runs, out / f"{stem}.png")
     print("\n".join(lines), flush=True)
 
 
