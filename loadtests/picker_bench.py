@@ -16,37 +16,27 @@ import argparse
 import asyncio
 import json
 import math
-import random
 import re
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-from loadtests.scale import MODEL, _decision_buckets, _decision_ms, catalog, run_driver, usage
+from loadtests.scale import _decision_buckets, _decision_ms, catalog, chat_body, open_loop, run_driver, usage
 from loadtests.workload import percentile
 
 PICKER = "ReplicaPicker"
 DRIVER = [sys.executable, "-m", "loadtests.picker_bench", "--drive"]
 
 
-def _request(conversation: int, turn: int, session_header: str) -> bytes:
+def _request(sent: int) -> bytes:
     """The bytes HAProxy's Lua sends (ray/serve/_private/ingress_request_router.lua.tmpl)."""
-    body = json.dumps(
-        {
-            "model": MODEL,
-            "messages": [
-                {"role": "system", "content": f"You are assistant {conversation}. " + "Be brief. " * 50},
-                {"role": "user", "content": f"question {turn}"},
-            ],
-            "max_tokens": 16,
-            "stream": True,
-        }
-    ).encode()
+    body = json.dumps(chat_body(sent, 16)).encode()
     head = (
         "POST /internal/route HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        f"x-request-id: bench-{turn}\r\n\r\n"
+        f"x-request-id: bench-{sent}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -67,18 +57,12 @@ async def _call(host: str, port: int, request: bytes, out: dict[str, list[float]
 
 async def drive(pickers: list[tuple[str, int]], rate: float, seconds: float) -> dict[str, Any]:
     out: dict[str, list[float]] = {}
-    rng, tasks, sent, next_at = random.Random(7), [], 0, 0.0
-    started = time.perf_counter()
-    while next_at < seconds:
-        delay = started + next_at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
+
+    def call(sent: int) -> Awaitable[None]:
         host, port = pickers[sent % len(pickers)]  # the Lua's round-robin over the pool
-        tasks.append(asyncio.ensure_future(_call(host, port, _request(sent % 64, sent, ""), out)))
-        sent += 1
-        next_at += rng.expovariate(rate)
-    sending_s = time.perf_counter() - started
-    await asyncio.wait(tasks, timeout=30)
+        return _call(host, port, _request(sent), out)
+
+    sent, sending_s = await open_loop(rate, seconds, call)
     latencies = out.pop("latency_s", [])
     return {
         "sent": sent,

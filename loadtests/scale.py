@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,35 +132,45 @@ def _reason(body: bytes) -> str:
         return body[:60].decode(errors="replace").strip()
 
 
+def chat_body(sent: int, tokens: int) -> dict[str, Any]:
+    """The load's `sent`-th request: 64 conversations, so the prefix policy has homes to keep."""
+    return {
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": f"You are assistant {sent % 64}. " + "Be brief. " * 50},
+            {"role": "user", "content": f"question {sent}"},
+        ],
+        "max_tokens": tokens,
+        "stream": True,
+    }
+
+
+async def open_loop(rate: float, seconds: float, start: Callable[[int], Awaitable[None]]) -> tuple[int, float]:
+    """Starts `start(n)` for n = 0, 1, ... at Poisson arrivals of `rate` a second for `seconds`, then
+    waits up to 30 s for them: (requests started, seconds spent starting them)."""
+    tasks, started, sent, next_at = [], time.perf_counter(), 0, 0.0
+    rng = random.Random(7)
+    while next_at < seconds:
+        delay = started + next_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(start(sent)))
+        sent += 1
+        next_at += rng.expovariate(rate)
+    sending_s = time.perf_counter() - started
+    await asyncio.wait(tasks, timeout=30)
+    return sent, sending_s
+
+
 async def drive(base_url: str, rate: float, seconds: float, tokens: int) -> dict[str, Any]:
     import aiohttp
 
     out: dict[str, list[float]] = defaultdict(list)
     url = f"{base_url}/v1/chat/completions"
     timeout = aiohttp.ClientTimeout(total=60)
+    started = time.perf_counter()
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=4000)) as session:
-        tasks, started, sent = [], time.perf_counter(), 0
-        rng = random.Random(7)
-        next_at = 0.0
-        while next_at < seconds:
-            delay = started + next_at - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            conversation = sent % 64  # 64 conversations: the prefix policy has homes to keep
-            body = {
-                "model": MODEL,
-                "messages": [
-                    {"role": "system", "content": f"You are assistant {conversation}. " + "Be brief. " * 50},
-                    {"role": "user", "content": f"question {sent}"},
-                ],
-                "max_tokens": tokens,
-                "stream": True,
-            }
-            tasks.append(asyncio.ensure_future(_one(session, url, body, out)))
-            sent += 1
-            next_at += rng.expovariate(rate)
-        sending_s = time.perf_counter() - started
-        await asyncio.wait(tasks, timeout=30)
+        sent, sending_s = await open_loop(rate, seconds, lambda n: _one(session, url, chat_body(n, tokens), out))
     done = out["e2e_s"]
     return {
         "sent": sent,

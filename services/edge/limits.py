@@ -203,8 +203,6 @@ class SharedLimits:
                 break
             except LimiterUnavailable:
                 raise
-            except asyncio.CancelledError:
-                raise
             except Exception as error:  # the broker died with the call: Serve starts another; ask it
                 if time.monotonic() + BROKER_RETRY_S >= deadline:
                     raise LimiterUnavailable(str(error)) from error

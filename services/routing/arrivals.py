@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 HEADER = "x-serve-router-picker"
+_HEADER = HEADER.encode()
 MAX_PICKERS = 64  # a replica keeps the counts of this many pickers (each restart of one is a new name)
 
 picker = ""  # the name of this process's ReplicaPicker; empty in every other process
@@ -36,6 +37,3 @@ class ArrivalCounter:
                     del self.counts[next(iter(self.counts))]  # the oldest picker's
                 self.counts[key] = self.counts.get(key, 0) + 1
         await self.app(scope, receive, send)
-
-
-_HEADER = HEADER.encode()

@@ -182,14 +182,15 @@ class ReplicaChooser:
     def forget_all_but(self, alive: set[Any]) -> None:
         """Replicas that went away leave the index and the load book."""
         self.index.keep_only(alive)
-        for gone in set(self.sent_since_report) - alive:
-            del self.sent_since_report[gone]
-        for gone in set(self.adapters_sent) - alive:
-            del self.adapters_sent[gone]
-        for gone in set(self.report_times) - alive:
-            del self.report_times[gone]
-        for gone in set(self.arrivals_seen) - alive:
-            del self.arrivals_seen[gone]
+        books: tuple[dict[Any, Any], ...] = (
+            self.sent_since_report,
+            self.adapters_sent,
+            self.report_times,
+            self.arrivals_seen,
+        )
+        for book in books:
+            for gone in set(book) - alive:
+                del book[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
         """(requests held, KV-cache usage) as last reported plus what was sent that the report does not
@@ -199,6 +200,9 @@ class ReplicaChooser:
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
         sent = self.sent_since_report[replica.replica_id]
+        # Until the replica's first count of arrivals (a policy outside a ReplicaPicker, an older
+        # replica, its first report), sends made more than IN_TRANSIT_S before a report are taken to be in it.
+        counted_before = -math.inf if replica.replica_id in self.arrivals_seen else reported_at - IN_TRANSIT_S
         if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what came before it
             self.report_times[replica.replica_id] = reported_at
             adapters_at = float(stats.get("adapters_at", 0.0))  # when the engine's LoRA cache was listed
@@ -208,27 +212,20 @@ class ReplicaChooser:
                 name for name, at in adapters.items() if name in listed or at <= adapters_at - ADAPTER_LOAD_S
             ]:
                 del adapters[adapter]
-            self._drop_arrived(replica.replica_id, stats, sent, reported_at)
+            self._drop_arrived(replica.replica_id, stats, sent)
         horizon = time.time() - SENT_WINDOW_S
-        # Without the replica's count of arrivals (a policy outside a ReplicaPicker, an older replica),
-        # sends made more than IN_TRANSIT_S before the report are taken to be in it.
-        counted_before = -math.inf if replica.replica_id in self.arrivals_seen else reported_at - IN_TRANSIT_S
         while sent and (sent[0] < horizon or sent[0] <= counted_before):
             sent.popleft()
         return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
 
-    def _drop_arrived(self, replica_id: Any, stats: dict[str, Any], sent: deque[float], reported_at: float) -> None:
+    def _drop_arrived(self, replica_id: Any, stats: dict[str, Any], sent: deque[float]) -> None:
         """The sends the replica's report says reached it since its last report are in its load now
         (services/routing/arrivals.py). Its first such report only sets where its count starts."""
         arrived = stats.get("arrived", {}).get(arrivals.picker) if arrivals.picker else None
         if not isinstance(arrived, int):
             return
-        earlier = self.arrivals_seen.get(replica_id)
+        earlier = self.arrivals_seen.get(replica_id, arrived)
         self.arrivals_seen[replica_id] = arrived
-        if earlier is None:
-            while sent and sent[0] <= reported_at - IN_TRANSIT_S:
-                sent.popleft()
-            return
         for _ in range(min(arrived - earlier, len(sent))):
             sent.popleft()
 
