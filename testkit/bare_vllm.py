@@ -32,6 +32,4 @@ def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: i
     # A session of its own, as `slmserve serve` gets (testkit/serving.py) and as a `vllm serve` started
     # from its own shell or unit has: Linux shares the CPU between sessions (autogroup) before it
     # weighs their processes, so a server in the measuring client's session competes differently.
-    return subprocess.Popen(
-        command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
-    )
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
