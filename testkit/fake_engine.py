@@ -212,7 +212,10 @@ def edge_with(
     engines = engines or {entry.name: ScriptedEngine() for entry in catalog.models}
     readiness = readiness or ScriptedReadiness()
     hub = MetricsHub({entry.name: ("app", entry.deployment_name) for entry in catalog.models}, catalog.tenants)
-    broker = InProcessHandle(LimitBroker(catalog.model_dump(mode="json"))) if has_limits(catalog) else None
+    # recovery_s=0: a first broker, with no edge's tickets to wait for (its restart is tests/unit/test_limits.py's)
+    broker = (
+        InProcessHandle(LimitBroker(catalog.model_dump(mode="json"), recovery_s=0)) if has_limits(catalog) else None
+    )
     records = RecordBuffer(InProcessHandle(hub))
     edge = Edge(catalog, dict(engines), records, readiness, served_by=served_by, limit_broker=broker)
     yield EdgeUnderTest(edge, build_app(edge), engines, readiness, hub)

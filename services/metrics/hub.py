@@ -208,7 +208,10 @@ class MetricsHub:
         by_model = by_model_name(self.live_snapshots())
         return sorted(model for model, replicas in by_model.items() if all(s.asleep for s in replicas))
 
-    async def render(self) -> bytes:
+    async def render(self, batch: list[Record] | None = None) -> bytes:
+        """The exposition, after the scraping replica's unshipped records (`batch`) are counted."""
+        if batch:
+            await self.record(batch)
         if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
             try:
                 self.replica_states = await asyncio.to_thread(read_deployment_states, self.apps, with_targets=True)
