@@ -24,14 +24,18 @@ import asyncio
 import json
 import os
 import platform
+import secrets
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from loadtests import overhead
 from loadtests.harness import ROOT, command_line, started_at
@@ -46,6 +50,50 @@ SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 
 def _engine_args(catalog) -> dict:
     return dict(catalog.resolve(MODEL).engine_args)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextmanager
+def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
+    """A local Ray head (`ray start --block`) in a session of its own, and the settings that join it.
+    slmserve and Ray Serve LLM then run apart from this client, as bare vLLM does
+    (testkit/bare_vllm.py) and as `slmserve serve` started from its own shell does: Linux shares the
+    CPU between sessions (autogroup) before it weighs their processes, and a Ray started by this
+    process would put its nice-15 workers in the client's session, behind the client and the
+    CPU-hungry processes (`--hungry`) at nice 0."""
+    from services import runtime
+
+    runtime.prepare_environment(settings, catalog)  # the switches the head's workers inherit
+    # Token authentication, with this head's own token (not the user's ~/.ray one): the head and this
+    # process's driver both read it from the environment (as loadtests/autoscaling_cluster.py does).
+    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    port = runtime.free_ports(1)[0]
+    command = [
+        str(Path(sys.executable).parent / "ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        "--node-ip-address=127.0.0.1",
+        f"--num-cpus={runtime.local_ray_cpus(settings, catalog)}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+    ]
+    head = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"`ray start --head` did not come up (see {log})")
+            time.sleep(0.5)
+        yield settings.model_copy(update={"ray_address": f"127.0.0.1:{port}"})
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
+        head.wait(60)
 
 
 def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) -> None:
@@ -198,8 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     started = started_at()
     print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
     bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
+    ray_head = ExitStack()
     try:
-        runtime.start_local(settings, catalog, wait=False)
+        runtime.start_local(
+            ray_head.enter_context(ray_of_its_own(settings, catalog, logs / "bench-ray-head.log")), catalog, wait=False
+        )
         if "ray-serve-llm" in args.systems:
             deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
         base = f"http://127.0.0.1:{args.port}"
@@ -259,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         bare.terminate()
         bare.wait(timeout=60)
         runtime.shutdown()
+        ray_head.close()
     return 0
 
 
