@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from loadtests.autoscaling_run import poll_until, read_sample
 from loadtests.harness import ROOT, command_line
+from loadtests.ray_head import stop_ray_head
 from loadtests.report import write_section
 from loadtests.sse import StreamMeter
 from testkit.serving import session_homes
@@ -156,37 +155,8 @@ class LocalAutoscalingCluster:
         and nothing else on the machine (no `ray stop`)."""
         if self.process is None:
             return
-        try:
-            family = psutil.Process(self.process.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.process.wait(10)  # the head drains its node first; what is left after this is killed
-        except subprocess.TimeoutExpired:
-            pass
-        for process in [*family, psutil.Process(self.process.pid) if self.process.poll() is None else None]:
-            if process is None:
-                continue
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_ray_head(self.process, self.gcs_address)
         self.process = None
-        # `ray start` named this head as the machine's current cluster, where a later bare
-        # `ray.init()` would try to join it: take that back, as `ray stop` would.
-        from ray._common.utils import get_ray_address_file
-
-        current = Path(get_ray_address_file(None))
-        if current.is_file() and current.read_text().strip() == self.gcs_address:
-            current.unlink()
 
 
 def worker_nodes(groups: list[Any]) -> dict[str, str]:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from typing import Any
 
 from loadtests import overhead
 from loadtests.harness import ROOT, command_line, started_at
+from loadtests.ray_head import stop_ray_head
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
 from testkit.bare_vllm import start_bare_vllm
@@ -50,6 +50,15 @@ SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 
 def _engine_args(catalog) -> dict:
     return dict(catalog.resolve(MODEL).engine_args)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def _listening(port: int) -> bool:
@@ -83,17 +92,17 @@ def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
         "--include-dashboard=false",
         "--disable-usage-stats",
     ]
-    head = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    head = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while not _listening(port):
             if head.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"`ray start --head` did not come up (see {log})")
             time.sleep(0.5)
-        yield settings.model_copy(update={"ray_address": f"127.0.0.1:{port}"})
+        yield settings.model_copy(update={"ray_address": address})
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started
-        head.wait(60)
+        stop_ray_head(head, address)
 
 
 def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) -> None:
@@ -245,12 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     bare_port = args.port + 1
     started = started_at()
     print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
-    bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
-    ray_head = ExitStack()
-    try:
-        runtime.start_local(
-            ray_head.enter_context(ray_of_its_own(settings, catalog, logs / "bench-ray-head.log")), catalog, wait=False
-        )
+    with ExitStack() as cleanup:  # undone in reverse, each step even where an earlier one fails
+        bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
+        cleanup.callback(_stop, bare)
+        ray_settings = cleanup.enter_context(ray_of_its_own(settings, catalog, logs / "bench-ray-head.log"))
+        cleanup.callback(runtime.shutdown)
+        runtime.start_local(ray_settings, catalog, wait=False)
         if "ray-serve-llm" in args.systems:
             deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
         base = f"http://127.0.0.1:{args.port}"
@@ -306,11 +315,6 @@ def main(argv: list[str] | None = None) -> int:
         print(ratios_table(results, levels, args.systems))
         print(f"[bench] scrapes p50 / p95 ms: {scrape_summary(args.scrapes)}")
         write_report(results, levels, args, versions, started)
-    finally:
-        bare.terminate()
-        bare.wait(timeout=60)
-        runtime.shutdown()
-        ray_head.close()
     return 0
 
 
