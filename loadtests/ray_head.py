@@ -38,9 +38,11 @@ def stop_ray_head(process: subprocess.Popen[bytes], gcs_address: str) -> None:
     except ProcessLookupError:
         pass
     # `ray start` named this head as the machine's current cluster, where a later bare `ray.init()`
-    # would try to join it: take that back, as `ray stop` would.
+    # would try to join it: take that back, as `ray stop` would. Ray writes the address with the
+    # node's own IP whatever `--node-ip-address` says, so the port tells this head's entry.
     from ray._common.utils import get_ray_address_file
 
     current = Path(get_ray_address_file(None))
-    if current.is_file() and current.read_text().strip() == gcs_address:
+    port = gcs_address.rsplit(":", 1)[1]
+    if current.is_file() and current.read_text().strip().rsplit(":", 1)[-1] == port:
         current.unlink()
