@@ -92,7 +92,8 @@ def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
         "--include-dashboard=false",
         "--disable-usage-stats",
     ]
-    head = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    with runtime.platform_cores(catalog):  # as `slmserve serve` starts its Ray (services/engine/cpu_affinity.py)
+        head = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -114,6 +115,9 @@ def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) ->
         accelerator_config={"kind": "cpu"},
         engine_kwargs=engine_args,
         deployment_config={"num_replicas": 1, "max_ongoing_requests": deployment["max_ongoing_requests"]},
+        # Ray's processes here keep to the core vLLM's worker leaves free, as slmserve's own do; Ray Serve
+        # LLM's replica starts on every core, as in a Ray of its own, so its vLLM binds as usual.
+        runtime_env={"worker_process_setup_hook": "services.engine.cpu_affinity.all_cpus"},
     )
     serve._run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/rayllm", _blocking=False)
 

@@ -23,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     catalog = load_catalog(resolve_catalog_path(settings.catalog))
     from services import runtime
+    from services.engine import cpu_affinity
 
     base_url = runtime.local_base_url(settings)
     print(f"[slmserve] starting {len(catalog.models)} model(s) from catalog {settings.catalog!r}", flush=True)
@@ -40,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         runtime.start_local(settings, catalog, wait=False)
+        cpu_affinity.keep_this_process_on(cpu_affinity.platform_cpus())  # beside the Ray it started
         signal.signal(signal.SIGINT, _interrupt)
         signal.signal(signal.SIGTERM, _interrupt)
         signal.signal(signal.SIGHUP, _reload)

@@ -13,7 +13,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from services.core.timing import (
     ROUTER_START_TIMEOUT_S,
     STOP_MARGIN_S,
 )
+from services.engine import cpu_affinity
 from services.haproxy.rules import BUFFER_BYTES, RETRY_ON
 from services.haproxy.wrapper import ROUTES_ENV, wrapper_path
 from services.models import needs_hub
@@ -208,7 +210,8 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False, dir
         init_kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
         if local_ray:
             init_kwargs |= {"num_cpus": local_ray_cpus(settings, catalog), "_node_ip_address": "127.0.0.1"}
-            _init_local_ray({"address": "local", **init_kwargs})
+            with platform_cores(catalog):
+                _init_local_ray({"address": "local", **init_kwargs})
         else:
             ray.init(address=settings.ray_address, **init_kwargs)
     serve.start(http_options={"host": settings.host, "port": settings.port})
@@ -221,6 +224,27 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False, dir
 
 
 _prepared_port: int | None = None
+
+
+def platform_cpus(catalog: Catalog) -> set[int] | None:
+    """Where a local run of a CPU catalog keeps its own processes: the core vLLM's CPU worker leaves
+    free (services/engine/cpu_affinity.py). None for a GPU catalog or a machine of one core."""
+    if any(entry.deployment.gpus_per_replica for entry in catalog.models) or not hasattr(os, "sched_getaffinity"):
+        return None
+    return cpu_affinity.reserved_cpus(os.sched_getaffinity(0))
+
+
+@contextmanager
+def platform_cores(catalog: Catalog) -> Iterator[None]:
+    """Around the start of a local Ray: every Ray process it starts inherits the platform's cores,
+    and the engine replicas learn them (cpu_affinity.engine_start)."""
+    platform = platform_cpus(catalog)
+    if platform is None:
+        os.environ.pop(cpu_affinity.PLATFORM_CPUS_ENV, None)
+    else:
+        os.environ[cpu_affinity.PLATFORM_CPUS_ENV] = cpu_affinity.env_value(platform)
+    with cpu_affinity.on_cpus(platform):
+        yield
 
 
 def prepare_environment(settings: Settings, catalog: Catalog) -> None:

@@ -28,7 +28,7 @@ from services.core.errors import error_json, from_vllm_error
 from services.core.logs import show_platform_logs
 from services.core.settings import Settings
 from services.core.timing import CARD_START_CLAIM_TIMEOUT_S, ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
-from services.engine import sse, vllm_compat
+from services.engine import cpu_affinity, sse, vllm_compat
 from services.engine.adapters import AdapterSync
 from services.engine.card_memory import CardFull, CardSeat, card_seat
 from services.engine.idle_sleep import IdleSleep
@@ -151,7 +151,8 @@ class EngineDeployment:
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         engine_started = time.monotonic()
-        await self.stack.start()
+        with cpu_affinity.engine_start():
+            await self.stack.start()
         engine_s = time.monotonic() - engine_started
         self.idle: IdleSleep | None = None
         if sleep_after_s is not None:

@@ -12,6 +12,10 @@ import importlib
 import warnings
 from typing import Any
 
+# The process title vLLM gives its workers (the processes that run the model; on a CPU node, bound to
+# cores): what services/engine/cpu_affinity.py leaves where vLLM put it.
+WORKER_PROCESS_TITLE = "VLLM::Worker"
+
 
 def _first(*candidates: tuple[str, str]) -> Any:
     """The first `module:attribute` pair that imports, newest layout first."""

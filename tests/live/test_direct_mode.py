@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ from dataclasses import dataclass
 
 import httpx
 import openai
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.catalog import load_catalog
 from services.core.layout import INTERNAL_PREFIX
+from services.engine.vllm_compat import WORKER_PROCESS_TITLE
 from testkit.live import AUTH, READY_TIMEOUT_S, TEST_CATALOG, fresh_start_burst, long_stream
 from testkit.serving import catalog_variant, serving
 
@@ -38,6 +41,7 @@ class DirectServer:
     base_url: str
     early: dict  # what a request sent during the engine's load got, with the *other* instance's key
     first_burst: list[tuple[int, float]]
+    session: int  # the Linux session of `slmserve serve` and every process it started
 
     @functools.cached_property
     def http(self) -> httpx.Client:
@@ -85,7 +89,7 @@ def direct_server(live_server) -> Iterator[DirectServer]:
     with serving(catalog, api_keys=keys, ready_timeout_s=READY_TIMEOUT_S, on_start=send_early) as server:
         burst = fresh_start_burst(server.base_url, DIRECT_AUTH, MODEL)
         threads[0].join(60)
-        yield DirectServer(server.base_url, early, burst)
+        yield DirectServer(server.base_url, early, burst, os.getsid(server.process.pid))
 
 
 def test_the_engine_replica_answers_http_itself(direct_server):
@@ -244,6 +248,37 @@ def test_every_model_streams_from_its_own_engine_process(direct_server, model):
         assert time.monotonic() < deadline, f"replica {replica} does not run {model}'s engine"
         time.sleep(0.5)
     assert _placed(http.get("/metrics").text).get(model, 0) == placed_before
+
+
+def test_the_platform_keeps_off_the_cores_vllm_computes_on(direct_server):
+    """The instance's processes other than vLLM's workers (Ray's, Serve's, HAProxy, the engine
+    replicas, vLLM's engine cores) run on the core vLLM's CPU worker leaves free; the workers run
+    where the catalog lets vLLM put them (the test catalog says `nobind`: every core)."""
+    members = [process for process in psutil.process_iter() if _session_of(process) == direct_server.session]
+    workers = [process for process in members if WORKER_PROCESS_TITLE in " ".join(process.cmdline())]
+    assert len(workers) == len(MODELS)  # one engine per model, each with its worker
+    every = os.sched_getaffinity(0)
+    platform = {cpu for process in members if process not in workers for cpu in _thread_cpus(process)}
+    assert platform == ({max(every)} if len(every) > 1 else every)
+    assert all(_thread_cpus(worker) == every for worker in workers)
+
+
+def _session_of(process: psutil.Process) -> int | None:
+    try:
+        return os.getsid(process.pid)
+    except OSError:
+        return None
+
+
+def _thread_cpus(process: psutil.Process) -> set[int]:
+    """The cores any thread of `process` may run on (psutil reads the main thread's only)."""
+    cpus: set[int] = set()
+    for thread in process.threads():
+        try:
+            cpus |= os.sched_getaffinity(thread.id)
+        except OSError:  # ended meanwhile
+            continue
+    return cpus
 
 
 def test_what_haproxy_cannot_place_the_platform_answers(direct_server):
