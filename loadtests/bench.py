@@ -5,10 +5,12 @@ All three run at once for the whole benchmark; each concurrency level is measure
 in turn, in alternating order over the rounds, so that drift of the machine hits all of them.
 While a level runs, a client scrapes that system's metrics three times a second (`--scrape-hz`), as a
 busy Prometheus and benchmark clients do.
-  (a) slmserve, direct mode: HAProxy -> the engine replica's own HTTP server (vLLM in-process)
+Each server runs in a session of its own, as one started from its own shell does:
+  (a) slmserve, direct mode: HAProxy -> the engine replica's own HTTP server (vLLM in-process), on a
+      Ray head of its own that keeps to the core vLLM's CPU worker leaves free, as `slmserve serve`'s
   (b) bare vLLM: `python -m vllm.entrypoints.openai.api_server`
   (c) Ray Serve LLM with direct streaming (`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`):
-      `ray.serve.llm.build_openai_app` on the same Ray and HAProxy as (a)
+      `ray.serve.llm.build_openai_app` on a Ray and HAProxy of its own (loadtests/ray_serve_llm.py)
 
 Variants (each its own section of docs/benchmarks.md):
   --catalog tests/catalogs/test.yaml --data-plane direct   slmserve serves three models behind one
@@ -36,7 +38,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from loadtests import overhead
+from loadtests import overhead, ray_serve_llm
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.ray_head import stop_ray_head
 from loadtests.report import plot, ratios_table, results_table, write_section
@@ -69,7 +71,7 @@ def _listening(port: int) -> bool:
 @contextmanager
 def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
     """A local Ray head (`ray start --block`) in a session of its own, and the settings that join it.
-    slmserve and Ray Serve LLM then run apart from this client, as bare vLLM does
+    slmserve then runs apart from this client, as bare vLLM and Ray Serve LLM do
     (testkit/bare_vllm.py) and as `slmserve serve` started from its own shell does: Linux shares the
     CPU between sessions (autogroup) before it weighs their processes, and a Ray started by this
     process would put its nice-15 workers in the client's session, behind the client and the
@@ -104,22 +106,6 @@ def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
         yield settings.model_copy(update={"ray_address": address})
     finally:
         stop_ray_head(head, address)
-
-
-def deploy_ray_serve_llm(model_dir: str, engine_args: dict, deployment: dict) -> None:
-    from ray import serve
-    from ray.serve.llm import LLMConfig, build_openai_app
-
-    config = LLMConfig(
-        model_loading_config={"model_id": MODEL, "model_source": model_dir},
-        accelerator_config={"kind": "cpu"},
-        engine_kwargs=engine_args,
-        deployment_config={"num_replicas": 1, "max_ongoing_requests": deployment["max_ongoing_requests"]},
-        # Ray's processes here keep to the core vLLM's worker leaves free, as slmserve's own do; Ray Serve
-        # LLM's replica starts on every core, as in a Ray of its own, so its vLLM binds as usual.
-        runtime_env={"worker_process_setup_hook": "services.engine.cpu_affinity.all_cpus"},
-    )
-    serve._run(build_openai_app({"llm_configs": [config]}), name="rayllm", route_prefix="/rayllm", _blocking=False)
 
 
 @contextmanager
@@ -187,7 +173,8 @@ Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for a
 order, all three servers up for the whole run, each system's metrics scraped {args.scrape_hz:g}
 times a second while it is measured (slmserve `/metrics`, bare vLLM `/metrics`, Ray Serve LLM's
 metrics on Ray's metrics agent). slmserve runs its direct data plane, Ray Serve LLM its direct
-streaming, both behind Ray Serve's HAProxy. Reproduce: `make bench` (or
+streaming, each on a Ray of its own behind Ray Serve's HAProxy; each server in a session of its own.
+Reproduce: `make bench` (or
 `.venv/bin/python -m loadtests.bench`).
 
 {results_table(results, levels, args.systems)}
@@ -233,8 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     args.systems = tuple(args.systems.split(","))
     args.scrapes = {system: [] for system in args.systems}
     args.platform_time = {}  # level -> per round, by phase (loadtests/overhead.py)
-    # Ray Serve LLM reads this when ray.serve.llm is imported (in deploy_ray_serve_llm).
-    os.environ["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] = "1"
     levels = [int(c) for c in args.levels.split(",")]
 
     from services import runtime
@@ -261,27 +246,30 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as cleanup:  # undone in reverse, each step even where an earlier one fails
         bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
         cleanup.callback(_stop, bare)
+        rayllm_port, rayllm_log = args.port + 2, logs / "bench-ray-serve-llm.log"
+        if "ray-serve-llm" in args.systems:  # on a Ray of its own, as `serve run` would start it
+            max_ongoing = catalog.resolve(MODEL).deployment.max_ongoing_requests
+            rayllm = ray_serve_llm.start(
+                model_dir, MODEL, args.engine_args, rayllm_port, rayllm_log, cpu=True, max_ongoing_requests=max_ongoing
+            )
+            cleanup.callback(_stop, rayllm)
         ray_settings = cleanup.enter_context(ray_of_its_own(settings, catalog, logs / "bench-ray-head.log"))
         cleanup.callback(runtime.shutdown)
         runtime.start_local(ray_settings, catalog, wait=False)
-        if "ray-serve-llm" in args.systems:
-            deploy_ray_serve_llm(model_dir, args.engine_args, catalog.resolve(MODEL).deployment.model_dump())
         base = f"http://127.0.0.1:{args.port}"
         urls = {
             "slmserve": f"{base}/v1/chat/completions",
             "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
-            "ray-serve-llm": f"{base}/rayllm/v1/chat/completions",
+            "ray-serve-llm": f"http://127.0.0.1:{rayllm_port}/v1/chat/completions",
         }
         runtime.wait_until_ready(base, 900)
         runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
-        if "ray-serve-llm" in args.systems:
-            runtime.wait_for_ok(f"{base}/rayllm/v1/models", 900)
-        import ray
+        rayllm_metrics = ray_serve_llm.wait_ready(rayllm, rayllm_log) if "ray-serve-llm" in args.systems else ""
 
         metrics_urls = {
             "slmserve": f"{base}/metrics",
             "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
-            "ray-serve-llm": f"http://127.0.0.1:{ray._private.worker.global_worker.node.metrics_export_port}",
+            "ray-serve-llm": rayllm_metrics,
         }
         print(f"[bench] {', '.join(args.systems)} ready; warming up", flush=True)
         for system in args.systems:
@@ -312,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}",
                         flush=True,
                     )
+        import ray
         import vllm
 
         versions = {"vllm": vllm.__version__, "ray": ray.__version__}

@@ -14,10 +14,44 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
-from loadtests.harness import command_line
+from loadtests.harness import ROOT, command_line
+
+
+def start(
+    model_dir: str | Path,
+    name: str,
+    engine_args: dict,
+    port: int,
+    log: Path,
+    *,
+    cpu: bool = False,
+    max_ongoing_requests: int = 512,
+) -> subprocess.Popen:
+    """This server, in a session of its own (as a user's shell would start it); stop it with SIGTERM."""
+    command = [sys.executable, "-m", "loadtests.ray_serve_llm", "--model-dir", str(model_dir), "--name", name]
+    command += ["--port", str(port), "--engine-args", json.dumps(engine_args)]
+    command += ["--max-ongoing-requests", str(max_ongoing_requests)] + (["--cpu"] if cpu else [])
+    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+
+
+def wait_ready(process: subprocess.Popen, log: Path, timeout_s: float = 900) -> str:
+    """Once it serves: the URL of its Ray's metrics agent, which it names in its ready line (scraped
+    as the other systems' /metrics are)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("[ray-serve-llm] ready"):
+                return f"http://127.0.0.1:{line.rsplit(' ', 1)[1]}"
+        if process.poll() is not None:
+            raise RuntimeError(f"Ray Serve LLM exited with {process.returncode} (see {log})")
+        time.sleep(1)
+    raise TimeoutError(f"Ray Serve LLM was not ready in {timeout_s:.0f}s (see {log})")
 
 
 def main(argv: list[str] | None = None) -> int:

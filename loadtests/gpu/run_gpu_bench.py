@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests import overhead
+from loadtests import overhead, ray_serve_llm
 from loadtests.bench import scraping
 from loadtests.gpu.make_phi35 import SHAPES, build
 from loadtests.report import ratios_table, results_table, summarize
@@ -76,19 +76,6 @@ def start_profilers(out: Path, system: str, seconds: int = 8) -> list[subprocess
                     )
                 )
     return profilers
-
-
-def start_ray_serve_llm(model_dir: Path, name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
-    """Ray Serve LLM on a Ray and HAProxy of its own (loadtests/ray_serve_llm.py)."""
-    command = [sys.executable, "-m", "loadtests.ray_serve_llm", "--model-dir", str(model_dir), "--name", name]
-    command += ["--port", str(port), "--engine-args", json.dumps(engine_args)]
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
-
-
-def ray_serve_llm_metrics_url(log: Path) -> str:
-    """Its Ray's metrics agent, which it names when ready (scraped as the other systems' /metrics are)."""
-    line = next(line for line in log.read_text().splitlines() if line.startswith("[ray-serve-llm] ready"))
-    return f"http://127.0.0.1:{line.rsplit(' ', 1)[1]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "ray-serve-llm" in systems:
             started = time.monotonic()
-            rayllm = start_ray_serve_llm(model_dir, entry.name, entry.engine_args, 8202, rayllm_log)
-            runtime.wait_for_ok("http://127.0.0.1:8202/v1/models", 900, failed=lambda: _exited(rayllm, rayllm_log))
+            rayllm = ray_serve_llm.start(model_dir, entry.name, entry.engine_args, 8202, rayllm_log)
+            rayllm_metrics = ray_serve_llm.wait_ready(rayllm, rayllm_log)
             timings["ray_serve_llm_start_s"] = time.monotonic() - started
             print(f"[gpu-bench] Ray Serve LLM ready in {timings['ray_serve_llm_start_s']:.1f}s", flush=True)
         if "bare-vllm" in systems:
@@ -175,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         metrics_urls = {"slmserve": "http://127.0.0.1:8200/metrics", "bare-vllm": "http://127.0.0.1:8201/metrics"}
         if rayllm is not None:
-            metrics_urls["ray-serve-llm"] = ray_serve_llm_metrics_url(rayllm_log)
+            metrics_urls["ray-serve-llm"] = rayllm_metrics
         for system in systems:  # warm-up: CUDA graphs, allocator, connection pools
             asyncio.run(run_level(system, urls[system], entry.name, 8, 16, words, 32, VISIBLE_TOKENS))
         results: dict[tuple[str, int], LevelResult] = {}
