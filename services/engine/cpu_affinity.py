@@ -94,8 +94,3 @@ def _move(process: psutil.Process, cpus: set[int]) -> None:
         except OSError:  # a thread that ended meanwhile
             continue
 
-
-def all_cpus() -> None:
-    """A Ray worker setup hook for another system's replicas in the same Ray (Ray Serve LLM in
-    `make bench`): the process back on every core, as it would be in a Ray of its own."""
-    _move(psutil.Process(), set(range(os.cpu_count() or 1)))
