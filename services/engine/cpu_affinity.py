@@ -1,17 +1,16 @@
 """The platform off the model's cores, on a CPU node.
 
 vLLM's CPU worker binds its compute threads to cores (OMP_PLACES, from the cores the process may use
-when it starts) and reserves the last core for "other processes": its engine core and the HTTP
-frontend. On a local CPU run those others are slmserve's: Ray's daemons, Serve's actors, HAProxy,
-the engine replica. Left free, the scheduler puts their wake-ups on the worker's core too, and
-every one of them stalls a decode step (issue 28: on 2 cores, one stream's inter-token p95 read
-83-99 ms against bare vLLM's 69-71; with the platform on the reserved core, 72-77).
+when it starts) and reserves the last core for other processes. Bare `vllm serve` runs nothing else
+there. slmserve adds Ray's daemons, Serve's controller, proxy and platform actors and HAProxy; left
+free, the scheduler puts their wake-ups on the worker's core, and each one stalls a decode step
+(issue 28: on 2 cores, one stream's inter-token p95 read 83-99 ms against bare vLLM's 69-71).
 
 So a local CPU run starts Ray on the reserved core (every Ray process inherits it), and an engine
-replica lets its vLLM start on all cores, so that vLLM's worker binds where it would under bare
-`vllm serve` (or, where the catalog says `VLLM_CPU_OMP_THREADS_BIND: nobind`, keeps every core),
-then takes itself and vLLM's engine core back to the reserved core. Linux only; a
-node of one core, or a GPU catalog, is left as it is.
+replica, which hosts vLLM's frontend as bare vLLM's API server does, moves itself back onto every
+core before vLLM starts: vLLM's engine core and worker are then placed as under bare `vllm serve`
+(the worker bound, or on every core where the catalog says `VLLM_CPU_OMP_THREADS_BIND: nobind`).
+Linux only; a node of one core, or a GPU catalog, is left as it is.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psutil
-
-from services.engine.vllm_compat import WORKER_PROCESS_TITLE
 
 PLATFORM_CPUS_ENV = "SLMSERVE_PLATFORM_CPUS"  # e.g. "1": set for a local CPU run's Ray processes
 
@@ -65,25 +62,12 @@ def keep_this_process_on(cpus: set[int] | None) -> None:
         _move(psutil.Process(), cpus)
 
 
-@contextmanager
-def engine_start() -> Iterator[None]:
-    """Around vLLM's start in an engine replica: all cores while vLLM binds its workers, then this
-    process and the processes vLLM did not bind back on the platform's cores."""
-    platform = platform_cpus()
-    if platform is None:
-        yield
-        return
-    _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
-    try:
-        yield
-    finally:
-        this = psutil.Process()
-        for process in [this, *this.children(recursive=True)]:
-            try:
-                if WORKER_PROCESS_TITLE not in " ".join(process.cmdline()):  # workers keep vLLM's binding
-                    _move(process, platform)
-            except psutil.Error:
-                continue
+def release_engine_replica() -> None:
+    """In an engine replica, before vLLM starts: this process (vLLM's frontend, as bare `vllm serve`'s
+    API server is) and what it starts on every core, so vLLM places its engine core and binds its
+    worker as it would under bare `vllm serve`."""
+    if platform_cpus() is not None:
+        _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
 
 
 def _move(process: psutil.Process, cpus: set[int]) -> None:
@@ -93,4 +77,3 @@ def _move(process: psutil.Process, cpus: set[int]) -> None:
             os.sched_setaffinity(thread.id, cpus)
         except OSError:  # a thread that ended meanwhile
             continue
-

@@ -120,6 +120,7 @@ class EngineDeployment:
 
     async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         show_platform_logs()
+        cpu_affinity.release_engine_replica()  # vLLM's frontend, placed as bare vLLM's would be
         self.entry = ModelEntry.model_validate(entry)
         self.metrics_hub = metrics_hub
         started = time.monotonic()
@@ -151,8 +152,7 @@ class EngineDeployment:
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         engine_started = time.monotonic()
-        with cpu_affinity.engine_start():
-            await self.stack.start()
+        await self.stack.start()
         engine_s = time.monotonic() - engine_started
         self.idle: IdleSleep | None = None
         if sleep_after_s is not None:

@@ -251,16 +251,20 @@ def test_every_model_streams_from_its_own_engine_process(direct_server, model):
 
 
 def test_the_platform_keeps_off_the_cores_vllm_computes_on(direct_server):
-    """The instance's processes other than vLLM's workers (Ray's, Serve's, HAProxy, the engine
-    replicas, vLLM's engine cores) run on the core vLLM's CPU worker leaves free; the workers run
-    where the catalog lets vLLM put them (the test catalog says `nobind`: every core)."""
+    """What slmserve adds to vLLM (Ray's daemons, Serve's actors, HAProxy) runs on the core vLLM's
+    CPU worker leaves free; vLLM's own processes (the engine replica that hosts its frontend, its
+    engine core, its worker) are placed as under bare `vllm serve` (the test catalog says `nobind`:
+    every core)."""
     members = [process for process in psutil.process_iter() if _session_of(process) == direct_server.session]
+    replicas = [process for process in members if ":engine-" in " ".join(process.cmdline())]
+    assert len(replicas) == len(MODELS)
+    vllm_side = {process.pid for replica in replicas for process in [replica, *replica.children(recursive=True)]}
     workers = [process for process in members if WORKER_PROCESS_TITLE in " ".join(process.cmdline())]
-    assert len(workers) == len(MODELS)  # one engine per model, each with its worker
+    assert len(workers) == len(MODELS) and {worker.pid for worker in workers} <= vllm_side
     every = os.sched_getaffinity(0)
-    platform = {cpu for process in members if process not in workers for cpu in _thread_cpus(process)}
-    assert platform == ({max(every)} if len(every) > 1 else every)
-    assert all(_thread_cpus(worker) == every for worker in workers)
+    added = {cpu for process in members if process.pid not in vllm_side for cpu in _thread_cpus(process)}
+    assert added == ({max(every)} if len(every) > 1 else every)
+    assert all(_thread_cpus(process) == every for process in members if process.pid in vllm_side)
 
 
 def _session_of(process: psutil.Process) -> int | None:
