@@ -256,10 +256,10 @@ def test_the_platform_keeps_off_the_cores_vllm_computes_on(direct_server):
     engine core, its worker) are placed as under bare `vllm serve` (the test catalog says `nobind`:
     every core)."""
     members = [process for process in psutil.process_iter() if _session_of(process) == direct_server.session]
-    replicas = [process for process in members if ":engine-" in " ".join(process.cmdline())]
+    replicas = [process for process in members if ":engine-" in _command(process)]
     assert len(replicas) == len(MODELS)
     vllm_side = {process.pid for replica in replicas for process in [replica, *replica.children(recursive=True)]}
-    workers = [process for process in members if WORKER_PROCESS_TITLE in " ".join(process.cmdline())]
+    workers = [process for process in members if WORKER_PROCESS_TITLE in _command(process)]
     assert len(workers) == len(MODELS) and {worker.pid for worker in workers} <= vllm_side
     every = os.sched_getaffinity(0)
     added = {cpu for process in members if process.pid not in vllm_side for cpu in _thread_cpus(process)}
@@ -274,10 +274,21 @@ def _session_of(process: psutil.Process) -> int | None:
         return None
 
 
+def _command(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return ""
+
+
 def _thread_cpus(process: psutil.Process) -> set[int]:
     """The cores any thread of `process` may run on (psutil reads the main thread's only)."""
     cpus: set[int] = set()
-    for thread in process.threads():
+    try:
+        threads = process.threads()
+    except psutil.Error:  # ended meanwhile
+        return cpus
+    for thread in threads:
         try:
             cpus |= os.sched_getaffinity(thread.id)
         except OSError:  # ended meanwhile
