@@ -226,7 +226,7 @@ def start_local(settings: Settings, catalog: Catalog, *, wait: bool = False, dir
 _prepared_port: int | None = None
 
 
-def platform_cpus(catalog: Catalog) -> set[int] | None:
+def _platform_cpus_of(catalog: Catalog) -> set[int] | None:
     """Where a local run of a CPU catalog keeps its own processes: the core vLLM's CPU worker leaves
     free (services/engine/cpu_affinity.py). None for a GPU catalog or a machine of one core."""
     if any(entry.deployment.gpus_per_replica for entry in catalog.models) or not hasattr(os, "sched_getaffinity"):
@@ -237,8 +237,8 @@ def platform_cpus(catalog: Catalog) -> set[int] | None:
 @contextmanager
 def platform_cores(catalog: Catalog) -> Iterator[None]:
     """Around the start of a local Ray: every Ray process it starts inherits the platform's cores,
-    and the engine replicas learn them (cpu_affinity.engine_start)."""
-    platform = platform_cpus(catalog)
+    and the engine replicas learn them (cpu_affinity.release_engine_replica)."""
+    platform = _platform_cpus_of(catalog)
     if platform is None:
         os.environ.pop(cpu_affinity.PLATFORM_CPUS_ENV, None)
     else:

@@ -45,7 +45,7 @@ def env_value(cpus: set[int]) -> str:
 @contextmanager
 def on_cpus(cpus: set[int] | None) -> Iterator[None]:
     """The calling thread (and every process it starts meanwhile) on `cpus`; as before afterwards."""
-    if cpus is None or not hasattr(os, "sched_setaffinity"):
+    if cpus is None:  # a GPU catalog, one core, or not Linux (runtime decides)
         yield
         return
     before = os.sched_getaffinity(0)
@@ -58,7 +58,7 @@ def on_cpus(cpus: set[int] | None) -> Iterator[None]:
 
 def keep_this_process_on(cpus: set[int] | None) -> None:
     """Every thread of this process, and what it starts later, on `cpus` (`slmserve serve` itself)."""
-    if cpus is not None and hasattr(os, "sched_setaffinity"):
+    if cpus is not None:
         _move(psutil.Process(), cpus)
 
 

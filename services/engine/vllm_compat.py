@@ -13,7 +13,7 @@ import warnings
 from typing import Any
 
 # The process title vLLM gives its workers (the processes that run the model; on a CPU node, bound to
-# cores): what services/engine/cpu_affinity.py leaves where vLLM put it.
+# cores): how a check of where processes run tells them apart (tests/live/test_direct_mode.py).
 WORKER_PROCESS_TITLE = "VLLM::Worker"
 
 
