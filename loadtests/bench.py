@@ -1,13 +1,15 @@
 """`make bench`: slmserve vs bare vLLM vs Ray Serve LLM, on one machine, one model, one set of
 engine arguments, one workload; results to docs/benchmarks.md and docs/benchmark_cpu.png.
 
-All three run at once for the whole benchmark; each concurrency level is measured on each system
-in turn, in alternating order over the rounds, so that drift of the machine hits all of them.
+Each system runs alone on the machine, as a user runs one of them: a round starts each in turn,
+measures every concurrency level on it and stops it; the order alternates over the rounds, so that
+drift of the machine hits all of them. (With all three up at once, the idle ones' Ray daemons and
+threads took cycles from the measured one.)
 While a level runs, a client scrapes that system's metrics three times a second (`--scrape-hz`), as a
 busy Prometheus and benchmark clients do.
 Each server runs in a session of its own, as one started from its own shell does:
-  (a) slmserve, direct mode: HAProxy -> the engine replica's own HTTP server (vLLM in-process), on a
-      Ray head of its own that keeps to the core vLLM's CPU worker leaves free, as `slmserve serve`'s
+  (a) slmserve, direct mode: `slmserve serve`, HAProxy -> the engine replica's own HTTP server (vLLM
+      in-process), its Ray on the core vLLM's CPU worker leaves free
   (b) bare vLLM: `python -m vllm.entrypoints.openai.api_server`
   (c) Ray Serve LLM with direct streaming (`RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1`):
       `ray.serve.llm.build_openai_app` on a Ray and HAProxy of its own (loadtests/ray_serve_llm.py)
@@ -26,25 +28,22 @@ import asyncio
 import json
 import os
 import platform
-import secrets
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from loadtests import overhead, ray_serve_llm
 from loadtests.harness import ROOT, command_line, started_at
-from loadtests.ray_head import stop_ray_head
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
 from testkit.bare_vllm import start_bare_vllm
-from testkit.serving import catalog_variant
+from testkit.serving import catalog_variant, serving
 
 MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
@@ -63,49 +62,46 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+@dataclass
+class Server:
+    chat_url: str
+    metrics_url: str
 
 
 @contextmanager
-def ray_of_its_own(settings: Any, catalog: Any, log: Path) -> Iterator[Any]:
-    """A local Ray head (`ray start --block`) in a session of its own, and the settings that join it.
-    slmserve then runs apart from this client, as bare vLLM and Ray Serve LLM do
-    (testkit/bare_vllm.py) and as `slmserve serve` started from its own shell does: Linux shares the
-    CPU between sessions (autogroup) before it weighs their processes, and a Ray started by this
-    process would put its nice-15 workers in the client's session, behind the client and the
-    CPU-hungry processes (`--hungry`) at nice 0."""
+def alone(system: str, args: argparse.Namespace, catalog_path: Path, model_dir: str) -> Iterator[Server]:
+    """`system` started, ready and warmed up; stopped (every process of it) when the block ends."""
     from services import runtime
 
-    runtime.prepare_environment(settings, catalog)  # the switches the head's workers inherit
-    # Token authentication, with this head's own token (not the user's ~/.ray one): the head and this
-    # process's driver both read it from the environment (as loadtests/autoscaling_cluster.py does).
-    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    port = runtime.free_ports(1)[0]
-    command = [
-        str(Path(sys.executable).parent / "ray"),
-        "start",
-        "--head",
-        "--block",
-        f"--port={port}",
-        "--node-ip-address=127.0.0.1",
-        f"--num-cpus={runtime.local_ray_cpus(settings, catalog)}",
-        "--include-dashboard=false",
-        "--disable-usage-stats",
-    ]
-    with runtime.platform_cores(catalog):  # as `slmserve serve` starts its Ray (services/engine/cpu_affinity.py)
-        head = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"127.0.0.1:{port}"
+    logs = ROOT / "out"
+    if system == "slmserve":
+        with serving(catalog_path) as server:
+            yield _warm(system, Server(f"{server.base_url}/v1/chat/completions", f"{server.base_url}/metrics"), args)
+        return
+    log = logs / f"bench-{system}.log"
+    if system == "bare-vllm":
+        port = args.port + 1
+        process = start_bare_vllm(model_dir, MODEL, args.engine_args, port, log)
+    else:  # on a Ray of its own, as `serve run` would start it
+        port = args.port + 2
+        process = ray_serve_llm.start(
+            model_dir, MODEL, args.engine_args, port, log, cpu=True, max_ongoing_requests=args.max_ongoing
+        )
     try:
-        deadline = time.monotonic() + 120
-        while not _listening(port):
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"`ray start --head` did not come up (see {log})")
-            time.sleep(0.5)
-        yield settings.model_copy(update={"ray_address": address})
+        if system == "bare-vllm":
+            runtime.wait_for_ok(f"http://127.0.0.1:{port}/health", 900)
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+        else:
+            metrics_url = ray_serve_llm.wait_ready(process, log)
+        yield _warm(system, Server(f"http://127.0.0.1:{port}/v1/chat/completions", metrics_url), args)
     finally:
-        stop_ray_head(head, address)
+        _stop(process)
+
+
+def _warm(system: str, server: Server, args: argparse.Namespace) -> Server:
+    print(f"[bench] {system} ready; warming up", flush=True)
+    asyncio.run(run_level(system, server.chat_url, MODEL, 2, 4, args.prompt_words, args.max_tokens))
+    return server
 
 
 @contextmanager
@@ -170,7 +166,7 @@ Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.
 Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for all three
 (`{json.dumps(args.engine_args)}`). Workload: streamed chat, ~{args.prompt_words}-word prompt,
 {args.max_tokens} output tokens (`ignore_eos`), {args.rounds} rounds per level in alternating
-order, all three servers up for the whole run, each system's metrics scraped {args.scrape_hz:g}
+order, each system alone on the machine while it is measured, each system's metrics scraped {args.scrape_hz:g}
 times a second while it is measured (slmserve `/metrics`, bare vLLM `/metrics`, Ray Serve LLM's
 metrics on Ray's metrics agent). slmserve runs its direct data plane, Ray Serve LLM its direct
 streaming, each on a Ray of its own behind Ray Serve's HAProxy; each server in a session of its own.
@@ -231,84 +227,57 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_plane:
         plane = args.data_plane
         path = catalog_variant(str(path), lambda c: c.setdefault("edge", {}).update(data_plane=plane))
-    settings = Settings(catalog=str(path), port=args.port, ray_num_cpus=8)
+    settings = Settings(catalog=str(path))
     catalog = load_catalog(path)
     args.plane = catalog.data_plane
     args.engine_args = _engine_args(catalog)
+    args.max_ongoing = catalog.resolve(MODEL).deployment.max_ongoing_requests
     model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
     for key, value in runtime.local_environment(settings, catalog).items():
-        os.environ.setdefault(key, value)
-    logs = ROOT / "out"
-    logs.mkdir(exist_ok=True)
-    bare_port = args.port + 1
+        os.environ.setdefault(key, value)  # every system's environment: offline, no usage stats
+    (ROOT / "out").mkdir(exist_ok=True)
     started = started_at()
-    print("[bench] starting slmserve, bare vLLM and Ray Serve LLM (same model, same engine args)", flush=True)
-    with ExitStack() as cleanup:  # undone in reverse, each step even where an earlier one fails
-        bare = start_bare_vllm(model_dir, MODEL, args.engine_args, bare_port, logs / "bench-bare-vllm.log")
-        cleanup.callback(_stop, bare)
-        rayllm_port, rayllm_log = args.port + 2, logs / "bench-ray-serve-llm.log"
-        if "ray-serve-llm" in args.systems:  # on a Ray of its own, as `serve run` would start it
-            max_ongoing = catalog.resolve(MODEL).deployment.max_ongoing_requests
-            rayllm = ray_serve_llm.start(
-                model_dir, MODEL, args.engine_args, rayllm_port, rayllm_log, cpu=True, max_ongoing_requests=max_ongoing
-            )
-            cleanup.callback(_stop, rayllm)
-        ray_settings = cleanup.enter_context(ray_of_its_own(settings, catalog, logs / "bench-ray-head.log"))
-        cleanup.callback(runtime.shutdown)
-        runtime.start_local(ray_settings, catalog, wait=False)
-        base = f"http://127.0.0.1:{args.port}"
-        urls = {
-            "slmserve": f"{base}/v1/chat/completions",
-            "bare-vllm": f"http://127.0.0.1:{bare_port}/v1/chat/completions",
-            "ray-serve-llm": f"http://127.0.0.1:{rayllm_port}/v1/chat/completions",
-        }
-        runtime.wait_until_ready(base, 900)
-        runtime.wait_for_ok(f"http://127.0.0.1:{bare_port}/health", 900)
-        rayllm_metrics = ray_serve_llm.wait_ready(rayllm, rayllm_log) if "ray-serve-llm" in args.systems else ""
-
-        metrics_urls = {
-            "slmserve": f"{base}/metrics",
-            "bare-vllm": f"http://127.0.0.1:{bare_port}/metrics",
-            "ray-serve-llm": rayllm_metrics,
-        }
-        print(f"[bench] {', '.join(args.systems)} ready; warming up", flush=True)
-        for system in args.systems:
-            asyncio.run(run_level(system, urls[system], MODEL, 2, 4, args.prompt_words, args.max_tokens))
-        results: dict[tuple[str, int], LevelResult] = {}
-        for round_index in range(args.rounds):
-            order = args.systems if round_index % 2 == 0 else tuple(reversed(args.systems))
-            for c in levels:
-                requests = args.requests_per_level or max(6, 2 * c)
-                for system in order:
-                    own_before = overhead.read(metrics_urls[system], MODEL) if system == "slmserve" else None
-                    with scraping(metrics_urls[system], args.scrape_hz) as scrapes, hungry(args.hungry):
-                        result = asyncio.run(
-                            run_level(system, urls[system], MODEL, c, requests, args.prompt_words, args.max_tokens)
-                        )
-                    args.scrapes[system] += scrapes
-                    if own_before is not None:  # the platform's own time per request at this level
-                        phases = overhead.summary(own_before, overhead.read(metrics_urls[system], MODEL))
-                        args.platform_time.setdefault(c, []).append(phases)
-                        print(f"[bench] round {round_index + 1} c={c:<3} platform time: {overhead.line(phases)}")
+    print(f"[bench] {', '.join(args.systems)}, each alone: same model, same engine args", flush=True)
+    results: dict[tuple[str, int], LevelResult] = {}
+    for round_index in range(args.rounds):
+        order = args.systems if round_index % 2 == 0 else tuple(reversed(args.systems))
+        for system in order:
+            with alone(system, args, Path(path), model_dir) as server:
+                for c in levels:
+                    result = measure(system, server, c, round_index, args)
                     key = (system, c)
                     results[key] = results[key].merged(result) if key in results else result
-                    ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
-                    itl95_ms = percentile(result.itl_s, 95) * 1000
-                    print(
-                        f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
-                        f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
-                        f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}",
-                        flush=True,
-                    )
-        import ray
-        import vllm
+    import ray
+    import vllm
 
-        versions = {"vllm": vllm.__version__, "ray": ray.__version__}
-        print(results_table(results, levels, args.systems))
-        print(ratios_table(results, levels, args.systems))
-        print(f"[bench] scrapes p50 / p95 ms: {scrape_summary(args.scrapes)}")
-        write_report(results, levels, args, versions, started)
+    versions = {"vllm": vllm.__version__, "ray": ray.__version__}
+    print(results_table(results, levels, args.systems))
+    print(ratios_table(results, levels, args.systems))
+    print(f"[bench] scrapes p50 / p95 ms: {scrape_summary(args.scrapes)}")
+    write_report(results, levels, args, versions, started)
     return 0
+
+
+def measure(system: str, server: Server, c: int, round_index: int, args: argparse.Namespace) -> LevelResult:
+    """One level on one system, scraped while it runs; slmserve's own time per request noted."""
+    requests = args.requests_per_level or max(6, 2 * c)
+    own_before = overhead.read(server.metrics_url, MODEL) if system == "slmserve" else None
+    with scraping(server.metrics_url, args.scrape_hz) as scrapes, hungry(args.hungry):
+        result = asyncio.run(run_level(system, server.chat_url, MODEL, c, requests, args.prompt_words, args.max_tokens))
+    args.scrapes[system] += scrapes
+    if own_before is not None:
+        phases = overhead.summary(own_before, overhead.read(server.metrics_url, MODEL))
+        args.platform_time.setdefault(c, []).append(phases)
+        print(f"[bench] round {round_index + 1} c={c:<3} platform time: {overhead.line(phases)}")
+    ttft_ms, itl_ms = percentile(result.ttft_s, 50) * 1000, percentile(result.itl_s, 50) * 1000
+    itl95_ms = percentile(result.itl_s, 95) * 1000
+    print(
+        f"[bench] round {round_index + 1}/{args.rounds} c={c:<3} {system:14} "
+        f"{result.output_tok_per_s:7.1f} tok/s  TTFT p50 {ttft_ms:7.1f} ms  ITL p50 {itl_ms:6.2f} ms"
+        f"  ITL p95 {itl95_ms:6.2f} ms  errors {result.errors}",
+        flush=True,
+    )
+    return result
 
 
 if __name__ == "__main__":
