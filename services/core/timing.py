@@ -12,8 +12,11 @@ from __future__ import annotations
 # --- Engine replica -> MetricsHub ------------------------------------------------------------------
 # A replica's buffered metric records (NIM request records, routing decisions) reach the hub this often.
 RECORDS_FLUSH_PERIOD_S = 0.5
-# A replica's vLLM metrics snapshot reaches the hub this often...
+# A replica's vLLM metrics snapshot (the gauges routing and autoscaling read) reaches the hub this often...
 ENGINE_SNAPSHOT_PERIOD_S = 1.0
+# ...with vLLM's whole series for /metrics every this many seconds: rendering them holds the replica's
+# GIL for about 10 ms, which delayed the next token of every stream once a second on a CPU node.
+ENGINE_SERIES_PERIOD_S = 5.0
 # ...and the hub drops a replica whose last snapshot is this old: it is gone (several periods, so a
 # replica busy enough to miss one or two is not mistaken for a dead one).
 SNAPSHOT_STALE_S = 5.0

@@ -13,6 +13,7 @@ HTTP status is known before a byte goes out), then vLLM's SSE frames and the `Ou
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
@@ -27,7 +28,12 @@ from services.core.catalog import ModelEntry
 from services.core.errors import error_json, from_vllm_error
 from services.core.logs import show_platform_logs
 from services.core.settings import Settings
-from services.core.timing import CARD_START_CLAIM_TIMEOUT_S, ENGINE_SNAPSHOT_PERIOD_S, TTFT_WINDOW_S
+from services.core.timing import (
+    CARD_START_CLAIM_TIMEOUT_S,
+    ENGINE_SERIES_PERIOD_S,
+    ENGINE_SNAPSHOT_PERIOD_S,
+    TTFT_WINDOW_S,
+)
 from services.engine import cpu_affinity, sse, vllm_compat
 from services.engine.adapters import AdapterSync
 from services.engine.card_memory import CardFull, CardSeat, card_seat
@@ -37,7 +43,16 @@ from services.engine.profiles import choose as choose_profile
 from services.engine.protocol import EngineCall, Head, Outcome, StreamItem
 from services.engine.routes import engine_routes
 from services.engine.streaming import coalesce
-from services.metrics.engine_series import KV_USAGE_NAMES, WAITING, EngineSnapshot, SeriesShipper, gauges_of
+from services.metrics.engine_series import (
+    KV_USAGE_NAMES,
+    SNAPSHOT_SAMPLES,
+    TTFT,
+    WAITING,
+    EngineSnapshot,
+    SeriesShipper,
+    gauges_of,
+    vllm_families,
+)
 from services.metrics.recent import CumulativeHistogram, RecentQuantile, cumulative_buckets
 from services.models import resolve_source
 from services.routing.policies import routing_stats
@@ -109,10 +124,10 @@ def _process_age_s() -> float:
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def _vllm_families() -> list[Any]:
+def _vllm_families(samples: tuple[str, ...] | None = None) -> list[Any]:
     from prometheus_client import REGISTRY
 
-    return [family for family in REGISTRY.collect() if family.name.startswith("vllm:")]
+    return vllm_families(REGISTRY, samples)
 
 
 class EngineDeployment:
@@ -322,12 +337,17 @@ class EngineDeployment:
     async def _report_metrics_forever(self) -> None:
         """Ship this replica's vLLM metrics to the hub, rendered here (services/metrics/engine_series.py);
         the hub drops replicas that go quiet. Walking and rendering vLLM's registry takes milliseconds,
-        so it runs on a thread, never on the loop that streams."""
+        so it runs on a thread, never on the loop that streams, and only every ENGINE_SERIES_PERIOD_S:
+        the snapshots between read the few samples routing and autoscaling need."""
         shipper = SeriesShipper(serve.get_replica_context().replica_id.unique_id)
         max_num_seqs = self.stack.engine.vllm_config.scheduler_config.max_num_seqs
-        while True:
-            families = await asyncio.to_thread(_vllm_families)
-            series = await asyncio.to_thread(shipper.series, families)
+        whole_every = round(ENGINE_SERIES_PERIOD_S / ENGINE_SNAPSHOT_PERIOD_S)
+        for tick in itertools.count():
+            if tick % whole_every == 0 or shipper.needs_all:
+                families = await asyncio.to_thread(_vllm_families)
+                series = await asyncio.to_thread(shipper.series, families)
+            else:
+                families, series = await asyncio.to_thread(_vllm_families, SNAPSHOT_SAMPLES), None
             snapshot = EngineSnapshot(
                 shipper.replica_id,
                 self.entry.name,
@@ -341,9 +361,7 @@ class EngineDeployment:
             self.kv_usage = snapshot.gauge(*KV_USAGE_NAMES)
             self.waiting = snapshot.gauge(WAITING)
             self.recent_ttft.add(
-                self.class_ttft.snapshot()
-                if self.class_ttft is not None
-                else cumulative_buckets(families, "vllm:time_to_first_token_seconds")
+                self.class_ttft.snapshot() if self.class_ttft is not None else cumulative_buckets(families, TTFT)
             )
             if self.adapters is not None:
                 try:

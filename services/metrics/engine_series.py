@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger("slmserve.metrics")
@@ -21,6 +21,9 @@ logger = logging.getLogger("slmserve.metrics")
 KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.32 / older name
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
+TTFT = "vllm:time_to_first_token_seconds"
+# What a replica reads of vLLM's registry for every snapshot, by sample name (a restricted collect).
+SNAPSHOT_SAMPLES = (RUNNING, WAITING, *KV_USAGE_NAMES, f"{TTFT}_bucket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,13 @@ class EngineSnapshot:
 
     def gauge(self, *names: str) -> float:
         return sum(self.gauges.get(name, 0.0) for name in names)
+
+
+def vllm_families(registry: CollectorRegistry, samples: Iterable[str] | None = None) -> list[Metric]:
+    """vLLM's metric families in `registry`, or only the given samples of them (cheaper: only their
+    collectors run)."""
+    source = registry if samples is None else registry.restricted_registry(samples)
+    return [family for family in source.collect() if family.name.startswith("vllm:")]
 
 
 def gauges_of(families: Iterable[Metric]) -> dict[str, float]:
@@ -99,6 +109,11 @@ class SeriesShipper:
             return None
         self._shipped = now
         return render_series(families, self.replica_id)
+
+    @property
+    def needs_all(self) -> bool:
+        """Nothing shipped yet, or the hub lost what was: the next snapshot should carry the series."""
+        return self._shipped is None
 
     def lost(self) -> None:
         """The hub does not hold them (it restarted): send them whole next time."""

@@ -69,6 +69,10 @@ def test_a_model_is_asleep_only_when_every_live_replica_sleeps():
 
 
 def _vllm_like_families(running: float, ttft: list[float]):
+    return list(_vllm_like_registry(running, ttft).collect())
+
+
+def _vllm_like_registry(running: float, ttft: list[float]):
     """A replica's vLLM series as vLLM's prometheus_client objects hold them: a gauge, a counter and a
     histogram, each with vLLM's labels."""
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -82,7 +86,7 @@ def _vllm_like_families(running: float, ttft: list[float]):
     histogram = Histogram("vllm:time_to_first_token_seconds", "ttft", list(labels), registry=registry)
     for seconds in ttft:
         histogram.labels(**labels).observe(seconds)
-    return list(registry.collect())
+    return registry
 
 
 def test_replicas_render_their_own_series_and_the_hub_joins_them_into_one_valid_exposition():
@@ -159,3 +163,17 @@ def test_an_unchanged_replica_ships_no_series_and_the_hub_keeps_its_last_ones():
     assert shipper.series(families) == first  # sent whole again
     changed = _vllm_like_families(2, [0.05])
     assert shipper.series(changed) is not None  # the running gauge moved
+
+
+def test_a_snapshot_between_whole_series_reads_what_routing_and_autoscaling_need():
+    """The snapshots between two shipments of the whole series collect only SNAPSHOT_SAMPLES: the
+    same gauges and time-to-first-token buckets as a whole collect, none of the other series."""
+    from services.metrics.engine_series import SNAPSHOT_SAMPLES, TTFT, gauges_of, vllm_families
+    from services.metrics.recent import cumulative_buckets
+
+    registry = _vllm_like_registry(3, [0.05, 0.2, 0.7])
+    whole, few = vllm_families(registry), vllm_families(registry, SNAPSHOT_SAMPLES)
+    assert gauges_of(few) == gauges_of(whole) == {"vllm:num_requests_running": 3}
+    assert cumulative_buckets(few, TTFT) == cumulative_buckets(whole, TTFT) and cumulative_buckets(few, TTFT)
+    assert {f.name for f in few} == {"vllm:num_requests_running", TTFT}
+    assert "vllm:request_success" in {f.name for f in whole}

@@ -44,3 +44,8 @@ def test_an_old_adapter_snapshot_outlives_every_request_deadline_a_catalog_may_s
 def test_the_broker_answers_well_within_the_default_deadline():
     default_deadline = parse_catalog({"models": [{"name": "m", "source": "embedded://smollm2-135m-instruct"}]})
     assert timing.BROKER_TIMEOUT_S < default_deadline.edge.request_timeout_s / 10
+
+
+def test_engine_series_ride_every_nth_snapshot():
+    ratio = timing.ENGINE_SERIES_PERIOD_S / timing.ENGINE_SNAPSHOT_PERIOD_S
+    assert ratio >= 1 and ratio == round(ratio)
