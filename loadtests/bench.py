@@ -81,7 +81,7 @@ def alone(system: str, args: argparse.Namespace, catalog_path: Path, model_dir: 
     log = logs / f"bench-{system}.log"
     if system == "bare-vllm":
         port = args.port + 1
-        process = start_bare_vllm(model_dir, MODEL, args.engine_args, port, log)
+        process = start_bare_vllm(model_dir, MODEL, args.engine_args, port, log, args.engine_env)
     else:  # on a Ray of its own, as `serve run` would start it
         port = args.port + 2
         process = ray_serve_llm.start(
@@ -159,12 +159,13 @@ def write_report(results, levels, args, versions: dict, started: str) -> None:
     plot(results, levels, args.systems, docs / image)
     title = f" ({name}: catalog {args.catalog}, data plane {args.plane}, {args.hungry} CPU-bound processes beside)"
     names = {"slmserve": "slmserve", "bare-vllm": "bare vLLM", "ray-serve-llm": "Ray Serve LLM"}
+    environment = f", the same engine environment (`{json.dumps(args.engine_env)}`)" if args.engine_env else ""
     section = f"""## CPU: {" vs ".join(names[system] for system in args.systems)}{title if name else ""}
 
 Run {started} on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} cores,
 Python {platform.python_version()}); {", ".join(f"{k} {v}" for k, v in versions.items())}.
 Model: SmolLM2-135M-Instruct (embedded default), the same engine arguments for all three
-(`{json.dumps(args.engine_args)}`). Workload: streamed chat, ~{args.prompt_words}-word prompt,
+(`{json.dumps(args.engine_args)}`){environment}. Workload: streamed chat, ~{args.prompt_words}-word prompt,
 {args.max_tokens} output tokens (`ignore_eos`), {args.rounds} rounds per level in alternating
 order, each system alone on the machine while it is measured, each system's metrics scraped {args.scrape_hz:g}
 times a second while it is measured (slmserve `/metrics`, bare vLLM `/metrics`, Ray Serve LLM's
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     catalog = load_catalog(path)
     args.plane = catalog.data_plane
     args.engine_args = _engine_args(catalog)
+    args.engine_env = dict(catalog.resolve(MODEL).env)  # the engine environment (OMP threads), bare vLLM gets it too
     args.max_ongoing = catalog.resolve(MODEL).deployment.max_ongoing_requests
     model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
     for key, value in runtime.local_environment(settings, catalog).items():

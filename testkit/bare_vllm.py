@@ -3,6 +3,7 @@ oracle of the conformance test."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: int, log: Path) -> subprocess.Popen:
+def start_bare_vllm(
+    model_dir: str, served_name: str, engine_args: dict, port: int, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`env`: what the catalog sets for the model's engine (OMP threads and binding on a CPU node),
+    so that both run the engine alike."""
     flags = []
     for key, value in engine_args.items():
         flag = "--" + key.replace("_", "-")
@@ -32,4 +37,11 @@ def start_bare_vllm(model_dir: str, served_name: str, engine_args: dict, port: i
     # A session of its own, as `slmserve serve` gets (testkit/serving.py) and as a `vllm serve` started
     # from its own shell or unit has: Linux shares the CPU between sessions (autogroup) before it
     # weighs their processes, so a server in the measuring client's session competes differently.
-    return subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
