@@ -1,5 +1,6 @@
-"""What an engine replica ships to the metrics hub every second: its vLLM series already rendered
-as Prometheus text (with a `replica` label), plus the few gauges the hub sums per model. Each replica
+"""What an engine replica ships to the metrics hub every second: the few gauges the hub sums per
+model, and every ENGINE_SERIES_PERIOD_S its vLLM series already rendered as Prometheus text (with a
+`replica` label). Each replica
 renders its own series so that a scrape of the hub joins text instead of formatting every replica's
 samples again: the hub's scrape then costs about the same at 64 replicas as at one (docs/scale.md).
 """
