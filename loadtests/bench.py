@@ -49,10 +49,6 @@ MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
 
 
-def _engine_args(catalog) -> dict:
-    return dict(catalog.resolve(MODEL).engine_args)
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -231,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(catalog=str(path))
     catalog = load_catalog(path)
     args.plane = catalog.data_plane
-    args.engine_args = _engine_args(catalog)
-    args.engine_env = dict(catalog.resolve(MODEL).env)  # the engine environment (OMP threads), bare vLLM gets it too
-    args.max_ongoing = catalog.resolve(MODEL).deployment.max_ongoing_requests
+    entry = catalog.resolve(MODEL)
+    args.engine_args = dict(entry.engine_args)
+    args.engine_env = dict(entry.env)  # the engine environment (OMP threads), bare vLLM gets it too
+    args.max_ongoing = entry.deployment.max_ongoing_requests
     model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
     for key, value in runtime.local_environment(settings, catalog).items():
         os.environ.setdefault(key, value)  # every system's environment: offline, no usage stats

@@ -130,8 +130,9 @@ class StandInEngine:
         }
 
     async def _report_metrics_forever(self) -> None:
-        """What EngineDeployment ships each second: a real engine's series, with this replica's
-        streams in vLLM's running gauge."""
+        """A real engine's series, with this replica's streams in vLLM's running gauge, each second:
+        EngineDeployment ships the whole series only every ENGINE_SERIES_PERIOD_S, so this stands in
+        for the hub's heavier case (the scale measurements in docs/scale.md were made this way)."""
         shipper = SeriesShipper(serve.get_replica_context().replica_id.unique_id)
         while True:
             series = await asyncio.to_thread(shipper.series, self._families_now())

@@ -124,12 +124,6 @@ def _process_age_s() -> float:
     return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
 
 
-def _vllm_families(samples: tuple[str, ...] | None = None) -> list[Any]:
-    from prometheus_client import REGISTRY
-
-    return vllm_families(REGISTRY, samples)
-
-
 class EngineDeployment:
     """Wrapped by `serve.deployment` in services.app with the catalog entry's options."""
 
@@ -344,10 +338,10 @@ class EngineDeployment:
         whole_every = round(ENGINE_SERIES_PERIOD_S / ENGINE_SNAPSHOT_PERIOD_S)
         for tick in itertools.count():
             if tick % whole_every == 0 or shipper.needs_all:
-                families = await asyncio.to_thread(_vllm_families)
+                families = await asyncio.to_thread(vllm_families)
                 series = await asyncio.to_thread(shipper.series, families)
             else:
-                families, series = await asyncio.to_thread(_vllm_families, SNAPSHOT_SAMPLES), None
+                families, series = await asyncio.to_thread(vllm_families, SNAPSHOT_SAMPLES), None
             snapshot = EngineSnapshot(
                 shipper.replica_id,
                 self.entry.name,

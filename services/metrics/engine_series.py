@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger("slmserve.metrics")
@@ -23,8 +23,9 @@ KV_USAGE_NAMES = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")  # 0.
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 TTFT = "vllm:time_to_first_token_seconds"
+GAUGES = (RUNNING, WAITING, *KV_USAGE_NAMES)  # what the hub sums per model and the router reads
 # What a replica reads of vLLM's registry for every snapshot, by sample name (a restricted collect).
-SNAPSHOT_SAMPLES = (RUNNING, WAITING, *KV_USAGE_NAMES, f"{TTFT}_bucket")
+SNAPSHOT_SAMPLES = (*GAUGES, f"{TTFT}_bucket")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,17 +53,16 @@ class EngineSnapshot:
         return sum(self.gauges.get(name, 0.0) for name in names)
 
 
-def vllm_families(registry: CollectorRegistry, samples: Iterable[str] | None = None) -> list[Metric]:
-    """vLLM's metric families in `registry`, or only the given samples of them (cheaper: only their
-    collectors run)."""
+def vllm_families(samples: Iterable[str] | None = None, registry: CollectorRegistry = REGISTRY) -> list[Metric]:
+    """vLLM's metric families in `registry` (this process's), or only the given samples of them
+    (cheaper: only their collectors run)."""
     source = registry if samples is None else registry.restricted_registry(samples)
     return [family for family in source.collect() if family.name.startswith("vllm:")]
 
 
 def gauges_of(families: Iterable[Metric]) -> dict[str, float]:
     """The gauges the hub aggregates per model and the router reads, summed over label sets."""
-    wanted = (RUNNING, WAITING, *KV_USAGE_NAMES)
-    return {family.name: sum(sample.value for sample in family.samples) for family in families if family.name in wanted}
+    return {family.name: sum(sample.value for sample in family.samples) for family in families if family.name in GAUGES}
 
 
 _FAMILY_START = re.compile(r"^(?=# HELP )", re.MULTILINE)

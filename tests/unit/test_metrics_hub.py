@@ -172,7 +172,7 @@ def test_a_snapshot_between_whole_series_reads_what_routing_and_autoscaling_need
     from services.metrics.recent import cumulative_buckets
 
     registry = _vllm_like_registry(3, [0.05, 0.2, 0.7])
-    whole, few = vllm_families(registry), vllm_families(registry, SNAPSHOT_SAMPLES)
+    whole, few = vllm_families(registry=registry), vllm_families(SNAPSHOT_SAMPLES, registry)
     assert gauges_of(few) == gauges_of(whole) == {"vllm:num_requests_running": 3}
     assert cumulative_buckets(few, TTFT) == cumulative_buckets(whole, TTFT) and cumulative_buckets(few, TTFT)
     assert {f.name for f in few} == {"vllm:num_requests_running", TTFT}
