@@ -23,7 +23,7 @@ from services.engine.interface import LocalEngine
 from services.engine.protocol import EngineCall, StreamItem
 from services.metrics.records import RecordBuffer
 from services.routing import decisions
-from services.routing.arrivals import ArrivalCounter
+from services.routing.arrivals import ArrivalCounter, Arrivals
 
 
 class DirectIngress:
@@ -41,11 +41,14 @@ class DirectIngress:
         await super().__init__(entry, cache_dir, platform.handle(platform.METRICS_HUB, platform_app))  # type: ignore[call-arg,misc]
         self.catalog = Catalog.model_validate(catalog)
         self.limit_broker = platform.handle(platform.LIMIT_BROKER, platform_app) if has_limits(self.catalog) else None
-        self.arrivals: dict[str, int] = {}  # requests received, by the ReplicaPicker that placed them
+        self.arrivals = Arrivals()  # the requests ReplicaPickers placed here (services/routing/arrivals.py)
 
     def record_routing_stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = super().record_routing_stats()  # type: ignore[misc]  # the engine's
-        return {**stats, "arrived": dict(self.arrivals)}
+        # A request counted as arrived leaves the picker's book of sends, so it must be in `ongoing`
+        # from then on, before its engine has it too.
+        ongoing = max(int(stats["ongoing"]), self.arrivals.holding)
+        return {**stats, "ongoing": ongoing, "arrived": dict(self.arrivals.counts)}
 
     def stream(self, call: EngineCall) -> AsyncGenerator[StreamItem, None]:
         # With one fixed replica HAProxy asks no ReplicaPicker: the choice is counted here, so the
@@ -66,5 +69,5 @@ class DirectIngress:
             limit_broker=self.limit_broker,
         )
         app = build_app(edge)
-        app.add_middleware(ArrivalCounter, counts=self.arrivals)
+        app.add_middleware(ArrivalCounter, arrivals=self.arrivals)
         return app

@@ -3,7 +3,7 @@ load guard. A Ray Serve request router (`ray.serve.request_router.RequestRouter`
 the direct-mode ReplicaPicker's pick and the routed-mode PlatformIngress's handle calls.
 
 - Load is what each engine replica reports (`record_routing_stats`: requests it holds, KV-cache
-  usage, refreshed about once a second) plus what this router sent it since that report. Serve's
+  usage, refreshed about once a second) plus what this router sent it that the report does not hold. Serve's
   own queue-length cache cannot be used: in direct mode responses bypass this process.
 - prefix-affinity: the prompt (chat messages as role and text, or the completion prompt) is cut
   into blocks of `block_chars` characters with chained hashes; a replica's index holds the block
@@ -174,60 +174,80 @@ class ReplicaChooser:
     def __init__(self, knobs: RoutingKnobs) -> None:
         self.knobs = knobs
         self.index = PrefixIndex(knobs.index_blocks)
-        self.sent_since_report: dict[Any, deque[float]] = defaultdict(deque)  # replica -> send times
+        self.recent_sends: dict[Any, deque[float]] = defaultdict(deque)  # replica -> send times, SENT_WINDOW_S
+        self.sent_count: dict[Any, int] = defaultdict(int)  # replica -> sends ever
+        self.count_offsets: dict[Any, int] = {}  # replica -> its arrival count less this chooser's sends in it
         self.adapters_sent: dict[Any, dict[str, float]] = defaultdict(dict)  # replica -> adapter -> last send
         self.report_times: dict[Any, float] = {}
-        self.arrivals_seen: dict[Any, int] = {}  # replica -> its count of this picker's requests, last report
 
     def forget_all_but(self, alive: set[Any]) -> None:
         """Replicas that went away leave the index and the load book."""
         self.index.keep_only(alive)
         books: tuple[dict[Any, Any], ...] = (
-            self.sent_since_report,
+            self.recent_sends,
+            self.sent_count,
+            self.count_offsets,
             self.adapters_sent,
             self.report_times,
-            self.arrivals_seen,
         )
         for book in books:
             for gone in set(book) - alive:
                 del book[gone]
 
     def load(self, replica: Replica) -> tuple[int, float]:
-        """(requests held, KV-cache usage) as last reported plus what was sent that the report does not
-        show arrived, in the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the
-        stats call's timeout), old sends must not pile up into an imbalance that pushes conversations
-        away."""
+        """(requests held, KV-cache usage): as last reported, plus the sends the report does not hold.
+
+        Where the replica counts this picker's requests (services/routing/arrivals.py), those are the
+        sends it had not received: exact, whenever the report was made. Elsewhere (a policy outside a
+        ReplicaPicker, the routed plane), sends made less than IN_TRANSIT_S before the report. Either
+        way only sends of the last SENT_WINDOW_S: when reports stop arriving (a busy replica misses the
+        stats call's timeout) or a send never arrives, old sends must not pile up into an imbalance
+        that pushes conversations away."""
+        replica_id = replica.replica_id
         stats = replica.routing_stats or {}
         reported_at = float(stats.get("at", 0.0))
-        sent = self.sent_since_report[replica.replica_id]
-        # Until the replica's first count of arrivals (a policy outside a ReplicaPicker, an older
-        # replica, its first report), sends made more than IN_TRANSIT_S before a report are taken to be in it.
-        counted_before = -math.inf if replica.replica_id in self.arrivals_seen else reported_at - IN_TRANSIT_S
-        if self.report_times.get(replica.replica_id) != reported_at:  # a fresh report counts what came before it
-            self.report_times[replica.replica_id] = reported_at
+        if self.report_times.get(replica_id) != reported_at:  # a fresh report lists the engine's LoRA cache
+            self.report_times[replica_id] = reported_at
             adapters_at = float(stats.get("adapters_at", 0.0))  # when the engine's LoRA cache was listed
-            adapters = self.adapters_sent[replica.replica_id]
+            adapters = self.adapters_sent[replica_id]
             listed = set(stats.get("adapters", ()))
             for adapter in [
                 name for name, at in adapters.items() if name in listed or at <= adapters_at - ADAPTER_LOAD_S
             ]:
                 del adapters[adapter]
-            self._drop_arrived(replica.replica_id, stats, sent)
+        sends = self.recent_sends[replica_id]
+        arrived = self._arrived(replica_id, stats)
         horizon = time.time() - SENT_WINDOW_S
-        while sent and (sent[0] < horizon or sent[0] <= counted_before):
-            sent.popleft()
-        return int(stats.get("ongoing", 0)) + len(sent), float(stats.get("kv_usage", 0.0))
+        counted_before = reported_at - IN_TRANSIT_S if arrived is None else -math.inf
+        while sends and (sends[0] < horizon or sends[0] <= counted_before):
+            sends.popleft()
+        if arrived is None:
+            in_transit = len(sends)
+        else:  # the sends before the window were made IN_TRANSIT_S before the report: they had arrived
+            settled = reported_at - IN_TRANSIT_S >= horizon
+            in_transit = min(len(sends), self._unarrived(replica_id, arrived, len(sends), settled))
+        return int(stats.get("ongoing", 0)) + in_transit, float(stats.get("kv_usage", 0.0))
 
-    def _drop_arrived(self, replica_id: Any, stats: dict[str, Any], sent: deque[float]) -> None:
-        """The sends the replica's report says reached it since its last report are in its load now
-        (services/routing/arrivals.py). Its first such report only sets where its count starts."""
-        arrived = stats.get("arrived", {}).get(arrivals.picker) if arrivals.picker else None
-        if not isinstance(arrived, int):
-            return
-        earlier = self.arrivals_seen.get(replica_id, arrived)
-        self.arrivals_seen[replica_id] = arrived
-        for _ in range(min(arrived - earlier, len(sent))):
-            sent.popleft()
+    def _arrived(self, replica_id: Any, stats: dict[str, Any]) -> int | None:
+        """How many of this chooser's sends the replica says it received, or None where it does not
+        count them. Its count may start before this chooser did (a policy made again in the same
+        picker): what it counted beyond this chooser's sends at its first count is left out."""
+        count = stats.get("arrived", {}).get(arrivals.picker) if arrivals.picker else None
+        if not isinstance(count, int):
+            return None
+        if replica_id not in self.count_offsets:
+            self.count_offsets[replica_id] = max(0, count - self.sent_count[replica_id])
+        return count - self.count_offsets[replica_id]
+
+    def _unarrived(self, replica_id: Any, arrived: int, recent: int, settled: bool) -> int:
+        """Sends the replica had not received when it reported. Where the report is `settled` (made
+        well after every send older than the `recent` ones), one of those that never arrived (the
+        client left before HAProxy forwarded it) is forgiven, or it would count forever."""
+        lost = self.sent_count[replica_id] - recent - arrived
+        if settled and lost > 0:
+            self.count_offsets[replica_id] -= lost
+            arrived += lost
+        return max(0, self.sent_count[replica_id] - arrived)
 
     def holds(self, replica: Replica, adapter: str) -> bool:
         """Whether the replica has the adapter in its engine's LoRA cache (last report) or was sent
@@ -270,7 +290,8 @@ class ReplicaChooser:
         adapter = self.adapter_of(body)
         chosen, reason = self._pick(replicas, body, session_id, adapter)
         now = time.time()
-        self.sent_since_report[chosen.replica_id].append(now)
+        self.recent_sends[chosen.replica_id].append(now)
+        self.sent_count[chosen.replica_id] += 1
         if adapter is not None:
             self.adapters_sent[chosen.replica_id][adapter] = now
         if body is not None and self.knobs.policy == "prefix-affinity":

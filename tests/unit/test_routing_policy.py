@@ -298,15 +298,16 @@ def test_a_report_drops_the_sends_it_counts_arrived_and_keeps_those_on_their_way
 def test_the_engine_replica_counts_requests_by_the_picker_named_in_them():
     import asyncio
 
-    from services.routing.arrivals import HEADER, MAX_PICKERS, ArrivalCounter
+    from services.routing.arrivals import HEADER, MAX_PICKERS, ArrivalCounter, Arrivals
 
     seen: list[str] = []
 
     async def app(scope, receive, send) -> None:
         seen.append(scope["type"])
 
-    counts: dict[str, int] = {}
-    counter = ArrivalCounter(app, counts)
+    arrivals = Arrivals()
+    counts = arrivals.counts
+    counter = ArrivalCounter(app, arrivals)
 
     async def requests() -> None:
         for name in ["p1", "p1", "p2"]:
@@ -320,3 +321,73 @@ def test_the_engine_replica_counts_requests_by_the_picker_named_in_them():
     assert seen.count("http") == 3 + 1 + MAX_PICKERS and "lifespan" in seen  # every request passes on
     assert len(counts) == MAX_PICKERS and "p1" not in counts and "p2" not in counts  # the oldest went first
     assert counts[f"n{MAX_PICKERS - 1}"] == 1 and counts["n0"] == 1
+    assert arrivals.holding == 0  # each was answered
+
+
+def test_a_placed_request_is_held_from_its_arrival_until_its_answer_ends():
+    """It leaves the picker's sends when it arrives, so the replica's load must count it from then,
+    before its engine has it (the edge's checks, rendering) and until its stream ends or fails."""
+    import asyncio
+
+    from services.routing.arrivals import HEADER, ArrivalCounter, Arrivals
+
+    arrivals = Arrivals()
+
+    async def scenario() -> list[int]:
+        release = asyncio.Event()
+
+        async def app(scope, receive, send) -> None:
+            await release.wait()
+            if scope["path"] == "/fails":
+                raise RuntimeError("the stream broke")
+
+        counter = ArrivalCounter(app, arrivals)
+        placed = [(HEADER.encode(), b"p1")]
+        tasks = [
+            asyncio.create_task(counter({"type": "http", "path": path, "headers": placed}, None, None))
+            for path in ("/ok", "/fails")
+        ]
+        unplaced = asyncio.create_task(counter({"type": "http", "path": "/ok", "headers": []}, None, None))
+        await asyncio.sleep(0)
+        during = arrivals.holding
+        release.set()
+        await asyncio.gather(*tasks, unplaced, return_exceptions=True)
+        return [during, arrivals.holding]
+
+    assert asyncio.run(scenario()) == [2, 0]  # the unplaced one is not the picker's to count
+
+
+def test_sends_a_replica_counted_before_its_first_report_of_them_are_not_held_twice(monkeypatch):
+    """tests/live/two_replicas: two sends reached a replica before the first report that counted them;
+    they stayed booked as on their way for the whole window, so its idle peer looked loaded and the
+    load guard never sent a burst's streams there."""
+    monkeypatch.setattr("services.routing.arrivals.picker", "p1")
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = chooser(policy="least-loaded")
+    report(b, 50)
+    for _ in range(2):
+        assert policy.choose([a, b], None, None)[0] is a
+    a.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "at": time.time(), "arrived": {"p1": 2}}  # both done
+    assert policy.load(a)[0] == 0
+    policy.choose([a, b], None, None)
+    assert policy.load(a)[0] == 1  # a later send is on its way until a count shows it
+
+
+def test_a_send_that_never_arrived_stops_counting_once_the_window_has_passed(monkeypatch):
+    monkeypatch.setattr("services.routing.arrivals.picker", "p1")
+    clock = [1000.0]
+    monkeypatch.setattr("services.routing.policies.time.time", lambda: clock[0])
+    a, b = FakeReplica("a"), FakeReplica("b")
+    policy = chooser(policy="least-loaded")
+    report(b, 50)
+    a.routing_stats = {"ongoing": 0, "kv_usage": 0.0, "at": clock[0], "arrived": {"p1": 0}}
+    for _ in range(3):  # one of them is lost before it reaches the replica
+        policy.choose([a, b], None, None)
+    clock[0] += 10
+    a.routing_stats = {"ongoing": 2, "kv_usage": 0.0, "at": clock[0], "arrived": {"p1": 2}}
+    assert policy.load(a)[0] == 2
+    policy.choose([a, b], None, None)
+    assert policy.load(a)[0] == 3  # the new send counts; the lost one does not
+    clock[0] += 1
+    a.routing_stats = {"ongoing": 3, "kv_usage": 0.0, "at": clock[0], "arrived": {"p1": 3}}
+    assert policy.load(a)[0] == 3
