@@ -57,3 +57,20 @@ def test_model_mix_and_prompt_helpers():
     assert parse_model_mix("default:3, moe:1,vision") == [("default", 3.0), ("moe", 1.0), ("vision", 1.0)]
     assert parse_model_mix("") == []
     assert prompt_of(64) == prompt_of(64) and len(prompt_of(64).split()) == 61
+
+
+def test_slow_gaps_are_those_over_the_median_and_their_spacing_shows_a_period():
+    from loadtests.stream_gaps import slow_gaps
+
+    # 60 ms gaps for 10 s, every 16th one 20 ms longer: a stall about once a second
+    found, at = [], 0.0
+    for index in range(160):
+        gap = 0.080 if index % 16 == 15 else 0.060
+        at += gap
+        found.append((at, gap))
+    slow = slow_gaps(found, over_s=0.008)
+    assert slow.count == 10
+    assert slow.spacing_p50_s is not None and abs(slow.spacing_p50_s - (15 * 0.060 + 0.080)) < 1e-9
+    assert 0.9 < slow.per_second < 1.1
+    steady = slow_gaps([(0.06 * (index + 1), 0.060) for index in range(50)], over_s=0.008)
+    assert steady.count == 0 and steady.spacing_p50_s is None
