@@ -3,12 +3,13 @@
 The picker names itself in a header that HAProxy adds to each request it places (`request_headers`
 in the picker's answer; Ray's HAProxy removes client-sent headers of that prefix). Each engine replica
 counts the requests it received per picker and reports the counts with its load, and the policy
-drops that many of its oldest sends to the replica: those are in the report now. So the load it
-reports counts every placed request from its arrival to its answer's end (`Arrivals.holding`), not
-only those its engine has: one still in the edge's checks or being rendered is in neither the
-picker's sends nor the engine's count (a burst of ten long prompts all went to one replica that way). Exact however many
+drops that many of its oldest sends to the replica: those are in the report now. Exact however many
 pickers there are, where a time window either forgot sends still on their way (a burst looked like
 no load) or counted arrived ones twice (the load guard fired early).
+
+So the load a replica reports counts every placed request from its arrival to its answer's end
+(`Arrivals.holding`), not only those its engine has: one still in the edge's checks or being
+rendered would be in neither the picker's sends nor the engine's count.
 
 A module of its own for the reason services/routing/decisions.py gives: the policy, pickled by value
 into the picker's process, reads `picker` from the live module.
