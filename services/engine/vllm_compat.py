@@ -1,6 +1,10 @@
 """Every import of vLLM internals lives here, so one module absorbs vLLM's moves between
 releases (0.24 on the GPU machine, 0.32 on CPU/CI). Names fall back from the newest layout
 to older ones; nothing else in slmserve imports `vllm` directly.
+
+Names are looked up on first use, not at import: the `slmserve serve` driver imports the engine
+deployment's module to build the applications, and vLLM's import (torch with it) cost it about 5 s
+of CPU before the first replica could start. Only the processes that run an engine import vLLM.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import collections
 import contextlib
 import importlib
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # The process title vLLM gives its workers (the processes that run the model; on a CPU node, bound to
 # cores): how a check of where processes run tells them apart (tests/live/test_direct_mode.py).
@@ -38,16 +42,6 @@ def vllm_version() -> str:
     return version
 
 
-ChatCompletionRequest = _first(
-    ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
-    ("vllm.entrypoints.openai.protocol", "ChatCompletionRequest"),
-)
-CompletionRequest = _first(
-    ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
-    ("vllm.entrypoints.openai.protocol", "CompletionRequest"),
-)
-
-
 def _optional(*candidates: tuple[str, str]) -> Any:
     """`_first`, or None where this vLLM has no such thing (a route it does not serve)."""
     try:
@@ -56,32 +50,91 @@ def _optional(*candidates: tuple[str, str]) -> Any:
         return None
 
 
-BatchChatCompletionRequest = _optional(
-    ("vllm.entrypoints.openai.chat_completion.protocol", "BatchChatCompletionRequest"),  # 0.32
-)
-TokenizeRequest = _optional(
-    ("vllm.entrypoints.serve.tokenize.protocol", "TokenizeRequest"),  # 0.32
-    ("vllm.entrypoints.openai.protocol", "TokenizeRequest"),
-)
-DetokenizeRequest = _optional(
-    ("vllm.entrypoints.serve.tokenize.protocol", "DetokenizeRequest"),
-    ("vllm.entrypoints.openai.protocol", "DetokenizeRequest"),
-)
-ResponsesRequest = _optional(
-    ("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),  # 0.32
-    ("vllm.entrypoints.openai.protocol", "ResponsesRequest"),
-)
-ErrorResponse = _first(
-    ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),  # 0.32
-    ("vllm.entrypoints.openai.engine.protocol", "ErrorResponse"),  # 0.24
-    ("vllm.entrypoints.openai.protocol", "ErrorResponse"),
-)
-try:  # 0.32 raises typed client errors; 0.24's VLLMValidationError is a ValueError
-    from vllm.exceptions import VLLMClientError as _VLLMClientError
+def _client_errors() -> tuple[type[Exception], ...]:
+    try:  # 0.32 raises typed client errors; 0.24's VLLMValidationError is a ValueError
+        from vllm.exceptions import VLLMClientError
 
-    CLIENT_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, OverflowError, _VLLMClientError)
-except ImportError:
-    CLIENT_ERRORS = (ValueError, TypeError, OverflowError)
+        return (ValueError, TypeError, OverflowError, VLLMClientError)
+    except ImportError:
+        return (ValueError, TypeError, OverflowError)
+
+
+# name -> how it is found: every layout it may have, newest first; `_optional` where a release may lack it.
+_LOOKUPS: dict[str, Any] = {
+    "ChatCompletionRequest": lambda: _first(
+        ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
+        ("vllm.entrypoints.openai.protocol", "ChatCompletionRequest"),
+    ),
+    "CompletionRequest": lambda: _first(
+        ("vllm.entrypoints.openai.completion.protocol", "CompletionRequest"),
+        ("vllm.entrypoints.openai.protocol", "CompletionRequest"),
+    ),
+    "BatchChatCompletionRequest": lambda: _optional(
+        ("vllm.entrypoints.openai.chat_completion.protocol", "BatchChatCompletionRequest"),  # 0.32
+    ),
+    "TokenizeRequest": lambda: _optional(
+        ("vllm.entrypoints.serve.tokenize.protocol", "TokenizeRequest"),  # 0.32
+        ("vllm.entrypoints.openai.protocol", "TokenizeRequest"),
+    ),
+    "DetokenizeRequest": lambda: _optional(
+        ("vllm.entrypoints.serve.tokenize.protocol", "DetokenizeRequest"),
+        ("vllm.entrypoints.openai.protocol", "DetokenizeRequest"),
+    ),
+    "ResponsesRequest": lambda: _optional(
+        ("vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"),  # 0.32
+        ("vllm.entrypoints.openai.protocol", "ResponsesRequest"),
+    ),
+    "ErrorResponse": lambda: _first(
+        ("vllm.entrypoints.serve.engine.protocol", "ErrorResponse"),  # 0.32
+        ("vllm.entrypoints.openai.engine.protocol", "ErrorResponse"),  # 0.24
+        ("vllm.entrypoints.openai.protocol", "ErrorResponse"),
+    ),
+    "CLIENT_ERRORS": _client_errors,
+    "validation_exception_handler": lambda: _optional(
+        ("vllm.entrypoints.serve.exception_handling.handlers.validation", "validation_exception_handler"),  # 0.32
+        ("vllm.entrypoints.openai.api_server", "validation_exception_handler"),
+    ),
+    "make_arg_parser": lambda: _first(
+        ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
+        ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),
+    ),
+    "FlexibleArgumentParser": lambda: _first(
+        ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
+        ("vllm.utils", "FlexibleArgumentParser"),
+    ),
+    "init_app_state": lambda: _first(
+        ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
+        ("vllm.entrypoints.openai.api_server", "init_app_state"),
+    ),
+    "build_engine_client": lambda: _first(
+        ("vllm.entrypoints.launchers.api_server.entry", "build_async_engine_client_from_engine_args"),
+        ("vllm.entrypoints.openai.api_server", "build_async_engine_client_from_engine_args"),
+    ),
+}
+_found: dict[str, Any] = {}
+
+
+def _resolve(name: str) -> Any:
+    if name not in _found:
+        _found[name] = _LOOKUPS[name]()
+    return _found[name]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: `vllm_compat.ErrorResponse` resolves on first use
+    if name in _LOOKUPS:
+        return _resolve(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # what the lookups above give, for the type checker
+    ChatCompletionRequest: Any
+    CompletionRequest: Any
+    BatchChatCompletionRequest: Any
+    TokenizeRequest: Any
+    DetokenizeRequest: Any
+    ResponsesRequest: Any
+    ErrorResponse: Any
+    CLIENT_ERRORS: tuple[type[Exception], ...]
 
 
 def traced_request(trace_headers: dict[str, str] | None) -> Any:
@@ -96,17 +149,12 @@ def traced_request(trace_headers: dict[str, str] | None) -> Any:
     return SimpleNamespace(headers=Headers(trace_headers), state=State())
 
 
-_validation_exception_handler = _optional(
-    ("vllm.entrypoints.serve.exception_handling.handlers.validation", "validation_exception_handler"),  # 0.32
-    ("vllm.entrypoints.openai.api_server", "validation_exception_handler"),
-)
-
-
 async def validation_error(errors: list[Any]) -> tuple[str, str | None] | None:
     """(message, param) of the 400 `vllm serve` answers when its request model refuses a body with
     these pydantic `errors`: vLLM's own handler, as FastAPI would call it (locations under `body`).
     None where this release has no such handler or it cannot be called this way."""
-    if _validation_exception_handler is None:
+    handler = _resolve("validation_exception_handler")
+    if handler is None:
         return None
     import json
     from types import SimpleNamespace
@@ -117,7 +165,7 @@ async def validation_error(errors: list[Any]) -> tuple[str, str | None] | None:
     args = SimpleNamespace(log_error_stack=False)
     request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(args=args)), state=SimpleNamespace())
     try:
-        response = await _validation_exception_handler(request, RequestValidationError(located))
+        response = await handler(request, RequestValidationError(located))
         error = json.loads(response.body)["error"]
     except Exception:  # a release whose handler reads more of the request: slmserve's own wording
         return None
@@ -141,31 +189,14 @@ def error_from_exception(serving: Any, error: Exception) -> Any:
         return serving.create_error_response(str(error))
 
 
-_make_arg_parser = _first(
-    ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
-    ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),
-)
-_FlexibleArgumentParser = _first(
-    ("vllm.utils.argparse_utils", "FlexibleArgumentParser"),
-    ("vllm.utils", "FlexibleArgumentParser"),
-)
-_init_app_state = _first(
-    ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
-    ("vllm.entrypoints.openai.api_server", "init_app_state"),
-)
-_build_engine_client = _first(
-    ("vllm.entrypoints.launchers.api_server.entry", "build_async_engine_client_from_engine_args"),
-    ("vllm.entrypoints.openai.api_server", "build_async_engine_client_from_engine_args"),
-)
-
-
 def engine_namespace(model: str, served_names: list[str], engine_args: dict[str, Any]) -> argparse.Namespace:
     """`vllm serve`'s own parsed arguments, with the catalog's engine_args laid over its defaults.
 
     Using vLLM's parser keeps every frontend default (chat template handling, tool parsing, ...)
     exactly as bare `vllm serve` has it. Unknown keys are refused, so a typo never goes silent.
     """
-    namespace = _make_arg_parser(_FlexibleArgumentParser()).parse_args(["--model", model])
+    parser = _resolve("make_arg_parser")(_resolve("FlexibleArgumentParser")())
+    namespace = parser.parse_args(["--model", model])
     unknown = sorted(key for key in engine_args if not hasattr(namespace, key))
     if unknown:
         raise ValueError(f"unknown vLLM engine argument(s): {', '.join(unknown)}")
@@ -208,10 +239,10 @@ class ServingStack:
         from vllm.engine.arg_utils import AsyncEngineArgs
 
         engine_args = AsyncEngineArgs.from_cli_args(self.namespace)
-        self.engine = await self._exit_stack.enter_async_context(_build_engine_client(engine_args))
+        self.engine = await self._exit_stack.enter_async_context(_resolve("build_engine_client")(engine_args))
         state = State()
         supported_tasks = await self.engine.get_supported_tasks()
-        await _init_app_state(self.engine, state, self.namespace, supported_tasks)
+        await _resolve("init_app_state")(self.engine, state, self.namespace, supported_tasks)
         self.chat = getattr(state, "openai_serving_chat", None)
         self.completion = getattr(state, "openai_serving_completion", None)
         self.chat_batch = getattr(state, "openai_serving_chat_batch", None)
@@ -242,7 +273,7 @@ class ServingStack:
         it into the engine once, to check it); the error message if that failed."""
         request = _lora_request("LoadLoRAAdapterRequest", lora_name=name, lora_path=path)
         result = await self.models.load_lora_adapter(request)
-        return result.error.message if isinstance(result, ErrorResponse) else None
+        return result.error.message if isinstance(result, _resolve("ErrorResponse")) else None
 
     async def unload_adapter(self, name: str) -> None:
         await self.models.unload_lora_adapter(_lora_request("UnloadLoRAAdapterRequest", lora_name=name))
