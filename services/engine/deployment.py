@@ -158,9 +158,9 @@ class EngineDeployment:
                 share = float(engine_args.get("gpu_memory_utilization", self.entry.gpu_share))
                 self.card = card_seat(serve.get_replica_context().replica_id.unique_id, share)
                 await self.card.claim(CARD_START_CLAIM_TIMEOUT_S)  # vLLM asks for its share free; others may start
+        engine_started = time.monotonic()  # vLLM's import too: the first vllm_compat lookup makes it
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
-        engine_started = time.monotonic()
         await self.stack.start()
         engine_s = time.monotonic() - engine_started
         self.idle: IdleSleep | None = None
