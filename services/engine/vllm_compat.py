@@ -14,6 +14,7 @@ import collections
 import contextlib
 import importlib
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 # The process title vLLM gives its workers (the processes that run the model; on a CPU node, bound to
@@ -60,7 +61,7 @@ def _client_errors() -> tuple[type[Exception], ...]:
 
 
 # name -> how it is found: every layout it may have, newest first; `_optional` where a release may lack it.
-_LOOKUPS: dict[str, Any] = {
+_LOOKUPS: dict[str, Callable[[], Any]] = {
     "ChatCompletionRequest": lambda: _first(
         ("vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"),
         ("vllm.entrypoints.openai.protocol", "ChatCompletionRequest"),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +148,25 @@ def test_neighbours_in_one_layer_do_not_import_each_other(tmp_path: Path):
     rules = tmp_path / "services" / "haproxy" / "rules.py"
     rules.write_text(rules.read_text() + "\nfrom services.metrics import records  # planted\n")
     assert [v for v in violations(tmp_path) if "haproxy/rules.py" in v] != []
+
+
+BUILD_BOTH_PLANES = """
+import sys
+from pathlib import Path
+from services.app import build_applications
+from services.core.catalog import load_catalog
+for plane in ("direct", "routed"):
+    catalog = load_catalog(Path("tests/catalogs/test.yaml"))
+    catalog = catalog.model_copy(update={"edge": catalog.edge.model_copy(update={"data_plane": plane})})
+    assert build_applications(catalog, app_name="slmserve", cache_dir=Path("unused"))
+print(sorted(name for name in ("vllm", "torch") if name in sys.modules))
+"""
+
+
+def test_building_the_applications_imports_neither_vllm_nor_torch():
+    """The driver (`slmserve serve`, the chart's build step) builds every application of both planes
+    without vLLM: its import cost the driver about 5 s of CPU before the first replica could start.
+    Only the engine processes import it (vllm_compat looks names up on first use)."""
+    result = subprocess.run([sys.executable, "-c", BUILD_BOTH_PLANES], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
