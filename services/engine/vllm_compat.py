@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import importlib
 import warnings
 from collections.abc import Callable
@@ -112,13 +113,11 @@ _LOOKUPS: dict[str, Callable[[], Any]] = {
         ("vllm.entrypoints.openai.api_server", "build_async_engine_client_from_engine_args"),
     ),
 }
-_found: dict[str, Any] = {}
 
 
+@functools.cache
 def _resolve(name: str) -> Any:
-    if name not in _found:
-        _found[name] = _LOOKUPS[name]()
-    return _found[name]
+    return _LOOKUPS[name]()
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: `vllm_compat.ErrorResponse` resolves on first use
