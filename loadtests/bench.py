@@ -15,8 +15,9 @@ Each server runs in a session of its own, as one started from its own shell does
       `ray.serve.llm.build_openai_app` on a Ray and HAProxy of its own (loadtests/ray_serve_llm.py)
 
 Variants (each its own section of docs/benchmarks.md):
-  --catalog tests/catalogs/test.yaml --data-plane direct   slmserve serves three models behind one
-      URL, measured on SmolLM2 (issue 28's multi-model direct plane)
+  --catalog tests/catalogs/test.yaml --data-plane direct --measured-env default   slmserve serves three
+      models behind one URL, measured on SmolLM2 run as `make run` runs it (issue 28's multi-model
+      direct plane; the two side models sit on the platform's core, as the test catalog places them)
   --hungry N   N CPU-bound processes beside the client while each level runs (a CPU-hungry client)
   --systems    a subset of the three
 """
@@ -141,8 +142,10 @@ def hungry(processes: int) -> Iterator[None]:
 
 def variant(args: argparse.Namespace) -> str:
     """The run's name in docs: the default run, or what differs from it."""
-    parts = ([f"{Path(args.catalog).stem}-{args.data_plane or 'catalog'}"] if args.catalog != "cpu" else []) + (
-        [f"hungry{args.hungry}"] if args.hungry else []
+    parts = (
+        ([f"{Path(args.catalog).stem}-{args.data_plane or 'catalog'}"] if args.catalog != "cpu" else [])
+        + (["bound"] if args.measured_env == "default" else [])
+        + ([f"hungry{args.hungry}"] if args.hungry else [])
     )
     return "-".join(parts)
 
@@ -207,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrape-hz", type=float, default=3.0, help="metrics scrapes per second while measuring")
     parser.add_argument("--catalog", default="cpu", help="slmserve's catalog (its SmolLM2 model is measured)")
     parser.add_argument("--data-plane", choices=["", "direct", "routed"], default="", help="override the catalog's")
+    parser.add_argument(
+        "--measured-env",
+        choices=["catalog", "default"],
+        default="catalog",
+        help="default: the measured model's engine without the catalog's env (vLLM binds its worker, as "
+        "`make run` and bare vLLM do; the test catalog gives it two unbound threads for CI)",
+    )
     parser.add_argument("--hungry", type=int, default=0, help="CPU-bound processes beside the client while measuring")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset of " + ",".join(SYSTEMS))
     args = parser.parse_args(argv)
@@ -221,9 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from services.models.embedded import ensure_embedded_model
 
     path = resolve_catalog_path(args.catalog)
-    if args.data_plane:
-        plane = args.data_plane
-        path = catalog_variant(str(path), lambda c: c.setdefault("edge", {}).update(data_plane=plane))
+    if args.data_plane or args.measured_env == "default":
+        path = catalog_variant(str(path), lambda c: vary(c, args))
     settings = Settings(catalog=str(path))
     catalog = load_catalog(path)
     args.plane = catalog.data_plane
@@ -255,6 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] scrapes p50 / p95 ms: {scrape_summary(args.scrapes)}")
     write_report(results, levels, args, versions, started)
     return 0
+
+
+def vary(catalog: dict, args: argparse.Namespace) -> None:
+    """The catalog as measured: another data plane, the measured model's engine without its env."""
+    if args.data_plane:
+        catalog.setdefault("edge", {})["data_plane"] = args.data_plane
+    if args.measured_env == "default":
+        for model in catalog["models"]:
+            if model["name"] == MODEL:
+                model.pop("env", None)
 
 
 def measure(system: str, server: Server, c: int, round_index: int, args: argparse.Namespace) -> LevelResult:

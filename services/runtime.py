@@ -237,7 +237,7 @@ def _platform_cpus_of(catalog: Catalog) -> set[int] | None:
 @contextmanager
 def platform_cores(catalog: Catalog) -> Iterator[None]:
     """Around the start of a local Ray: every Ray process it starts inherits the platform's cores,
-    and the engine replicas learn them (cpu_affinity.release_engine_replica)."""
+    and the engine replicas learn them (cpu_affinity.place_engine_replica)."""
     platform = _platform_cpus_of(catalog)
     if platform is None:
         os.environ.pop(cpu_affinity.PLATFORM_CPUS_ENV, None)

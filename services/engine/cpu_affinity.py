@@ -10,6 +10,9 @@ So a local CPU run starts Ray on the reserved core (every Ray process inherits i
 replica, which hosts vLLM's frontend as bare vLLM's API server does, moves itself back onto every
 core before vLLM starts: vLLM's engine core and worker are then placed as under bare `vllm serve`
 (the worker bound, or on every core where the catalog says `VLLM_CPU_OMP_THREADS_BIND: nobind`).
+A model the catalog places on the platform (`cpu_placement: platform`, a small side model) stays
+there with its engine core and worker instead: on 2 cores, two idle side models roaming both cores cost
+the main model's stream 5-10 % (issue 28, docs/benchmarks.md).
 Linux only; a node of one core, or a GPU catalog, is left as it is.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import psutil
 
@@ -62,11 +66,19 @@ def keep_this_process_on(cpus: set[int] | None) -> None:
         _move(psutil.Process(), cpus)
 
 
-def release_engine_replica() -> None:
-    """In an engine replica, before vLLM starts: this process (vLLM's frontend, as bare `vllm serve`'s
-    API server is) and what it starts on every core, so vLLM places its engine core and binds its
-    worker as it would under bare `vllm serve`."""
-    if platform_cpus() is not None:
+def place_engine_replica(placement: Literal["engine", "platform"]) -> None:
+    """In an engine replica, before vLLM starts. `engine`: this process (vLLM's frontend, as bare
+    `vllm serve`'s API server is) and what it starts on every core, so vLLM places its engine core and
+    binds its worker as it would under bare `vllm serve`. `platform`: all of it on the platform's cores,
+    its worker's threads unbound there (vLLM's own binding keeps one core free, and there may be one)."""
+    platform = platform_cpus()
+    if platform is None:
+        return
+    if placement == "platform":
+        _move(psutil.Process(), platform)
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        os.environ.setdefault("OMP_NUM_THREADS", str(len(platform)))
+    else:
         _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
 
 

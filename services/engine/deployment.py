@@ -129,8 +129,8 @@ class EngineDeployment:
 
     async def __init__(self, entry: dict[str, Any], cache_dir: str, metrics_hub: Any = None) -> None:  # type: ignore[misc]  # Serve awaits async constructors
         show_platform_logs()
-        cpu_affinity.release_engine_replica()  # vLLM's frontend, placed as bare vLLM's would be
         self.entry = ModelEntry.model_validate(entry)
+        cpu_affinity.place_engine_replica(self.entry.cpu_placement)  # before vLLM starts its processes
         self.metrics_hub = metrics_hub
         started = time.monotonic()
         process_age_s = _process_age_s()  # the worker's start and the replica's imports, before this

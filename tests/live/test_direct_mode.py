@@ -254,17 +254,23 @@ def test_the_platform_keeps_off_the_cores_vllm_computes_on(direct_server):
     """What slmserve adds to vLLM (Ray's daemons, Serve's actors, HAProxy) runs on the core vLLM's
     CPU worker leaves free; vLLM's own processes (the engine replica that hosts its frontend, its
     engine core, its worker) are placed as under bare `vllm serve` (the test catalog says `nobind`:
-    every core)."""
+    every core), except the side models' that the catalog places on the platform's core."""
     members = [process for process in psutil.process_iter() if _session_of(process) == direct_server.session]
-    replicas = [process for process in members if ":engine-" in _command(process)]
-    assert len(replicas) == len(MODELS)
-    vllm_side = {process.pid for replica in replicas for process in [replica, *replica.children(recursive=True)]}
-    workers = [process for process in members if WORKER_PROCESS_TITLE in _command(process)]
-    assert len(workers) == len(MODELS) and {worker.pid for worker in workers} <= vllm_side
     every = os.sched_getaffinity(0)
-    added = {cpu for process in members if process.pid not in vllm_side for cpu in _thread_cpus(process)}
-    assert added == ({max(every)} if len(every) > 1 else every)
-    assert all(_thread_cpus(process) == every for process in members if process.pid in vllm_side)
+    platform = {max(every)} if len(every) > 1 else every
+    vllm_side: dict[str, set[int]] = {}  # model -> its replica's pid and its descendants'
+    for entry in CATALOG.models:
+        (replica,) = [process for process in members if f":{entry.deployment_name}" in _command(process)]
+        processes = [replica, *replica.children(recursive=True)]
+        vllm_side[entry.name] = {process.pid for process in processes}
+        where = every if entry.cpu_placement == "engine" else platform
+        assert all(_thread_cpus(process) == where for process in processes), entry.name
+    assert {entry.cpu_placement for entry in CATALOG.models} == {"engine", "platform"}  # both are tested
+    workers = [process for process in members if WORKER_PROCESS_TITLE in _command(process)]
+    vllm_pids = set().union(*vllm_side.values())
+    assert len(workers) == len(MODELS) and {worker.pid for worker in workers} <= vllm_pids
+    added = {cpu for process in members if process.pid not in vllm_pids for cpu in _thread_cpus(process)}
+    assert added == platform
 
 
 def _session_of(process: psutil.Process) -> int | None:

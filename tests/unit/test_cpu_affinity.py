@@ -35,7 +35,7 @@ def test_ray_starts_on_the_platform_core_and_an_engine_replica_takes_every_core_
     try:
         with cpu_affinity.on_cpus(platform):  # as start_local starts Ray: what it starts inherits the core
             assert _affinity_of_a_child() == platform
-            cpu_affinity.release_engine_replica()  # as an engine replica, one of those, does first
+            cpu_affinity.place_engine_replica("engine")  # as an engine replica, one of those, does first
             assert os.sched_getaffinity(0) == EVERY
             assert _affinity_of_a_child() == EVERY  # vLLM's engine core, where vLLM would put it
         assert os.sched_getaffinity(0) == before
@@ -43,8 +43,29 @@ def test_ray_starts_on_the_platform_core_and_an_engine_replica_takes_every_core_
         os.sched_setaffinity(0, before)
 
 
+@pytest.mark.skipif(len(EVERY) < 2, reason="needs two cores to keep apart")
+def test_a_side_model_placed_on_the_platform_stays_there_with_its_worker_unbound(monkeypatch):
+    platform = cpu_affinity.reserved_cpus(EVERY)
+    assert platform is not None
+    monkeypatch.setenv(cpu_affinity.PLATFORM_CPUS_ENV, cpu_affinity.env_value(platform))
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the catalog's env wins over the defaults
+    before = os.sched_getaffinity(0)
+    try:
+        with cpu_affinity.on_cpus(platform):
+            cpu_affinity.place_engine_replica("platform")
+            assert os.sched_getaffinity(0) == platform
+            assert _affinity_of_a_child() == platform  # vLLM's engine core and worker too
+        assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # vLLM's binding would leave it no core
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    finally:
+        cpu_affinity.keep_this_process_on(before)  # every thread: the placement moved them all
+
+
 def test_without_platform_cores_nothing_moves(monkeypatch):
     monkeypatch.delenv(cpu_affinity.PLATFORM_CPUS_ENV, raising=False)
     with cpu_affinity.on_cpus(None):
-        cpu_affinity.release_engine_replica()
+        cpu_affinity.place_engine_replica("engine")
+        assert os.sched_getaffinity(0) == EVERY
+        cpu_affinity.place_engine_replica("platform")
         assert os.sched_getaffinity(0) == EVERY
