@@ -158,6 +158,7 @@ def write_report(results, levels, args, versions: dict, started: str) -> None:
     plot(results, levels, args.systems, docs / image)
     title = f" ({name}: catalog {args.catalog}, data plane {args.plane}, {args.hungry} CPU-bound processes beside)"
     names = {"slmserve": "slmserve", "bare-vllm": "bare vLLM", "ray-serve-llm": "Ray Serve LLM"}
+    reproduce = f"`.venv/bin/python -m loadtests.bench {args.arguments}`" if args.arguments else "`make bench`"
     environment = f", the same engine environment (`{json.dumps(args.engine_env)}`)" if args.engine_env else ""
     section = f"""## CPU: {" vs ".join(names[system] for system in args.systems)}{title if name else ""}
 
@@ -170,8 +171,7 @@ order, each system alone on the machine while it is measured, each system's metr
 times a second while it is measured (slmserve `/metrics`, bare vLLM `/metrics`, Ray Serve LLM's
 metrics on Ray's metrics agent). slmserve runs its direct data plane, Ray Serve LLM its direct
 streaming, each on a Ray of its own behind Ray Serve's HAProxy; each server in a session of its own.
-Reproduce: `make bench` (or
-`.venv/bin/python -m loadtests.bench`).
+Reproduce: {reproduce}.
 
 {results_table(results, levels, args.systems)}
 Ratios (slmserve over the others; tok/s above 1 and TTFT/ITL below 1 favour slmserve):
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hungry", type=int, default=0, help="CPU-bound processes beside the client while measuring")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="a subset of " + ",".join(SYSTEMS))
     args = parser.parse_args(argv)
+    args.arguments = " ".join(sys.argv[1:] if argv is None else argv)  # for the report's command
     args.systems = tuple(args.systems.split(","))
     args.scrapes = {system: [] for system in args.systems}
     args.platform_time = {}  # level -> per round, by phase (loadtests/overhead.py)
