@@ -43,20 +43,11 @@ from loadtests import overhead, ray_serve_llm
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import plot, ratios_table, results_table, write_section
 from loadtests.workload import LevelResult, percentile, run_level
-from testkit.bare_vllm import start_bare_vllm
+from testkit.bare_vllm import serving_bare_vllm, stop
 from testkit.serving import catalog_variant, serving
 
 MODEL = "smollm2-135m-instruct"
 SYSTEMS = ("slmserve", "bare-vllm", "ray-serve-llm")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
 
 
 @dataclass
@@ -68,7 +59,6 @@ class Server:
 @contextmanager
 def alone(system: str, args: argparse.Namespace, catalog_path: Path, model_dir: str) -> Iterator[Server]:
     """`system` started, ready and warmed up; stopped (every process of it) when the block ends."""
-    from services import runtime
 
     logs = ROOT / "out"
     if system == "slmserve":
@@ -78,21 +68,19 @@ def alone(system: str, args: argparse.Namespace, catalog_path: Path, model_dir: 
     log = logs / f"bench-{system}.log"
     if system == "bare-vllm":
         port = args.port + 1
-        process = start_bare_vllm(model_dir, MODEL, args.engine_args, port, log, args.engine_env)
-    else:  # on a Ray of its own, as `serve run` would start it
-        port = args.port + 2
-        process = ray_serve_llm.start(
-            model_dir, MODEL, args.engine_args, port, log, cpu=True, max_ongoing_requests=args.max_ongoing
-        )
+        with serving_bare_vllm(model_dir, MODEL, args.engine_args, port, log, args.engine_env):
+            base = f"http://127.0.0.1:{port}"
+            yield _warm(system, Server(f"{base}/v1/chat/completions", f"{base}/metrics"), args)
+        return
+    port = args.port + 2  # Ray Serve LLM, on a Ray of its own, as `serve run` would start it
+    process = ray_serve_llm.start(
+        model_dir, MODEL, args.engine_args, port, log, cpu=True, max_ongoing_requests=args.max_ongoing
+    )
     try:
-        if system == "bare-vllm":
-            runtime.wait_for_ok(f"http://127.0.0.1:{port}/health", 900)
-            metrics_url = f"http://127.0.0.1:{port}/metrics"
-        else:
-            metrics_url = ray_serve_llm.wait_ready(process, log)
+        metrics_url = ray_serve_llm.wait_ready(process, log)
         yield _warm(system, Server(f"http://127.0.0.1:{port}/v1/chat/completions", metrics_url), args)
     finally:
-        _stop(process)
+        stop(process)
 
 
 def _warm(system: str, server: Server, args: argparse.Namespace) -> Server:

@@ -14,7 +14,6 @@ say what each system costs itself, not what it suffers from the others.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from loadtests.bench import MODEL
 from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.workload import run_level
-from testkit.bare_vllm import start_bare_vllm
+from testkit.bare_vllm import serving_bare_vllm
 from testkit.serving import serving
 
 GROUPS = ("engine core", "vLLM worker", "HTTP process", "HAProxy", "Ray daemons", "Serve actors", "other")
@@ -158,18 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("slmserve", server.process.pid, f"{server.base_url}/v1/chat/completions", args.seconds))
     model_dir = str(ensure_embedded_model("smollm2-135m-instruct", settings.cache_dir))
     port = runtime.free_ports(1)[0]
-    env_before = dict(os.environ)
-    os.environ.update(runtime.local_environment(settings, catalog))
     log = Path(f"/tmp/cpu-share-bare-{port}.log")
-    bare = start_bare_vllm(model_dir, MODEL, dict(catalog.models[0].engine_args), port, log)
-    try:
-        runtime.wait_for_ok(f"http://127.0.0.1:{port}/health", 900)
+    engine_args, env = dict(catalog.models[0].engine_args), runtime.local_environment(settings, catalog)
+    with serving_bare_vllm(model_dir, MODEL, engine_args, port, log, env) as bare:
         rows.append(measure("bare vLLM", bare.pid, f"http://127.0.0.1:{port}/v1/chat/completions", args.seconds))
-    finally:
-        bare.terminate()
-        bare.wait(60)
-        os.environ.clear()
-        os.environ.update(env_before)
     text = table(rows)
     print(text)
     section = f"""## CPU: where each system's CPU goes

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests.bench import MODEL, _stop
+from loadtests.bench import MODEL
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
-from testkit.bare_vllm import start_bare_vllm
+from testkit.bare_vllm import serving_bare_vllm
 from testkit.serving import serving
 
 # services/engine/deployment.py logs this once an engine replica is ready
@@ -39,16 +39,9 @@ def slmserve_start(catalog: str) -> tuple[float, dict[str, float]]:
 
 
 def bare_start(model_dir: str, engine_args: dict, env: dict[str, str], port: int) -> float:
-    from services import runtime
-
-    log = ROOT / "out" / "start-time-bare-vllm.log"
     started = time.monotonic()
-    process = start_bare_vllm(model_dir, MODEL, engine_args, port, log, env)
-    try:
-        runtime.wait_for_ok(f"http://127.0.0.1:{port}/health", 900)
+    with serving_bare_vllm(model_dir, MODEL, engine_args, port, ROOT / "out" / "start-time-bare-vllm.log", env):
         return time.monotonic() - started
-    finally:
-        _stop(process)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +47,39 @@ def start_bare_vllm(
         env={**os.environ, **(env or {})},
         start_new_session=True,
     )
+
+
+@contextmanager
+def serving_bare_vllm(
+    model_dir: str,
+    served_name: str,
+    engine_args: dict,
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    ready_timeout_s: float = 900,
+) -> Iterator[subprocess.Popen]:
+    """Bare vLLM started and ready (`/health` answers 200) for the block; stopped when it ends,
+    however it ends. A server that exits while starting fails the wait at once with its log's tail."""
+    from services.runtime import wait_for_ok  # when used, as the callers import services
+
+    process = start_bare_vllm(model_dir, served_name, engine_args, port, log, env)
+    try:
+        wait_for_ok(
+            f"http://127.0.0.1:{port}/health",
+            ready_timeout_s,
+            failed=lambda: log.read_text()[-2000:] if process.poll() is not None else "",
+        )
+        yield process
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate, and kill what does not end within a minute."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)

@@ -5,7 +5,6 @@ usage, finish reasons, token counts and greedy text must match, except where lis
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import httpx
@@ -15,7 +14,7 @@ from services import runtime
 from services.core.catalog import load_catalog
 from services.core.settings import Settings
 from services.models import resolve_source
-from testkit.bare_vllm import start_bare_vllm
+from testkit.bare_vllm import serving_bare_vllm
 from testkit.conformance import CASES, MODEL, Case, differences, seen
 from testkit.live import TEST_CATALOG
 
@@ -38,25 +37,12 @@ def bare_vllm(live_server, tmp_path_factory) -> Iterator[httpx.Client]:
     model_dir = resolve_source(entry.source, Settings().cache_dir)
     port = runtime.free_ports(1)[0]
     log = tmp_path_factory.mktemp("bare-vllm") / "vllm.log"
-    environment = dict(os.environ)
-    os.environ.update(entry.env)
-    os.environ["VLLM_ENABLE_RESPONSES_API_STORE"] = "1"  # as the catalog's stored_responses does for slmserve
-    try:
-        process = start_bare_vllm(str(model_dir), MODEL, dict(entry.engine_args), port, log)
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
-    try:
-        runtime.wait_for_ok(
-            f"http://127.0.0.1:{port}/health",
-            600,
-            failed=lambda: log.read_text()[-2000:] if process.poll() is not None else "",
-        )
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            yield client
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    env = entry.env | {"VLLM_ENABLE_RESPONSES_API_STORE": "1"}  # as the catalog's stored_responses does for slmserve
+    with (
+        serving_bare_vllm(str(model_dir), MODEL, dict(entry.engine_args), port, log, env, ready_timeout_s=600),
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client,
+    ):
+        yield client
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
