@@ -33,9 +33,15 @@ def slmserve_start(catalog: str) -> tuple[float, dict[str, float]]:
     started = time.monotonic()
     with serving(catalog) as server:
         ready_s = time.monotonic() - started
-        lines = [m.groupdict() for m in PHASES.finditer(server.log.read_text())]
-    phases = next(({k: float(v) for k, v in m.items() if k != "model"} for m in lines if m["model"] == MODEL), {})
+        deadline = time.monotonic() + 10  # Ray forwards a replica's log lines to the driver's with a delay
+        while not (phases := _phases_of(server.log.read_text())) and time.monotonic() < deadline:
+            time.sleep(0.5)
     return ready_s, phases
+
+
+def _phases_of(log: str) -> dict[str, float]:
+    lines = [m.groupdict() for m in PHASES.finditer(log)]
+    return next(({k: float(v) for k, v in m.items() if k != "model"} for m in lines if m["model"] == MODEL), {})
 
 
 def bare_start(model_dir: str, engine_args: dict, env: dict[str, str], port: int) -> float:

@@ -10,9 +10,9 @@ So a local CPU run starts Ray on the reserved core (every Ray process inherits i
 replica, which hosts vLLM's frontend as bare vLLM's API server does, moves itself back onto every
 core before vLLM starts: vLLM's engine core and worker are then placed as under bare `vllm serve`
 (the worker bound, or on every core where the catalog says `VLLM_CPU_OMP_THREADS_BIND: nobind`).
-A model the catalog places on the platform (`cpu_placement: platform`, a small side model) stays
-there with its engine core and worker instead: on 2 cores, two idle side models roaming both cores cost
-the main model's stream 5-10 % (issue 28, docs/benchmarks.md).
+A model the catalog places on the platform (`cpu_placement: platform`, a small side model) moves
+there with its engine core and worker once its engine runs: on 2 cores, two idle side models roaming
+both cores cost the main model's throughput 1.5-13 % (issue 28, docs/benchmarks.md).
 Linux only; a node of one core, or a GPU catalog, is left as it is.
 """
 
@@ -67,19 +67,33 @@ def keep_this_process_on(cpus: set[int] | None) -> None:
 
 
 def place_engine_replica(placement: Literal["engine", "platform"]) -> None:
-    """In an engine replica, before vLLM starts. `engine`: this process (vLLM's frontend, as bare
-    `vllm serve`'s API server is) and what it starts on every core, so vLLM places its engine core and
-    binds its worker as it would under bare `vllm serve`. `platform`: all of it on the platform's cores,
-    its worker's threads unbound there (vLLM's own binding keeps one core free, and there may be one)."""
-    platform = platform_cpus()
-    if platform is None:
+    """In an engine replica, before vLLM starts: this process (vLLM's frontend, as bare `vllm serve`'s
+    API server is) and what it starts on every core, so vLLM places its engine core and binds its
+    worker as it would under bare `vllm serve`. A model placed on the platform starts on every core
+    too (a start is CPU-bound and the models start side by side: started on the platform's one core,
+    the suite's three-model application took 169 s to start instead of 82), its worker unbound (vLLM's
+    own binding keeps one core free, and the platform may have only one), and moves once vLLM runs
+    (`settle_engine_replica`)."""
+    if platform_cpus() is None:
         return
+    _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
     if placement == "platform":
-        _move(psutil.Process(), platform)
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        os.environ.setdefault("OMP_NUM_THREADS", str(len(platform)))
-    else:
-        _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
+        os.environ.setdefault("OMP_NUM_THREADS", str(len(platform_cpus() or ())))
+
+
+def settle_engine_replica(placement: Literal["engine", "platform"]) -> None:
+    """In an engine replica, once vLLM runs: a model placed on the platform moves there, this process
+    and every process vLLM started (its engine core, its worker), every thread of each."""
+    platform = platform_cpus()
+    if platform is None or placement != "platform":
+        return
+    replica = psutil.Process()
+    for process in [replica, *replica.children(recursive=True)]:
+        try:
+            _move(process, platform)
+        except psutil.NoSuchProcess:  # ended meanwhile
+            continue
 
 
 def _move(process: psutil.Process, cpus: set[int]) -> None:

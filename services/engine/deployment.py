@@ -162,6 +162,7 @@ class EngineDeployment:
         namespace = vllm_compat.engine_namespace(model, self.entry.names, engine_args)
         self.stack = vllm_compat.ServingStack(namespace)
         await self.stack.start()
+        cpu_affinity.settle_engine_replica(self.entry.cpu_placement)
         engine_s = time.monotonic() - engine_started
         self.idle: IdleSleep | None = None
         if sleep_after_s is not None:

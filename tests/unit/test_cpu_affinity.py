@@ -44,7 +44,7 @@ def test_ray_starts_on_the_platform_core_and_an_engine_replica_takes_every_core_
 
 
 @pytest.mark.skipif(len(EVERY) < 2, reason="needs two cores to keep apart")
-def test_a_side_model_placed_on_the_platform_stays_there_with_its_worker_unbound(monkeypatch):
+def test_a_side_model_starts_on_every_core_then_moves_to_the_platform_with_its_processes(monkeypatch):
     platform = cpu_affinity.reserved_cpus(EVERY)
     assert platform is not None
     monkeypatch.setenv(cpu_affinity.PLATFORM_CPUS_ENV, cpu_affinity.env_value(platform))
@@ -54,8 +54,16 @@ def test_a_side_model_placed_on_the_platform_stays_there_with_its_worker_unbound
     try:
         with cpu_affinity.on_cpus(platform):
             cpu_affinity.place_engine_replica("platform")
-            assert os.sched_getaffinity(0) == platform
-            assert _affinity_of_a_child() == platform  # vLLM's engine core and worker too
+            assert os.sched_getaffinity(0) == EVERY  # it starts where the engines start
+            engine_core = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # as vLLM's
+            try:
+                cpu_affinity.settle_engine_replica("platform")
+                assert os.sched_getaffinity(0) == platform
+                assert os.sched_getaffinity(engine_core.pid) == platform  # what it started moved too
+                assert _affinity_of_a_child() == platform  # and what it starts later
+            finally:
+                engine_core.kill()
+                engine_core.wait()
         assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"  # vLLM's binding would leave it no core
         assert os.environ["OMP_NUM_THREADS"] == "3"
     finally:
@@ -68,4 +76,5 @@ def test_without_platform_cores_nothing_moves(monkeypatch):
         cpu_affinity.place_engine_replica("engine")
         assert os.sched_getaffinity(0) == EVERY
         cpu_affinity.place_engine_replica("platform")
+        cpu_affinity.settle_engine_replica("platform")
         assert os.sched_getaffinity(0) == EVERY
