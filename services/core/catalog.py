@@ -291,9 +291,9 @@ class ModelEntry(_Strict):
     cpu_placement: Literal["engine", "platform"] = Field(
         "engine",
         description="local runs on CPU: `engine` places this model's vLLM as bare `vllm serve` would (its "
-        "worker bound to every core but the platform's); `platform` keeps its replica, engine core and "
-        "worker on the platform's core, for a small side model whose wake-ups would otherwise stall a "
-        "busier model's worker. No effect with GPUs or in a cluster",
+        "worker bound to every core but the platform's); `platform` moves its replica, engine core and "
+        "worker (unbound) to the platform's core once its engine runs, for a small side model whose "
+        "wake-ups would otherwise stall a busier model's worker. No effect with GPUs or in a cluster",
     )
     max_in_flight: int | None = Field(
         None, ge=1, description="queued + running requests the cluster lets through to this model; more get 429"
