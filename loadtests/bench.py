@@ -17,7 +17,7 @@ Each server runs in a session of its own, as one started from its own shell does
 Variants (each its own section of docs/benchmarks.md):
   --catalog tests/catalogs/test.yaml --data-plane direct --measured-env default   slmserve serves three
       models behind one URL, measured on SmolLM2 run as `make run` runs it (issue 28's multi-model
-      direct plane; the two side models sit on the platform's core, as the test catalog places them)
+      direct plane; docs/benchmarks.md also runs it with the side models on the platform's core)
   --hungry N   N CPU-bound processes beside the client while each level runs (a CPU-hungry client)
   --systems    a subset of the three
 """
