@@ -59,7 +59,6 @@ class Server:
 @contextmanager
 def alone(system: str, args: argparse.Namespace, catalog_path: Path, model_dir: str) -> Iterator[Server]:
     """`system` started, ready and warmed up; stopped (every process of it) when the block ends."""
-
     logs = ROOT / "out"
     if system == "slmserve":
         with serving(catalog_path) as server:

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.runtime import wait_for_ok
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -61,8 +63,6 @@ def serving_bare_vllm(
 ) -> Iterator[subprocess.Popen]:
     """Bare vLLM started and ready (`/health` answers 200) for the block; stopped when it ends,
     however it ends. A server that exits while starting fails the wait at once with its log's tail."""
-    from services.runtime import wait_for_ok  # when used, as the callers import services
-
     process = start_bare_vllm(model_dir, served_name, engine_args, port, log, env)
     try:
         wait_for_ok(

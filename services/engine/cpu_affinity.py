@@ -71,15 +71,16 @@ def place_engine_replica(placement: Literal["engine", "platform"]) -> None:
     API server is) and what it starts on every core, so vLLM places its engine core and binds its
     worker as it would under bare `vllm serve`. A model placed on the platform starts on every core
     too (a start is CPU-bound and the models start side by side: started on the platform's one core,
-    the suite's three-model application took 169 s to start instead of 82), its worker unbound (vLLM's
-    own binding keeps one core free, and the platform may have only one), and moves once vLLM runs
-    (`settle_engine_replica`)."""
-    if platform_cpus() is None:
+    the suite's three-model application took 169 s to start instead of 82) and moves once vLLM runs
+    (`settle_engine_replica`); its worker gets as many threads as the platform has cores, unbound
+    (vLLM's own binding would size and pin them for the main model's cores)."""
+    platform = platform_cpus()
+    if platform is None:
         return
     _move(psutil.Process(), set(range(os.cpu_count() or 1)))  # the kernel keeps what the cpuset allows
     if placement == "platform":
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        os.environ.setdefault("OMP_NUM_THREADS", str(len(platform_cpus() or ())))
+        os.environ.setdefault("OMP_NUM_THREADS", str(len(platform)))
 
 
 def settle_engine_replica(placement: Literal["engine", "platform"]) -> None:

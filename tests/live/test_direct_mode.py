@@ -271,15 +271,14 @@ def test_the_platform_keeps_off_the_cores_vllm_computes_on(direct_server):
     members = [process for process in psutil.process_iter() if _session_of(process) == direct_server.session]
     every = os.sched_getaffinity(0)
     platform = {max(every)} if len(every) > 1 else every
-    vllm_side: dict[str, set[int]] = {}  # model -> its replica's pid and its descendants'
+    vllm_pids: set[int] = set()  # every model's replica and its descendants
     for entry in CATALOG.models:
         (replica,) = [process for process in members if f":{entry.deployment_name}" in _command(process)]
         processes = [replica, *replica.children(recursive=True)]
-        vllm_side[entry.name] = {process.pid for process in processes}
+        vllm_pids |= {process.pid for process in processes}
         where = platform if entry.name in SIDE_MODELS else every
         assert all(_thread_cpus(process) == where for process in processes), entry.name
     workers = [process for process in members if WORKER_PROCESS_TITLE in _command(process)]
-    vllm_pids = set().union(*vllm_side.values())
     assert len(workers) == len(MODELS) and {worker.pid for worker in workers} <= vllm_pids
     added = {cpu for process in members if process.pid not in vllm_pids for cpu in _thread_cpus(process)}
     assert added == platform
