@@ -8,7 +8,7 @@ stream at a time runs; and the tokens per second of that stream.
 say what each system costs itself, not what it suffers from the others.
 
     .venv/bin/python -m loadtests.cpu_share [--seconds 30]     # about 4 minutes; writes docs/benchmarks.md
-    .venv/bin/python -m loadtests.cpu_share --processes         # slmserve idle, process by process; prints
+    .venv/bin/python -m loadtests.cpu_share --processes [--catalog C]   # slmserve idle, process by process; prints
 """
 
 from __future__ import annotations
@@ -139,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_line(__doc__)
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--processes", action="store_true", help="slmserve idle, process by process (printed only)")
+    parser.add_argument("--catalog", default="cpu", help="with --processes: the catalog served")
     args = parser.parse_args(argv)
     if args.processes:
-        with serving("cpu") as server:
+        with serving(args.catalog) as server:
             time.sleep(10)  # past the start's own work
-            print(process_table(by_process(server.process.pid, args.seconds)), flush=True)
+            used = by_process(server.process.pid, args.seconds)
+            print(process_table(used), f"all: {sum(cpu for cpu, _ in used):.3f}", flush=True)
         return 0
     from services import runtime
     from services.core.catalog import load_catalog

@@ -101,7 +101,10 @@ def control_environment() -> dict[str, str]:
 
     Ray's workers (the engine replica, vLLM's processes, HAProxy) keep Ray's nice 15. At nice 0, tried
     here, the engines' busy loops starved everything else on a 2-core machine at the same priority:
-    16 concurrent clients on the same machine got their requests out only as earlier streams ended."""
+    16 concurrent clients on the same machine got their requests out only as earlier streams ended;
+    with the platform's processes lowered to 10 beside it, throughput rose 5-7 % but a client's
+    inter-token p95 grew 1.2-2.3x, and lowering the platform to 19 alone changed nothing measurable
+    (`loadtests/priority.py`, docs/benchmarks.md)."""
     return {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": str(LOCAL_CONTROL_LOOP_INTERVAL_S)}
 
 
