@@ -25,12 +25,13 @@ import time
 import psutil
 
 from loadtests.bench import MODEL, scraping
+from loadtests.cpu_share import command_of, tree
 from loadtests.harness import command_line
 from loadtests.workload import percentile, run_level
 from testkit.serving import serving
 
-# Processes off every model's token path, by a piece of their command line; the PlatformIngress is one
-# on the direct data plane only (in routed mode it carries the tokens).
+# Processes off every model's token path on the direct data plane, by a piece of their command line
+# (in routed mode the PlatformIngress carries the tokens: measure direct catalogs only).
 BACKGROUND = (
     "ray::ServeController",
     "ray::ProxyActor",
@@ -44,15 +45,20 @@ BACKGROUND = (
     "monitor.py",
     "services.cli serve",
 )
-MODES = {"ray": None, "token-path-0": 10, "background-19": 19}
+# mode -> (RAY_worker_niceness for the run, or Ray's own; the niceness BACKGROUND is lowered to, or none)
+MODES: dict[str, tuple[str | None, int | None]] = {
+    "ray": (None, None),
+    "token-path-0": ("0", 10),
+    "background-19": (None, 19),
+}
 
 
 def lower_background(root: int, nice: int) -> int:
     """The serve process and every process under it that BACKGROUND names, to `nice`; how many."""
     lowered = 0
-    for process in [psutil.Process(root), *psutil.Process(root).children(recursive=True)]:
+    for process in tree(root):
         try:
-            if any(marker in " ".join(process.cmdline()) for marker in BACKGROUND) and process.nice() < nice:
+            if any(marker in command_of(process) for marker in BACKGROUND) and process.nice() < nice:
                 process.nice(nice)
                 lowered += 1
         except psutil.Error:
@@ -61,9 +67,9 @@ def lower_background(root: int, nice: int) -> int:
 
 
 def measure(mode: str, catalog: str, levels: list[int]) -> None:
-    nice = MODES[mode]
-    if mode == "token-path-0":
-        os.environ["RAY_worker_niceness"] = "0"
+    worker_niceness, nice = MODES[mode]
+    if worker_niceness is not None:
+        os.environ["RAY_worker_niceness"] = worker_niceness
     try:
         with serving(catalog) as server:
             time.sleep(10)  # past the start's own work
