@@ -22,12 +22,15 @@ import os
 import sys
 import time
 
+import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench import MODEL, scraping
 from loadtests.cpu_share import command_of, tree
 from loadtests.harness import command_line
 from loadtests.workload import percentile, run_level
+from services.core.timing import ENGINE_SERIES_PERIOD_S
 from testkit.serving import serving
 
 # Processes off every model's token path on the direct data plane, by a piece of their command line
@@ -66,6 +69,18 @@ def lower_background(root: int, nice: int) -> int:
     return lowered
 
 
+def preemptions(metrics_url: str) -> float:
+    """vLLM's preemptions of the measured model so far: a level that preempts measures the KV cache's
+    size as much as the arrangement."""
+    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == "vllm:num_preemptions_total" and sample.labels.get("model_name") == MODEL
+    )
+
+
 def measure(mode: str, catalog: str, levels: list[int]) -> None:
     worker_niceness, nice = MODES[mode]
     if worker_niceness is not None:
@@ -77,14 +92,18 @@ def measure(mode: str, catalog: str, levels: list[int]) -> None:
                 print(f"[priority] {mode}: {lower_background(server.process.pid, nice)} processes to nice {nice}")
             url = f"{server.base_url}/v1/chat/completions"
             asyncio.run(run_level("warm", url, MODEL, 4, 8, 64, 16))
+            metrics_url = f"{server.base_url}/metrics"
             for c in levels:
-                with scraping(f"{server.base_url}/metrics", 3):
+                preempted = preemptions(metrics_url)
+                with scraping(metrics_url, 3):
                     result = asyncio.run(run_level(mode, url, MODEL, c, max(16, 3 * c), 64, 64))
+                time.sleep(ENGINE_SERIES_PERIOD_S + 1)  # the engines' series reach /metrics this often
+                preempted = preemptions(metrics_url) - preempted
                 ms = {q: percentile(result.itl_s, q) * 1000 for q in (50, 95, 99)}
                 print(
                     f"[priority] {mode:14} c={c:<3} {result.output_tok_per_s:6.1f} tok/s  "
                     f"TTFT p50 {percentile(result.ttft_s, 50) * 1000:7.0f} ms  ITL p50 {ms[50]:6.1f} "
-                    f"p95 {ms[95]:6.1f} p99 {ms[99]:7.1f} ms  errors {result.errors}",
+                    f"p95 {ms[95]:6.1f} p99 {ms[99]:7.1f} ms  errors {result.errors}  preemptions {preempted:.0f}",
                     flush=True,
                 )
     finally:
