@@ -17,7 +17,7 @@ import httpx
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
 from loadtests.workload import percentile
-from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations
+from testkit.conversations import cache_counts_covering, hit_rate, prefix_cache_counts, run_conversations
 from testkit.serving import catalog_variant, serving
 
 MODEL = "smollm2-135m-instruct"
@@ -64,7 +64,8 @@ def measure(
                 extra_body=extra_body,
             )
         )
-        rate = hit_rate(before, prefix_cache_counts(httpx.get(metrics, timeout=30).text))
+        after = cache_counts_covering(lambda: httpx.get(metrics, timeout=30).text, before, turns)
+        rate = hit_rate(before, after)
     later = [t.ttft_s for t in turns if t.turn > 1 and t.ttft_s is not None]
     every = [t.ttft_s for t in turns if t.ttft_s is not None]
     homes = {c: {t.replica for t in turns if t.conversation == c} for c in range(args.conversations)}

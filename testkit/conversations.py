@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -38,6 +39,7 @@ class Turn:
     replica: str | None
     ttft_s: float | None
     output_tokens: int
+    prompt_tokens: int
 
 
 @dataclass
@@ -66,24 +68,25 @@ async def _send_turn(
         "stream_options": {"include_usage": True},
         **extra_body,
     }
-    started, first, text, tokens = time.perf_counter(), None, [], 0
+    started, first, text, tokens, prompt_tokens = time.perf_counter(), None, [], 0, 0
     async with client.stream("POST", url, json=body, headers=headers) as response:
         replica = response.headers.get("x-slmserve-replica")
         if response.status_code != 200:
             await response.aread()
-            return Turn(conversation.index, turn, response.status_code, replica, None, 0)
+            return Turn(conversation.index, turn, response.status_code, replica, None, 0, 0)
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+                prompt_tokens = chunk["usage"]["prompt_tokens"]
             for choice in chunk.get("choices", []):
                 if choice["delta"].get("content"):
                     first = first or time.perf_counter() - started
                     text.append(choice["delta"]["content"])
     conversation.messages.append({"role": "assistant", "content": "".join(text)})
-    return Turn(conversation.index, turn, 200, replica, first, tokens)
+    return Turn(conversation.index, turn, 200, replica, first, tokens, prompt_tokens)
 
 
 async def run_conversations(
@@ -132,6 +135,22 @@ def prefix_cache_counts(metrics_text: str) -> tuple[float, float]:
             if name in totals:
                 totals[name] += sample.value
     return totals["vllm:prefix_cache_hits"], totals["vllm:prefix_cache_queries"]
+
+
+def cache_counts_covering(
+    read_metrics: Callable[[], str], before: tuple[float, float], turns: list[Turn], timeout_s: float = 30
+) -> tuple[float, float]:
+    """The prefix-cache counters once /metrics holds every one of `turns`: vLLM counts each new
+    request's prompt tokens as queries, and the engines' series reach /metrics only every
+    ENGINE_SERIES_PERIOD_S, so a read right after the last answer can miss the last seconds of turns."""
+    expected = sum(turn.prompt_tokens for turn in turns)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = prefix_cache_counts(read_metrics())
+        if after[1] - before[1] >= expected:
+            return after
+        assert time.monotonic() < deadline, f"/metrics holds {after[1] - before[1]:.0f} of {expected} queried tokens"
+        time.sleep(0.5)
 
 
 def hit_rate(before: tuple[float, float], after: tuple[float, float]) -> float:

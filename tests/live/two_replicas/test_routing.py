@@ -17,7 +17,8 @@ import pytest
 from openai.types.responses import Response
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.conversations import hit_rate, prefix_cache_counts, run_conversations, system_prompt
+from services.core.timing import ENGINE_SERIES_PERIOD_S
+from testkit.conversations import cache_counts_covering, hit_rate, prefix_cache_counts, run_conversations, system_prompt
 from testkit.serving import ServerProcess
 
 from .instance import BOUND, MODEL
@@ -70,6 +71,8 @@ def _decision_times(server: ServerProcess) -> tuple[float, float]:
 
 
 def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
+    _wait_until_idle(server)
+    time.sleep(ENGINE_SERIES_PERIOD_S + 1)  # the counters of the tests before this one have reached /metrics
     before, decided, timed = prefix_cache_counts(_metrics(server)), _decisions(server), _decision_times(server)
     turns, _ = asyncio.run(
         run_conversations(
@@ -80,7 +83,7 @@ def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
     homes = {conversation: {t.replica for t in turns if t.conversation == conversation} for conversation in range(6)}
     assert all(len(replicas) == 1 for replicas in homes.values()), homes
     assert len(set().union(*homes.values())) == 2  # new conversations spread over both replicas
-    rate = hit_rate(before, prefix_cache_counts(_metrics(server)))
+    rate = hit_rate(before, cache_counts_covering(lambda: _metrics(server), before, turns))
     assert rate >= 0.5, rate  # the first turn of each conversation cannot hit: about 0.63 at most here
     assert _decisions(server)["prefix_hit"] - decided["prefix_hit"] >= 12  # turns 2 and 3
     count, seconds = (now - then for now, then in zip(_decision_times(server), timed, strict=True))
