@@ -13,13 +13,23 @@ from pathlib import Path
 from services.runtime import wait_for_ok
 
 ROOT = Path(__file__).resolve().parents[1]
+SLMSERVE_PLUGIN = "services.engine.vllm_plugin"
+
+
+def vllm_plugins_but_slmserves() -> str:
+    """VLLM_PLUGINS naming every installed vLLM general plugin but slmserve's: vLLM loads all of them
+    by default, and bare vLLM is measured as a user's would run, with vLLM's own only."""
+    from importlib.metadata import entry_points
+
+    plugins = entry_points(group="vllm.general_plugins")
+    return ",".join(plugin.name for plugin in plugins if plugin.module != SLMSERVE_PLUGIN)
 
 
 def start_bare_vllm(
     model_dir: str, served_name: str, engine_args: dict, port: int, log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
     """`env`: what the catalog sets for the model's engine (OMP threads and binding on a CPU node),
-    so that both run the engine alike."""
+    so that both run the engine alike. slmserve's vLLM plugin stays out (vllm_plugins_but_slmserves)."""
     flags = []
     for key, value in engine_args.items():
         flag = "--" + key.replace("_", "-")
@@ -46,7 +56,7 @@ def start_bare_vllm(
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "VLLM_PLUGINS": vllm_plugins_but_slmserves(), **(env or {})},
         start_new_session=True,
     )
 

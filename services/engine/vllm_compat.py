@@ -304,12 +304,16 @@ class ServingStack:
         await self.engine.check_health()
 
 
+def on_cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 def cpu_lora_op_modules() -> list[Any] | None:
     """The modules where vLLM's CPU backend looks up its pure-PyTorch LoRA ops (the ops' own module
     first), or None on any other platform (services/engine/vllm_plugin.py patches them)."""
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
+    if not on_cpu_platform():
         return None
     lora_ops = importlib.import_module("vllm.lora.ops.torch_ops.lora_ops")
     return [

@@ -8,12 +8,18 @@ release that fixed the bug is left alone.
   adapter". In a batch mixing base-model and adapter requests the base-model requests then get an
   adapter's output (found by tests/live/two_replicas/test_lora.py; vLLM pull request 48421 fixes it upstream).
   The GPU kernels skip slot -1 themselves.
+- CPU idle wakeups: every gloo process group gets a transport device of its own, each device runs a
+  `gloo_tcp_loop` thread whose epoll_wait times out every 10 ms, and a vLLM CPU worker makes 13 gloo
+  groups (the world's and two per parallel dimension, even at world size 1). An idle worker so woke
+  1,300 times a second, about 0.015 of a core, on the core its engine computes on. The groups of a
+  process share one device instead: one loop thread (gloo devices are made to carry many contexts).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Any
 
 from services.engine import vllm_compat
@@ -67,8 +73,49 @@ def mask_base_tokens_in_cpu_lora_ops() -> bool:
     return True
 
 
+def _gloo_groups_sharing_one_device(gloo: Any) -> Any:
+    """A ProcessGroupGloo subclass whose groups made without options (as torch.distributed's
+    new_group makes them) share one default device; groups given options keep theirs."""
+
+    class OneDeviceGloo(gloo):  # type: ignore[misc]
+        device: Any = None
+        slmserve_one_device = True
+
+        def __init__(self, store: Any, rank: int, size: int, *args: Any, **kwargs: Any) -> None:
+            if args or set(kwargs) - {"timeout"}:
+                super().__init__(store, rank, size, *args, **kwargs)
+                return
+            if OneDeviceGloo.device is None:
+                OneDeviceGloo.device = gloo.create_default_device()
+            options = gloo._Options()
+            options._devices = [OneDeviceGloo.device]
+            if "timeout" in kwargs:
+                options._timeout = kwargs["timeout"]
+            super().__init__(store, rank, size, options)
+
+    OneDeviceGloo.__name__ = OneDeviceGloo.__qualname__ = gloo.__name__
+    return OneDeviceGloo
+
+
+def share_one_gloo_device() -> bool:
+    """On the CPU platform, torch.distributed's gloo groups of this process share one device (before
+    vLLM makes any); True if patched. Left alone where GLOO_SOCKET_IFNAME asks for a device per
+    interface."""
+    if not vllm_compat.on_cpu_platform() or os.environ.get("GLOO_SOCKET_IFNAME"):
+        return False
+    from torch.distributed import distributed_c10d
+
+    gloo = getattr(distributed_c10d, "ProcessGroupGloo", None)
+    if gloo is None:  # a torch built without gloo
+        return False
+    if not getattr(gloo, "slmserve_one_device", False):
+        distributed_c10d.ProcessGroupGloo = _gloo_groups_sharing_one_device(gloo)
+    return True
+
+
 def load() -> None:
     try:
         mask_base_tokens_in_cpu_lora_ops()
     except ImportError:  # a vLLM without these modules has nothing to fix here
         pass
+    share_one_gloo_device()

@@ -1,10 +1,17 @@
-"""slmserve's vLLM plugin (services/engine/vllm_plugin.py) on vLLM's own CPU LoRA ops."""
+"""slmserve's vLLM plugin (services/engine/vllm_plugin.py) on vLLM's own CPU LoRA ops and on
+torch.distributed's gloo groups (in processes of their own, as a vLLM worker makes them)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from importlib.metadata import entry_points
 
 import torch
 
 from services.engine import vllm_compat, vllm_plugin
+from services.runtime import free_ports
+from testkit.bare_vllm import SLMSERVE_PLUGIN, vllm_plugins_but_slmserves
 
 
 def test_base_model_tokens_get_no_adapter_and_adapter_tokens_are_unchanged():
@@ -34,3 +41,48 @@ def test_base_model_tokens_get_no_adapter_and_adapter_tokens_are_unchanged():
                 patched = getattr(module, name, None)
                 if patched is not None and hasattr(patched, "__wrapped__"):
                     setattr(module, name, patched.__wrapped__)
+
+
+_GROUPS = """
+import os, sys, torch, torch.distributed as dist
+from services.engine import vllm_plugin
+if sys.argv[3] == "plugin":
+    assert vllm_plugin.share_one_gloo_device()
+rank, world = int(sys.argv[1]), 2
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2])
+dist.init_process_group("gloo", rank=rank, world_size=world)
+groups = [dist.new_group([0, 1], backend="gloo") for _ in range(6)]  # as vLLM's parallel dimensions
+groups += [dist.new_group([r], backend="gloo") for r in range(world)]
+for group in groups[:6]:
+    summed = torch.full((4,), float(rank + 1))
+    dist.all_reduce(summed, group=group)
+    assert summed.tolist() == [3.0] * 4, summed
+dist.barrier()
+task = f"/proc/{os.getpid()}/task"
+print(sum(open(f"{task}/{t}/comm").read().strip() == "gloo_tcp_loop" for t in os.listdir(task)))
+"""
+
+
+def _gloo_loop_threads(mode: str) -> list[int]:
+    """Two real ranks making vLLM's kind of group set; each rank's count of gloo loop threads."""
+    port = free_ports(1)[0]
+    ranks = [
+        subprocess.Popen([sys.executable, "-c", _GROUPS, str(rank), str(port), mode], stdout=subprocess.PIPE, text=True)
+        for rank in range(2)
+    ]
+    outputs = [rank.communicate(timeout=120)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    return [int(output.split()[-1]) for output in outputs]
+
+
+def test_the_gloo_groups_of_a_process_share_one_loop_thread_and_still_reduce_across_ranks():
+    assert _gloo_loop_threads("plain") == [8, 8]  # torch as shipped: one device each for the world and 7 groups
+    assert _gloo_loop_threads("plugin") == [1, 1]
+
+
+def test_bare_vllm_loads_every_general_plugin_but_slmserves():
+    installed = {plugin.name: plugin.module for plugin in entry_points(group="vllm.general_plugins")}
+    assert SLMSERVE_PLUGIN in installed.values()  # pyproject.toml's entry point, as bare_vllm names it
+    assert set(vllm_plugins_but_slmserves().split(",")) == {
+        name for name, module in installed.items() if module != SLMSERVE_PLUGIN
+    }
