@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -72,20 +71,6 @@ def test_every_nim_metric_is_exposed_with_its_type(live_server):
     )
     if ttft_buckets:  # present once a request was recorded
         assert ttft_buckets == [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10]
-
-
-def test_a_scrape_is_gzipped_when_asked_and_plain_otherwise(live_server):
-    def exposition(encoding: str) -> tuple[str, bytes]:
-        with live_server.http.stream("GET", "/metrics", headers={"Accept-Encoding": encoding}, timeout=30) as response:
-            assert response.status_code == 200
-            return response.headers.get("content-encoding", ""), b"".join(response.iter_raw())
-
-    encoding, raw = exposition("gzip")
-    assert encoding == "gzip"  # as Prometheus asks for it
-    text = gzip.decompress(raw).decode()
-    assert "num_requests_running" in {family.name for family in text_string_to_metric_families(text)}
-    encoding, raw = exposition("identity")
-    assert encoding == "" and raw.decode().startswith("# HELP")
 
 
 def test_counts_tokens_and_finish_reasons_match_what_clients_saw(live_server, client):
