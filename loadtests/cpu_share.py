@@ -38,7 +38,8 @@ def group_of(process: psutil.Process) -> str:
         return "engine core"
     if "VLLM::Worker" in command or "Worker" in process.name():
         return "vLLM worker"
-    if "ServeReplica:slmserve:engine-" in command or "vllm.entrypoints.openai.api_server" in command:
+    engine_replica = "ServeReplica:" in command and ":engine-" in command  # in its model's app or the platform's
+    if engine_replica or "vllm.entrypoints.openai.api_server" in command:
         return "HTTP process"
     if "haproxy" in command:
         return "HAProxy"
