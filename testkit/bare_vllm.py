@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from services.engine import vllm_plugin
 from services.runtime import wait_for_ok
 
 ROOT = Path(__file__).resolve().parents[1]
-SLMSERVE_PLUGIN = "services.engine.vllm_plugin"
+SLMSERVE_PLUGIN = vllm_plugin.__name__  # the module pyproject.toml's vllm.general_plugins entry point names
 
 
 def vllm_plugins_but_slmserves() -> str:
