@@ -65,8 +65,8 @@ async def _metrics(request: Request) -> Response:
     if allowed and _edge(request).keys.enabled and request.state.tenant not in allowed:
         # /metrics shows every tenant's usage: with keys on, the catalog may keep it to the operators'.
         raise APIError(403, "this API key may not read the platform's metrics", code=Code.PERMISSION_DENIED)
-    records = _edge(request).records  # this replica's latest records go with the call; others ship every 0.5 s
-    return Response(await records.hub.render.remote(records.take()), media_type=CONTENT_TYPE_LATEST)
+    edge = _edge(request)  # this replica's latest records go with the call; others ship every 0.5 s
+    return Response(await edge.scraper.text(edge.records.take()), media_type=CONTENT_TYPE_LATEST)
 
 
 @ROUTES.get("/metrics", response_class=PlainTextResponse)

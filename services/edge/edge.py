@@ -41,6 +41,7 @@ from services.edge.request import envelope_of
 from services.edge.tracing import Span, Tracing
 from services.engine.interface import REPLICA_GONE, Engine, EngineStream
 from services.engine.protocol import GENERATIVE, EngineCall, Head, RouteKind
+from services.metrics.hub import HubScraper
 from services.metrics.records import CompletionRecord, PlacedRecord, RecordBuffer
 
 logger = logging.getLogger("slmserve.edge")
@@ -141,6 +142,7 @@ class Edge:
         self.catalog = catalog
         self.engines = engines  # model name -> engine; a direct-mode edge holds its own model only
         self.records = records
+        self.scraper = HubScraper(records.hub)  # /metrics
         self.readiness = readiness
         self.served_by = served_by  # "engine" or "router": the X-Slmserve-Served-By response header
         self.replica = replica  # the engine replica's id in direct mode: X-Slmserve-Replica

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
@@ -113,6 +116,16 @@ class _EngineCollector:
         yield target
 
 
+@dataclass(frozen=True, slots=True)
+class Scrape:
+    """What a scrape gets from the hub: its own registry's text, and every live replica's vLLM series
+    unless the scraping replica already holds the current ones (`series` None)."""
+
+    registry: bytes
+    series_version: str
+    series: bytes | None
+
+
 class MetricsHub:
     def __init__(self, engines: dict[str, tuple[str, str]], tenants: list[str] | None = None) -> None:
         self.apps = {app for app, _ in engines.values()}
@@ -122,6 +135,11 @@ class MetricsHub:
         self.model_names = list(self.deployments)
         self.model_of = {deployment: model for model, deployment in self.deployments.items()}
         self.snapshots: dict[str, EngineSnapshot] = {}
+        # The joined vLLM series change at most once per ENGINE_SERIES_PERIOD_S and replica, and they are
+        # most of a scrape's text: a scraper holds them by version (unique to this hub's life).
+        self._series_epoch = uuid.uuid4().hex
+        self._series_changes = 0
+        self._joined: bytes | None = None
         self.replica_states: dict[str, DeploymentState] = {}
         self._states_read_at = 0.0
         self.registry = CollectorRegistry(auto_describe=True)
@@ -192,6 +210,8 @@ class MetricsHub:
         previous = self.snapshots.get(snapshot.replica_id)
         if snapshot.series is None:
             snapshot.series = previous.series if previous is not None else None
+        else:
+            self._series_changed()
         self.snapshots[snapshot.replica_id] = snapshot
         for seconds in snapshot.wake_seconds:
             self.edge.wake.labels(snapshot.model_name).observe(seconds)
@@ -201,6 +221,7 @@ class MetricsHub:
         now = time.monotonic()
         for replica_id in [r for r, s in self.snapshots.items() if now - s.received_at > SNAPSHOT_STALE_S]:
             del self.snapshots[replica_id]
+            self._series_changed()
         return list(self.snapshots.values())
 
     def sleeping_models(self) -> list[str]:
@@ -208,8 +229,17 @@ class MetricsHub:
         by_model = by_model_name(self.live_snapshots())
         return sorted(model for model, replicas in by_model.items() if all(s.asleep for s in replicas))
 
-    async def render(self, batch: list[Record] | None = None) -> bytes:
-        """The exposition, after the scraping replica's unshipped records (`batch`) are counted."""
+    def _series_changed(self) -> None:
+        self._series_changes += 1
+        self._joined = None
+
+    @property
+    def series_version(self) -> str:
+        return f"{self._series_epoch}-{self._series_changes}"
+
+    async def render(self, batch: list[Record] | None = None, held_series: str | None = None) -> Scrape:
+        """A scrape, after the scraping replica's unshipped records (`batch`) are counted; the vLLM
+        series only when they are not the version the scraper holds (`held_series`)."""
         if batch:
             await self.record(batch)
         if time.monotonic() - self._states_read_at > REPLICA_STATES_MAX_AGE_S:
@@ -218,8 +248,33 @@ class MetricsHub:
                 self._states_read_at = time.monotonic()
             except Exception:  # keep the last known states if the controller is busy
                 pass
-        return self.exposition()
+        registry, series = generate_latest(self.registry), self.joined_series()
+        version = self.series_version  # after the join, which drops stale snapshots first
+        return Scrape(registry, version, None if held_series == version else series)
+
+    def joined_series(self) -> bytes:
+        self.live_snapshots()  # drops stale snapshots (a new version) before the join is reused
+        if self._joined is None:
+            self._joined = join_series(self.snapshots.values())
+        return self._joined
 
     def exposition(self) -> bytes:
         """The hub's own registry, then every live replica's vLLM series."""
-        return generate_latest(self.registry) + join_series(self.live_snapshots())
+        return generate_latest(self.registry) + self.joined_series()
+
+
+class HubScraper:
+    """A scraping replica's side of `MetricsHub.render`: it keeps the vLLM series it was last sent and
+    asks for them again only when the hub's version moved (several scrapes a second would otherwise
+    carry the same series, most of the text, through Ray each time)."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub  # a handle to the MetricsHub deployment
+        self._series_version: str | None = None
+        self._series = b""
+
+    async def text(self, batch: list[Record]) -> bytes:
+        scrape: Scrape = await self.hub.render.remote(batch, self._series_version)
+        if scrape.series is not None:
+            self._series_version, self._series = scrape.series_version, scrape.series
+        return scrape.registry + self._series

@@ -177,3 +177,46 @@ def test_a_snapshot_between_whole_series_reads_what_routing_and_autoscaling_need
     assert cumulative_buckets(few, TTFT) == cumulative_buckets(whole, TTFT) and cumulative_buckets(few, TTFT)
     assert {f.name for f in few} == {"vllm:num_requests_running", TTFT}
     assert "vllm:request_success" in {f.name for f in whole}
+
+
+def test_a_scraper_is_sent_the_vllm_series_only_when_they_changed_and_reads_the_same_text(monkeypatch):
+    """A scrape carries the replicas' series (most of its text) only when they moved since the
+    scraper's last one: a new shipment, a replica gone stale, or another hub (a restart) answering."""
+    from services.metrics import hub as hub_module
+    from services.metrics.engine_series import EngineSnapshot, gauges_of, render_series
+    from services.metrics.hub import HubScraper, MetricsHub
+    from testkit.fake_engine import InProcessHandle
+
+    monkeypatch.setattr(hub_module, "read_deployment_states", lambda apps, with_targets: {})  # Serve's controller
+
+    def ship(hub: MetricsHub, replica: str, running: float) -> None:
+        families = _vllm_like_families(running, [0.05])
+        snapshot = EngineSnapshot(replica, "m1", 8, render_series(families, replica), gauges_of(families))
+        asyncio.run(hub.update_engine(snapshot))
+
+    hub = MetricsHub({"m1": ("app", "engine-m1")})
+    ship(hub, "r1", 1)
+    sent: list[bool] = []
+    original = hub.render
+
+    async def counting_render(batch=None, held_series=None):
+        scrape = await original(batch, held_series)
+        sent.append(scrape.series is not None)
+        return scrape
+
+    hub.render = counting_render  # type: ignore[method-assign]
+    scraper = HubScraper(InProcessHandle(hub))
+    first = asyncio.run(scraper.text([]))
+    assert asyncio.run(scraper.text([])) == first == hub.exposition()
+    ship(hub, "r1", 2)
+    changed = asyncio.run(scraper.text([]))
+    assert changed == hub.exposition() and changed != first
+    assert sent == [True, False, True]
+
+    hub.snapshots["r1"].received_at -= 3600  # the replica stopped reporting
+    assert 'replica="r1"' not in asyncio.run(scraper.text([])).decode() and sent[-1]
+
+    restarted = MetricsHub({"m1": ("app", "engine-m1")})
+    ship(restarted, "r2", 1)
+    scraper.hub = InProcessHandle(restarted)
+    assert 'replica="r2"' in asyncio.run(scraper.text([])).decode()
