@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.harness import ROOT, command_line
 from loadtests.report import write_section
 from loadtests.workload import percentile
+from testkit.exposition import Exposition
 from testkit.serving import catalog_variant, serving
 
 MODEL = "smollm2-135m-instruct"
@@ -158,19 +158,14 @@ class Timeline:
 
 
 def read_sample(base_url: str, started: float, model: str) -> Sample:
-    values = {"target": None, "running": 0.0, "waiting": 0.0}
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.labels.get("model_name") != model:
-                continue
-            if sample.name == "slmserve_model_target_replicas":
-                values["target"] = sample.value
-            elif sample.name == "slmserve_model_replicas" and sample.labels.get("state") == "RUNNING":
-                values["running"] = sample.value
-            elif sample.name == "num_requests_waiting":
-                values["waiting"] = sample.value
-    return Sample(round(time.monotonic() - started, 1), **values)
+    metrics = Exposition.fetch(f"{base_url}/metrics", timeout_s=10)
+    target = metrics.values("slmserve_model_target_replicas", model_name=model)
+    return Sample(
+        round(time.monotonic() - started, 1),
+        target=target[0][1] if target else None,  # Serve's details may not have it yet
+        running=metrics.total("slmserve_model_replicas", model_name=model, state="RUNNING"),
+        waiting=metrics.total("num_requests_waiting", model_name=model),
+    )
 
 
 def stream_once(client: httpx.Client, url: str, started: float, scenario: Scenario) -> Request:

@@ -4,14 +4,12 @@ stretch of a benchmark: read the histograms before and after, and summarise the 
 from __future__ import annotations
 
 import time
-import urllib.request
 from dataclasses import dataclass
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.timing import RECORDS_FLUSH_PERIOD_S
 from services.metrics.definitions import OVERHEAD_PHASES
 from services.metrics.recent import histogram_quantile
+from testkit.exposition import Exposition
 
 FAMILY = "slmserve_platform_overhead_seconds"
 
@@ -26,26 +24,18 @@ class Histogram:
 def read(metrics_url: str, model: str, api_key: str = "") -> dict[str, Histogram]:
     """Each phase's histogram for `model`, once the edge replicas have shipped their records."""
     time.sleep(3 * RECORDS_FLUSH_PERIOD_S)
-    request = urllib.request.Request(metrics_url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read().decode()
-    buckets: dict[str, dict[float, float]] = {phase: {} for phase in OVERHEAD_PHASES}
-    totals: dict[str, float] = dict.fromkeys(OVERHEAD_PHASES, 0.0)
-    counts: dict[str, float] = dict.fromkeys(OVERHEAD_PHASES, 0.0)
-    for family in text_string_to_metric_families(text):
-        if family.name != FAMILY:
-            continue
-        for sample in family.samples:
-            phase = sample.labels.get("phase", "")
-            if sample.labels.get("model_name") != model or phase not in buckets:
-                continue
-            if sample.name.endswith("_bucket"):
-                buckets[phase][float(sample.labels["le"])] = sample.value
-            elif sample.name.endswith("_sum"):
-                totals[phase] = sample.value
-            elif sample.name.endswith("_count"):
-                counts[phase] = sample.value
-    return {phase: Histogram(tuple(sorted(buckets[phase].items())), totals[phase], counts[phase]) for phase in buckets}
+    metrics = Exposition.fetch(metrics_url, api_key, timeout_s=10)
+
+    def phase_of(phase: str) -> Histogram:
+        labels = {"model_name": model, "phase": phase}
+        buckets = metrics.by("le", f"{FAMILY}_bucket", **labels)
+        return Histogram(
+            tuple(sorted((float(le), count) for le, count in buckets.items())),
+            metrics.total(f"{FAMILY}_sum", **labels),
+            metrics.total(f"{FAMILY}_count", **labels),
+        )
+
+    return {phase: phase_of(phase) for phase in OVERHEAD_PHASES}
 
 
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float:

@@ -22,15 +22,14 @@ import os
 import sys
 import time
 
-import httpx
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.bench import MODEL, scraping
 from loadtests.cpu_share import command_of, tree
 from loadtests.harness import command_line
 from loadtests.workload import percentile, run_level
 from services.core.timing import ENGINE_SERIES_PERIOD_S
+from testkit.exposition import Exposition
 from testkit.serving import serving
 
 # Processes off every model's token path on the direct data plane, by a piece of their command line
@@ -72,13 +71,7 @@ def lower_background(root: int, nice: int) -> int:
 def preemptions(metrics_url: str) -> float:
     """vLLM's preemptions of the measured model so far: a level that preempts measures the KV cache's
     size as much as the arrangement."""
-    families = text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
-    return sum(
-        sample.value
-        for family in families
-        for sample in family.samples
-        if sample.name == "vllm:num_preemptions_total" and sample.labels.get("model_name") == MODEL
-    )
+    return Exposition.fetch(metrics_url, timeout_s=10).total("vllm:num_preemptions_total", model_name=MODEL)
 
 
 def measure(mode: str, catalog: str, levels: list[int]) -> None:

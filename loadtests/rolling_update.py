@@ -28,10 +28,10 @@ from pathlib import Path
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from loadtests.harness import ROOT, command_line, started_at
 from loadtests.report import write_section
+from testkit.exposition import Exposition
 from testkit.serving import ServerProcess, catalog_variant, serving, until
 
 MODEL = "smollm2-135m-instruct"
@@ -87,13 +87,8 @@ class Load:
 
 
 def replica_states(base_url: str, model: str) -> dict[str, float]:
-    text = httpx.get(f"{base_url}/metrics", timeout=30, trust_env=False).text
-    return {
-        sample.labels["state"]: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "slmserve_model_replicas" and sample.labels.get("model_name") == model and sample.value
-    }
+    states = Exposition.fetch(f"{base_url}/metrics").by("state", "slmserve_model_replicas", model_name=model)
+    return {state: count for state, count in states.items() if count}
 
 
 def replicas_answering(base_url: str, model: str, samples: int = 8) -> set[str]:

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
+
+from testkit.exposition import Exposition
 
 WORDS = (
     "river stone lantern orchard harbor meadow copper violet signal thunder marble willow canyon "
@@ -128,13 +129,8 @@ async def run_conversations(
 
 def prefix_cache_counts(metrics_text: str) -> tuple[float, float]:
     """(hits, queries) of vLLM's prefix cache, summed over every engine replica, from /metrics."""
-    totals = {"vllm:prefix_cache_hits": 0.0, "vllm:prefix_cache_queries": 0.0}
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            name = sample.name.removesuffix("_total")
-            if name in totals:
-                totals[name] += sample.value
-    return totals["vllm:prefix_cache_hits"], totals["vllm:prefix_cache_queries"]
+    metrics = Exposition.parse(metrics_text)
+    return metrics.total("vllm:prefix_cache_hits_total"), metrics.total("vllm:prefix_cache_queries_total")
 
 
 def cache_counts_covering(

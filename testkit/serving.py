@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from services import runtime
 from services.core.settings import resolve_catalog_path
 from services.haproxy.maps import admin_command
+from testkit.exposition import Exposition
 
 Catalog = dict[str, Any]
 
@@ -45,13 +45,8 @@ class ServerProcess:
 
 def running_replicas(base_url: str, api_key: str = "") -> dict[str, float]:
     """Model name -> RUNNING engine replicas, as the app's /metrics reports them."""
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    running: dict[str, float] = {}
-    for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics", headers=headers, timeout=30).text):
-        for sample in family.samples:
-            if sample.name == "slmserve_model_replicas" and sample.labels.get("state") == "RUNNING":
-                running[sample.labels["model_name"]] = sample.value
-    return running
+    metrics = Exposition.fetch(f"{base_url}/metrics", api_key)
+    return metrics.by("model_name", "slmserve_model_replicas", state="RUNNING")
 
 
 def wait_for_replicas(base_url: str, count: int, timeout_s: float, api_key: str = "") -> None:

@@ -14,8 +14,8 @@ from collections import Counter
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.exposition import Exposition
 from testkit.serving import ServerProcess
 
 from .instance import ADAPTERS, BROKEN, MODEL, REFRESH_S, wait_until
@@ -47,11 +47,8 @@ def listed(client: openai.OpenAI) -> dict[str, str | None]:
     return {card.id: getattr(card, "parent", None) for card in client.models.list().data}
 
 
-def metric_samples(server: ServerProcess, name: str) -> list:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=30).text
-    return [
-        sample for family in text_string_to_metric_families(text) for sample in family.samples if sample.name == name
-    ]
+def metrics(server: ServerProcess) -> Exposition:
+    return Exposition.fetch(f"{server.base_url}/metrics")
 
 
 def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(server):
@@ -66,13 +63,7 @@ def test_requests_for_an_adapter_go_to_the_replica_that_holds_it(server):
         return response.headers["x-slmserve-replica"]
 
     def decisions() -> Counter[str]:
-        return Counter(
-            {
-                sample.labels["reason"]: sample.value
-                for sample in metric_samples(server, "slmserve_routing_decisions_total")
-                if sample.labels["model_name"] == MODEL
-            }
-        )
+        return Counter(metrics(server).by("reason", "slmserve_routing_decisions_total", model_name=MODEL))
 
     before = decisions()
     homes = Counter(replica_for("alpha-r8", f"question {n}") for n in range(8))
@@ -158,11 +149,7 @@ def test_adapter_requests_are_counted_under_the_adapter_with_their_base(server, 
     answer(client, "gamma-r8")
     deadline = time.monotonic() + 10
     while True:
-        counts = {
-            sample.labels["base_model"]: sample.value
-            for sample in metric_samples(server, "request_success_total")
-            if sample.labels["model_name"] == "gamma-r8"
-        }
+        counts = metrics(server).by("base_model", "request_success_total", model_name="gamma-r8")
         if counts or time.monotonic() > deadline:
             break
         time.sleep(0.5)
