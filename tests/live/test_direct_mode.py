@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.core.catalog import load_catalog
 from services.core.layout import INTERNAL_PREFIX
 from services.engine.vllm_compat import WORKER_PROCESS_TITLE
+from testkit.exposition import Exposition
 from testkit.live import AUTH, BURST_HANG_S, READY_TIMEOUT_S, TEST_CATALOG, fresh_start_burst, long_stream
 from testkit.serving import catalog_variant, serving
 
@@ -223,13 +224,7 @@ def _vllm_replicas(metrics: str) -> dict[str, str]:
 
 def _placed(metrics: str) -> dict[str, float]:
     """Requests the platform application placed, by model (slmserve_platform_placed_requests_total)."""
-    return {
-        sample.labels["model_name"]: sample.value
-        for family in text_string_to_metric_families(metrics)
-        if family.name == "slmserve_platform_placed_requests"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    }
+    return Exposition.parse(metrics).by("model_name", "slmserve_platform_placed_requests_total")
 
 
 @pytest.mark.parametrize("model", MODELS)

@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 from openai.types.responses import Response
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.timing import ENGINE_SERIES_PERIOD_S
 from testkit.conversations import cache_counts_covering, hit_rate, prefix_cache_counts, run_conversations, system_prompt
+from testkit.exposition import Exposition
 from testkit.serving import ServerProcess
 
 from .instance import BOUND, MODEL
@@ -35,12 +35,8 @@ def _wait_until_idle(server: ServerProcess, timeout_s: float = 60) -> None:
     free (a replica frees the slot where it aborts the request), so the next test starts from zero."""
     deadline = time.monotonic() + timeout_s
     while True:
-        held = sum(
-            sample.value
-            for family in text_string_to_metric_families(_metrics(server))
-            for sample in family.samples
-            if sample.name in ("num_requests_running", "num_requests_waiting") and sample.labels["model_name"] == MODEL
-        )
+        metrics = Exposition.parse(_metrics(server))
+        held = sum(metrics.total(name, model_name=MODEL) for name in ("num_requests_running", "num_requests_waiting"))
         if held == 0:
             time.sleep(1.5)  # the engines' snapshots are a second old: one more, to be sure
             return
@@ -50,24 +46,16 @@ def _wait_until_idle(server: ServerProcess, timeout_s: float = 60) -> None:
 
 def _decisions(server: ServerProcess) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for family in text_string_to_metric_families(_metrics(server)):
-        for sample in family.samples:
-            if sample.name == "slmserve_routing_decisions_total" and sample.labels["model_name"] == MODEL:
-                counts[sample.labels["reason"]] += int(sample.value)
+    metrics = Exposition.parse(_metrics(server))
+    for labels, value in metrics.values("slmserve_routing_decisions_total", model_name=MODEL):
+        counts[labels["reason"]] += int(value)
     return counts
 
 
 def _decision_times(server: ServerProcess) -> tuple[float, float]:
     """(count, sum in seconds) of the ReplicaPicker's timed choices for MODEL."""
-    found = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(_metrics(server))
-        for sample in family.samples
-        if sample.name.startswith("slmserve_routing_decision_seconds_") and sample.labels.get("model_name") == MODEL
-    }
-    return found.get("slmserve_routing_decision_seconds_count", 0.0), found.get(
-        "slmserve_routing_decision_seconds_sum", 0.0
-    )
+    metrics, name = Exposition.parse(_metrics(server)), "slmserve_routing_decision_seconds"
+    return metrics.total(f"{name}_count", model_name=MODEL), metrics.total(f"{name}_sum", model_name=MODEL)
 
 
 def test_each_conversation_stays_on_one_replica_and_hits_the_cache(server):
