@@ -6,6 +6,8 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.exposition import Exposition
+
 MODEL = "smollm2-135m-instruct"
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 NIM_TYPES = {
@@ -34,14 +36,9 @@ def scrape(live_server, path: str = "/metrics") -> dict[str, object]:
 
 
 def value(families, sample_name: str, **labels: str) -> float:
-    family_name = sample_name.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
-    family = families.get(family_name) or families.get(sample_name)
-    if family is None:
-        return 0.0
-    return sum(
-        sample.value
-        for sample in family.samples
-        if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items())
+    """The sum of the samples called `sample_name` with `labels` (0 when none), as the load tools read it."""
+    return Exposition(tuple(sample for family in families.values() for sample in family.samples)).total(
+        sample_name, **labels
     )
 
 
