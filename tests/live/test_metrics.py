@@ -58,6 +58,8 @@ def test_every_nim_metric_is_exposed_with_its_type(live_server):
         for name, kind in NIM_TYPES.items():
             assert name in families, f"{name} missing from {path}"
             assert families[name].type == kind, name
+            # The hub renders no `_created` gauges (services/app.py's HUB_ENV): series nothing reads.
+            assert f"{name}_created" not in families, f"{name}_created on {path}"
     ttft_buckets = sorted(
         {
             float(s.labels["le"])
