@@ -746,3 +746,43 @@ def test_the_load_test_runs_the_projects_locustfile_distributed_against_the_rele
         tree = ast.parse((ROOT / "loadtests" / f"{module}.py").read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert {m.split(".")[1] for m in imported if m.startswith("loadtests.")} <= copied, module
+
+
+@pytest.mark.parametrize(
+    ("head_cpu", "threads", "head_threads", "worker_threads"),
+    [
+        (None, None, "4", "8"),  # the chart's head (4 CPUs) and ONE_GROUP's pods (8)
+        ("16", None, "16", "8"),
+        ("2500m", None, "2", "8"),
+        ("500m", None, "1", "8"),
+        ("16", 6, "6", "6"),
+    ],
+)
+def test_haproxy_threads_follow_each_pod_s_cpu_request(head_cpu, threads, head_threads, worker_threads, tmp_path):
+    """Each pod's HAProxy gets its CPU request in whole cores (at least 1) unless a number is set."""
+    values = {"catalog": {"inline": {"cluster": ONE_GROUP, "models": [{"name": "mine", "source": "org/model"}]}}}
+    if head_cpu is not None:
+        size = {"cpu": head_cpu, "memory": "16Gi"}
+        values["head"] = {"resources": {"requests": size, "limits": size}}
+    if threads is not None:
+        values["serve"] = {"haproxyThreads": threads}
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    head, *workers = ray_envs(render("-f", str(path)))
+    assert head["RAY_SERVE_HAPROXY_NBTHREAD"] == head_threads
+    assert workers and {env["RAY_SERVE_HAPROXY_NBTHREAD"] for env in workers} == {worker_threads}
+
+
+def test_haproxy_threads_read_a_limit_where_a_pod_requests_no_cpu(tmp_path):
+    path = tmp_path / "values.yaml"
+    # A null in a user's values drops the chart's default request.
+    resources = {"requests": {"cpu": None, "memory": "8Gi"}, "limits": {"cpu": 3, "memory": "8Gi"}}
+    path.write_text(yaml.safe_dump({"head": {"resources": resources}}))
+    head, *_ = ray_envs(render("-f", str(path)))
+    assert head["RAY_SERVE_HAPROXY_NBTHREAD"] == "3"
+
+
+def test_haproxy_threads_refuses_what_is_not_a_count():
+    for bad in ("0", "many"):
+        result = run_helm("template", "rel", str(CHART), "--set", f"serve.haproxyThreads={bad}")
+        assert result.returncode != 0 and "haproxyThreads" in result.stderr

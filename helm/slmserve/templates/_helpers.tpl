@@ -403,6 +403,26 @@ container port the PodMonitor scrapes and the NetworkPolicy opens, named in this
 8080
 {{- end -}}
 
+{{/* HAProxy's threads on one pod (serve.haproxyThreads; Ray's RAY_SERVE_HAPROXY_NBTHREAD): a number as
+set, or auto: the pod's CPU request (else its limit, as Kubernetes reads it) in whole cores ("2500m"
+and 2.5 give 2), at least 1, and Ray's own 4 where the pod names no CPU. Called with (dict "root" $ "resources" <the pod's resources>). */}}
+{{- define "slmserve.haproxyThreads" -}}
+{{- $setting := .root.Values.serve.haproxyThreads -}}
+{{- if ne (toString $setting) "auto" -}}
+{{- $setting | int -}}
+{{- else -}}
+{{- $resources := .resources | default dict -}}
+{{- $cpu := toString (dig "requests" "cpu" (dig "limits" "cpu" "" $resources) $resources) -}}
+{{- if not $cpu -}}
+4
+{{- else if hasSuffix "m" $cpu -}}
+{{- max 1 (div (trimSuffix "m" $cpu | int) 1000) -}}
+{{- else -}}
+{{- max 1 (floor $cpu | int) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The load test's pods and objects (templates/loadtest.yaml): labels of their own, never the
 serving pods' selector labels; without a component, every pod of the load test. */}}
 {{- define "slmserve.loadtestSelector" -}}
