@@ -321,3 +321,10 @@ def cpu_lora_op_modules() -> list[Any] | None:
         importlib.import_module("vllm.lora.ops.torch_ops"),
         importlib.import_module("vllm.lora.punica_wrapper.punica_cpu"),
     ]
+
+
+def shm_spin_condition() -> Any:
+    """The class with which a reader of vLLM's shared-memory message queues waits for a write (its
+    busy-loop window, `busy_loop_s`, an argument of its constructor), or None where this vLLM has none
+    (services/engine/vllm_plugin.py shortens the window on the CPU platform)."""
+    return _optional(("vllm.distributed.device_communicators.shm_broadcast", "SpinCondition"))

@@ -13,13 +13,23 @@ release that fixed the bug is left alone.
   groups (the world's and two per parallel dimension, even at world size 1). An idle worker so woke
   1,300 times a second, about 0.015 of a core, on the core its engine computes on. The groups of a
   process share one device instead: one loop thread (gloo devices are made to carry many contexts).
+- CPU busy-waiting: a reader of vLLM's shared-memory queues (the engine core awaiting each step's
+  output from its worker, the worker awaiting the next step) spins on `sched_yield` for a second after
+  each read before it sleeps on the queue's notify socket. While a model decodes, the engine core so
+  takes a whole core (90 % measured) that the step does not need: on a CPU node, the core the
+  platform's processes and the engine's own frontend share. Readers here wait on that socket, which
+  the writer pings on every write, parked a millisecond at a time within the window (a ping can be
+  lost; vLLM's idle wait, after the window, rechecks every 5 s): a CPU step takes tens of
+  milliseconds.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
+import time
 from typing import Any
 
 from services.engine import vllm_compat
@@ -113,9 +123,50 @@ def share_one_gloo_device() -> bool:
     return True
 
 
+# The longest a reader parks on the notify socket within vLLM's busy-loop window: a ping can be lost
+# (vLLM's own idle wait rechecks every 5 s for that reason), and here it then costs a millisecond.
+PARK_MS = 1
+
+
+def _parking_readers(spin_condition: Any) -> Any:
+    """A SpinCondition subclass whose readers park on the notify socket instead of spinning: within
+    vLLM's busy-loop window for at most PARK_MS at a time, after it as vLLM's idle wait does."""
+
+    class ParkingSpinCondition(spin_condition):  # type: ignore[misc]
+        slmserve_parks_readers = True
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.park_window_s: float = getattr(self, "busy_loop_s", 0)  # vLLM's busy-loop window (0 for a writer)
+            self.busy_loop_s = 0  # so that vLLM's wait always waits on the socket
+
+        def wait(self, timeout_ms: int | None = None) -> None:
+            if time.monotonic() <= self.last_read + self.park_window_s:
+                timeout_ms = PARK_MS if timeout_ms is None else min(timeout_ms, PARK_MS)
+            super().wait(timeout_ms)
+
+    ParkingSpinCondition.__name__ = ParkingSpinCondition.__qualname__ = spin_condition.__name__
+    return ParkingSpinCondition
+
+
+def queue_readers_park() -> bool:
+    """On the CPU platform, readers of vLLM's shared-memory queues made from now on park instead of
+    spinning; True if patched."""
+    if not vllm_compat.on_cpu_platform():
+        return False
+    spin_condition = vllm_compat.shm_spin_condition()
+    if spin_condition is None:
+        return False
+    if not getattr(spin_condition, "slmserve_parks_readers", False):
+        module = importlib.import_module(spin_condition.__module__)
+        setattr(module, spin_condition.__name__, _parking_readers(spin_condition))
+    return True
+
+
 def load() -> None:
     try:
         mask_base_tokens_in_cpu_lora_ops()
     except ImportError:  # a vLLM without these modules has nothing to fix here
         pass
     share_one_gloo_device()
+    queue_readers_park()
