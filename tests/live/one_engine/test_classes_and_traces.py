@@ -96,14 +96,16 @@ class Streamed:
     completion_tokens: int
 
 
-def stream(client: openai.OpenAI, max_tokens: int, started: threading.Event | None = None) -> Streamed:
+def stream(
+    client: openai.OpenAI, max_tokens: int, started: threading.Event | None = None, priority: int | None = None
+) -> Streamed:
     chunks = client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "user", "content": "Tell me a story about the sea."}],
         max_tokens=max_tokens,
         stream=True,
         stream_options={"include_usage": True},
-        extra_body={"ignore_eos": True},
+        extra_body={"ignore_eos": True} if priority is None else {"ignore_eos": True, "priority": priority},
     )
     first, usage = None, None
     for chunk in chunks:
@@ -131,16 +133,17 @@ def queue_seconds(server: ServerProcess) -> float:
 
 
 def test_interactive_work_overtakes_waiting_batch_work_and_the_bound_holds_requests(server):
-    """Two batch streams reach the engine (one runs, one waits in vLLM's queue); the interactive one
-    that follows is scheduled before the waiting batch one; a third batch request, beyond what batch
-    may hold while interactive is active (6 - 4 kept for interactive), waits for a slot: no 429."""
+    """Two batch streams reach the engine (one runs, one waits in vLLM's queue, having asked for the
+    interactive class's priority 0, which its tenant may not have); the interactive one that follows
+    is scheduled before the waiting batch one; a third batch request, beyond what batch may hold while
+    interactive is active (6 - 4 kept for interactive), waits for a slot: no 429."""
     before, waited_before = metered(server), queue_seconds(server)
     app, nightly = client_of(server, "app"), client_of(server, "nightly")
     running = threading.Event()
     with ThreadPoolExecutor(4) as pool:
         long_batch = pool.submit(stream, nightly, 160, running)
         assert running.wait(120)  # the engine's one sequence is taken
-        waiting_batch = pool.submit(stream, nightly, 8)
+        waiting_batch = pool.submit(stream, nightly, 8, None, 0)  # as early as interactive, if it could
         time.sleep(0.5)  # queued in vLLM behind the long one
         interactive = pool.submit(stream, app, 8)
         time.sleep(0.5)
@@ -152,7 +155,7 @@ def test_interactive_work_overtakes_waiting_batch_work_and_the_bound_holds_reque
             "app": interactive.result(),
             "beyond": beyond_bound.result(),
         }
-    assert answers["app"].first_token_at < answers["batch"].first_token_at  # priority 0 before 10
+    assert answers["app"].first_token_at < answers["batch"].first_token_at  # 0 before 10: the raise was refused
     time.sleep(1.5)  # the edge ships its records to the hub twice a second
     assert queue_seconds(server) - waited_before > 0.5  # the third batch request waited for a slot
     after = metered(server)
