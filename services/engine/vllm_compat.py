@@ -326,5 +326,5 @@ def cpu_lora_op_modules() -> list[Any] | None:
 def shm_spin_condition() -> Any:
     """The class with which a reader of vLLM's shared-memory message queues waits for a write (its
     busy-loop window, `busy_loop_s`, an argument of its constructor), or None where this vLLM has none
-    (services/engine/vllm_plugin.py shortens the window on the CPU platform)."""
+    (services/engine/vllm_plugin.py has its readers park on the CPU platform)."""
     return _optional(("vllm.distributed.device_communicators.shm_broadcast", "SpinCondition"))

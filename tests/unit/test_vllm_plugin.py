@@ -1,5 +1,6 @@
-"""slmserve's vLLM plugin (services/engine/vllm_plugin.py) on vLLM's own CPU LoRA ops and on
-torch.distributed's gloo groups (in processes of their own, as a vLLM worker makes them)."""
+"""slmserve's vLLM plugin (services/engine/vllm_plugin.py) on vLLM's own CPU LoRA ops, on
+torch.distributed's gloo groups and on vLLM's shared-memory queues (the last two in processes of their
+own, as a vLLM worker and engine core make them)."""
 
 from __future__ import annotations
 
