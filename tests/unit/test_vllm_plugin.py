@@ -98,7 +98,6 @@ def read(handle, mode, out):
     from services.engine import vllm_plugin
     if mode == "plugin":
         assert vllm_plugin.queue_readers_park()
-    from vllm.distributed.device_communicators.shm_broadcast import MessageQueue
     queue = MessageQueue.create_from_handle(handle, 0)
     queue.wait_until_ready()
     queue.dequeue()  # a reader busy-loops for a while after each read, as between two engine steps

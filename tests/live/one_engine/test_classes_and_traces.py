@@ -143,7 +143,7 @@ def test_interactive_work_overtakes_waiting_batch_work_and_the_bound_holds_reque
     with ThreadPoolExecutor(4) as pool:
         long_batch = pool.submit(stream, nightly, 160, running)
         assert running.wait(120)  # the engine's one sequence is taken
-        waiting_batch = pool.submit(stream, nightly, 8, None, 0)  # as early as interactive, if it could
+        waiting_batch = pool.submit(stream, nightly, 8, priority=0)  # as early as interactive, if it could
         time.sleep(0.5)  # queued in vLLM behind the long one
         interactive = pool.submit(stream, app, 8)
         time.sleep(0.5)
